@@ -1,0 +1,35 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh machine with
+# only Python 3.11 and the package registries: they create .venv here and install into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Fake CPU devices for the sharding tests; set before JAX starts (see tests/conftest.py).
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: test demo venv bench clean
+
+$(VENV)/.stamp-test: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp-test
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(VENV)/.stamp-test
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+demo: $(VENV)/.stamp-test
+	XLA_FLAGS= $(PY) -m mathft_jax.pipeline --gin_file=gin_configs/demo/cpu.gin
+
+bench: $(VENV)/.stamp-bench
+	$(PY) bench/model_step.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,209 @@
+"""Building blocks of the decoder: norms, RoPE, attention with a KV cache, MLP.
+
+Every parameter is created with `nn.with_logical_partitioning` and every large
+activation is constrained with `nn.with_logical_constraint`, so the partitioning rules
+(`mathft_jax/partitioning.py`) alone decide how the model is sharded.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mathft_jax.models.config import DecoderConfig
+
+NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, weights
+KVCache = Tuple[jax.Array, jax.Array]  # (keys, values): [batch, cache_len, kv_heads, head_dim]
+
+
+def param(module: nn.Module, name: str, shape, axes, init, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def dense_init(fan_in: int):
+    return nn.initializers.normal(stddev=fan_in ** -0.5)
+
+
+class Norm(nn.Module):
+    """RMSNorm or bias-free LayerNorm (PaLM), computed in float32."""
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        scale_init = nn.initializers.zeros if cfg.norm_scale_offset else nn.initializers.ones
+        scale = param(self, "scale", (x.shape[-1],), ("embed",), scale_init, cfg.weight_dtype)
+        xf = x.astype(jnp.float32)
+        if cfg.norm == "layernorm":
+            xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
+        xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + cfg.norm_eps)
+        y = xf * (scale.astype(jnp.float32) + cfg.norm_scale_offset)
+        return y.astype(cfg.compute_dtype)
+
+
+def rope_frequencies(cfg: DecoderConfig) -> np.ndarray:
+    """Inverse frequencies [head_dim // 2], with Llama 3's frequency-dependent scaling."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    rs = cfg.rope_scaling_dict
+    if rs:
+        kind = rs.get("rope_type", rs.get("type", "llama3"))
+        if kind == "llama3":
+            factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+            old_len = rs["original_max_position_embeddings"]
+            wavelen = 2 * np.pi / inv
+            smooth = (old_len / wavelen - lo) / (hi - lo)
+            scaled = np.where(wavelen > old_len / lo, inv / factor, inv)
+            mid = (1 - smooth) * inv / factor + smooth * inv
+            is_mid = (wavelen <= old_len / lo) & (wavelen >= old_len / hi)
+            inv = np.where(is_mid, mid, scaled)
+        elif kind == "linear":
+            inv = inv / rs["factor"]
+        else:
+            raise ValueError(f"unsupported rope_scaling type {kind!r}")
+    return inv.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotary embedding, half-split layout (as Llama/HF): x [b, t, h, d], positions [b, t]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, d/2]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(q_index, k_index, q_segment, k_segment, window: Optional[int]):
+    """Boolean [b, 1, 1, tq, tk] mask: causal by index, same segment, optional window.
+
+    Indices are positions in the key/value buffer (the cache slot in decode mode), so the
+    same rule serves training (packed or not), prefill and incremental decoding.
+    """
+    mask = k_index[:, None, :] <= q_index[:, :, None]
+    if window is not None:
+        mask &= k_index[:, None, :] > q_index[:, :, None] - window
+    if q_segment is not None:
+        mask &= (q_segment[:, :, None] == k_segment[:, None, :]) & (k_segment[:, None, :] != 0)
+    return mask[:, None, None, :, :]
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention (MQA when num_kv_heads == 1) with RoPE.
+
+    Decode mode: `cache=(k, v)` holds `cache_len` slots per sequence; the T new tokens of
+    sequence b are written at slots [cache_index[b], cache_index[b] + T) and attend to every
+    slot at or before their own. Sequences of a batch may sit at different slots, which is
+    how prompts of different lengths share one batch.
+    """
+    cfg: DecoderConfig
+    layer_index: int = 0
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, cache: Optional[KVCache] = None,
+                 cache_index: Optional[jax.Array] = None):
+        cfg = self.cfg
+        d, h, kvh, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        wdt, cdt = cfg.weight_dtype, cfg.compute_dtype
+        wq = param(self, "query", (d, h, hd), ("embed", "heads", "head_dim"), dense_init(d), wdt)
+        wk = param(self, "key", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), dense_init(d), wdt)
+        wv = param(self, "value", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), dense_init(d), wdt)
+        wo = param(self, "out", (h, hd, d), ("heads", "head_dim", "embed"), dense_init(h * hd), wdt)
+        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(cdt))
+        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(cdt))
+        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(cdt))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + param(self, "query_bias", (h, hd), ("heads", "head_dim"), zeros, wdt).astype(cdt)
+            k = k + param(self, "key_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros, wdt).astype(cdt)
+            v = v + param(self, "value_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros, wdt).astype(cdt)
+        inv_freq = rope_frequencies(cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        b, t = x.shape[:2]
+        window = None
+        if cfg.sliding_window and self.layer_index % cfg.sliding_window_pattern == 0:
+            window = cfg.sliding_window
+        new_cache = None
+        if cache is not None:
+            k_all, v_all = (_write_cache(c, new, cache_index) for c, new in zip(cache, (k, v)))
+            k_all = nn.with_logical_constraint(k_all, ("batch", "cache_length", "kv_heads", "head_dim"))
+            v_all = nn.with_logical_constraint(v_all, ("batch", "cache_length", "kv_heads", "head_dim"))
+            new_cache = (k_all, v_all)
+            q_index = cache_index[:, None] + jnp.arange(t)[None, :]
+            k_index = jnp.broadcast_to(jnp.arange(k_all.shape[1])[None, :], (b, k_all.shape[1]))
+            mask = attention_mask(q_index, k_index, None, None, window)
+            k, v = k_all.astype(cdt), v_all.astype(cdt)
+        else:
+            index = jnp.broadcast_to(jnp.arange(t)[None, :], (b, t))
+            mask = attention_mask(index, index, segment_ids, segment_ids, window)
+
+        if (cfg.attention_impl == "cudnn" and cache is None and segment_ids is None
+                and window is None and cfg.attn_logit_softcap is None):
+            out = jax.nn.dot_product_attention(
+                q, k, v, scale=self._scale(), is_causal=True, implementation="cudnn")
+        else:
+            out = self._xla_attention(q, k, v, mask)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        y = jnp.einsum("bthk,hkd->btd", out, wo.astype(cdt))
+        return y, new_cache
+
+    def _scale(self) -> float:
+        cfg = self.cfg
+        return cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+
+    def _xla_attention(self, q, k, v, mask):
+        cfg = self.cfg
+        b, t, h, hd = q.shape
+        kvh = k.shape[2]
+        qg = q.reshape(b, t, kvh, h // kvh, hd)
+        logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+        logits = logits * self._scale()
+        if cfg.attn_logit_softcap is not None:
+            cap = cfg.attn_logit_softcap
+            logits = cap * jnp.tanh(logits / cap)
+        logits = jnp.where(mask, logits, NEG_INF)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+        return out.reshape(b, t, h, hd)
+
+
+def _write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """Write new [b, t, ...] into cache [b, S, ...] at per-sequence slot index[b]."""
+    def one(c, n, i):
+        return jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), i, axis=0)
+    return jax.vmap(one)(cache, new, index)
+
+
+class Mlp(nn.Module):
+    cfg: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        d, f = cfg.d_model, cfg.mlp_dim
+        wdt, cdt = cfg.weight_dtype, cfg.compute_dtype
+        wi = param(self, "wi_0", (d, f), ("embed", "mlp"), dense_init(d), wdt)
+        hidden = jnp.einsum("btd,df->btf", x, wi.astype(cdt))
+        if cfg.gated_mlp:
+            wg = param(self, "wi_1", (d, f), ("embed", "mlp"), dense_init(d), wdt)
+            gate = jnp.einsum("btd,df->btf", x, wg.astype(cdt))
+            act = jax.nn.silu if cfg.activation == "swiglu" else _gelu_tanh
+            hidden = act(hidden) * gate
+        else:
+            hidden = _gelu_tanh(hidden) if cfg.activation == "gelu" else jax.nn.relu(hidden)
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        wo = param(self, "wo", (f, d), ("mlp", "embed"), dense_init(f), wdt)
+        return jnp.einsum("btf,fd->btd", hidden, wo.astype(cdt))
+
+
+def _gelu_tanh(x):
+    # The tanh approximation is what PaLM, Gemma ("gelu_pytorch_tanh") and GeGLU use.
+    return jax.nn.gelu(x, approximate=True)

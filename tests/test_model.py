@@ -1,0 +1,148 @@
+"""The decoder: shapes, variants, packing, KV cache, parameter counts and config errors."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathft_jax import gin_utils
+from mathft_jax.models import ConfigError, Decoder, DecoderConfig, count_params, init_cache, summary
+from mathft_jax.models.decoder import init_params
+import flax.linen as nn
+
+TINY = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                     head_dim=8, mlp_dim=64, max_seq_len=64)
+
+
+def _params(cfg, seed=0):
+    return nn.unbox(init_params(cfg, jax.random.PRNGKey(seed)))
+
+
+def _tokens(b, t, vocab, seed=1):
+    return jax.random.randint(jax.random.PRNGKey(seed), (b, t), 1, vocab)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"parallel_block": False, "norm": "layernorm", "activation": "gelu"},
+    {"activation": "geglu", "num_kv_heads": 1, "tie_embeddings": False},
+    {"num_kv_heads": 4, "qkv_bias": True, "post_block_norms": True, "parallel_block": False,
+     "attn_logit_softcap": 50.0, "final_logit_softcap": 30.0, "scale_embeddings": True,
+     "norm_scale_offset": 1.0, "sliding_window": 4, "sliding_window_pattern": 2},
+])
+def test_forward_shapes_and_finite(overrides):
+    cfg = dataclasses.replace(TINY, **overrides).validate()
+    p = _params(cfg)
+    logits = Decoder(cfg).apply({"params": p}, _tokens(2, 10, cfg.vocab_size))
+    assert logits.shape == (2, 10, cfg.vocab_size)
+    assert logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+    p = _params(TINY)
+    a = _tokens(1, 12, TINY.vocab_size, seed=3)
+    b = a.at[:, 8:].set((a[:, 8:] + 1) % TINY.vocab_size)
+    la = Decoder(TINY).apply({"params": p}, a)
+    lb = Decoder(TINY).apply({"params": p}, b)
+    np.testing.assert_allclose(la[:, :8], lb[:, :8], atol=1e-6)
+    assert not np.allclose(la[:, 8:], lb[:, 8:])
+
+
+def test_packed_equals_separate():
+    """Two examples packed in one row give each example's own logits."""
+    p = _params(TINY)
+    ex1, ex2 = _tokens(1, 7, TINY.vocab_size, 4), _tokens(1, 5, TINY.vocab_size, 5)
+    packed = jnp.concatenate([ex1, ex2, jnp.zeros((1, 4), jnp.int32)], axis=1)
+    seg = jnp.array([[1] * 7 + [2] * 5 + [0] * 4])
+    pos = jnp.array([list(range(7)) + list(range(5)) + [0] * 4])
+    lp = Decoder(TINY).apply({"params": p}, packed, positions=pos, segment_ids=seg)
+    l1 = Decoder(TINY).apply({"params": p}, ex1)
+    l2 = Decoder(TINY).apply({"params": p}, ex2)
+    np.testing.assert_allclose(lp[:, :7], l1, atol=1e-5)
+    np.testing.assert_allclose(lp[:, 7:12], l2, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_kv_cache_decode_matches_full_forward(scan):
+    cfg = dataclasses.replace(TINY, scan_layers=scan)
+    p = _params(cfg)
+    toks = _tokens(2, 9, cfg.vocab_size, 6)
+    full = Decoder(cfg).apply({"params": p}, toks)
+    cache = init_cache(cfg, 2, 16)
+    idx = jnp.zeros((2,), jnp.int32)
+    # prefill 5 tokens, then one token at a time
+    logits, cache = Decoder(cfg).apply({"params": p}, toks[:, :5], cache=cache, cache_index=idx)
+    np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
+    for t in range(5, 9):
+        logits, cache = Decoder(cfg).apply({"params": p}, toks[:, t:t + 1], cache=cache,
+                                           cache_index=jnp.full((2,), t, jnp.int32))
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
+
+
+def test_scan_and_remat_match_unrolled():
+    cfg = dataclasses.replace(TINY, scan_layers=True)
+    p = _params(cfg)
+    toks = _tokens(2, 8, cfg.vocab_size)
+    # Unstack the scanned params into layers_i and compare with the unrolled model.
+    unrolled = {k: v for k, v in p.items() if k != "layers"}
+    for i in range(cfg.num_layers):
+        unrolled[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], p["layers"]["layer"])
+    ref = Decoder(TINY).apply({"params": unrolled}, toks)
+    np.testing.assert_allclose(Decoder(cfg).apply({"params": p}, toks), ref, atol=1e-5)
+
+    def loss(params, c):
+        return jnp.mean(Decoder(c).apply({"params": params}, toks) ** 2)
+    remat = dataclasses.replace(TINY, remat_policy="full")
+    g1 = jax.grad(loss)(unrolled, TINY)
+    g2 = jax.grad(loss)(unrolled, remat)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
+
+
+PUBLISHED = {"palm_8b": 8.63e9, "palm_62b": 62.50e9, "palm_540b": 540.35e9}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_palm_param_counts_within_one_percent(name):
+    import gin
+    gin.clear_config()
+    gin_utils.parse_gin([f"gin_configs/models/{name}.gin"])
+    cfg = gin_utils.model_config()
+    gin.clear_config()
+    n = count_params(cfg)
+    assert abs(n - PUBLISHED[name]) / PUBLISHED[name] < 0.01, (name, n)
+    s = summary(cfg)
+    # 6N + 12 L H Q T with N within 1% of the count and the attention term on top.
+    assert s["flops_per_token"] > 6 * n
+    assert s["kv_cache_bytes_per_token"] == 2 * cfg.num_layers * cfg.head_dim * 2  # MQA, bf16
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"num_heads": 6, "num_kv_heads": 4}, "num_heads"),
+    ({"head_dim": None, "d_model": 30, "num_heads": 4}, "d_model"),
+    ({"activation": "swish"}, "activation"),
+    ({"vocab_size": 0}, "vocab_size"),
+    ({"dtype": "float77"}, "dtype"),
+])
+def test_bad_configs_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=f"DecoderConfig.{field}"):
+        dataclasses.replace(TINY, **overrides).validate()
+
+
+def test_mesh_incompatible_config_names_the_field():
+    cfg = dataclasses.replace(TINY, num_heads=6, num_kv_heads=1)
+    with pytest.raises(ConfigError, match="DecoderConfig.num_heads=6 is not divisible"):
+        cfg.validate({"data": 1, "fsdp": 1, "tensor": 4})
+
+
+def test_models_cli_prints_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "mathft_jax.models",
+                          "--gin_file=gin_configs/models/palm_62b.gin"],
+                         capture_output=True, text=True, check=True, cwd=gin_utils.REPO_ROOT)
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"params", "flops_per_token", "kv_cache_bytes_per_token"} <= d.keys()
+    assert abs(d["params"] - 62.50e9) / 62.50e9 < 0.01
