@@ -1,0 +1,160 @@
+"""Prompt formats (Liu et al., 2023) and evaluator training examples, each gin-configurable.
+
+Text level only: tokenisation happens in the seqio tasks. Examples are plain dicts with
+`inputs` (the prompt) and `targets` (what the model learns to produce).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import zlib
+from typing import Iterable, Sequence
+
+import gin
+import numpy as np
+
+GENERATION_TEMPLATE = "Problem:\n{problem}\n\nSolution:\n"
+EVALUATOR_TEMPLATE = ("Here is a math problem: {problem}\n"
+                      "Here is a candidate solution: {solution}\n"
+                      "The above candidate solution is")
+CORRECT_TARGET = " correct"
+INCORRECT_TARGET = " incorrect"
+
+
+@gin.configurable
+def generation_prompt(problem: str, template: str = GENERATION_TEMPLATE) -> str:
+    """The SSFT prompt; the model continues it with the solution."""
+    return template.format(problem=problem)
+
+
+@gin.configurable
+def generation_target(solution: str) -> str:
+    r"""The SSFT target: the step-by-step solution, ending in its `\boxed{answer}`."""
+    return solution.rstrip()
+
+
+@gin.configurable
+def evaluator_prompt(problem: str, solution: str, template: str = EVALUATOR_TEMPLATE) -> str:
+    """The evaluator's prompt; the model continues it with ` correct` or ` incorrect`."""
+    return template.format(problem=problem, solution=solution)
+
+
+@gin.configurable
+def evaluator_target(correct: bool, positive: str = CORRECT_TARGET,
+                     negative: str = INCORRECT_TARGET) -> str:
+    return positive if correct else negative
+
+
+# ----------------------------------------------------------------------------- SCR examples
+
+
+def problem_rng(seed: int, problem_id: str) -> np.random.Generator:
+    """Per-problem generator: a problem's sample does not depend on the other problems."""
+    return np.random.default_rng([seed, zlib.crc32(problem_id.encode("utf-8"))])
+
+
+def split_by_correctness(samples: Iterable[dict], dedupe: bool = True) -> tuple[list[str], list[str]]:
+    """Candidate texts (first occurrence order) split into (correct, incorrect)."""
+    seen: set[str] = set()
+    correct, incorrect = [], []
+    for sample in samples:
+        text = sample["text"]
+        if dedupe and text in seen:
+            continue
+        seen.add(text)
+        (correct if sample["correct"] else incorrect).append(text)
+    return correct, incorrect
+
+
+def _pair_order_uniform(n_pos: int, n_neg: int, count: int, rng: np.random.Generator):
+    flat = rng.choice(n_pos * n_neg, size=count, replace=False)
+    return [(int(k) // n_neg, int(k) % n_neg) for k in flat]
+
+
+def _pair_order_round_robin(n_pos: int, n_neg: int, count: int, rng: np.random.Generator):
+    # Pair k is (k mod P, (k + k // lcm) mod N) over shuffled lists: every solution is used as
+    # evenly as possible, and the first P*N pairs are all distinct.
+    pos, neg = rng.permutation(n_pos), rng.permutation(n_neg)
+    lcm = math.lcm(n_pos, n_neg)
+    return [(int(pos[k % n_pos]), int(neg[(k + k // lcm) % n_neg])) for k in range(count)]
+
+
+PAIR_SAMPLERS = {"uniform": _pair_order_uniform, "round_robin": _pair_order_round_robin}
+
+
+def sample_pairs(n_pos: int, n_neg: int, num_pairs: int, sampling: str,
+                 rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Up to `num_pairs` distinct (correct index, incorrect index) pairs."""
+    if sampling not in PAIR_SAMPLERS:
+        raise ValueError(f"unknown pair sampling {sampling!r}; choose from {sorted(PAIR_SAMPLERS)}")
+    count = min(num_pairs, n_pos * n_neg)
+    return PAIR_SAMPLERS[sampling](n_pos, n_neg, count, rng) if count else []
+
+
+def _count_one_sided(stats: collections.Counter, correct: Sequence[str], incorrect: Sequence[str]) -> bool:
+    """Counts a problem without a correct or without an incorrect candidate; True if so."""
+    stats["problems"] += 1
+    stats["problems_without_correct"] += not correct
+    stats["problems_without_incorrect"] += not incorrect
+    return not correct or not incorrect
+
+
+@gin.configurable
+def pairwise_examples(records: Iterable[dict], num_pairs: int = 10, sampling: str = "uniform",
+                      seed: int = 0, dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
+    """Margin-loss examples: per problem, up to `num_pairs` (correct, incorrect) pairs of its
+    candidates (the paper: 10 pairs from 64 candidates).
+
+    Each pair gives two consecutive examples, the correct one first, sharing `pair_id`:
+    `inputs` = evaluator prompt of that candidate, `targets` = " correct" for BOTH members (the
+    model's score of a candidate is log p(" correct" | prompt)), `is_positive` = 1 / 0.
+    Problems with no correct or no incorrect candidate give no pairs and are counted.
+    """
+    stats: collections.Counter = collections.Counter()
+    examples = []
+    for record in records:
+        correct, incorrect = split_by_correctness(record["samples"], dedupe)
+        if _count_one_sided(stats, correct, incorrect):
+            continue
+        rng = problem_rng(seed, str(record["problem_id"]))
+        for i, j in sample_pairs(len(correct), len(incorrect), num_pairs, sampling, rng):
+            pair_id = stats["pairs"]
+            for text, positive in ((correct[i], 1), (incorrect[j], 0)):
+                examples.append({
+                    "problem_id": str(record["problem_id"]),
+                    "inputs": evaluator_prompt(record["problem"], text),
+                    "targets": evaluator_target(True),
+                    "pair_id": pair_id,
+                    "is_positive": positive,
+                })
+            stats["pairs"] += 1
+    logging.info("pairwise evaluator examples: %s", dict(stats))
+    return examples, stats
+
+
+@gin.configurable
+def pointwise_examples(records: Iterable[dict], max_per_class: int = 8, seed: int = 0,
+                       dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
+    """Balanced cross-entropy examples: per problem, k correct and k incorrect candidates with
+    k = min(#correct, #incorrect, max_per_class); targets " correct" / " incorrect".
+    Problems with no correct or no incorrect candidate give nothing and are counted."""
+    stats: collections.Counter = collections.Counter()
+    examples = []
+    for record in records:
+        correct, incorrect = split_by_correctness(record["samples"], dedupe)
+        if _count_one_sided(stats, correct, incorrect):
+            continue
+        rng = problem_rng(seed, str(record["problem_id"]))
+        k = min(len(correct), len(incorrect), max_per_class)
+        for texts, is_correct in ((correct, True), (incorrect, False)):
+            for index in sorted(rng.choice(len(texts), size=k, replace=False)):
+                examples.append({
+                    "problem_id": str(record["problem_id"]),
+                    "inputs": evaluator_prompt(record["problem"], texts[index]),
+                    "targets": evaluator_target(is_correct),
+                    "is_positive": int(is_correct),
+                })
+        stats["examples_per_class"] += k
+    logging.info("pointwise evaluator examples: %s", dict(stats))
+    return examples, stats

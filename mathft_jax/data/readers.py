@@ -1,0 +1,247 @@
+"""Readers for MATH, PRM800K's `math_splits` and PRM800K's step-level label files.
+
+Every reader returns `Problem` records. Bad input fails loudly: a malformed JSON line names
+`file:line`, a missing field names the field, an empty file says so. Schemas:
+../shared/data/README.md and docs/data.md.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import pathlib
+import re
+from typing import Any, Iterator, Optional, Sequence, Union
+
+from mathft_jax.data import answers
+
+PathLike = Union[str, pathlib.Path]
+
+
+class DataFormatError(ValueError):
+    """Input data that does not match its documented schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One problem with one reference solution (the solution ends in `\\boxed{answer}`)."""
+
+    problem_id: str
+    problem: str
+    solution: str
+    answer: Optional[str]  # None where the solution has no boxed answer
+    level: str = ""
+    subject: str = ""
+
+
+# ----------------------------------------------------------------------------- JSON lines
+
+
+def iter_jsonl(path: PathLike) -> Iterator[tuple[str, dict]]:
+    """Yields (`file:line`, record) for each non-blank line; errors name `file:line`."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    seen = False
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{where}: malformed JSON line ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            seen = True
+            yield where, record
+    if not seen:
+        raise DataFormatError(f"{path}: empty file, no JSON records in it")
+
+
+def require(record: dict, field: str, where: str) -> Any:
+    """`record[field]` (dotted paths allowed); a missing field is an error naming it."""
+    value: Any = record
+    for part in field.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            raise DataFormatError(f"{where}: record is missing required field '{field}'")
+        value = value[part]
+    return value
+
+
+def _keep_answered(problems: list[Problem], source: PathLike, require_answer: bool) -> list[Problem]:
+    if not require_answer:
+        return problems
+    kept = [p for p in problems if p.answer is not None]
+    if len(kept) != len(problems):
+        logging.info("%s: skipped %d of %d problems without a \\boxed{} answer",
+                     source, len(problems) - len(kept), len(problems))
+    return kept
+
+
+# ----------------------------------------------------------------------------- MATH
+
+
+def _math_problem(record: dict, where: str, default_id: str) -> Problem:
+    solution = require(record, "solution", where)
+    return Problem(
+        problem_id=str(record.get("unique_id") or default_id),
+        problem=require(record, "problem", where),
+        solution=solution,
+        answer=record["answer"] if "answer" in record else answers.extract_answer(solution),
+        level=str(record.get("level", "")),
+        subject=str(record.get("type") or record.get("subject") or ""),
+    )
+
+
+def read_jsonl_problems(path: PathLike, require_answer: bool = False) -> list[Problem]:
+    """MATH-style JSON lines (`problem`, `solution`, optional `answer`, `level`, `type`/`subject`,
+    `unique_id`). Where `answer` is absent it is extracted from the solution's last box."""
+    problems = [_math_problem(r, where, default_id=where) for where, r in iter_jsonl(path)]
+    return _keep_answered(problems, path, require_answer)
+
+
+def _problem_file_order(path: pathlib.Path) -> tuple:
+    return (path.parent.name, int(path.stem) if path.stem.isdigit() else -1, path.name)
+
+
+def read_math_folder(split_dir: PathLike, require_answer: bool = False) -> list[Problem]:
+    """The original MATH release: `split_dir/<subject>/<n>.json`, one problem per file."""
+    split_dir = pathlib.Path(split_dir)
+    files = sorted(split_dir.glob("*/*.json"), key=_problem_file_order)
+    if not files:
+        raise DataFormatError(f"{split_dir}: no <subject>/<n>.json problem files in it")
+    problems = []
+    for file in files:
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{file}:{e.lineno}: malformed JSON ({e.msg})") from None
+        default_id = f"{split_dir.name}/{file.parent.name}/{file.name}"
+        problems.append(_math_problem(record, str(file), default_id))
+    return _keep_answered(problems, split_dir, require_answer)
+
+
+def read_math(path: PathLike, split: Optional[str] = None, require_answer: bool = False) -> list[Problem]:
+    """MATH in either layout. `path` is a `.jsonl` file; or a directory holding `<split>.jsonl`
+    or the per-problem folders `<split>/<subject>/<n>.json`; or a split folder itself."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        return read_jsonl_problems(path, require_answer)
+    if split is not None and (path / f"{split}.jsonl").is_file():
+        return read_jsonl_problems(path / f"{split}.jsonl", require_answer)
+    if split is not None and (path / split).is_dir():
+        return read_math_folder(path / split, require_answer)
+    if path.is_dir() and split is None:
+        return read_math_folder(path, require_answer)
+    raise FileNotFoundError(f"MATH data not found: {path} (split={split!r}); expected a .jsonl "
+                            "file, <dir>/<split>.jsonl or <dir>/<split>/<subject>/<n>.json")
+
+
+def read_math_splits(path: PathLike, require_answer: bool = False) -> list[Problem]:
+    """PRM800K's `math_splits/{train,test}.jsonl` (12,000 train / 500 MATH500 problems)."""
+    return read_jsonl_problems(path, require_answer)
+
+
+# ----------------------------------------------------------------------------- PRM800K labels
+
+_ANSWER_SECTION = re.compile(r"#\s*Answer\s*\n(.*)\Z", re.DOTALL)
+
+
+def _chosen_step_text(step: dict) -> Optional[str]:
+    """The chosen completion of one step, or the human-written one where a labeller wrote it."""
+    chosen = step.get("chosen_completion")
+    if chosen is not None:
+        return step["completions"][chosen]["text"]
+    human = step.get("human_completion")
+    return human["text"] if human else None
+
+
+def boxed_answer_section(text: str) -> Optional[tuple[str, str]]:
+    """Splits a PRM800K solution at its final "# Answer" section: (rewritten text, answer).
+    The section is rewritten as a final `\\boxed{answer}` line; None where there is none."""
+    marker = text.rfind("# Answer")
+    match = _ANSWER_SECTION.match(text, marker) if marker != -1 else None
+    if match is None or not match.group(1).strip():
+        return None
+    answer = match.group(1).strip()
+    body = text[:marker].rstrip()
+    boxed = "\\boxed{" + answer + "}"
+    return (f"{body}\n\n{boxed}" if body else boxed), answer
+
+
+def prm800k_solution(record: dict, where: str) -> tuple[Optional[str], str]:
+    """(solution, "kept") for a usable label record, else (None, reason skipped)."""
+    require(record, "question.problem", where)
+    gold = require(record, "question.ground_truth_answer", where)
+    finish_reason = require(record, "label.finish_reason", where)
+    steps = require(record, "label.steps", where)
+    if finish_reason != "solution":
+        return None, f"finish_reason={finish_reason}"
+    texts = [_chosen_step_text(step) for step in steps]
+    if not texts or any(t is None for t in texts):
+        return None, "step_without_chosen_completion"
+    rewritten = boxed_answer_section("\n".join(texts))
+    if rewritten is None:
+        return None, "no_answer_section"
+    solution, answer = rewritten
+    if not answers.is_equiv(answer, str(gold)):
+        return None, "answer_not_equal_to_ground_truth"
+    return solution, "kept"
+
+
+def read_prm800k_labels(paths: Union[PathLike, Sequence[PathLike]],
+                        stats: Optional[collections.Counter] = None) -> list[Problem]:
+    """Solutions from PRM800K label files (`phase{1,2}_{train,test}.jsonl`).
+
+    A solution is the chosen completion of each step joined by newlines, kept only where
+    `finish_reason == "solution"` and its "# Answer" grades equal to `ground_truth_answer`.
+    Skip reasons are counted into `stats` (if given) and logged.
+    """
+    paths = [paths] if isinstance(paths, (str, pathlib.Path)) else list(paths)
+    counts = stats if stats is not None else collections.Counter()
+    problems = []
+    for path in paths:
+        for where, record in iter_jsonl(path):
+            solution, reason = prm800k_solution(record, where)
+            counts[reason] += 1
+            if solution is None:
+                continue
+            question = record["question"]
+            problems.append(Problem(
+                problem_id=f"{pathlib.Path(path).name}:{where.rsplit(':', 1)[1]}",
+                problem=question["problem"],
+                solution=solution,
+                answer=str(question["ground_truth_answer"]),
+            ))
+    logging.info("PRM800K labels %s: %s", [str(p) for p in paths], dict(sorted(counts.items())))
+    return problems
+
+
+def read_candidates(path: PathLike) -> list[dict]:
+    """Graded candidates file (docs/formats.md): one problem per line with `problem_id`,
+    `problem`, `gold` and `samples` [{`text`, `answer`, `score`?, `correct`?}].
+
+    Every returned sample carries a bool `correct`: the file's own where present, else the
+    grader's verdict on its `answer` (or the answer extracted from `text`) against `gold`.
+    """
+    records = []
+    for where, record in iter_jsonl(path):
+        require(record, "problem_id", where)
+        require(record, "problem", where)
+        samples = record.get("samples")
+        if not isinstance(samples, list):
+            raise DataFormatError(f"{where}: record is missing required field 'samples'")
+        graded = []
+        for i, sample in enumerate(samples):
+            text = require(sample, "text", f"{where}: samples[{i}]")
+            correct = sample.get("correct")
+            if correct is None:
+                gold = require(record, "gold", where)
+                answer = sample.get("answer") or answers.extract_answer(text)
+                correct = answers.is_equiv(answer, str(gold))
+            graded.append({**sample, "correct": bool(correct)})
+        records.append({**record, "samples": graded})
+    return records

@@ -1,0 +1,135 @@
+"""seqio tasks and mixtures of mathft_jax, registered when this module is imported.
+
+Every task has output features `inputs` (the prompt; no EOS) and `targets` (the solution or
+evaluator label; EOS appended), tokenised with the task vocabulary, plus text features
+`problem_id`, `answer` (gold answer, generation tasks) and, for the evaluator tasks, the
+integers `pair_id` / `is_positive` (see docs/data.md).
+
+Gin: data paths (`mathft_jax.data.paths`), the vocabulary (`get_vocabulary.name_or_path`), the
+formats and the synthetic knobs are gin parameters. Paths and vocabulary are resolved when
+`register_tasks()` runs: import registers with the defaults; after parsing gin files the
+trainer calls `register_tasks()` again to re-register every task with the bound values.
+Nothing is read until a task's data is first requested, so a missing file (e.g. PRM800K label
+files) is an error only for the task that needs it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from mathft_jax.data import formats, metrics, paths, readers, synthetic, vocab
+
+GENERATION_EVAL_TASKS = ("math500", "math_test5k")
+SYNTHETIC_TASKS = {"synthetic_arith_steps": "steps", "synthetic_arith_terse": "terse"}
+SSFT_MIXTURE = "math_ssft_mix"
+TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
+              *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise")
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def generation_examples(problems: Iterable[readers.Problem]) -> list[dict]:
+    return [{
+        "inputs": formats.generation_prompt(p.problem),
+        "targets": formats.generation_target(p.solution),
+        "answer": p.answer or "",
+        "problem_id": p.problem_id,
+    } for p in problems]
+
+
+def _prm800k_problems(files: Sequence) -> list[readers.Problem]:
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"math_ssft_prm800k: PRM800K label files not found: {missing}. They are not shipped "
+            "with ../shared/data; bind prm800k_label_files.paths = [...] and call "
+            "mathft_jax.data.tasks.register_tasks().")
+    return readers.read_prm800k_labels(files)
+
+
+def _candidates(path) -> list[dict]:
+    if path is None:
+        raise ValueError("scr_pairwise / scr_pointwise need a graded candidates file: bind "
+                         "scr_candidates_file.path = '...' and call "
+                         "mathft_jax.data.tasks.register_tasks().")
+    return readers.read_candidates(path)
+
+
+def examples_to_dataset(examples: list[dict], name: str) -> tf.data.Dataset:
+    if not examples:
+        raise ValueError(f"{name}: no examples (see the log for what was skipped)")
+    columns = {key: [ex[key] for ex in examples] for key in examples[0]}
+    return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def _source(name: str, loaders: dict[str, Callable[[], list[dict]]]) -> seqio.DataSource:
+    def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
+        del shuffle_files, seed  # order is get_dataset's job (seeded, exactly resumable)
+        return examples_to_dataset(loaders[split](), f"{name}/{split}")
+
+    return seqio.FunctionDataSource(dataset_fn, splits=list(loaders))
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def _add_task(name: str, loaders: dict, vocabulary: seqio.Vocabulary, with_metric: bool) -> None:
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=_source(name, loaders),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+        output_features={
+            "inputs": seqio.Feature(vocabulary, add_eos=False),
+            "targets": seqio.Feature(vocabulary, add_eos=True),
+        },
+        postprocess_fn=metrics.postprocess_answer if with_metric else None,
+        metric_fns=[metrics.answer_accuracy] if with_metric else [],
+    )
+
+
+def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
+    """Per task, per split: a zero-argument loader with every data path resolved now."""
+    splits_dir, math_dir = paths.math_splits_dir(), paths.math_dir()
+    label_files, candidates_file = paths.prm800k_label_files(), paths.scr_candidates_file()
+
+    def generation(read: Callable, *args, **kwargs) -> Callable[[], list[dict]]:
+        return lambda: generation_examples(read(*args, **kwargs))
+
+    def evaluator(build: Callable) -> Callable[[], list[dict]]:
+        return lambda: build(_candidates(candidates_file))[0]
+
+    loaders = {
+        "math_ssft_math": {"train": generation(
+            readers.read_math_splits, splits_dir / "train.jsonl", require_answer=True)},
+        "math_ssft_prm800k": {"train": generation(_prm800k_problems, label_files)},
+        "math500": {"test": generation(readers.read_math_splits, splits_dir / "test.jsonl")},
+        "math_test5k": {"test": generation(readers.read_math, math_dir, "test")},
+        "scr_pairwise": {"train": evaluator(formats.pairwise_examples)},
+        "scr_pointwise": {"train": evaluator(formats.pointwise_examples)},
+    }
+    for name, style in SYNTHETIC_TASKS.items():
+        # Knobs are read from gin when the split is first loaded.
+        loaders[name] = {split: generation(synthetic.synthetic_problems, split, style=style)
+                         for split in synthetic.SPLITS}
+    return loaders
+
+
+@gin.configurable
+def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
+                   mix_rates: Sequence[float] = (1.0, 1.0)) -> None:
+    """(Re-)registers every task and the `math_ssft_mix` mixture (rates for math_ssft_math,
+    math_ssft_prm800k). `vocabulary` defaults to the gin-configured `get_vocabulary()`."""
+    vocabulary = vocabulary or vocab.get_vocabulary()
+    for name, loaders in _task_loaders().items():
+        with_metric = name in GENERATION_EVAL_TASKS or name in SYNTHETIC_TASKS
+        _add_task(name, loaders, vocabulary, with_metric)
+    seqio.MixtureRegistry.remove(SSFT_MIXTURE)
+    seqio.MixtureRegistry.add(SSFT_MIXTURE, list(zip(("math_ssft_math", "math_ssft_prm800k"), mix_rates)))
+
+
+register_tasks()
