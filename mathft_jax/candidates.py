@@ -1,0 +1,126 @@
+"""The candidates file: N sampled solutions per problem, as JSON lines (docs/formats.md).
+
+One object per line: {"problem_id": str, "problem": str, "gold": str,
+"samples": [{"text": str, "answer": str | null, "score"?: float, "correct"?: bool}], ...}.
+Extra keys are kept. Blank lines are ignored; any other unreadable line is an error naming
+file:line, or is skipped and counted with `skip_bad_lines`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+
+from mathft_jax.grading import extract_answer, is_equiv
+from mathft_jax.parallel import parallel_map
+
+
+class CandidatesError(ValueError):
+    """A malformed candidates line; the message starts with file:line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BadLine:
+    line: int
+    reason: str
+
+
+def validate_record(record: object) -> None:
+    """Raise ValueError with the reason when `record` does not follow the schema."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    for field in ("problem_id", "problem", "gold"):
+        if not isinstance(record.get(field), str):
+            raise ValueError(f"{field!r} must be a string")
+    samples = record.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise ValueError("'samples' must be a non-empty list")
+    for index, sample in enumerate(samples):
+        where = f"samples[{index}]"
+        if not isinstance(sample, dict):
+            raise ValueError(f"{where} is not an object")
+        if not isinstance(sample.get("text", ""), str):
+            raise ValueError(f"{where}.text must be a string")
+        if "answer" not in sample and "text" not in sample:
+            raise ValueError(f"{where} has neither 'answer' nor 'text'")
+        if sample.get("answer") is not None and not isinstance(sample["answer"], str):
+            raise ValueError(f"{where}.answer must be a string or null")
+        score = sample.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
+                                  or not math.isfinite(score)):
+            raise ValueError(f"{where}.score must be a finite number")
+        if "correct" in sample and not isinstance(sample["correct"], bool):
+            raise ValueError(f"{where}.correct must be a boolean")
+
+
+def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[list[dict], list[BadLine]]:
+    """(records, skipped bad lines). Without `skip_bad_lines` the first bad line raises."""
+    records, bad, seen = [], [], set()
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                validate_record(record)
+                if record["problem_id"] in seen:
+                    raise ValueError(f"duplicate problem_id {record['problem_id']!r}")
+            except ValueError as error:  # json.JSONDecodeError is a ValueError
+                if not skip_bad_lines:
+                    raise CandidatesError(f"{path}:{number}: {error}") from error
+                bad.append(BadLine(number, str(error)))
+                continue
+            seen.add(record["problem_id"])
+            records.append(record)
+    if bad:
+        logging.warning("%s: skipped %d bad line(s), first at line %d: %s",
+                        path, len(bad), bad[0].line, bad[0].reason)
+    return records, bad
+
+
+def read_candidates(path: str, skip_bad_lines: bool = False) -> list[dict]:
+    """The records of a candidates file (bad lines raise, or are skipped with a warning)."""
+    return read_candidates_report(path, skip_bad_lines)[0]
+
+
+def write_candidates(path: str, records: list[dict]) -> None:
+    """Validate and write atomically: a temporary file beside `path`, then os.replace."""
+    for index, record in enumerate(records):
+        try:
+            validate_record(record)
+        except ValueError as error:
+            raise CandidatesError(f"record {index}: {error}") from error
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".candidates-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            for record in records:
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def sample_answer(sample: dict) -> str | None:
+    """A sample's answer: its "answer" field, or extracted from "text" when the key is absent."""
+    if "answer" in sample:
+        return sample["answer"]
+    return extract_answer(sample.get("text"))
+
+
+def _grade_record(record: dict) -> list[bool]:
+    return [is_equiv(sample_answer(sample), record["gold"]) for sample in record["samples"]]
+
+
+def grade_candidates(records: list[dict], processes: int | None = None, progress: bool = True) -> list[dict]:
+    """Set `correct` on every sample (in place) with a process pool; returns `records`."""
+    for record, grades in zip(records, parallel_map(_grade_record, records, processes, "grading", progress)):
+        for sample, correct in zip(record["samples"], grades):
+            sample["correct"] = correct
+    return records

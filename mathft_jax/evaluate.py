@@ -1,0 +1,82 @@
+"""Evaluate a candidates file: grade, cluster, and report the paper's metrics with 95% CIs.
+
+    python -m mathft_jax.evaluate --candidates=FILE [--k=8] [--out=JSON] [--skip_bad_lines]
+
+Grading and clustering run in a process pool over all cores; the printed markdown table and
+the JSON are deterministic (seeded bootstrap, ordered pool map).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+from mathft_jax import voting
+from mathft_jax.candidates import read_candidates_report
+from mathft_jax.parallel import parallel_map
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def evaluate_records(records: list[dict], k: int = 8, processes: int | None = None,
+                     n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """{"k", "n_problems", "n_samples", "metrics": {name: {value, ci_low, ci_high, n_problems}}}."""
+    problems = parallel_map(voting.grade_problem, records, processes, "grading", progress)
+    sizes = [len(problem.correct) for problem in problems]
+    return {
+        "k": k,
+        "n_problems": len(problems),
+        "n_samples": {"total": sum(sizes), "min": min(sizes, default=0), "max": max(sizes, default=0)},
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95},
+        "metrics": voting.evaluate_problems(problems, k, n_resamples, seed),
+    }
+
+
+def markdown_table(result: dict) -> str:
+    """One row per metric: value and 95% interval in percent, and the problems counted."""
+    rows = ["| metric | value (%) | 95% CI (%) | problems |", "| --- | ---: | ---: | ---: |"]
+    for name, entry in result["metrics"].items():
+        label = voting.metric_label(name, result["k"])
+        if entry["value"] is None:
+            rows.append(f"| {label} | n/a | n/a (no scores) | 0 |")
+        else:
+            rows.append(f"| {label} | {100 * entry['value']:.2f} | "
+                        f"[{100 * entry['ci_low']:.2f}, {100 * entry['ci_high']:.2f}] | {entry['n_problems']} |")
+    return "\n".join(rows)
+
+
+def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes: int | None = None,
+                  progress: bool = True) -> dict:
+    """`evaluate_records` over a candidates file, with its skipped lines reported."""
+    records, bad = read_candidates_report(path, skip_bad_lines)
+    result = {"candidates": path}
+    result |= evaluate_records(records, k, processes, progress=progress)
+    result["skipped_lines"] = {"count": len(bad), "lines": [[b.line, b.reason] for b in bad]}
+    return result
+
+
+_CANDIDATES = flags.DEFINE_string("candidates", None, "Candidates JSON-lines file.", required=True)
+_K = flags.DEFINE_integer("k", 8, "K for the top-K cluster metrics (the paper: 8 of N=64).")
+_OUT = flags.DEFINE_string("out", None, "Where to write the JSON (default: FILE.metrics.json).")
+_SKIP = flags.DEFINE_bool("skip_bad_lines", False, "Skip and count malformed lines instead of failing.")
+_PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default: all cores).")
+
+
+def main(argv) -> None:
+    del argv
+    result = evaluate_file(_CANDIDATES.value, _K.value, _SKIP.value, _PROCESSES.value)
+    print(markdown_table(result))
+    skipped = result["skipped_lines"]["count"]
+    if skipped:
+        print(f"\nskipped {skipped} bad line(s): see skipped_lines in the JSON")
+    out = _OUT.value or os.path.splitext(_CANDIDATES.value)[0] + ".metrics.json"
+    with open(out, "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=2, sort_keys=True)
+        file.write("\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,9 @@
+"""Answer grading: extraction, normalisation, equivalence and canonical keys.
+
+See docs/grading.md for the policies (decimals, percentages, bases, units) and the time bounds.
+"""
+from mathft_jax.grading.equiv import answer_key, is_equiv
+from mathft_jax.grading.extract import extract_answer
+from mathft_jax.grading.normalize import normalize
+
+__all__ = ["extract_answer", "normalize", "is_equiv", "answer_key"]

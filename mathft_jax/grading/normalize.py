@@ -1,0 +1,112 @@
+"""String normalisation of an answer: one canonical spelling per notation.
+
+Everything here is plain string work with bounded regexes, so it is fast and cannot hang;
+the structure and value of the answer are read later (`structure.py`, `expr.py`).
+"""
+from __future__ import annotations
+
+import re
+
+# Beyond this many characters an answer is compared verbatim: no real answer is this long,
+# and every later stage then stays bounded.
+MAX_ANSWER_CHARS = 2000
+
+_UNIT_WORDS = (
+    "square units|sq units|sq\\.? units|square feet|square inches|square meters|square cm|"
+    "square centimeters|cubic inches|cubic feet|cubic units|units?|cm|mm|km|m|meters?|"
+    "centimeters?|inches|inch|in|feet|foot|ft|yards?|miles?|mph|degrees?|cents?|dollars?|"
+    "euros?|pounds?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|years?|gallons?|"
+    "acres?|liters?|grams?|gm|kg|ways|people|students|percent"
+)
+_UNIT_AFTER_VALUE = re.compile(r"(?<=[\d}.)])\s*\\text\{\s*(?:" + _UNIT_WORDS + r")\.?\s*\}(\^\{?[23]\}?)?")
+_PLAIN_UNIT_AFTER_VALUE = re.compile(r"(?<=[\d}])\s+(?:" + _UNIT_WORDS + r")\.?(\^\{?[23]\}?)?$")
+_TEXT_COMMANDS = re.compile(r"\\(?:mbox|textbf|textit|textnormal|textrm|mathrm|mathbf|mathit|operatorname)\b")
+_TEXT_GROUP = re.compile(r"\\text\s*\{([^{}]*)\}")
+_CHOICE = re.compile(r"^\(?([A-Ha-h])\)?$")
+_THOUSANDS = re.compile(r"^(-?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
+_BASE_SUBSCRIPT = re.compile(r"^([0-9A-Z]+)_\{?(\d+)\}?$")
+_VARIABLE_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\in\b)\s*(?!.*=)")
+_SPACES_AFTER_COMMAND = re.compile(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z0-9])")
+
+_REPLACEMENTS = (
+    ("\\\\", "\\cr "), ("\\!", ""), ("{,}", ","), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+    ("\\displaystyle", ""), ("\\left", ""), ("\\right", ""), ("\\bigl", ""), ("\\bigr", ""),
+    ("\\Bigl", ""), ("\\Bigr", ""), ("\\big", ""), ("\\Big", ""), ("\\,", " "), ("\\;", " "),
+    ("\\:", " "), ("\\ ", " "), ("\\quad", " "), ("\\qquad", " "), ("~", " "),
+    ("\\leq", "\\le"), ("\\geq", "\\ge"), ("\\leqslant", "\\le"), ("\\geqslant", "\\ge"),
+    ("\\lt", "<"), ("\\gt", ">"), ("\\neq", "\\ne"), ("\\lbrack", "["), ("\\rbrack", "]"),
+    ("\\lbrace", "\\{"), ("\\rbrace", "\\}"), ("\\langle", "("), ("\\rangle", ")"),
+    ("bmatrix", "pmatrix"), ("vmatrix", "pmatrix"), ("\\$", ""), ("\\%", ""), ("%", ""),
+    ("\\degree", ""), ("°", ""), ("\\emptyset", "\\varnothing"), ("\\ge=", "\\ge"),
+)
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ")
+_WORD_SEPARATORS = re.compile(r"\\text\{\s*(?:or|and|,\s*and)\s*\}|\s+(?:or|and)\s+")
+
+
+def _strip_wrappers(answer: str) -> str:
+    """Drop math delimiters, a whole-answer `\\boxed{}` and a final full stop."""
+    answer = answer.strip()
+    changed = True
+    while changed:
+        changed = False
+        for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("\\boxed{", "}")):
+            if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right):
+                answer, changed = answer[len(left):-len(right)].strip(), True
+        if answer.endswith(".") and not answer.endswith(".."):
+            answer, changed = answer[:-1].rstrip(), True
+    return answer
+
+
+def _unwrap_text(answer: str) -> str:
+    """`\\text{}` groups: unit labels after a value go, other text keeps its content."""
+    answer = _UNIT_AFTER_VALUE.sub("", answer)
+    answer = _WORD_SEPARATORS.sub(",", answer)
+    answer = _TEXT_GROUP.sub(lambda m: m.group(1), answer)
+    return _PLAIN_UNIT_AFTER_VALUE.sub("", answer.strip())
+
+
+def _canonical_number_spelling(answer: str) -> str:
+    """Thousands separators, base subscripts and multiple-choice letters."""
+    thousands = _THOUSANDS.match(answer)
+    if thousands:
+        sign, digits, decimals = thousands.groups()
+        return sign + digits.replace(",", "") + (decimals or "")
+    base = _BASE_SUBSCRIPT.match(answer)
+    if base:  # `1011_2` is answered by its digits: the base is the question's
+        return base.group(1)
+    choice = _CHOICE.match(answer)
+    if choice:
+        return choice.group(1).upper()
+    return answer
+
+
+def _braced_short_arguments(answer: str) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`: one spelling for the key."""
+    answer = re.sub(r"\\frac\s*(\w)\s*(\w)", r"\\frac{\1}{\2}", answer)
+    answer = re.sub(r"\\frac\s*(\w)\s*\{", r"\\frac{\1}{", answer)
+    answer = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\w)", r"\\frac\1{\2}", answer)
+    return re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", answer)
+
+
+def normalize(answer: object) -> str:
+    """Canonical spelling of an answer string (None and non-strings give "")."""
+    if not isinstance(answer, str):
+        return ""
+    if len(answer) > MAX_ANSWER_CHARS:
+        return answer.strip()
+    answer = _strip_wrappers(answer.replace("\n", " "))
+    answer = re.sub(r",\s*\\!\s*", ",", answer)  # `10,\! 080`: a thousands separator
+    for old, new in _REPLACEMENTS:
+        answer = answer.replace(old, new)
+    answer = _TEXT_COMMANDS.sub("\\\\text", answer)
+    answer = _DEGREES.sub("", answer)
+    answer = _unwrap_text(answer)
+    answer = _canonical_number_spelling(_strip_wrappers(answer))
+    answer = _VARIABLE_PREFIX.sub("", answer, count=1)
+    answer = _canonical_number_spelling(answer.strip())
+    if re.search(r"[a-zA-Z]{3}", re.sub(r"\\[a-zA-Z]+", "", answer)) and "\\" not in answer:
+        return re.sub(r"\s+", " ", answer).strip().lower()  # prose: keep word breaks
+    answer = _SPACES_AFTER_COMMAND.sub(r"\1 ", answer)
+    answer = re.sub(r"(?<![a-zA-Z])\s+|\s+(?![a-zA-Z])", "", answer)
+    answer = _braced_short_arguments(answer)
+    return re.sub(r",(?=\S)", ", ", answer)  # `1, 2` stays a list when normalised again

@@ -1,0 +1,233 @@
+"""Values of an expression AST: exact rationals, guarded high-precision numerics, sympy text.
+
+The guards (`MAX_RESULT_BITS`, `MAX_EXPONENT`, `MAX_FACTORIAL`) bound the cost of every
+operation, so `2^{2^{2^{2^{2^{2}}}}}` raises `TooBig` in microseconds instead of hanging.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from fractions import Fraction
+
+import mpmath
+
+MAX_RESULT_BITS = 20_000
+MAX_EXPONENT = 10_000
+MAX_FACTORIAL = 500
+DIGITS = 50
+_MAGNITUDE_LIMIT = mpmath.mpf(2) ** MAX_RESULT_BITS
+
+
+class NotRational(ValueError):
+    """The expression has no exact rational value (irrational, complex, symbolic)."""
+
+
+class TooBig(ValueError):
+    """Evaluating the expression would cost more than the guards allow."""
+
+
+def _check_size(value: Fraction) -> Fraction:
+    if value.numerator.bit_length() + value.denominator.bit_length() > MAX_RESULT_BITS:
+        raise TooBig("rational too large")
+    return value
+
+
+def _integer_root(x: int, n: int) -> int:
+    """floor(x ** (1/n)) by Newton's method on integers (floats lose digits past 2^53)."""
+    if x < 2:
+        return x
+    root = 1 << -(-x.bit_length() // n)
+    while True:
+        better = ((n - 1) * root + x // root ** (n - 1)) // n
+        if better >= root:
+            return root
+        root = better
+
+
+def _exact_root(value: Fraction, n: int) -> Fraction:
+    if n <= 0 or n > 64 or (value < 0 and n % 2 == 0):
+        raise NotRational("root")
+    parts = []
+    for part in (abs(value.numerator), value.denominator):
+        root = _integer_root(part, n)
+        if root ** n != part:
+            raise NotRational("root")
+        parts.append(root)
+    return (-1 if value < 0 else 1) * Fraction(parts[0], parts[1])
+
+
+def _exact_power(base: Fraction, exponent: Fraction) -> Fraction:
+    if exponent.denominator != 1:
+        return _exact_power(_exact_root(base, exponent.denominator), Fraction(exponent.numerator))
+    n = exponent.numerator
+    if base in (0, 1) or (base == -1):
+        if base == 0 and n < 0:
+            raise NotRational("division by zero")
+        return base ** n
+    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+    if abs(n) > MAX_EXPONENT or abs(n) * bits > MAX_RESULT_BITS:
+        raise TooBig("power too large")
+    return base ** n
+
+
+def exact_value(node) -> Fraction:
+    """The exact rational value; raises NotRational or TooBig."""
+    kind = node[0]
+    if kind == "num":
+        return node[1]
+    if kind == "add":
+        return _check_size(sum((exact_value(t) for t in node[1]), Fraction(0)))
+    if kind == "mul":
+        product = Fraction(1)
+        for factor in node[1]:
+            product = _check_size(product * exact_value(factor))
+        return product
+    if kind == "neg":
+        return -exact_value(node[1])
+    if kind == "div":
+        numerator, denominator = exact_value(node[1]), exact_value(node[2])
+        if denominator == 0:
+            raise NotRational("division by zero")
+        return _check_size(numerator / denominator)
+    if kind == "pow":
+        return _check_size(_exact_power(exact_value(node[1]), exact_value(node[2])))
+    if kind == "root":
+        index = exact_value(node[2])
+        if index.denominator != 1:
+            raise NotRational("fractional root index")
+        return _exact_root(exact_value(node[1]), index.numerator)
+    if kind == "fact":
+        value = exact_value(node[1])
+        if value.denominator != 1 or value < 0:
+            raise NotRational("factorial of a non-natural")
+        if value > MAX_FACTORIAL:
+            raise TooBig("factorial too large")
+        return Fraction(math.factorial(value.numerator))
+    if kind == "abs":
+        return abs(exact_value(node[1]))
+    if kind == "binom":
+        n, k = exact_value(node[1]), exact_value(node[2])
+        if n.denominator != 1 or k.denominator != 1 or n < 0 or n > 10 * MAX_FACTORIAL:
+            raise NotRational("binomial")
+        return Fraction(math.comb(n.numerator, k.numerator)) if k >= 0 else Fraction(0)
+    raise NotRational(kind)
+
+
+def variable_point(name: str, trial: int) -> mpmath.mpf:
+    """A deterministic, generic value for a free variable (never a small rational)."""
+    seed = zlib.crc32(f"{name}:{trial}".encode())
+    return mpmath.mpf(seed % 9973) / 9973 + mpmath.mpf(trial + 1) / 7 + mpmath.sqrt(2) / 10
+
+
+def _numeric_power(base, exponent):
+    if abs(exponent) > MAX_EXPONENT and abs(base) not in (0, 1):
+        raise TooBig("power too large")
+    return mpmath.power(base, exponent)
+
+
+_NUMERIC_FUNCTIONS = {
+    "sin": mpmath.sin, "cos": mpmath.cos, "tan": mpmath.tan, "sec": mpmath.sec,
+    "csc": mpmath.csc, "cot": mpmath.cot, "arcsin": mpmath.asin, "arccos": mpmath.acos,
+    "arctan": mpmath.atan, "sinh": mpmath.sinh, "cosh": mpmath.cosh, "tanh": mpmath.tanh,
+    "exp": mpmath.exp,
+}
+
+
+def _numeric(node, point):
+    kind = node[0]
+    if kind == "num":
+        return mpmath.mpf(node[1].numerator) / node[1].denominator
+    if kind == "var":
+        return point[node[1]]
+    if kind == "const":
+        return {"pi": mpmath.pi, "i": mpmath.mpc(0, 1), "inf": mpmath.inf}[node[1]] * 1
+    if kind == "add":
+        return mpmath.fsum(_numeric(t, point) for t in node[1])
+    if kind == "mul":
+        return mpmath.fprod(_numeric(f, point) for f in node[1])
+    if kind == "neg":
+        return -_numeric(node[1], point)
+    if kind == "div":
+        return _numeric(node[1], point) / _numeric(node[2], point)
+    if kind == "pow":
+        return _numeric_power(_numeric(node[1], point), _numeric(node[2], point))
+    if kind == "root":
+        index = _numeric(node[2], point)
+        radicand = _numeric(node[1], point)
+        if index == 2:
+            return mpmath.sqrt(radicand)
+        if index == 3 and mpmath.im(radicand) == 0 and radicand < 0:
+            return -mpmath.cbrt(-radicand)  # the real cube root, as competition math means
+        return mpmath.root(radicand, index)
+    if kind == "fact":
+        value = _numeric(node[1], point)
+        if abs(value) > MAX_FACTORIAL:
+            raise TooBig("factorial too large")
+        return mpmath.factorial(value)
+    if kind == "abs":
+        return abs(_numeric(node[1], point))
+    if kind == "binom":
+        return mpmath.binomial(_numeric(node[1], point), _numeric(node[2], point))
+    if kind == "log":
+        value = mpmath.log(_numeric(node[1], point))
+        return value if node[2] is None else value / mpmath.log(_numeric(node[2], point))
+    if kind == "func":
+        return _NUMERIC_FUNCTIONS[node[1]](_numeric(node[2], point))
+    raise NotRational(kind)
+
+
+def numeric_value(node, point: dict):
+    """A DIGITS-digit value at `point` (variable -> value); raises TooBig, ValueError, ..."""
+    with mpmath.workdps(DIGITS):
+        value = _numeric(node, point)
+        if mpmath.isfinite(value) and abs(value) > _MAGNITUDE_LIMIT:
+            raise TooBig("value too large")
+        return value
+
+
+def close(a, b) -> bool:
+    """Equal to DIGITS - 20 significant digits (exact for infinities)."""
+    if mpmath.isinf(a) or mpmath.isinf(b) or mpmath.isnan(a) or mpmath.isnan(b):
+        return bool(a == b) and not mpmath.isnan(a)
+    with mpmath.workdps(DIGITS):
+        scale = max(mpmath.mpf(1), abs(a), abs(b))
+        return bool(abs(a - b) <= scale * mpmath.mpf(10) ** (20 - DIGITS))
+
+
+_SYMPY_FUNCTIONS = {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}
+
+
+def to_sympy_source(node) -> str:
+    """Python source for sympy (built only from AST names and numbers, never from raw input)."""
+    kind = node[0]
+    if kind == "num":
+        return f"Rational({node[1].numerator},{node[1].denominator})"
+    if kind == "var":
+        safe = "".join(c if c.isalnum() else "_" for c in node[1].replace("'", "_prime"))
+        return f"Symbol('{safe}')"
+    if kind == "const":
+        return {"pi": "pi", "i": "I", "inf": "oo"}[node[1]]
+    if kind == "add":
+        return "(" + "+".join(to_sympy_source(t) for t in node[1]) + ")"
+    if kind == "mul":
+        return "(" + "*".join(to_sympy_source(f) for f in node[1]) + ")"
+    if kind == "neg":
+        return f"(-{to_sympy_source(node[1])})"
+    if kind == "div":
+        return f"({to_sympy_source(node[1])}/{to_sympy_source(node[2])})"
+    if kind == "pow":
+        return f"Pow({to_sympy_source(node[1])},{to_sympy_source(node[2])})"
+    if kind == "root":
+        return f"root({to_sympy_source(node[1])},{to_sympy_source(node[2])})"
+    if kind == "fact":
+        return f"factorial({to_sympy_source(node[1])})"
+    if kind == "abs":
+        return f"Abs({to_sympy_source(node[1])})"
+    if kind == "binom":
+        return f"binomial({to_sympy_source(node[1])},{to_sympy_source(node[2])})"
+    if kind == "log":
+        base = "" if node[2] is None else "," + to_sympy_source(node[2])
+        return f"log({to_sympy_source(node[1])}{base})"
+    if kind == "func":
+        return f"{_SYMPY_FUNCTIONS.get(node[1], node[1])}({to_sympy_source(node[2])})"
+    raise NotRational(kind)
