@@ -1,0 +1,145 @@
+"""Readers: MATH (both layouts), PRM800K math_splits and label files, bad input."""
+import collections
+import json
+import logging
+import pathlib
+
+import pytest
+
+from mathft_jax.data import readers
+
+FIXTURE = pathlib.Path(__file__).parent / "data" / "prm800k_labels_fixture.jsonl"
+
+
+# ----------------------------------------------------------------------------- shared data counts
+
+
+def test_math_counts(data_dir):
+    train = readers.read_math(data_dir / "math", "train")
+    test = readers.read_math(data_dir / "math", "test")
+    assert (len(train), len(test)) == (7500, 5000)
+    assert len({p.problem_id for p in train + test}) == 12500
+    # Two train solutions write `\boxed 2` without braces; only the real grader reads those.
+    assert sum(p.answer is None for p in train + test) <= 2
+
+
+def test_math500_count(data_dir):
+    math500 = readers.read_math_splits(data_dir / "prm800k/math_splits/test.jsonl")
+    assert len(math500) == 500
+    assert all(p.answer for p in math500)
+
+
+def test_prm800k_train_split_skips_boxless_and_logs(data_dir, caplog):
+    path = data_dir / "prm800k/math_splits/train.jsonl"
+    assert len(readers.read_math_splits(path)) == 12000
+    with caplog.at_level(logging.INFO):
+        kept = readers.read_math_splits(path, require_answer=True)
+    assert len(kept) == 11998
+    assert "skipped 2 of 12000 problems" in caplog.text
+
+
+def test_math_folder_layout_matches_jsonl(data_dir, tmp_path):
+    """The original per-problem layout, written from the shared JSON lines at test time."""
+    rows = [json.loads(line) for line in (data_dir / "math/test.jsonl").open()][:60]
+    for row in rows:
+        file = tmp_path / "MATH" / row["unique_id"]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps({k: row[k] for k in ("problem", "level", "type", "solution")}))
+    from_folder = {p.problem_id: p for p in readers.read_math(tmp_path / "MATH", "test")}
+    assert len(from_folder) == len(rows)
+    for row in rows:
+        p = from_folder[row["unique_id"]]
+        assert (p.problem, p.solution, p.subject) == (row["problem"], row["solution"], row["type"])
+        assert p.answer is not None and f"\\boxed{{{p.answer}}}" in p.solution
+
+
+# ----------------------------------------------------------------------------- PRM800K labels
+
+
+def test_prm800k_fixture_keeps_only_correct_finished_solutions():
+    stats = collections.Counter()
+    problems = readers.read_prm800k_labels(FIXTURE, stats)
+    assert [p.answer for p in problems] == ["11", "\\frac{3}{4}"]
+    assert problems[0].solution == ("Multiplication first: $4\\cdot 2=8$.\nThen $3+8=11$.\n\n"
+                                    "\\boxed{11}")
+    # The human-written step replaces the rejected completion; the Answer section is boxed.
+    assert problems[1].solution == ("Divide top and bottom by $2$.\nThat gives $\\frac{3}{4}$."
+                                    "\n\n\\boxed{\\frac{3}{4}}")
+    assert stats == {"kept": 2, "finish_reason=found_error": 1, "finish_reason=give_up": 1,
+                     "answer_not_equal_to_ground_truth": 1, "step_without_chosen_completion": 1,
+                     "no_answer_section": 1}
+    assert all("# Answer" not in p.solution for p in problems)
+
+
+def test_prm800k_real_label_samples(data_dir):
+    """18 real records (5 phase 1, 13 phase 2): 4 finished with a solution, all correct."""
+    stats = collections.Counter()
+    problems = readers.read_prm800k_labels(data_dir / "prm800k/label_samples.jsonl", stats)
+    assert sum(stats.values()) == 18
+    assert stats["finish_reason=found_error"] == 13 and stats["finish_reason=give_up"] == 1
+    assert stats["kept"] == len(problems) == 4
+    for p in problems:
+        assert p.solution.endswith(f"\\boxed{{{p.answer}}}")
+        assert "# Answer" not in p.solution and p.problem
+
+
+def test_boxed_answer_section_rewrites_only_the_final_section():
+    text, answer = readers.boxed_answer_section("So $x=2$.\n\n# Answer\n\n2\n")
+    assert (text, answer) == ("So $x=2$.\n\n\\boxed{2}", "2")
+    assert readers.boxed_answer_section("No answer here.") is None
+    assert readers.boxed_answer_section("# Answer\n\n") is None
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"problem": "a", "solution": "\\\\boxed{1}"}\n\n{"problem": oops}\n')
+    with pytest.raises(readers.DataFormatError, match=rf"{path}:3: malformed JSON"):
+        readers.read_jsonl_problems(path)
+
+
+@pytest.mark.parametrize("missing", ["problem", "solution"])
+def test_missing_field_is_named(tmp_path, missing):
+    record = {"problem": "What is 1+1?", "solution": "\\boxed{2}"}
+    del record[missing]
+    path = tmp_path / "missing.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(readers.DataFormatError, match=rf"{path}:1: .*'{missing}'"):
+        readers.read_jsonl_problems(path)
+
+
+def test_prm800k_missing_steps_is_named(tmp_path):
+    record = json.loads(FIXTURE.read_text().splitlines()[0])
+    del record["label"]["steps"]
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(readers.DataFormatError, match="'label.steps'"):
+        readers.read_prm800k_labels(path)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(readers.DataFormatError, match="empty file"):
+        readers.read_math(path)
+    with pytest.raises(readers.DataFormatError, match="empty file"):
+        readers.read_prm800k_labels(path)
+
+
+def test_missing_math_location_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MATH data not found"):
+        readers.read_math(tmp_path / "nowhere", "train")
+
+
+def test_candidates_are_graded_where_correct_is_absent(tmp_path):
+    path = tmp_path / "candidates.jsonl"
+    rows = [{"problem_id": "p1", "problem": "1+1?", "gold": "2", "samples": [
+        {"text": "so \\boxed{2}", "answer": "2"},
+        {"text": "so \\boxed{3}", "answer": None},
+        {"text": "x", "answer": "2", "correct": False}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [record] = readers.read_candidates(path)
+    assert [s["correct"] for s in record["samples"]] == [True, False, False]
