@@ -98,7 +98,7 @@ class _Parser:
                 factors.append(self.nested(self.power))
             elif token in _DIVIDE:
                 self.take()
-                factors[-1:] = [("div", self._product(factors), self.nested(self.power))]
+                factors = [("div", self._product(factors), self.nested(self.power))]
             elif token is not None and self._starts_atom(token):
                 factor = self.nested(self.power)
                 if _is_integer_literal(factors[-1]) and _is_simple_fraction(factor):
@@ -234,7 +234,7 @@ class _Parser:
             base = None
             if name == "log" and self.peek() == "_":
                 self.take()
-                base = self.nested(self.argument, True)
+                base = self.nested(self.argument)
             return ("log", self._function_argument(), base)
         if name in FUNCTIONS:
             exponent = None

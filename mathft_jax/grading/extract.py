@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
-_ANSWER_SECTION = re.compile(r"^#+\s*Answer\s*\n+(.+?)\s*$", re.MULTILINE | re.DOTALL)
+_ANSWER_SECTION = re.compile(r"^#+[ \t]*Answer[ \t]*\n+(.+?)(?:\n[ \t]*\n|\Z)", re.MULTILINE | re.DOTALL)
 _FINAL_SENTENCE = re.compile(r"[Tt]he final answer is[:\s]*(.+?)(?:\.\s*I hope it is correct|\n|$)",
                              re.DOTALL)
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -17,17 +17,19 @@ _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 def _group_after(text: str, start: int) -> str | None:
     """The brace group opening at `text[start]`, without its braces; None if unbalanced."""
-    depth = 0
-    for pos in range(start, len(text)):
+    depth, pos = 0, start
+    while pos < len(text):
         char = text[pos]
-        if char == "\\":  # an escaped brace `\{` does not count
+        if char == "\\":  # `\{`, `\}` and `\\` are escapes, not braces
+            pos += 2
             continue
-        if char == "{" and (pos == 0 or text[pos - 1] != "\\"):
+        if char == "{":
             depth += 1
-        elif char == "}" and text[pos - 1] != "\\":
+        elif char == "}":
             depth -= 1
             if depth == 0:
                 return text[start + 1:pos]
+        pos += 1
     return None
 
 
@@ -44,7 +46,7 @@ def last_boxed(text: str) -> str | None:
         else:  # `\boxedfoo` is another command: look further back
             content = None
         if content is not None:
-            return content.strip()
+            return content.strip() or None  # an empty box states no answer
         start = max(text.rfind(command, 0, start) for command in _BOX_COMMANDS)
     return None
 

@@ -25,7 +25,10 @@ _TEXT_GROUP = re.compile(r"\\text\s*\{([^{}]*)\}")
 _CHOICE = re.compile(r"^\(?([A-Ha-h])\)?$")
 _THOUSANDS = re.compile(r"^(-?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
 _BASE_SUBSCRIPT = re.compile(r"^([0-9A-Z]+)_\{?(\d+)\}?$")
-_VARIABLE_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*(?:=|\\in\b)\s*(?!.*=)")
+_VARIABLE_PREFIX = re.compile(
+    r"^(?:[a-zA-Z](?:_\{?\w+\}?)?|\([a-zA-Z](?:\s*,\s*[a-zA-Z])+\))\s*(?:=|\\in\b)\s*(?!.*=)")
+_E_NOTATION = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
+_PLAIN_MATRIX = re.compile(r"\(?\\begin\{matrix\}(.*)\\end\{matrix\}\)?", re.DOTALL)
 _SPACES_AFTER_COMMAND = re.compile(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z0-9])")
 
 _REPLACEMENTS = (
@@ -74,6 +77,9 @@ def _canonical_number_spelling(answer: str) -> str:
     base = _BASE_SUBSCRIPT.match(answer)
     if base:  # `1011_2` is answered by its digits: the base is the question's
         return base.group(1)
+    scientific = _E_NOTATION.match(answer)
+    if scientific:
+        return f"{scientific.group(1)}\\times10^{{{scientific.group(2)}}}"
     choice = _CHOICE.match(answer)
     if choice:
         return choice.group(1).upper()
@@ -99,6 +105,7 @@ def normalize(answer: object) -> str:
     for old, new in _REPLACEMENTS:
         answer = answer.replace(old, new)
     answer = _TEXT_COMMANDS.sub("\\\\text", answer)
+    answer = _PLAIN_MATRIX.sub(r"\\begin{pmatrix}\1\\end{pmatrix}", answer)
     answer = _DEGREES.sub("", answer)
     answer = _unwrap_text(answer)
     answer = _canonical_number_spelling(_strip_wrappers(answer))

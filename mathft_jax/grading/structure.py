@@ -13,7 +13,8 @@ import re
 MAX_NESTING = 12
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
 _MATRIX = re.compile(r"^\\begin\{pmatrix\}(.*)\\end\{pmatrix\}$", re.DOTALL)
-_RELATION = re.compile(r"(\\le|\\ge|<|>|=)(?![a-zA-Z])")
+_RELATION = re.compile(r"(\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|<|>|=)")
+_DIGIT_STRING = re.compile(r"^[0-9]*[A-Z][0-9A-Z]*$")  # `AB` in base 16 is digits, not A*B
 _VARIABLE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?$")
 _COMMAND = re.compile(r"\\[a-zA-Z]+ ?")
 _PROSE = re.compile(r"[a-zA-Z]{3}")
@@ -86,7 +87,8 @@ def _interval(parts: list[str], relations: list[str]):
 
 def _scalar(source: str):
     """A scalar, or text where the letters spell words (`sandy` is not s*a*n*d*y)."""
-    if _PROSE.search(_COMMAND.sub("", source)) or " " in _COMMAND.sub("", source):
+    if _PROSE.search(_COMMAND.sub("", source)) or " " in _COMMAND.sub("", source) or \
+            (len(source) > 1 and _DIGIT_STRING.match(source)):
         return ("text", source)
     return ("scalar", source)
 
@@ -120,7 +122,7 @@ def parse_structure(source: str, depth: int = 0):
             return ("set", (parse_structure(plus, depth + 1), parse_structure(minus, depth + 1)))
     pieces = _RELATION.split(source)
     if len(pieces) > 1:
-        parts, relations = pieces[0::2], pieces[1::2]
+        parts, relations = [p.strip() for p in pieces[0::2]], pieces[1::2]
         if relations == ["="]:
             return ("eq", _scalar(parts[0]), _scalar(parts[1]))
         interval = _interval(parts, relations) if "=" not in relations else None

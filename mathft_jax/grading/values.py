@@ -114,9 +114,11 @@ def exact_value(node) -> Fraction:
 
 
 def variable_point(name: str, trial: int) -> mpmath.mpf:
-    """A deterministic, generic value for a free variable (never a small rational)."""
+    """A deterministic, generic value for a free variable; negative on odd trials, so that
+    sqrt(x^2) and |x| differ from x."""
     seed = zlib.crc32(f"{name}:{trial}".encode())
-    return mpmath.mpf(seed % 9973) / 9973 + mpmath.mpf(trial + 1) / 7 + mpmath.sqrt(2) / 10
+    magnitude = mpmath.mpf(seed % 9973) / 9973 + mpmath.mpf(trial + 1) / 7 + mpmath.sqrt(2) / 10
+    return -magnitude if trial % 2 else magnitude
 
 
 def _numeric_power(base, exponent):
