@@ -80,8 +80,8 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        def encode(text: bytes) -> np.ndarray:
-            return np.asarray(self._encode(text.decode("utf-8")), dtype=np.int32)
+        def encode(text: np.ndarray) -> np.ndarray:  # a 0-d bytes array
+            return np.asarray(self._encode(text.item().decode("utf-8")), dtype=np.int32)
 
         ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
         ids.set_shape([None])

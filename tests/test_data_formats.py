@@ -1,0 +1,139 @@
+"""Prompt formats, evaluator pair/pointwise sampling, and the synthetic curriculum."""
+import collections
+
+import gin
+import pytest
+
+from mathft_jax.data import formats, synthetic
+
+
+def test_generation_and_evaluator_templates():
+    assert formats.generation_prompt("What is 2+2?") == "Problem:\nWhat is 2+2?\n\nSolution:\n"
+    assert formats.evaluator_prompt("P?", "S.") == (
+        "Here is a math problem: P?\nHere is a candidate solution: S.\n"
+        "The above candidate solution is")
+    assert (formats.evaluator_target(True), formats.evaluator_target(False)) == (" correct", " incorrect")
+
+
+def test_templates_are_gin_configurable():
+    with gin.unlock_config():
+        gin.parse_config("generation_prompt.template = 'Q: {problem}\\nA: '")
+    try:
+        assert formats.generation_prompt("x") == "Q: x\nA: "
+    finally:
+        gin.clear_config()
+    assert formats.generation_prompt("x").startswith("Problem:\n")
+
+
+def _records(num_problems=6, n_correct=3, n_incorrect=5):
+    return [{"problem_id": f"p{i}", "problem": f"Problem {i}", "samples":
+             [{"text": f"good {i}.{j}", "correct": True} for j in range(n_correct)]
+             + [{"text": f"bad {i}.{j}", "correct": False} for j in range(n_incorrect)]}
+            for i in range(num_problems)]
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "round_robin"])
+def test_pairs_are_distinct_correct_incorrect_and_seeded(sampling):
+    examples, stats = formats.pairwise_examples(_records(), num_pairs=10, sampling=sampling, seed=3)
+    assert stats["pairs"] == 6 * 10 and len(examples) == 2 * 60
+    pairs = collections.defaultdict(list)
+    for ex in examples:
+        pairs[ex["pair_id"]].append(ex)
+    for pos, neg in pairs.values():
+        assert (pos["is_positive"], neg["is_positive"]) == (1, 0)
+        assert "good" in pos["inputs"] and "bad" in neg["inputs"]
+        assert pos["problem_id"] == neg["problem_id"] and pos["targets"] == neg["targets"] == " correct"
+    per_problem = collections.defaultdict(set)
+    for pos, neg in pairs.values():
+        per_problem[pos["problem_id"]].add((pos["inputs"], neg["inputs"]))
+    assert all(len(s) == 10 for s in per_problem.values())  # no repeated pair
+    again, _ = formats.pairwise_examples(_records(), num_pairs=10, sampling=sampling, seed=3)
+    other, _ = formats.pairwise_examples(_records(), num_pairs=10, sampling=sampling, seed=4)
+    assert again == examples and other != examples
+
+
+def test_round_robin_uses_every_candidate_evenly():
+    examples, _ = formats.pairwise_examples(_records(1, 3, 5), num_pairs=10, sampling="round_robin")
+    uses = collections.Counter(ex["inputs"] for ex in examples)
+    good = [n for text, n in uses.items() if "good" in text]
+    bad = [n for text, n in uses.items() if "bad" in text]
+    assert sorted(good) == [3, 3, 4] and bad == [2] * 5
+
+
+def test_pairs_capped_by_available_and_one_sided_problems_counted():
+    records = _records(1, 2, 2) + [
+        {"problem_id": "all_good", "problem": "q", "samples": [{"text": "a", "correct": True}]},
+        {"problem_id": "all_bad", "problem": "q", "samples": [{"text": "b", "correct": False}] * 3},
+    ]
+    examples, stats = formats.pairwise_examples(records, num_pairs=10)
+    assert stats["pairs"] == 4 and len(examples) == 8
+    assert (stats["problems"], stats["problems_without_correct"], stats["problems_without_incorrect"]) == (3, 1, 1)
+
+
+def test_duplicate_candidate_texts_are_deduplicated():
+    record = {"problem_id": "d", "problem": "q", "samples": [
+        {"text": "same", "correct": True}] * 4 + [{"text": "wrong", "correct": False}] * 4}
+    _, stats = formats.pairwise_examples([record], num_pairs=10)
+    assert stats["pairs"] == 1
+
+
+def test_pointwise_examples_are_balanced():
+    examples, stats = formats.pointwise_examples(_records(4, 2, 7), max_per_class=8)
+    labels = collections.Counter(ex["targets"] for ex in examples)
+    assert labels == {" correct": 8, " incorrect": 8}
+    assert all((ex["targets"] == " correct") == bool(ex["is_positive"]) for ex in examples)
+    capped, _ = formats.pointwise_examples(_records(4, 5, 7), max_per_class=3)
+    assert collections.Counter(ex["targets"] for ex in capped) == {" correct": 12, " incorrect": 12}
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_and_seeded():
+    a = synthetic.synthetic_problems("validation", seed=7)
+    assert a == synthetic.synthetic_problems("validation", seed=7)
+    assert a != synthetic.synthetic_problems("validation", seed=8)
+
+
+def test_synthetic_splits_are_disjoint():
+    splits = {s: synthetic.synthetic_problems(s, split_sizes={"train": 3000}) for s in synthetic.SPLITS}
+    assert [len(splits[s]) for s in synthetic.SPLITS] == [3000, 500, 500]
+    texts = {s: {p.problem for p in ps} for s, ps in splits.items()}
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
+    assert not texts["validation"] & texts["test"]
+    # Disjoint also as arithmetic: no test chain appears in train under another phrasing.
+    steps = {s: {p.solution for p in ps} for s, ps in splits.items()}
+    assert not steps["train"] & steps["test"]
+
+
+@pytest.mark.parametrize("style", synthetic.STYLES)
+def test_synthetic_solutions_are_right_and_end_boxed(style):
+    for p in synthetic.synthetic_problems("test", style=style, level=3):
+        assert p.solution.endswith(f"\\boxed{{{p.answer}}}")
+        if style == "steps":
+            lines = p.solution.splitlines()[:-1]
+            for line in lines:  # every step's arithmetic checks out (exact division)
+                lhs, rhs = line.split(" = ")
+                assert eval(lhs.replace("/", "//")) == int(rhs)
+                a, op, b = lhs.split()
+                assert op != "/" or int(a) % int(b) == 0
+            assert len(lines) == int(p.subject.split("/")[1].split("_")[0])
+        else:
+            expression = p.solution.split(" = ")[0]
+            assert eval(expression) == int(p.answer)  # "/" is exact, so true division agrees
+
+
+def test_synthetic_default_fits_tiny_sequence_length():
+    longest = max(len(formats.generation_prompt(p.problem) + p.solution)
+                  for p in synthetic.synthetic_problems("validation"))
+    assert longest <= 256
+
+
+def test_synthetic_knobs_change_difficulty():
+    easy = synthetic.synthetic_problems("test", level=1)
+    hard = synthetic.synthetic_problems("test", num_ops=(6, 6), max_operand=30, max_value=999)
+    assert all(p.subject in ("arithmetic/1_ops", "arithmetic/2_ops") for p in easy)
+    assert all(p.subject == "arithmetic/6_ops" for p in hard)
+    assert max(int(p.answer) for p in hard) > 99 >= max(int(p.answer) for p in easy)
+    with pytest.raises(ValueError, match="unknown synthetic level"):
+        synthetic.synthetic_problems("test", level=9)
