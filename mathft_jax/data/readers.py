@@ -221,27 +221,13 @@ def read_prm800k_labels(paths: Union[PathLike, Sequence[PathLike]],
 
 
 def read_candidates(path: PathLike) -> list[dict]:
-    """Graded candidates file (docs/formats.md): one problem per line with `problem_id`,
-    `problem`, `gold` and `samples` [{`text`, `answer`, `score`?, `correct`?}].
+    """Candidates file (docs/formats.md, read by `mathft_jax.candidates`) where every sample
+    carries a bool `correct`: the file's own where present, else the grader's verdict."""
+    from mathft_jax import candidates  # noqa: PLC0415 (pulls the grader only when needed)
 
-    Every returned sample carries a bool `correct`: the file's own where present, else the
-    grader's verdict on its `answer` (or the answer extracted from `text`) against `gold`.
-    """
-    records = []
-    for where, record in iter_jsonl(path):
-        require(record, "problem_id", where)
-        require(record, "problem", where)
-        samples = record.get("samples")
-        if not isinstance(samples, list):
-            raise DataFormatError(f"{where}: record is missing required field 'samples'")
-        graded = []
-        for i, sample in enumerate(samples):
-            text = require(sample, "text", f"{where}: samples[{i}]")
-            correct = sample.get("correct")
-            if correct is None:
-                gold = require(record, "gold", where)
-                answer = sample.get("answer") or answers.extract_answer(text)
-                correct = answers.is_equiv(answer, str(gold))
-            graded.append({**sample, "correct": bool(correct)})
-        records.append({**record, "samples": graded})
+    records = candidates.read_candidates(str(path))
+    for record in records:
+        for sample in record["samples"]:
+            if "correct" not in sample:
+                sample["correct"] = answers.is_equiv(candidates.sample_answer(sample), record["gold"])
     return records
