@@ -1,0 +1,60 @@
+"""`python -m mathft_jax.convert.import_hf --hf_dir=DIR --out=CKPT`: an HF model as our
+checkpoint.
+
+CKPT holds the parameters (`checkpoints.save_params`, read by `train.init_checkpoint`,
+`infer` and `export_hf`), `model.gin` (the DecoderConfig), `vocab.gin` (the tokenizer as
+`get_vocabulary`, when the HF directory has a tokenizer.json) and `hf/` (config.json and
+the tokenizer files, which export carries back). CKPT appears only once all of it is
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import sys
+from typing import Optional, Sequence
+
+from mathft_jax import partitioning
+from mathft_jax.convert import ckpt_io, hf, model_gin, tokenizer
+from mathft_jax.convert.staging import staged_dir
+
+HF_SUBDIR = "hf"
+VOCAB_GIN = "vocab.gin"
+
+
+def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: bool = False,
+                      mesh=None):
+    """Convert `hf_dir` into the checkpoint directory `out`; returns the DecoderConfig."""
+    hf_dir, out = pathlib.Path(hf_dir), pathlib.Path(out).absolute()
+    with staged_dir(out) as tmp:
+        cfg, params = hf.load_hf(hf_dir, mesh=mesh if mesh is not None else partitioning.make_mesh(),
+                                 dtype=dtype, scan_layers=scan_layers)
+        ckpt_io.save_params(tmp, params)
+        del params
+        comment = f"Imported from {hf_dir.absolute()} by mathft_jax.convert.import_hf."
+        (tmp / model_gin.MODEL_GIN).write_text(model_gin.model_gin_text(cfg, comment))
+        (tmp / HF_SUBDIR).mkdir()
+        shutil.copy2(hf_dir / hf.CONFIG_FILE, tmp / HF_SUBDIR / hf.CONFIG_FILE)
+        hf.copy_side_files(hf_dir, tmp / HF_SUBDIR)
+        if (hf_dir / tokenizer.TOKENIZER_JSON).exists():
+            bos, eos = tokenizer.special_token_ids(hf_dir)
+            final_json = out / HF_SUBDIR / tokenizer.TOKENIZER_JSON  # where it will live
+            (tmp / VOCAB_GIN).write_text(tokenizer.vocab_gin_text(final_json, bos, eos))
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hf_dir", required=True, help="HF model directory (config.json, *.safetensors)")
+    parser.add_argument("--out", required=True, help="checkpoint directory to create")
+    parser.add_argument("--dtype", default=None, help="parameter dtype (default: the checkpoint's)")
+    parser.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
+    args = parser.parse_args(argv)
+    cfg = import_checkpoint(args.hf_dir, args.out, dtype=args.dtype, scan_layers=args.scan_layers)
+    print(f"wrote {args.out}: {cfg.family}, {cfg.num_layers} layers, d_model {cfg.d_model}, "
+          f"vocab {cfg.vocab_size}, {cfg.param_dtype}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
