@@ -1,0 +1,111 @@
+"""Orbax checkpoints: one CheckpointManager step holds three items.
+
+  <model_dir>/<step>/params     parameters (float32), restorable alone: init_checkpoint,
+                                 infer and HF export read only this item
+  <model_dir>/<step>/opt_state  optimizer state
+  <model_dir>/<step>/meta       JSON: step, input-pipeline position, config summary
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+crash mid-save leaves no step that `latest_step` would pick up. Restores take abstract
+targets carrying NamedShardings, so a checkpoint saved on one mesh loads onto another.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from mathft_jax import partitioning
+from mathft_jax.models.config import DecoderConfig
+
+
+def manager(model_dir: str, keep: Optional[int] = 3, async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(os.path.abspath(model_dir), options=options,
+                                 item_names=("params", "opt_state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, meta: dict,
+         force: bool = True) -> None:
+    mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_opt_state):
+    """(params, opt_state, meta) of `step`, placed as the abstract targets' shardings say."""
+    out = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore()))
+    return out["params"], out["opt_state"], out["meta"]
+
+
+def abstract_with_shardings(tree, shardings):
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def resolve_params_dir(path: str) -> str:
+    """A model_dir (latest step), a step directory, or a params directory -> params dir."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isdir(os.path.join(path, "params")):
+        return os.path.join(path, "params")
+    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()
+                   and os.path.isdir(os.path.join(path, d, "params")))
+    if steps:
+        return os.path.join(path, str(steps[-1]), "params")
+    if os.path.exists(os.path.join(path, "_METADATA")) or os.path.exists(
+            os.path.join(path, "_CHECKPOINT_METADATA")):
+        return path
+    raise FileNotFoundError(f"no complete checkpoint (no params item) under {path}")
+
+
+def load_params(path: str, cfg: DecoderConfig, mesh=None, rules=None):
+    """Parameters only (for fine-tuning starts, inference and export), resharded onto
+    `mesh` (default: all devices as one fsdp axis)."""
+    mesh = mesh or partitioning.make_mesh()
+    rules = rules or partitioning.rules_for(cfg, mesh)
+    abstract = nn.unbox(partitioning.abstract_params(cfg))
+    target = abstract_with_shardings(abstract, partitioning.param_shardings(cfg, mesh, rules))
+    params_dir = resolve_params_dir(path)
+    logging.info("loading parameters from %s", params_dir)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            return ckptr.restore(params_dir, target)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint {params_dir} does not match the model config: {e}") from e
+
+
+def save_params(path: str, params) -> None:
+    """A params-only checkpoint as step 0 of a model_dir (what HF import writes)."""
+    mngr = ocp.CheckpointManager(os.path.abspath(path), options=ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=False), item_names=("params",))
+    mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def any_complete(model_dir: str) -> Optional[int]:
+    """Latest complete step under model_dir, or None."""
+    if not os.path.isdir(model_dir):
+        return None
+    steps = [int(d) for d in os.listdir(model_dir) if d.isdigit()
+             and os.path.isdir(os.path.join(model_dir, d, "params"))]
+    return max(steps) if steps else None
+
+
+def tree_equal(a: Any, b: Any) -> bool:
+    """Bitwise equality of two parameter trees (used by resume tests)."""
+    import numpy as np
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))

@@ -1,0 +1,33 @@
+"""SIGTERM handling: TPU VMs and schedulers send SIGTERM before preempting a job.
+
+The handler only sets a flag; the train loop checks it between steps, saves a checkpoint
+at the current step and exits cleanly. In multi-process runs the flag is agreed on by all
+processes (see `distributed.any_process`) so that every process saves the same step.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+_requested = threading.Event()
+
+
+def _handler(signum, frame):
+    del frame
+    _requested.set()
+
+
+def install() -> None:
+    """Install the SIGTERM handler (main thread only; elsewhere it is a no-op)."""
+    _requested.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _handler)
+
+
+def requested() -> bool:
+    return _requested.is_set()
+
+
+def request() -> None:
+    """Ask for a checkpoint-and-exit as if SIGTERM had arrived (tests, other signals)."""
+    _requested.set()

@@ -1,0 +1,239 @@
+"""Training entry point: `python -m mathft_jax.train --gin_file=... --gin_bindings=...`.
+
+The loop: build the mesh and data first (bad configs fail before anything compiles),
+restore the latest checkpoint of `model_dir` (parameters, optimizer state and the input
+pipeline's position) or start fresh / from `init_checkpoint` (parameters only), then run
+the jitted `train_step`. It saves every `checkpoint_every` steps (async, keep the last K),
+on SIGTERM (then exits cleanly) and always at the end. A non-finite loss stops the run
+with an error naming the step; nothing after the last good step is saved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Callable, Iterator, Optional
+
+import gin
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from mathft_jax import checkpoints, distributed, gin_utils, hardware, partitioning, preemption
+from mathft_jax.metrics_writer import MetricsWriter
+from mathft_jax.models import sizes
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.trainer import abstract_state, init_state, lm_objective, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_dir: str
+    start_step: int
+    final_step: int
+    preempted: bool
+    last_metrics: dict
+
+
+def global_batch(local: dict, sharding) -> dict:
+    """Host batch -> global jax.Arrays. Every process holds the same global batch (the
+    data iterator is deterministic), and each fills only its addressable shards, so the
+    result is identical whatever the number of processes."""
+    return {k: jax.make_array_from_callback(v.shape, sharding if v.ndim == 2 else
+                                            _rows_sharding(sharding), lambda idx, v=v: v[idx])
+            for k, v in local.items()}
+
+
+def _rows_sharding(sharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(partitioning.BATCH_AXES))
+
+
+def _dataset(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
+             pack: bool, shuffle: bool = True, num_epochs: Optional[int] = None):
+    from mathft_jax.data import dataset, tasks  # noqa: F401  (registers the tasks)
+    import seqio
+    try:
+        seqio.get_mixture_or_task(task)
+    except ValueError as e:
+        known = sorted(seqio.TaskRegistry.names() | seqio.MixtureRegistry.names())
+        raise ValueError(f"train.task={task!r} is not a registered seqio task or mixture; "
+                         f"known: {', '.join(known)}") from e
+    return dataset.get_dataset(task, split, sequence_length, batch_size, shuffle=shuffle,
+                               seed=seed, pack=pack, num_epochs=num_epochs)
+
+
+@gin.configurable
+def train(model_dir: str = gin.REQUIRED,
+          task: Optional[str] = None,
+          total_steps: int = 100,
+          batch_size: int = 8,
+          sequence_length: int = 256,
+          init_checkpoint: Optional[str] = None,
+          eval_every: int = 0,
+          eval_steps: int = 4,
+          checkpoint_every: int = 100,
+          keep_checkpoints: int = 3,
+          log_every: int = 1,
+          seed: int = 0,
+          pack: bool = True,
+          micro_batches: int = 1,
+          train_split: str = "train",
+          eval_split: str = "validation",
+          objective: Callable = lm_objective,
+          async_checkpoints: bool = True,
+          mesh_fn: Callable = partitioning.make_mesh,
+          config: Optional[DecoderConfig] = None,
+          data_iterator: Optional[Iterator] = None,
+          eval_iterator_fn: Optional[Callable[[], Iterator]] = None,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume) a model in `model_dir`. See the module docstring."""
+    cfg = config or DecoderConfig()
+    mesh = mesh_fn()
+    rules = partitioning.rules_for(cfg, mesh)
+    partitioning.check_batch_divisible(batch_size, mesh, "train.batch_size")
+    if micro_batches < 1 or batch_size % micro_batches or \
+            (batch_size // micro_batches) % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"train.micro_batches={micro_batches} must divide batch_size={batch_size} "
+                         "into micro-batches that still divide the data axes")
+    if sequence_length > cfg.max_seq_len:
+        raise ValueError(f"train.sequence_length={sequence_length} exceeds "
+                         f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
+    # Data before compilation: a missing task fails here, in seconds.
+    if data_iterator is None:
+        if task is None:
+            raise ValueError("train.task is not set (a seqio task or mixture name)")
+        data_iterator = _dataset(task, train_split, sequence_length, batch_size, seed, pack)
+        if eval_every and eval_iterator_fn is None:
+            eval_iterator_fn = lambda: _dataset(task, eval_split, sequence_length, batch_size,  # noqa: E731
+                                                seed, pack, shuffle=False, num_epochs=1)
+
+    schedule = learning_rate_schedule()
+    optimizer = make_optimizer(schedule=schedule)
+    abstract, shardings = abstract_state(cfg, optimizer, mesh, rules)
+    mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
+    writer = MetricsWriter(model_dir)
+    logging.info("model_dir %s: checkpoints in <step>/, metrics in metrics.jsonl and tb/", model_dir)
+
+    flops = sizes.flops_per_token(cfg, sequence_length)
+    peak = hardware.peak_flops_per_device() * jax.device_count()
+    # Restore/init outside the mesh context: eval_shape and init trace the model eagerly,
+    # where logical sharding constraints have nothing to constrain.
+    state = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
+                             seed, data_iterator, mesh, rules)
+    start = int(state.step)
+    with partitioning.mesh_context(mesh, rules):
+        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches, mesh),
+                          in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                          out_shardings=(shardings, partitioning.replicated(mesh)),
+                          donate_argnums=0)
+        eval_fn = jax.jit(make_eval_step(cfg, objective))
+        batch_sh = partitioning.batch_sharding(mesh)
+        preemption.install()
+        bar = _progress_bar(progress, start, total_steps)
+        last, preempted, step = {}, False, start
+        t_last = time.perf_counter()
+        try:
+            for step in range(start + 1, total_steps + 1):
+                batch = global_batch(next(data_iterator), batch_sh)
+                state, metrics = step_fn(state, batch)
+                metrics = jax.device_get(metrics)
+                if not all(math.isfinite(float(v)) for v in metrics.values()):
+                    raise NonFiniteLossError(
+                        f"non-finite training metrics at step {step}: "
+                        f"{ {k: float(v) for k, v in metrics.items()} }; last good checkpoint: "
+                        f"step {mngr.latest_step()} in {model_dir}")
+                now = time.perf_counter()
+                tokens_per_s = batch_size * sequence_length / max(now - t_last, 1e-9)
+                t_last = now
+                last = {k: float(v) for k, v in metrics.items()}
+                last.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops / peak)
+                if step % log_every == 0 or step == total_steps:
+                    writer.write(step, last)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                if eval_every and eval_iterator_fn and step % eval_every == 0:
+                    writer.write(step, _evaluate(eval_fn, state.params, eval_iterator_fn(),
+                                                 eval_steps, batch_sh), prefix="eval")
+                if distributed.any_process(preemption.requested()):
+                    logging.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
+                    preempted = True
+                    break
+                if step % checkpoint_every == 0 and step != total_steps:
+                    _save(mngr, step, state, data_iterator)
+            if last or start == total_steps:
+                _save(mngr, step, state, data_iterator)
+        finally:
+            mngr.wait_until_finished()
+            mngr.close()
+            writer.close()
+            if bar is not None:
+                bar.close()
+    logging.info("finished at step %d (preempted=%s); checkpoints in %s", step, preempted, model_dir)
+    return TrainResult(model_dir, start, step, preempted, last)
+
+
+def _save(mngr, step, state, data_iterator) -> None:
+    if mngr.latest_step() == step:
+        return
+    meta = {"step": int(step), "data": data_iterator.get_state()}
+    checkpoints.save(mngr, step, state.params, state.opt_state, meta)
+
+
+def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
+                     data_iterator, mesh, rules):
+    from mathft_jax.trainer import TrainState
+    latest = mngr.latest_step()
+    if latest is not None:
+        logging.info("resuming from step %d in %s", latest, mngr.directory)
+        params, opt_state, meta = checkpoints.restore(mngr, latest, abstract.params, abstract.opt_state)
+        data_iterator.set_state(meta["data"])
+        step = jax.device_put(np.int32(meta["step"]), shardings.step)
+        return TrainState(step=step, params=params, opt_state=opt_state)
+    if init_checkpoint:
+        logging.info("initialising parameters from %s (fresh optimizer)", init_checkpoint)
+        params = checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+        return init_state(cfg, optimizer, shardings, seed, params=params)
+    return init_state(cfg, optimizer, shardings, seed)
+
+
+def _evaluate(eval_fn, params, iterator, max_batches: int, batch_sh) -> dict:
+    totals = {}
+    for i, batch in enumerate(iterator):
+        if i >= max_batches:
+            break
+        sums = jax.device_get(eval_fn(params, global_batch(batch, batch_sh)))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    w = max(totals.pop("weight", 0.0), 1.0)
+    return {k: v / w for k, v in totals.items()}
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    if not enabled or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
+GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. train.total_steps=10.")
+
+
+def main(argv):
+    del argv
+    distributed.initialize()
+    gin_utils.parse_gin(GIN_FILES.value, GIN_BINDINGS.value)
+    result = train()
+    if result.preempted:
+        logging.warning("preempted at step %d; rerun the same command to resume", result.final_step)
+
+
+if __name__ == "__main__":
+    app.run(main)

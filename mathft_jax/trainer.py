@@ -1,0 +1,137 @@
+"""The train step (pure, jit-able) and the state it updates.
+
+`TrainState` is a plain pytree (step, params, opt_state). `make_train_step` returns
+`train_step(state, batch) -> (state, metrics)`: forward, backward, optional gradient
+accumulation over micro-batches, optimizer update. Objectives return *sums* and a
+`weight` normaliser, so accumulating micro-batches and then dividing equals one large
+batch up to float round-off. The loop around it lives in `train.py`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from mathft_jax import losses, partitioning
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.decoder import Decoder
+
+Batch = Dict[str, jax.Array]
+Objective = Callable[[Decoder, dict, Batch], Dict[str, jax.Array]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+
+
+def model_inputs(batch: Batch) -> dict:
+    """Decoder keyword arguments from a feature-converted batch (packed or not)."""
+    return {"tokens": batch["decoder_input_tokens"],
+            "positions": batch.get("decoder_positions"),
+            "segment_ids": batch.get("decoder_segment_ids")}
+
+
+@gin.configurable
+def lm_objective(model: Decoder, params, batch: Batch, z_loss: float | None = None):
+    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`."""
+    logits = model.apply({"params": params}, **model_inputs(batch))
+    z = model.cfg.z_loss if z_loss is None else z_loss
+    return losses.token_cross_entropy(logits, batch["decoder_target_tokens"],
+                                      batch["decoder_loss_weights"], z)
+
+
+def _split_micro_batches(batch: Batch, n: int, mesh) -> Batch:
+    """[B, ...] -> [n, B/n, ...] taking rows i, i+n, ... into micro-batch i, so every device
+    keeps contributing its local rows to every micro-batch (no resharding)."""
+    def split(x):
+        y = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            spec = jax.sharding.PartitionSpec(None, partitioning.BATCH_AXES)
+            y = jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, spec))
+        return y
+    return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, objective: Objective = lm_objective,
+                    micro_batches: int = 1, mesh=None):
+    model = Decoder(cfg)
+
+    def sums_and_grads(params, batch):
+        def loss_fn(p):
+            sums = objective(model, p, batch)
+            return sums["loss"], sums
+        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return sums, grads
+
+    def train_step(state: TrainState, batch: Batch):
+        if micro_batches == 1:
+            sums, grads = sums_and_grads(state.params, batch)
+        else:
+            micro = _split_micro_batches(batch, micro_batches, mesh)
+            first = jax.tree_util.tree_map(lambda x: x[0], micro)
+            sums0, grads0 = sums_and_grads(state.params, first)
+
+            def body(carry, mb):
+                s, g = sums_and_grads(state.params, mb)
+                return jax.tree_util.tree_map(jnp.add, carry, (s, g)), None
+
+            rest = jax.tree_util.tree_map(lambda x: x[1:], micro)
+            (sums, grads), _ = jax.lax.scan(body, (sums0, grads0), rest)
+        denom = jnp.maximum(sums["weight"], 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {k: v / denom for k, v in sums.items() if k != "weight"}
+        metrics["weight"] = sums["weight"]
+        metrics["grad_norm"] = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
+        metrics["learning_rate"] = schedule(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(cfg: DecoderConfig, objective: Objective = lm_objective):
+    model = Decoder(cfg)
+
+    def eval_step(params, batch: Batch):
+        return objective(model, params, batch)
+
+    return eval_step
+
+
+def abstract_state(cfg: DecoderConfig, optimizer: optax.GradientTransformation, mesh, rules):
+    """ShapeDtypeStructs (with shardings) of the TrainState, and the shardings tree."""
+    boxed = partitioning.abstract_params(cfg)
+    params = nn.unbox(boxed)
+    p_sh = partitioning.logical_to_shardings(boxed, mesh, rules)
+    opt = jax.eval_shape(optimizer.init, params)
+    o_sh = partitioning.tree_shardings_like(opt, p_sh, params, mesh)
+    shardings = TrainState(step=partitioning.replicated(mesh), params=p_sh, opt_state=o_sh)
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt)
+    abstract = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings
+
+
+def init_state(cfg: DecoderConfig, optimizer, shardings: TrainState, seed: int,
+               params=None) -> TrainState:
+    """Fresh state, created directly in its sharded layout (nothing replicated first).
+    With `params` (a fine-tuning start), only the optimizer state is fresh."""
+    def make(rng):
+        p = nn.unbox(Decoder(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+
+    if params is None:
+        return jax.jit(make, out_shardings=shardings)(jax.random.PRNGKey(seed))
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)

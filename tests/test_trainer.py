@@ -1,0 +1,223 @@
+"""The training core: objectives, optimizers, accumulation, sharding, checkpoints, resume."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathft_jax import checkpoints, losses, partitioning, train
+from mathft_jax.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.trainer import abstract_state, init_state, make_train_step
+from train_utils import TINY, ArrayIterator
+
+HERE = os.path.dirname(__file__)
+DRIVER = os.path.join(HERE, "train_driver.py")
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _train(tmp_path, name, steps=6, mesh=None, **kw):
+    kw.setdefault("data_iterator", ArrayIterator())
+    return train.train(model_dir=str(tmp_path / name), total_steps=steps, batch_size=8,
+                       sequence_length=16, config=kw.pop("config", TINY), progress=False,
+                       mesh_fn=mesh or (lambda: partitioning.make_mesh(devices=jax.devices()[:1])),
+                       **kw)
+
+
+def _losses(model_dir):
+    from mathft_jax.metrics_writer import read_metrics
+    return np.array([r["train/loss"] for r in read_metrics(model_dir)])
+
+
+def _final_params(model_dir, cfg=TINY):
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    return jax.device_get(checkpoints.load_params(model_dir, cfg, mesh))
+
+
+def test_token_cross_entropy_matches_hand_computation():
+    logits = jnp.log(jnp.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]]))
+    targets = jnp.array([[0, 1]])
+    weights = jnp.array([[1, 0]])
+    out = losses.token_cross_entropy(logits, targets, weights, z_loss=0.0)
+    np.testing.assert_allclose(out["xent"], -np.log(0.7), rtol=1e-6)
+    assert float(out["weight"]) == 1.0 and float(out["correct"]) == 1.0
+    zl = losses.token_cross_entropy(logits + 2.0, targets, weights, z_loss=0.1)["z_loss"]
+    np.testing.assert_allclose(zl, 0.1 * 2.0 ** 2, rtol=1e-5)  # log Z = 2 after the shift
+
+
+def test_schedules():
+    s = learning_rate_schedule(peak=1.0, warmup_steps=10, decay="cosine", total_steps=110)
+    assert float(s(0)) == pytest.approx(0.1) and float(s(9)) == pytest.approx(1.0)
+    assert float(s(60)) == pytest.approx(0.5, abs=1e-6) and float(s(110)) == pytest.approx(0.0, abs=1e-6)
+    r = learning_rate_schedule(peak=1.0, warmup_steps=4, decay="rsqrt")
+    assert float(r(16)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="decay='exp'"):
+        learning_rate_schedule(decay="exp")
+
+
+def test_overfits_one_fixed_batch(tmp_path):
+    gin.bind_parameter("learning_rate_schedule.peak", 1e-2)
+    r = _train(tmp_path, "overfit", steps=150, data_iterator=ArrayIterator(pool=8),
+               checkpoint_every=1000, mesh=lambda: partitioning.make_mesh())
+    assert r.last_metrics["loss"] < 0.05, r.last_metrics
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_eight_devices_match_one_device(tmp_path, optimizer):
+    gin.bind_parameter("make_optimizer.name", optimizer)
+    one = _train(tmp_path, "one", checkpoint_every=1000)
+    eight = _train(tmp_path, "eight", checkpoint_every=1000,
+                   mesh=lambda: partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    np.testing.assert_allclose(_losses(eight.model_dir), _losses(one.model_dir), rtol=2e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                           _final_params(eight.model_dir), _final_params(one.model_dir))
+
+
+def test_gradient_accumulation_equals_big_batch():
+    opt = make_optimizer()
+    sched = learning_rate_schedule()
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    _, sh = abstract_state(TINY, opt, mesh, partitioning.rules_for(TINY, mesh))
+    state = init_state(TINY, opt, sh, seed=0)
+    batch = next(ArrayIterator())
+    batch["decoder_loss_weights"][::3, 5:9] = 0  # uneven weights across micro-batches
+    s1, m1 = jax.jit(make_train_step(TINY, opt, sched, micro_batches=1))(state, batch)
+    s4, m4 = jax.jit(make_train_step(TINY, opt, sched, micro_batches=4))(state, batch)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                           s1.params, s4.params)
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path):
+    full = _train(tmp_path, "full", steps=8, checkpoint_every=3)
+    part = _train(tmp_path, "part", steps=5, checkpoint_every=3)
+    assert part.final_step == 5
+    rest = _train(tmp_path, "part", steps=8, checkpoint_every=3)  # a fresh iterator: restored
+    assert rest.start_step == 5
+    assert checkpoints.tree_equal(_final_params(full.model_dir), _final_params(rest.model_dir))
+
+
+def test_init_checkpoint_loads_params_with_fresh_optimizer(tmp_path):
+    first = _train(tmp_path, "first", steps=3)
+    second = _train(tmp_path, "second", steps=1, init_checkpoint=first.model_dir)
+    assert second.start_step == 0 and second.final_step == 1
+    assert not checkpoints.tree_equal(_final_params(first.model_dir), _final_params(second.model_dir))
+
+
+def test_restore_onto_different_meshes(tmp_path):
+    run = _train(tmp_path, "m", steps=2, mesh=lambda: partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    ref = _final_params(run.model_dir)
+    for mesh in (partitioning.make_mesh(devices=jax.devices()[:1]),
+                 partitioning.make_mesh(data=1, fsdp=8, tensor=1)):
+        p = checkpoints.load_params(run.model_dir, TINY, mesh)
+        assert checkpoints.tree_equal(jax.device_get(p), ref)
+        assert p["layers_0"]["mlp"]["wi_0"].sharding.mesh.shape == mesh.shape
+    # and a full resume (optimizer state too) on a 1x8x1 mesh continues the run
+    more = _train(tmp_path, "m", steps=3, mesh=lambda: partitioning.make_mesh(fsdp=8))
+    assert more.start_step == 2 and more.final_step == 3
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    # An out-of-vocabulary target id makes the loss NaN at step 4 (take_along_axis fills NaN).
+    it = ArrayIterator(poison_step=4, poison_token=10_000)
+    with pytest.raises(train.NonFiniteLossError, match="at step 4"):
+        _train(tmp_path, "nan", steps=8, data_iterator=it, checkpoint_every=2)
+    d = str(tmp_path / "nan")
+    assert checkpoints.any_complete(d) == 2
+    p = _final_params(d)
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(p))
+
+
+def _run_driver(model_dir, steps, every, *extra, wait=True, **popen):
+    cmd = [sys.executable, DRIVER, str(model_dir), str(steps), str(every), *extra]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _wait_for_step(model_dir, step, proc, timeout=240):
+    path = os.path.join(model_dir, "metrics.jsonl")
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.stdout.read()
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [l for l in f if l.strip()]
+            if lines and json.loads(lines[-1])["step"] >= step:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref") / "run"
+    out = _run_driver(d, 12, 4)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return _final_params(str(d))
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run):
+    d = tmp_path / "run"
+    proc = _run_driver(d, 12, 4, "--sleep", "0.1", wait=False)
+    _wait_for_step(str(d), 6, proc)
+    proc.kill()
+    proc.wait()
+    assert checkpoints.any_complete(str(d)) in (4,)
+    out = _run_driver(d, 12, 4)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert checkpoints.tree_equal(_final_params(str(d)), reference_run)
+
+
+def test_sigterm_saves_at_that_step_and_resumes_bit_identical(tmp_path, reference_run):
+    d = tmp_path / "run"
+    proc = _run_driver(d, 12, 100, "--sleep", "0.1", wait=False)
+    _wait_for_step(str(d), 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    m = __import__("re").search(r"DONE final_step=(\d+) preempted=True", out)
+    assert m, out[-3000:]
+    assert checkpoints.any_complete(str(d)) == int(m.group(1)) >= 5
+    out2 = _run_driver(d, 12, 100)
+    assert out2.returncode == 0, out2.stderr[-3000:]
+    assert checkpoints.tree_equal(_final_params(str(d)), reference_run)
+
+
+def test_kill_during_save_resumes_from_last_complete_checkpoint(tmp_path, reference_run):
+    d = tmp_path / "run"
+    out = _run_driver(d, 12, 4, "--die_in_save_at", "8")
+    assert out.returncode == -signal.SIGKILL
+    assert checkpoints.any_complete(str(d)) in (4, 8)  # 8 only if the write beat the kill
+    out = _run_driver(d, 12, 4)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert checkpoints.tree_equal(_final_params(str(d)), reference_run)
+
+
+def test_cli_rejects_unknown_binding_and_missing_task(tmp_path):
+    base = [sys.executable, "-m", "mathft_jax.train", "--gin_file=gin_configs/models/tiny.gin",
+            f"--gin_bindings=train.model_dir='{tmp_path}'"]
+    cwd = os.path.dirname(HERE)
+    bad = subprocess.run(base + ["--gin_bindings=train.no_such_arg=3"], capture_output=True,
+                         text=True, cwd=cwd, timeout=120)
+    assert bad.returncode != 0 and "no_such_arg" in bad.stderr
+    missing = subprocess.run(base + ["--gin_bindings=train.task='no_such_task'"],
+                             capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert missing.returncode != 0
+    assert "train.task='no_such_task' is not a registered" in missing.stderr
+    assert not os.path.exists(tmp_path / "0")
