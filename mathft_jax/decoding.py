@@ -1,0 +1,320 @@
+"""Sampling with a KV cache: one prefill pass over the prompts, then a `jax.lax.while_loop`.
+
+    samples = generate(params, cfg, prompts, SamplingParams(num_samples=64, temperature=0.7,
+                       eos_id=vocab.eos_id), seed=0, prompt_ids=global_indices, mesh=mesh)
+    samples.tokens [num_prompts, N, max_decode_len], samples.lengths [num_prompts, N]
+
+Design (see BUILD.md, "Decoding"):
+- Prompts of different lengths share a batch right-padded; each sequence then continues at
+  its own cache slot (its length), and a query only sees slots <= its own, so the padding's
+  garbage keys are never attended to and are overwritten as the sequence grows.
+- The prefill's logits are never used (XLA drops them): the loop's first step re-feeds each
+  prompt's last token at its own slot, so every new token comes from one code path and the
+  [batch, prompt, vocab] prefill logits are never materialised.
+- N samples of a prompt share its prefill: prefill [B, P], repeat the cache to [B*N].
+- Sample j of prompt i draws from fold_in(key(seed), i * N + j), folded with the step, so a
+  sample depends on neither the batch it sits in nor the number of devices.
+- Data-parallel with `jax.jit` over arrays sharded by the logical rules (batch over
+  data x fsdp, heads and cache over tensor), so tensor-parallel weights work unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mathft_jax import partitioning
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
+
+PAD_ID = 0
+MIN_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """What to sample. Static under jit: each distinct value compiles once."""
+    num_samples: int = 1
+    max_decode_len: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    eos_id: int = 1
+    share_prefill: bool = True  # False only to measure what sharing saves
+
+    def static(self) -> "DecodeStatic":
+        return DecodeStatic(self.num_samples, self.max_decode_len, self.top_k, self.eos_id,
+                            self.share_prefill, self.temperature == 0.0, self.top_p < 1.0)
+
+    def validate(self) -> "SamplingParams":
+        if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {self.num_samples!r}")
+        if not isinstance(self.max_decode_len, (int, np.integer)) or self.max_decode_len < 1:
+            raise ValueError(f"max_decode_len must be a positive int, got {self.max_decode_len!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        return self
+
+
+class DecodeStatic(NamedTuple):
+    """The part of SamplingParams that shapes the compiled program (temperature and top_p
+    are traced; only whether they are on is static)."""
+    num_samples: int
+    max_decode_len: int
+    top_k: int
+    eos_id: int
+    share_prefill: bool
+    greedy: bool
+    nucleus: bool
+
+
+@dataclasses.dataclass
+class Samples:
+    """tokens [num_prompts, N, max_decode_len] (PAD_ID after the end) and lengths
+    [num_prompts, N]: tokens generated, the EOS included where one was emitted."""
+    tokens: np.ndarray
+    lengths: np.ndarray
+
+    def sequences(self, i: int, eos_id: Optional[int] = None) -> list[list[int]]:
+        """Prompt i's N samples as token lists, without the EOS when `eos_id` is given."""
+        out = []
+        for toks, n in zip(self.tokens[i], self.lengths[i]):
+            seq = toks[:n].tolist()
+            if eos_id is not None and seq and seq[-1] == eos_id:
+                seq = seq[:-1]
+            out.append(seq)
+        return out
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def sample_logits(logits: jax.Array, keys: jax.Array, temperature, top_p=1.0, *,
+                  top_k: int = 0, greedy: bool = False, nucleus: bool = False) -> jax.Array:
+    """One token per row of logits [b, V] with that row's key (keys [b]); int32 [b].
+
+    greedy (static) takes the argmax. top_k (static) keeps the k most likely tokens; with
+    nucleus (static), top_p then keeps the smallest prefix of them (by probability) whose
+    mass reaches p: a token is kept when the mass before it is < p, so the most likely
+    token always is. temperature and top_p may be traced: sweeping them never recompiles.
+    """
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    vocab = logits.shape[-1]
+    k = min(top_k, vocab) if top_k else (vocab if nucleus else 0)
+    token_ids = None
+    if k:
+        logits, token_ids = jax.lax.top_k(logits, k)  # sorted, most likely first
+        if nucleus:
+            probs = jax.nn.softmax(logits, axis=-1)
+            mass_before = jnp.cumsum(probs, axis=-1) - probs
+            logits = jnp.where(mass_before < top_p, logits, -jnp.inf)
+    choice = jax.vmap(jax.random.categorical)(keys, logits)
+    if token_ids is not None:
+        choice = jnp.take_along_axis(token_ids, choice[:, None], axis=-1)[:, 0]
+    return choice.astype(jnp.int32)
+
+
+def constrain_cache(cache, cfg: DecoderConfig):
+    """Shard the cache by its logical axes (no-op outside `partitioning.mesh_context`)."""
+    is_axes = lambda a: isinstance(a, tuple) and all(isinstance(s, str) for s in a)  # noqa: E731
+    axes = jax.tree_util.tree_leaves(cache_logical_axes(cfg), is_leaf=is_axes)
+    leaves, treedef = jax.tree_util.tree_flatten(cache)
+    return treedef.unflatten([nn.with_logical_constraint(x, a) for x, a in zip(leaves, axes)])
+
+
+def repeat_cache(cache, cfg: DecoderConfig, n: int):
+    """Each sequence's cache repeated n times along the batch axis ([B] -> [B*n])."""
+    axis = (1 if cfg.scan_layers else 0)  # cache_logical_axes: ("layers",)? + ("batch", ...)
+    return constrain_cache(jax.tree_util.tree_map(lambda x: jnp.repeat(x, n, axis=axis), cache), cfg)
+
+
+def extend(params, cfg: DecoderConfig, tokens: jax.Array, cache, cache_index: jax.Array):
+    """Run tokens [b, t] at slots [cache_index[b], cache_index[b] + t): (logits [b, t, V], cache)."""
+    return Decoder(cfg).apply({"params": params}, tokens, cache=cache, cache_index=cache_index)
+
+
+def prefill(params, cfg: DecoderConfig, prompts: jax.Array, cache_len: int):
+    """A fresh cache of cache_len slots holding right-padded prompts [b, P] at slots [0, P).
+
+    The logits are dropped (and so never computed under jit): the caller re-feeds each
+    prompt's last token at its own slot to get the next-token logits.
+    """
+    b = prompts.shape[0]
+    cache = constrain_cache(init_cache(cfg, b, cache_len), cfg)
+    _, cache = extend(params, cfg, prompts, cache, jnp.zeros((b,), jnp.int32))
+    return cache
+
+
+def last_tokens(prompts: jax.Array, lengths: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(prompts, (lengths - 1)[:, None], axis=1)[:, 0]
+
+
+def sample_keys(seed: jax.Array, sample_ids: jax.Array) -> jax.Array:
+    """Per-sample keys: fold_in(key(seed), global sample id)."""
+    return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), sample_ids)
+
+
+def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top_p, *,
+                    cfg: DecoderConfig, sp: DecodeStatic):
+    """The jit-able sampler: prompts [B, P] right-padded, lengths [B] >= 1, sample_ids [B*N]
+    (global ids, prompt-major), seed int32, temperature and top_p float32 scalars
+    -> (tokens [B*N, L], num_tokens [B*N])."""
+    n, max_len = sp.num_samples, sp.max_decode_len
+    cache_len = prompts.shape[1] + max_len
+    if sp.share_prefill:
+        cache = repeat_cache(prefill(params, cfg, prompts, cache_len), cfg, n)
+    else:
+        cache = prefill(params, cfg, jnp.repeat(prompts, n, axis=0), cache_len)
+    first_input = jnp.repeat(last_tokens(prompts, lengths), n)
+    lengths = jnp.repeat(lengths, n)
+    keys = sample_keys(seed, sample_ids)
+    # Room left in the model's context; a prompt that fills it gets no tokens.
+    budget = jnp.minimum(max_len, cfg.max_seq_len - lengths)
+    rows = lengths.shape[0]
+    batch_axes = ("batch", "length")
+
+    def cond(state):
+        step, _, _, _, done, _ = state
+        return (step < max_len) & ~jnp.all(done)
+
+    def body(state):
+        step, token, cache, out, done, count = state
+        logits, cache = extend(params, cfg, token[:, None], cache, lengths - 1 + step)
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+        new = sample_logits(logits[:, 0], step_keys, temperature, top_p, top_k=sp.top_k,
+                            greedy=sp.greedy, nucleus=sp.nucleus)
+        new = jnp.where(done, PAD_ID, new)
+        out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
+        count = count + (~done).astype(jnp.int32)
+        done = done | (new == sp.eos_id) | (step + 1 >= budget)
+        return step + 1, new, cache, out, done, count
+
+    out = nn.with_logical_constraint(jnp.full((rows, max_len), PAD_ID, jnp.int32), batch_axes)
+    state = (jnp.int32(0), first_input, cache, out, budget <= 0, jnp.zeros((rows,), jnp.int32))
+    _, _, _, out, _, count = jax.lax.while_loop(cond, body, state)
+    return out, count
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
+    """Static shapes: round up to a power of two, so few distinct lengths compile."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], max_len: int, truncate: bool,
+                  what: str = "prompts") -> list[list[int]]:
+    """Token lists, checked: none empty; longer than max_len raises, or with `truncate`
+    keeps the first token (the decoder's start token) and the last max_len - 1."""
+    if len(prompts) == 0:
+        raise ValueError(f"{what} is empty: nothing to decode")
+    out = []
+    for i, p in enumerate(prompts):
+        p = [int(t) for t in p]
+        if not p:
+            raise ValueError(f"{what}[{i}] is empty: a prompt needs at least one token")
+        if len(p) > max_len:
+            if not truncate:
+                raise ValueError(f"{what}[{i}] has {len(p)} tokens, more than the model's "
+                                 f"max_seq_len={max_len} (pass truncate_prompts=True to keep "
+                                 "its last tokens)")
+            p = p[:1] + p[len(p) - max_len + 1:]
+        out.append(p)
+    return out
+
+
+def pad_rows(prompts: list[list[int]], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to [rows, length]; rows beyond the prompts are one-token dummies."""
+    tokens = np.full((rows, length), PAD_ID, np.int32)
+    lengths = np.ones((rows,), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = p
+        lengths[i] = len(p)
+    return tokens, lengths
+
+
+def batch_shards(mesh: Optional[Mesh]) -> int:
+    """How many ways a batch is split: rows are padded to a multiple of it."""
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def to_device(x: np.ndarray, mesh: Optional[Mesh]) -> jax.Array:
+    """Host array -> global array, batch-sharded over (data, fsdp). Every process holds the
+    same host array and transfers only its own devices' shards, so this serves multi-host."""
+    if mesh is None:
+        return jnp.asarray(x)
+    spec = P(partitioning.BATCH_AXES, *([None] * (x.ndim - 1))) if x.ndim else P()
+    sharding = NamedSharding(mesh, spec)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def run_context(mesh: Optional[Mesh], rules):
+    """Trace and run under the mesh and rules, so the logical constraints shard."""
+    return partitioning.mesh_context(mesh, rules) if mesh is not None else contextlib.nullcontext()
+
+
+def resolve_rules(cfg: DecoderConfig, mesh: Optional[Mesh], rules):
+    if mesh is None or rules is not None:
+        return rules
+    return partitioning.rules_for(cfg, mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_generate(cfg: DecoderConfig, sp: DecodeStatic):
+    return jax.jit(functools.partial(generate_tokens, cfg=cfg, sp=sp))
+
+
+def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+             *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
+             mesh: Optional[Mesh] = None, rules: Any = None,
+             truncate_prompts: bool = False) -> Samples:
+    """N samples for each prompt (token lists, e.g. [start id] + encode(text)).
+
+    prompt_ids: each prompt's global index (default 0..B-1); sample j of prompt i uses the
+    rng stream i * N + j, so pass the same ids to get the same samples in any batch.
+    mesh / rules: decode data-parallel on this mesh (params already sharded on it, e.g.
+    with `partitioning.param_shardings`); rules default to `partitioning.rules_for`.
+    """
+    sampling.validate()
+    prompts = check_prompts(prompts, cfg.max_seq_len, truncate_prompts)
+    n = sampling.num_samples
+    ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
+    if ids.shape != (len(prompts),):
+        raise ValueError(f"prompt_ids must have one id per prompt ({len(prompts)}), got {ids.shape}")
+    rows = -(-len(prompts) // batch_shards(mesh)) * batch_shards(mesh)
+    tokens, lengths = pad_rows(prompts, rows, bucket_length(max(map(len, prompts))))
+    padded_ids = np.concatenate([ids, np.zeros(rows - len(ids), np.int64)])
+    sample_ids = (padded_ids[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+    if sample_ids.max() >= 2 ** 31:
+        raise ValueError("prompt_ids * num_samples must stay below 2**31")
+    rules = resolve_rules(cfg, mesh, rules)
+    with run_context(mesh, rules):
+        out, count = _compiled_generate(cfg, sampling.static())(
+            params, to_device(tokens, mesh), to_device(lengths, mesh),
+            to_device(sample_ids.astype(np.int32), mesh), jnp.int32(seed),
+            jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))
+    out = to_host(out).reshape(rows, n, -1)[:len(prompts)]
+    count = to_host(count).reshape(rows, n)[:len(prompts)]
+    return Samples(tokens=out, lengths=count)

@@ -1,0 +1,97 @@
+"""Evaluator scoring: S(X|P) = p(" correct") / (p(" correct") + p(" incorrect")).
+
+The evaluator reads `[start] + encode(evaluator_prompt(problem, solution))` and each label is
+tokenised on its own (as the seqio tasks tokenise inputs and targets); a label of several
+tokens counts with its whole-sequence log-probability. The context is prefilled once into a
+KV cache that both labels continue from, so a candidate costs one pass over its context.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from mathft_jax import decoding
+from mathft_jax.data.formats import CORRECT_TARGET, INCORRECT_TARGET, evaluator_prompt
+from mathft_jax.models.config import DecoderConfig
+
+
+def label_logprobs(params, contexts, lengths, *, cfg: DecoderConfig, labels: tuple):
+    """log p(label | context) for each label (static tuple of token tuples): [b, len(labels)].
+
+    contexts [b, C] right-padded, lengths [b] >= 1. Each label pass feeds the context's last
+    token then the label's tokens but its last, from the context's last slot.
+    """
+    cache = decoding.prefill(params, cfg, contexts, contexts.shape[1] + max(map(len, labels)))
+    last = decoding.last_tokens(contexts, lengths)
+    out = []
+    for label in labels:
+        target = jnp.asarray(label, jnp.int32)
+        inputs = jnp.concatenate(
+            [last[:, None], jnp.broadcast_to(target[None, :-1], (last.shape[0], len(label) - 1))], 1)
+        logits, _ = decoding.extend(params, cfg, inputs, cache, lengths - 1)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        out.append(jnp.sum(logp[:, jnp.arange(len(label)), target], axis=-1))
+    return jnp.stack(out, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_label_logprobs(cfg: DecoderConfig, labels: tuple):
+    return jax.jit(functools.partial(label_logprobs, cfg=cfg, labels=labels))
+
+
+def decoder_start_id(vocab) -> int:
+    # Imported here: mathft_jax.data.vocab pulls in TensorFlow.
+    from mathft_jax.data.vocab import decoder_start_id as start_id
+    return start_id(vocab)
+
+
+def encode_label(vocab, text: str) -> tuple:
+    ids = tuple(int(t) for t in vocab.encode(text))
+    if not ids:
+        raise ValueError(f"label {text!r} encodes to no tokens")
+    return ids
+
+
+def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
+                    solutions: Sequence[str], *, batch_size: int = 32,
+                    mesh: Optional[Mesh] = None, rules: Any = None,
+                    start_id: Optional[int] = None, truncate: bool = True,
+                    labels: tuple = (CORRECT_TARGET, INCORRECT_TARGET)) -> np.ndarray:
+    """S(X|P) for each (problem, solution) pair: float64 [n] in [0, 1].
+
+    start_id: the decoder's start token (default: `data.vocab.decoder_start_id(vocab)`).
+    truncate: contexts too long for the model keep their start token and their end (where
+    the template's question is), else they raise. Candidates are scored in batches of
+    `batch_size` sorted by length (less padding), data-parallel on `mesh`.
+    """
+    if len(problems) != len(solutions):
+        raise ValueError(f"problems ({len(problems)}) and solutions ({len(solutions)}) differ in length")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not len(problems):
+        return np.zeros((0,), np.float64)
+    start = decoder_start_id(vocab) if start_id is None else int(start_id)
+    label_ids = tuple(encode_label(vocab, text) for text in labels)
+    room = cfg.max_seq_len - max(map(len, label_ids))
+    contexts = decoding.check_prompts(
+        [[start] + list(vocab.encode(evaluator_prompt(p, s))) for p, s in zip(problems, solutions)],
+        room, truncate, what="evaluator contexts")
+    rules = decoding.resolve_rules(cfg, mesh, rules)
+    rows = -(-batch_size // decoding.batch_shards(mesh)) * decoding.batch_shards(mesh)
+    order = np.argsort([len(c) for c in contexts], kind="stable")
+    logps = np.zeros((len(contexts), len(labels)), np.float64)
+    fn = _compiled_label_logprobs(cfg, label_ids)
+    for begin in range(0, len(order), batch_size):
+        index = order[begin:begin + batch_size]
+        batch = [contexts[i] for i in index]
+        tokens, lengths = decoding.pad_rows(batch, rows, decoding.bucket_length(max(map(len, batch))))
+        with decoding.run_context(mesh, rules):
+            out = fn(params, decoding.to_device(tokens, mesh), decoding.to_device(lengths, mesh))
+        logps[index] = decoding.to_host(out)[:len(batch)]
+    # p_c / (p_c + p_i) = sigmoid(log p_c - log p_i), stable for very unlikely labels.
+    return 1.0 / (1.0 + np.exp(logps[:, 1] - logps[:, 0]))

@@ -1,0 +1,96 @@
+"""Evaluator scoring: S(X|P) from the shared-prefix pass equals the full-forward computation."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathft_jax import partitioning, scoring
+from mathft_jax.data.formats import evaluator_prompt
+from mathft_jax.models import Decoder, DecoderConfig
+from mathft_jax.models.decoder import init_params
+
+CFG = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                    head_dim=8, mlp_dim=64, max_seq_len=256)
+START = 2
+PROBLEMS = ["What is 2+3?", "Compute 7*6.", "What is 2+3?", "Find x if x-4=1."]
+SOLUTIONS = ["2+3=5. \\boxed{5}", "7*6=42, so \\boxed{42}", "It is \\boxed{6}", "x=5 \\boxed{5}"]
+
+
+class FakeVocab:
+    """A byte-level vocabulary folded into 64 ids (seqio-free): what score_solutions needs."""
+
+    def encode(self, text):
+        return [3 + b % 61 for b in text.encode("utf-8")]
+
+
+@pytest.fixture(scope="module")
+def params():
+    # The init's small logits keep S(X|P) away from 0 and 1, where differences would vanish.
+    return nn.unbox(init_params(CFG, jax.random.PRNGKey(0)))
+
+
+@jax.jit
+def _log_probs(params, tokens):
+    return jax.nn.log_softmax(Decoder(CFG).apply({"params": params}, tokens), axis=-1)
+
+
+def direct_logprob(params, context, label):
+    """log p(label | context) from one full forward over context + label."""
+    seq = np.zeros((1, CFG.max_seq_len), np.int32)
+    seq[0, :len(context) + len(label)] = context + label
+    logp = np.asarray(_log_probs(params, seq)[0], np.float64)
+    return sum(logp[len(context) - 1 + i, t] for i, t in enumerate(label))
+
+
+def direct_scores(params, problems, solutions, labels=(" correct", " incorrect")):
+    vocab = FakeVocab()
+    out = []
+    for p, s in zip(problems, solutions):
+        context = [START] + vocab.encode(evaluator_prompt(p, s))
+        lc, li = (direct_logprob(params, context, vocab.encode(l)) for l in labels)
+        out.append(np.exp(lc) / (np.exp(lc) + np.exp(li)))
+    return np.asarray(out)
+
+
+def test_scores_match_full_forward_logits(params):
+    got = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, batch_size=3,
+                                  start_id=START)
+    want = direct_scores(params, PROBLEMS, SOLUTIONS)
+    assert got.shape == (4,) and ((got > 0) & (got < 1)).all()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert np.ptp(got) > 1e-3, "different candidates should get different scores"
+
+
+def test_single_token_labels(params):
+    labels = ("Y", "N")
+    got = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
+                                  batch_size=2, start_id=START, labels=labels)
+    np.testing.assert_allclose(got, direct_scores(params, PROBLEMS[:2], SOLUTIONS[:2], labels),
+                               atol=1e-5, rtol=0)
+
+
+def test_eight_devices_score_like_one(params):
+    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+    rules = partitioning.rules_for(CFG, mesh)
+    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
+    kw = dict(batch_size=3, start_id=START)
+    one = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, **kw)
+    eight = scoring.score_solutions(sharded, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, mesh=mesh, **kw)
+    np.testing.assert_allclose(eight, one, atol=1e-6, rtol=0)
+
+
+def test_bad_inputs(params):
+    vocab = FakeVocab()
+    with pytest.raises(ValueError, match=r"problems \(2\) and solutions \(1\)"):
+        scoring.score_solutions(params, CFG, vocab, PROBLEMS[:2], SOLUTIONS[:1], start_id=START)
+    with pytest.raises(ValueError, match="evaluator contexts\\[0\\] has"):
+        scoring.score_solutions(params, CFG, vocab, ["x" * 300], ["y"], start_id=START,
+                                truncate=False)
+    assert scoring.score_solutions(params, CFG, vocab, [], [], start_id=START).shape == (0,)
+
+
+def test_long_contexts_are_truncated_not_rejected(params):
+    got = scoring.score_solutions(params, CFG, FakeVocab(), ["x" * 300], ["y"], batch_size=1,
+                                  start_id=START)
+    assert got.shape == (1,) and np.isfinite(got).all()
