@@ -253,6 +253,10 @@ def batch_shards(mesh: Optional[Mesh]) -> int:
     return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def padded_rows(rows: int, mesh: Optional[Mesh]) -> int:
+    return -(-rows // batch_shards(mesh)) * batch_shards(mesh)
+
+
 def to_device(x: np.ndarray, mesh: Optional[Mesh]) -> jax.Array:
     """Host array -> global array, batch-sharded over (data, fsdp). Every process holds the
     same host array and transfers only its own devices' shards, so this serves multi-host."""
@@ -289,13 +293,15 @@ def _compiled_generate(cfg: DecoderConfig, sp: DecodeStatic):
 def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
              *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
              mesh: Optional[Mesh] = None, rules: Any = None,
-             truncate_prompts: bool = False) -> Samples:
+             truncate_prompts: bool = False, pad_to: int = 0) -> Samples:
     """N samples for each prompt (token lists, e.g. [start id] + encode(text)).
 
     prompt_ids: each prompt's global index (default 0..B-1); sample j of prompt i uses the
     rng stream i * N + j, so pass the same ids to get the same samples in any batch.
     mesh / rules: decode data-parallel on this mesh (params already sharded on it, e.g.
     with `partitioning.param_shardings`); rules default to `partitioning.rules_for`.
+    pad_to: run at least this many prompt rows (dummies, dropped), so a short last batch
+    reuses the full batches' compiled program.
     """
     sampling.validate()
     prompts = check_prompts(prompts, cfg.max_seq_len, truncate_prompts)
@@ -303,7 +309,7 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
     if ids.shape != (len(prompts),):
         raise ValueError(f"prompt_ids must have one id per prompt ({len(prompts)}), got {ids.shape}")
-    rows = -(-len(prompts) // batch_shards(mesh)) * batch_shards(mesh)
+    rows = padded_rows(max(len(prompts), pad_to), mesh)
     tokens, lengths = pad_rows(prompts, rows, bucket_length(max(map(len, prompts))))
     padded_ids = np.concatenate([ids, np.zeros(rows - len(ids), np.int64)])
     sample_ids = (padded_ids[:, None] * n + np.arange(n)[None, :]).reshape(-1)

@@ -82,7 +82,7 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
         [[start] + list(vocab.encode(evaluator_prompt(p, s))) for p, s in zip(problems, solutions)],
         room, truncate, what="evaluator contexts")
     rules = decoding.resolve_rules(cfg, mesh, rules)
-    rows = -(-batch_size // decoding.batch_shards(mesh)) * decoding.batch_shards(mesh)
+    rows = decoding.padded_rows(batch_size, mesh)
     order = np.argsort([len(c) for c in contexts], kind="stable")
     logps = np.zeros((len(contexts), len(labels)), np.float64)
     fn = _compiled_label_logprobs(cfg, label_ids)

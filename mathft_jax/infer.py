@@ -1,0 +1,222 @@
+"""Sample N solutions per problem and write the candidates file (docs/formats.md).
+
+    python -m mathft_jax.infer --gin_file=gin_configs/models/tiny.gin \\
+        --gin_file=gin_configs/infer/synthetic.gin \\
+        --gin_bindings="infer.checkpoint='runs/tiny'" --gin_bindings="infer.output_path='c.jsonl'"
+
+Resumable: each batch of problems goes to its own chunk file in `<output_path>.parts/`
+(written to a temporary file, then renamed), a restarted run skips the problems found there,
+and the final file is merged from the chunks the same way, so a crash never leaves a
+truncated file. Sample j of problem i always draws from rng stream i * N + j: a resumed run
+writes what an uninterrupted one would. Every process runs this (multi-host); process 0
+alone writes.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import time
+from typing import Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mathft_jax import candidates, checkpoints, decoding, gin_utils, partitioning, scoring
+from mathft_jax.data import formats
+from mathft_jax.grading import extract_answer
+from mathft_jax.models.config import DecoderConfig
+
+PARTS_SUFFIX = ".parts"
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def load_problems(task: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
+    """[{"problem_id", "problem", "gold"}]: the one adapter over `mathft_jax.data` readers.
+
+    task: "math500" (PRM800K math_splits/<split>.jsonl, split test = MATH500, train = its
+    12,000), "math" (MATH 5k test / 7.5k train), "synthetic_arith_steps" or
+    "synthetic_arith_terse" (the curriculum, gin-configured); or a `problems_file` (MATH-style
+    JSON lines or folder), which wins over task.
+    """
+    from mathft_jax.data import paths, readers, synthetic
+    if problems_file:
+        problems = readers.read_math(problems_file, split)
+    elif task == "math500":
+        problems = readers.read_math_splits(paths.math_splits_dir() / f"{split}.jsonl")
+    elif task == "math":
+        problems = readers.read_math(paths.math_dir(), split)
+    elif task.startswith("synthetic_arith_"):
+        problems = synthetic.synthetic_problems(split, style=task[len("synthetic_arith_"):])
+    else:
+        raise ValueError(f"infer.task={task!r}: expected math500, math, synthetic_arith_steps, "
+                         "synthetic_arith_terse, or set infer.problems_file")
+    records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer or ""}
+               for p in problems]
+    ids = [r["problem_id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{task}/{split}: problem ids are not unique")
+    return records
+
+
+# ----------------------------------------------------------------------------- chunked output
+
+
+def parts_dir(output_path: str) -> str:
+    return output_path + PARTS_SUFFIX
+
+
+def read_done(output_path: str) -> dict[str, dict]:
+    """Records already written: the final file if any, plus every complete chunk. A chunk
+    that cannot be read (never from a crash: chunks are renamed into place) is removed
+    and its problems are redone."""
+    done = {}
+    sources = [output_path] if os.path.exists(output_path) else []
+    sources += sorted(glob.glob(os.path.join(parts_dir(output_path), "*.jsonl")))
+    for path in sources:
+        try:
+            records = candidates.read_candidates(path)
+        except candidates.CandidatesError as e:
+            logging.warning("discarding unreadable chunk %s: %s", path, e)
+            os.remove(path)
+            continue
+        done.update((r["problem_id"], r) for r in records)
+    return done
+
+
+def write_chunk(output_path: str, first_index: int, records: list[dict]) -> None:
+    candidates.write_candidates(os.path.join(parts_dir(output_path), f"{first_index:08d}.jsonl"),
+                                records)
+
+
+def merge(output_path: str, problems: list[dict], done: dict[str, dict]) -> None:
+    """The final file in problem order (atomic), then the chunks go."""
+    candidates.write_candidates(output_path, [done[p["problem_id"]] for p in problems])
+    shutil.rmtree(parts_dir(output_path), ignore_errors=True)
+
+
+def done_mask(problems: list[dict], output_path: str) -> np.ndarray:
+    """Which problems are done, as process 0 sees it, on every process (hosts need not
+    share a file system)."""
+    mask = np.zeros((len(problems),), np.int32)
+    if jax.process_index() == 0:
+        done = read_done(output_path)
+        mask[:] = [p["problem_id"] in done for p in problems]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+    return mask.astype(bool)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int,
+                 scores: Optional[np.ndarray]) -> list[dict]:
+    records = []
+    for i, problem in enumerate(batch):
+        texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
+        entries = [{"text": text, "answer": extract_answer(text)} for text in texts]
+        if scores is not None:
+            for entry, score in zip(entries, scores[i]):
+                entry["score"] = float(score)
+        records.append({**problem, "samples": entries})
+    return records
+
+
+@gin.configurable
+def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
+          task: str = "math500", split: str = "test", problems_file: Optional[str] = None,
+          max_problems: Optional[int] = None, num_samples: int = 64, max_decode_len: int = 512,
+          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+          batch_size: int = 8, share_prefill: bool = True, truncate_prompts: bool = False,
+          evaluator_checkpoint: Optional[str] = None, evaluator_batch_size: int = 64,
+          vocabulary=None, mesh_data: int = -1, mesh_fsdp: int = 1, mesh_tensor: int = 1,
+          progress: bool = True) -> str:
+    """Sample `num_samples` solutions for each problem of `task`/`split`; returns output_path.
+
+    batch_size: problems per step (batch_size * num_samples sequences), a multiple of
+    mesh_data * mesh_fsdp. The default mesh replicates the weights and splits the batch
+    over every device (fastest decoding when the model fits); raise mesh_tensor to split
+    heads and the cache of a larger model. evaluator_checkpoint (same DecoderConfig) fills
+    each sample's `score` with S(X|P). vocabulary defaults to gin's `get_vocabulary()`.
+    """
+    from mathft_jax.data import vocab as vocab_lib
+    cfg = DecoderConfig().validate()
+    vocab = vocabulary or vocab_lib.get_vocabulary()
+    start_id = vocab_lib.decoder_start_id(vocab)
+    sampling = decoding.SamplingParams(num_samples, max_decode_len, temperature, top_k, top_p,
+                                       int(vocab.eos_id), share_prefill).validate()
+    mesh = partitioning.make_mesh(data=mesh_data, fsdp=mesh_fsdp, tensor=mesh_tensor)
+    partitioning.check_batch_divisible(batch_size, mesh, "infer.batch_size")
+    rules = partitioning.rules_for(cfg, mesh)
+    problems = load_problems(task, split, problems_file)[:max_problems]
+    todo = [i for i, done in enumerate(done_mask(problems, output_path)) if not done]
+    logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo), num_samples)
+
+    params = checkpoints.load_params(checkpoint, cfg, mesh, rules) if todo else None
+    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, mesh, rules)
+                 if todo and evaluator_checkpoint else None)
+    writer = jax.process_index() == 0
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
+               disable=not (progress and writer), dynamic_ncols=True)
+    tokens, started = 0, time.perf_counter()
+    for begin in range(0, len(todo), batch_size):
+        index = todo[begin:begin + batch_size]
+        batch = [problems[i] for i in index]
+        prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(p["problem"])))
+                   for p in batch]
+        samples = decoding.generate(params, cfg, prompts, sampling, seed=seed, prompt_ids=index,
+                                    mesh=mesh, rules=rules, truncate_prompts=truncate_prompts,
+                                    pad_to=batch_size)
+        scores = None
+        if evaluator is not None:
+            scores = _score(evaluator, cfg, vocab, batch, samples, sampling.eos_id,
+                            evaluator_batch_size, mesh, rules, start_id)
+        if writer:
+            write_chunk(output_path, index[0],
+                        make_records(batch, samples, vocab, sampling.eos_id, scores))
+        tokens += int(samples.lengths.sum())
+        bar.update(len(batch))
+        bar.set_postfix(samples=(begin + len(batch)) * num_samples,
+                        tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+    bar.close()
+    if writer:
+        merge(output_path, problems, read_done(output_path))
+        logging.info("infer: wrote %s", output_path)
+    return output_path
+
+
+def _score(params, cfg, vocab, batch, samples, eos_id, batch_size, mesh, rules, start_id):
+    """S(X|P) of every sample of the batch: [len(batch), N]."""
+    texts = [vocab.decode(seq) for i in range(len(batch)) for seq in samples.sequences(i, eos_id)]
+    n = samples.tokens.shape[1]
+    problems = [p["problem"] for p in batch for _ in range(n)]
+    scores = scoring.score_solutions(params, cfg, vocab, problems, texts, batch_size=batch_size,
+                                     mesh=mesh, rules=rules, start_id=start_id)
+    return scores.reshape(len(batch), n)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    from absl import flags
+    from mathft_jax import distributed
+    from mathft_jax.data import vocab  # noqa: F401  (registers get_vocabulary with gin)
+    distributed.initialize()
+    gin_utils.parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
+    infer()
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    flags.DEFINE_multi_string("gin_file", [], "Gin files (model, then infer settings).")
+    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. infer.num_samples=16.")
+    app.run(main)

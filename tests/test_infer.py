@@ -1,0 +1,120 @@
+"""The infer entry point: candidates schema, evaluator scores, crash-safe resumption, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import gin
+import jax
+import pytest
+import seqio
+
+from mathft_jax import candidates, checkpoints, decoding, gin_utils
+from mathft_jax import infer as infer_lib
+from mathft_jax.models.decoder import init_params
+
+MODEL_BINDINGS = [
+    "DecoderConfig.vocab_size = 384", "DecoderConfig.num_layers = 1", "DecoderConfig.d_model = 32",
+    "DecoderConfig.num_heads = 4", "DecoderConfig.num_kv_heads = 2", "DecoderConfig.head_dim = 8",
+    "DecoderConfig.mlp_dim = 64", "DecoderConfig.max_seq_len = 192",
+]
+NUM_PROBLEMS, BATCH = 10, 8  # two batches; the 8 fake devices split each batch 8 ways
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    gin.clear_config()
+    gin_utils.parse_gin(bindings=MODEL_BINDINGS)
+    cfg = gin_utils.model_config()
+    checkpoints.save_params(str(root / "ckpt"), nn.unbox(init_params(cfg, jax.random.PRNGKey(0))))
+    problems = root / "problems.jsonl"
+    with open(problems, "w") as f:
+        for i in range(NUM_PROBLEMS):
+            f.write(json.dumps({"unique_id": f"p{i}", "problem": f"What is {i}+{i}?",
+                                "solution": f"{i}+{i}={2 * i}. \\boxed{{{2 * i}}}"}) + "\n")
+    yield root
+    gin.clear_config()
+
+
+def run(setup, output, **kw):
+    args = dict(checkpoint=str(setup / "ckpt"), output_path=str(output),
+                problems_file=str(setup / "problems.jsonl"), num_samples=2, max_decode_len=6,
+                batch_size=BATCH, evaluator_checkpoint=str(setup / "ckpt"), evaluator_batch_size=8,
+                vocabulary=seqio.ByteVocabulary(), progress=False)
+    return infer_lib.infer(**{**args, **kw})
+
+
+def read_lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    return read_lines(run(setup, setup / "full.jsonl"))
+
+
+def test_writes_the_candidates_schema_with_scores(setup, uninterrupted):
+    records = candidates.read_candidates(str(setup / "full.jsonl"))
+    assert [r["problem_id"] for r in records] == [f"p{i}" for i in range(NUM_PROBLEMS)]
+    for i, record in enumerate(records):
+        assert set(record) == {"problem_id", "problem", "gold", "samples"}
+        assert record["problem"] == f"What is {i}+{i}?" and record["gold"] == str(2 * i)
+        assert len(record["samples"]) == 2
+        for sample in record["samples"]:
+            assert set(sample) == {"text", "answer", "score"}
+            assert isinstance(sample["text"], str)
+            assert 0.0 < sample["score"] < 1.0
+    assert not os.path.exists(infer_lib.parts_dir(str(setup / "full.jsonl")))
+
+
+def test_crash_leaves_complete_chunks_and_resume_redoes_only_the_rest(setup, uninterrupted, monkeypatch):
+    output = str(setup / "resumed.jsonl")
+    real_generate, calls = decoding.generate, []
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls.append(kwargs["prompt_ids"])
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "generate", crash_on_second_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(setup, output)
+    assert not os.path.exists(output), "no final (let alone truncated) file after a crash"
+    parts = os.listdir(infer_lib.parts_dir(output))
+    assert parts == ["00000000.jsonl"], parts  # one complete chunk, no temporary files
+    assert len(candidates.read_candidates(os.path.join(infer_lib.parts_dir(output), parts[0]))) == BATCH
+
+    calls.clear()
+    run(setup, output)
+    assert [list(c) for c in calls] == [[8, 9]], "only the undone problems are sampled again"
+    assert read_lines(output) == uninterrupted, "a resumed run writes what an uninterrupted one does"
+
+    calls.clear()
+    run(setup, output)
+    assert calls == [] and read_lines(output) == uninterrupted
+
+
+def test_bad_settings_raise(setup):
+    with pytest.raises(ValueError, match="infer.batch_size=3 must be divisible"):
+        run(setup, setup / "x.jsonl", batch_size=3)
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        run(setup, setup / "x.jsonl", num_samples=0)
+    with pytest.raises(ValueError, match="infer.task='nope'"):
+        infer_lib.load_problems("nope", "test")
+
+
+def test_cli_runs_from_gin_files(setup, tmp_path):
+    output = tmp_path / "cli.jsonl"
+    cmd = [sys.executable, "-m", "mathft_jax.infer", "--gin_file=gin_configs/infer/synthetic.gin"]
+    cmd += [f"--gin_bindings={b}" for b in MODEL_BINDINGS + [
+        f"infer.checkpoint='{setup / 'ckpt'}'", f"infer.output_path='{output}'",
+        "infer.max_problems=3", "infer.num_samples=2", "infer.max_decode_len=4",
+        "infer.progress=False"]]
+    subprocess.run(cmd, check=True, cwd=gin_utils.REPO_ROOT, capture_output=True, text=True)
+    records = candidates.read_candidates(str(output))
+    assert len(records) == 3 and all(len(r["samples"]) == 2 for r in records)
+    assert records[0]["problem_id"] == "synthetic/test/0"
