@@ -37,3 +37,37 @@ def sequence_log_likelihood(logits: jax.Array, targets: jax.Array, weights: jax.
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(tok * weights.astype(jnp.float32), axis=-1)
+
+
+# ---- the recipe's evaluator and sequence losses (per example; objectives.py sums them) ----
+
+def log_evaluator_score(ll_correct: jax.Array, ll_incorrect: jax.Array) -> jax.Array:
+    """log S(X|P), with S = p(" correct") / (p(" correct") + p(" incorrect")), from the two
+    labels' log-likelihoods after the evaluator template. Stable for p -> 0 or 1."""
+    return ll_correct - jnp.logaddexp(ll_correct, ll_incorrect)
+
+
+def evaluator_margin_loss(log_s_pos: jax.Array, log_s_neg: jax.Array, margin: float) -> jax.Array:
+    """max(0, log S(X-|P) - log S(X+|P) + margin) per (correct X+, incorrect X-) pair."""
+    return jax.nn.relu(log_s_neg - log_s_pos + margin)
+
+
+def evaluator_xent_loss(ll_correct: jax.Array, ll_incorrect: jax.Array,
+                        is_correct: jax.Array) -> jax.Array:
+    """-1[X correct] log p(" correct") - 1[X incorrect] log p(" incorrect") per candidate."""
+    is_correct = is_correct.astype(jnp.float32)
+    return -(is_correct * ll_correct + (1.0 - is_correct) * ll_incorrect)
+
+
+def sequence_margin_loss(ll_pos: jax.Array, ll_neg: jax.Array, margin: float) -> jax.Array:
+    """max(0, log P(X-|P) - log P(X+|P) + margin): the hinge on the generator's own
+    sequence log-likelihoods."""
+    return jax.nn.relu(ll_neg - ll_pos + margin)
+
+
+def contrastive_mle_loss(ll_pos: jax.Array, ll_neg: jax.Array, pos_tokens: jax.Array,
+                         margin: float, alpha: float) -> jax.Array:
+    """sequence_margin_loss + alpha * MLE on the correct solution, the MLE term being its
+    per-token negative log-likelihood (-log P(X+|P) / |X+|) so alpha is length-free."""
+    mle = -ll_pos / jnp.maximum(pos_tokens.astype(jnp.float32), 1.0)
+    return sequence_margin_loss(ll_pos, ll_neg, margin) + alpha * mle

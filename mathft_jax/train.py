@@ -25,7 +25,8 @@ from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.optim import learning_rate_schedule, make_optimizer
-from mathft_jax.trainer import abstract_state, init_state, lm_objective, make_eval_step, make_train_step
+from mathft_jax.objectives import lm_objective
+from mathft_jax.trainer import abstract_state, init_state, make_eval_step, make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -12,14 +12,14 @@ from typing import Callable, Dict
 
 import flax
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import optax
 
-from mathft_jax import losses, partitioning
+from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
+from mathft_jax.objectives import lm_objective
 
 Batch = Dict[str, jax.Array]
 Objective = Callable[[Decoder, dict, Batch], Dict[str, jax.Array]]
@@ -30,22 +30,6 @@ class TrainState:
     step: jax.Array
     params: dict
     opt_state: optax.OptState
-
-
-def model_inputs(batch: Batch) -> dict:
-    """Decoder keyword arguments from a feature-converted batch (packed or not)."""
-    return {"tokens": batch["decoder_input_tokens"],
-            "positions": batch.get("decoder_positions"),
-            "segment_ids": batch.get("decoder_segment_ids")}
-
-
-@gin.configurable
-def lm_objective(model: Decoder, params, batch: Batch, z_loss: float | None = None):
-    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`."""
-    logits = model.apply({"params": params}, **model_inputs(batch))
-    z = model.cfg.z_loss if z_loss is None else z_loss
-    return losses.token_cross_entropy(logits, batch["decoder_target_tokens"],
-                                      batch["decoder_loss_weights"], z)
 
 
 def _split_micro_batches(batch: Batch, n: int, mesh) -> Batch:

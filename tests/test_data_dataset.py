@@ -258,23 +258,26 @@ def bound_tasks(tmp_path_factory):
 
 
 def test_pairwise_batches_keep_pairs_together(bound_tasks):
-    it = dataset.get_dataset("scr_pairwise", "train", 512, 6, pack=False, seed=1, num_epochs=1)
+    it = dataset.get_dataset("scr_pairwise", "train", 512, 8, pack=False, seed=1, num_epochs=1)
     batches = list(it)
     pairs = set()
     for b in batches:
-        for row in range(0, 6, 2):
+        for row in range(0, 8, 4):
             if b["pair_id"][row] < 0:
                 assert (b["decoder_segment_ids"][row:] == 0).all()
                 continue
-            assert b["pair_id"][row] == b["pair_id"][row + 1]
-            assert (b["is_positive"][row], b["is_positive"][row + 1]) == (1, 0)
-            for r in (row, row + 1):  # both members are scored on " correct" + EOS
+            assert len(set(b["pair_id"][row:row + 4])) == 1
+            assert list(b["is_positive"][row:row + 4]) == [1, 1, 0, 0]
+            assert list(b["label_correct"][row:row + 4]) == [1, 0, 1, 0]
+            for r, label in zip(range(row, row + 4), (" correct", " incorrect") * 2):
                 weighted = b["decoder_target_tokens"][r][b["decoder_loss_weights"][r] == 1]
-                assert BYTES.decode(weighted) == " correct" and weighted[-1] == EOS
+                assert BYTES.decode(weighted) == label and weighted[-1] == EOS
             pairs.add(int(b["pair_id"][row]))
     assert pairs == set(range(12 * 3))  # 12 two-sided problems x 3 pairs; the one-sided gives none
     with pytest.raises(ValueError, match="pack=False"):
-        dataset.get_dataset("scr_pairwise", "train", 512, 6, pack=True)
+        dataset.get_dataset("scr_pairwise", "train", 512, 8, pack=True)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        dataset.get_dataset("scr_pairwise", "train", 512, 6, pack=False)
 
 
 def test_pointwise_is_balanced(bound_tasks):

@@ -35,16 +35,20 @@ def _records(num_problems=6, n_correct=3, n_incorrect=5):
 @pytest.mark.parametrize("sampling", ["uniform", "round_robin"])
 def test_pairs_are_distinct_correct_incorrect_and_seeded(sampling):
     examples, stats = formats.pairwise_examples(_records(), num_pairs=10, sampling=sampling, seed=3)
-    assert stats["pairs"] == 6 * 10 and len(examples) == 2 * 60
+    assert stats["pairs"] == 6 * 10 and len(examples) == 4 * 60
     pairs = collections.defaultdict(list)
     for ex in examples:
         pairs[ex["pair_id"]].append(ex)
-    for pos, neg in pairs.values():
-        assert (pos["is_positive"], neg["is_positive"]) == (1, 0)
-        assert "good" in pos["inputs"] and "bad" in neg["inputs"]
-        assert pos["problem_id"] == neg["problem_id"] and pos["targets"] == neg["targets"] == " correct"
+    for pos_c, pos_i, neg_c, neg_i in pairs.values():
+        assert [e["is_positive"] for e in (pos_c, pos_i, neg_c, neg_i)] == [1, 1, 0, 0]
+        assert [e["label_correct"] for e in (pos_c, pos_i, neg_c, neg_i)] == [1, 0, 1, 0]
+        assert pos_c["inputs"] == pos_i["inputs"] and neg_c["inputs"] == neg_i["inputs"]
+        assert "good" in pos_c["inputs"] and "bad" in neg_c["inputs"]
+        assert pos_c["problem_id"] == neg_c["problem_id"]
+        assert pos_c["targets"] == neg_c["targets"] == " correct"
+        assert pos_i["targets"] == neg_i["targets"] == " incorrect"
     per_problem = collections.defaultdict(set)
-    for pos, neg in pairs.values():
+    for pos, _, neg, _ in pairs.values():
         per_problem[pos["problem_id"]].add((pos["inputs"], neg["inputs"]))
     assert all(len(s) == 10 for s in per_problem.values())  # no repeated pair
     again, _ = formats.pairwise_examples(_records(), num_pairs=10, sampling=sampling, seed=3)
@@ -54,7 +58,7 @@ def test_pairs_are_distinct_correct_incorrect_and_seeded(sampling):
 
 def test_round_robin_uses_every_candidate_evenly():
     examples, _ = formats.pairwise_examples(_records(1, 3, 5), num_pairs=10, sampling="round_robin")
-    uses = collections.Counter(ex["inputs"] for ex in examples)
+    uses = collections.Counter(ex["inputs"] for ex in examples if ex["label_correct"])
     good = [n for text, n in uses.items() if "good" in text]
     bad = [n for text, n in uses.items() if "bad" in text]
     assert sorted(good) == [3, 3, 4] and bad == [2] * 5
@@ -66,7 +70,7 @@ def test_pairs_capped_by_available_and_one_sided_problems_counted():
         {"problem_id": "all_bad", "problem": "q", "samples": [{"text": "b", "correct": False}] * 3},
     ]
     examples, stats = formats.pairwise_examples(records, num_pairs=10)
-    assert stats["pairs"] == 4 and len(examples) == 8
+    assert stats["pairs"] == 4 and len(examples) == 16
     assert (stats["problems"], stats["problems_without_correct"], stats["problems_without_incorrect"]) == (3, 1, 1)
 
 
@@ -137,3 +141,13 @@ def test_synthetic_knobs_change_difficulty():
     assert max(int(p.answer) for p in hard) > 99 >= max(int(p.answer) for p in easy)
     with pytest.raises(ValueError, match="unknown synthetic level"):
         synthetic.synthetic_problems("test", level=9)
+
+
+def test_sequence_pairs_use_the_generation_prompt():
+    examples, stats = formats.sequence_pair_examples(_records(2, 2, 3), num_pairs=4, seed=0)
+    assert stats["pairs"] == 8 and len(examples) == 16
+    for pos, neg in zip(examples[0::2], examples[1::2]):
+        assert pos["pair_id"] == neg["pair_id"] and (pos["is_positive"], neg["is_positive"]) == (1, 0)
+        assert pos["inputs"] == neg["inputs"] == formats.generation_prompt(
+            f"Problem {pos['problem_id'][1:]}")
+        assert "good" in pos["targets"] and "bad" in neg["targets"]

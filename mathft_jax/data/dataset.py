@@ -23,7 +23,7 @@ import seqio
 from mathft_jax.data import packing, vocab
 
 STATE_VERSION = 1
-ROW_FEATURES = {"pair_id": -1, "is_positive": 0}  # per-row integer features, padding value
+ROW_FEATURES = {"pair_id": -1, "is_positive": 0, "label_correct": 0}  # per-row integer features, padding value
 _EXAMPLE_CACHE: "weakref.WeakKeyDictionary[seqio.Task, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -259,9 +259,10 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
         raise ValueError(f"shard index {index} out of range for {count} shards")
     length = total_length(sequence_length)
     units, stats = _build_units(task_or_mixture, split, length, drop_overlong)
-    if any(len(unit) > 1 for task_units in units.units for unit in task_units):
-        if pack or batch_size % 2:
-            raise ValueError(f"{task_or_mixture} yields pairs: use pack=False and an even batch size")
+    unit_size = max((len(unit) for task_units in units.units for unit in task_units), default=1)
+    if unit_size > 1 and (pack or batch_size % unit_size):
+        raise ValueError(f"{task_or_mixture} yields groups of {unit_size} rows (evaluator pairs): "
+                         f"use pack=False and a batch size divisible by {unit_size}")
     provider = seqio.get_mixture_or_task(task_or_mixture)
     config = {"task": task_or_mixture, "split": split, "length": length, "batch_size": batch_size,
               "shuffle": shuffle, "seed": seed, "shard": [index, count], "pack": pack,

@@ -100,36 +100,71 @@ def _count_one_sided(stats: collections.Counter, correct: Sequence[str], incorre
     return not correct or not incorrect
 
 
-@gin.configurable
-def pairwise_examples(records: Iterable[dict], num_pairs: int = 10, sampling: str = "uniform",
-                      seed: int = 0, dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
-    """Margin-loss examples: per problem, up to `num_pairs` (correct, incorrect) pairs of its
-    candidates (the paper: 10 pairs from 64 candidates).
-
-    Each pair gives two consecutive examples, the correct one first, sharing `pair_id`:
-    `inputs` = evaluator prompt of that candidate, `targets` = " correct" for BOTH members (the
-    model's score of a candidate is log p(" correct" | prompt)), `is_positive` = 1 / 0.
-    Problems with no correct or no incorrect candidate give no pairs and are counted.
-    """
-    stats: collections.Counter = collections.Counter()
-    examples = []
+def _candidate_pairs(records: Iterable[dict], num_pairs: int, sampling: str, seed: int,
+                     dedupe: bool, stats: collections.Counter):
+    """(record, correct text, incorrect text, pair id) for up to `num_pairs` pairs a problem.
+    Problems with no correct or no incorrect candidate give none and are counted."""
     for record in records:
         correct, incorrect = split_by_correctness(record["samples"], dedupe)
         if _count_one_sided(stats, correct, incorrect):
             continue
         rng = problem_rng(seed, str(record["problem_id"]))
         for i, j in sample_pairs(len(correct), len(incorrect), num_pairs, sampling, rng):
-            pair_id = stats["pairs"]
-            for text, positive in ((correct[i], 1), (incorrect[j], 0)):
+            yield record, correct[i], incorrect[j], stats["pairs"]
+            stats["pairs"] += 1
+
+
+@gin.configurable
+def pairwise_examples(records: Iterable[dict], num_pairs: int = 10, sampling: str = "uniform",
+                      seed: int = 0, dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
+    """Margin-loss examples: per problem, up to `num_pairs` (correct, incorrect) pairs of its
+    candidates (the paper: 10 pairs from 64 candidates).
+
+    Each pair gives four consecutive examples sharing `pair_id`, in the order
+    (X+, " correct"), (X+, " incorrect"), (X-, " correct"), (X-, " incorrect"):
+    `inputs` = evaluator prompt of that candidate, `targets` = the label, `is_positive` = 1 for
+    X+ and 0 for X-, `label_correct` = 1 for the " correct" rows. Both labels of each candidate
+    are there so the trainer computes S = p(" correct") / (p(" correct") + p(" incorrect"))
+    exactly, also when a label is several tokens. Problems with no correct or no incorrect
+    candidate give no pairs and are counted.
+    """
+    stats: collections.Counter = collections.Counter()
+    examples = []
+    for record, good, bad, pair_id in _candidate_pairs(records, num_pairs, sampling, seed,
+                                                       dedupe, stats):
+        for text, positive in ((good, 1), (bad, 0)):
+            for label in (1, 0):
                 examples.append({
                     "problem_id": str(record["problem_id"]),
                     "inputs": evaluator_prompt(record["problem"], text),
-                    "targets": evaluator_target(True),
+                    "targets": evaluator_target(bool(label)),
                     "pair_id": pair_id,
                     "is_positive": positive,
+                    "label_correct": label,
                 })
-            stats["pairs"] += 1
     logging.info("pairwise evaluator examples: %s", dict(stats))
+    return examples, stats
+
+
+@gin.configurable
+def sequence_pair_examples(records: Iterable[dict], num_pairs: int = 10,
+                           sampling: str = "uniform", seed: int = 0,
+                           dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
+    """Generation-format pairs for the sequence margin / contrastive MLE losses: two
+    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`."""
+    stats: collections.Counter = collections.Counter()
+    examples = []
+    for record, good, bad, pair_id in _candidate_pairs(records, num_pairs, sampling, seed,
+                                                       dedupe, stats):
+        for text, positive in ((good, 1), (bad, 0)):
+            examples.append({
+                "problem_id": str(record["problem_id"]),
+                "inputs": generation_prompt(record["problem"]),
+                "targets": text,
+                "pair_id": pair_id,
+                "is_positive": positive,
+            })
+    logging.info("sequence pair examples: %s", dict(stats))
     return examples, stats
 
 

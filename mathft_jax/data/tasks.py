@@ -26,7 +26,8 @@ GENERATION_EVAL_TASKS = ("math500", "math_test5k")
 SYNTHETIC_TASKS = {"synthetic_arith_steps": "steps", "synthetic_arith_terse": "terse"}
 SSFT_MIXTURE = "math_ssft_mix"
 TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
-              *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise")
+              *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise",
+              "scr_sequence_pairwise")
 
 
 # ----------------------------------------------------------------------------- examples
@@ -53,7 +54,7 @@ def _prm800k_problems(files: Sequence) -> list[readers.Problem]:
 
 def _candidates(path) -> list[dict]:
     if path is None:
-        raise ValueError("scr_pairwise / scr_pointwise need a graded candidates file: bind "
+        raise ValueError("scr_pairwise / scr_pointwise / scr_sequence_pairwise need a graded candidates file: bind "
                          "scr_candidates_file.path = '...' and call "
                          "mathft_jax.data.tasks.register_tasks().")
     return readers.read_candidates(path)
@@ -111,6 +112,7 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
         "math_test5k": {"test": generation(readers.read_math, math_dir, "test")},
         "scr_pairwise": {"train": evaluator(formats.pairwise_examples)},
         "scr_pointwise": {"train": evaluator(formats.pointwise_examples)},
+        "scr_sequence_pairwise": {"train": evaluator(formats.sequence_pair_examples)},
     }
     for name, style in SYNTHETIC_TASKS.items():
         # Knobs are read from gin when the split is first loaded.

@@ -1,0 +1,85 @@
+"""Training objectives: what one batch contributes to the loss, as sums plus a `weight`.
+
+Each objective is `objective(model, params, batch) -> dict` with a `loss` sum and a
+`weight` normaliser (target tokens, or valid pairs); the train step divides by the summed
+weight, which keeps gradient accumulation exact. Select one in gin with
+`train.objective = @evaluator_objective` etc.
+
+  lm_objective          SSFT: MLE on solution tokens (and xent evaluator on scr_pointwise)
+  evaluator_objective   SCR: margin and/or xent on S(X|P), batches of `scr_pairwise`
+  sequence_objective    sequence margin / contrastive MLE, batches of `scr_sequence_pairwise`
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from mathft_jax import losses
+
+Batch = Dict[str, jax.Array]
+
+
+def model_inputs(batch: Batch) -> dict:
+    """Decoder keyword arguments from a feature-converted batch (packed or not)."""
+    return {"tokens": batch["decoder_input_tokens"],
+            "positions": batch.get("decoder_positions"),
+            "segment_ids": batch.get("decoder_segment_ids")}
+
+
+@gin.configurable
+def lm_objective(model, params, batch: Batch, z_loss: float | None = None):
+    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`."""
+    logits = model.apply({"params": params}, **model_inputs(batch))
+    z = model.cfg.z_loss if z_loss is None else z_loss
+    return losses.token_cross_entropy(logits, batch["decoder_target_tokens"],
+                                      batch["decoder_loss_weights"], z)
+
+
+def _row_log_likelihoods(model, params, batch: Batch, eos_id: int | None) -> jax.Array:
+    logits = model.apply({"params": params}, **model_inputs(batch))
+    weights = batch["decoder_loss_weights"]
+    if eos_id is not None:  # score the label itself, not the EOS that seqio appends
+        weights = weights * (batch["decoder_target_tokens"] != eos_id)
+    return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"], weights)
+
+
+@gin.configurable
+def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
+                        xent_weight: float = 0.0, margin: float = 1.0, eos_id: int | None = 1):
+    """SCR on `scr_pairwise` batches: rows 4k..4k+3 = (X+, c), (X+, i), (X-, c), (X-, i).
+
+    loss per pair = margin_weight * evaluator_margin_loss(log S(X+), log S(X-), margin)
+                  + xent_weight * (evaluator_xent(X+) + evaluator_xent(X-)) / 2
+    `eos_id` (1 for seqio's byte and SentencePiece vocabularies; bind the tokenizer's for
+    imported models, None to keep it) is left out of the label's likelihood, matching
+    `infer.score_solutions`.
+    """
+    ll = _row_log_likelihoods(model, params, batch, eos_id).reshape(-1, 4)
+    valid = (batch["pair_id"].reshape(-1, 4)[:, 0] >= 0).astype(jnp.float32)
+    log_s_pos = losses.log_evaluator_score(ll[:, 0], ll[:, 1])
+    log_s_neg = losses.log_evaluator_score(ll[:, 2], ll[:, 3])
+    margin_l = losses.evaluator_margin_loss(log_s_pos, log_s_neg, margin)
+    xent_l = 0.5 * (losses.evaluator_xent_loss(ll[:, 0], ll[:, 1], jnp.ones_like(valid))
+                    + losses.evaluator_xent_loss(ll[:, 2], ll[:, 3], jnp.zeros_like(valid)))
+    loss = margin_weight * margin_l + xent_weight * xent_l
+    return {"loss": jnp.sum(valid * loss),
+            "margin_loss": jnp.sum(valid * margin_l),
+            "xent_loss": jnp.sum(valid * xent_l),
+            "pair_accuracy": jnp.sum(valid * (log_s_pos > log_s_neg)),
+            "weight": jnp.sum(valid)}
+
+
+@gin.configurable
+def sequence_objective(model, params, batch: Batch, margin: float = 1.0, alpha: float = 0.0):
+    """Sequence margin (alpha = 0) or contrastive MLE (alpha > 0) on generation-format pairs:
+    rows 2k, 2k+1 = (P, X+), (P, X-) from `scr_sequence_pairwise`."""
+    ll = _row_log_likelihoods(model, params, batch, eos_id=None).reshape(-1, 2)
+    tokens = batch["decoder_loss_weights"].sum(-1).reshape(-1, 2)[:, 0]
+    valid = (batch["pair_id"].reshape(-1, 2)[:, 0] >= 0).astype(jnp.float32)
+    loss = losses.contrastive_mle_loss(ll[:, 0], ll[:, 1], tokens, margin, alpha)
+    return {"loss": jnp.sum(valid * loss),
+            "pair_accuracy": jnp.sum(valid * (ll[:, 0] > ll[:, 1])),
+            "weight": jnp.sum(valid)}
