@@ -26,6 +26,7 @@ def label_logprobs(params, contexts, lengths, *, cfg: DecoderConfig, labels: tup
     contexts [b, C] right-padded, lengths [b] >= 1. Each label pass feeds the context's last
     token then the label's tokens but its last, from the context's last slot.
     """
+    params, cfg = decoding.unroll_layers(params, cfg)
     cache = decoding.prefill(params, cfg, contexts, contexts.shape[1] + max(map(len, labels)))
     last = decoding.last_tokens(contexts, lengths)
     out = []
@@ -70,7 +71,8 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     `batch_size` sorted by length (less padding), data-parallel on `mesh`.
     """
     if len(problems) != len(solutions):
-        raise ValueError(f"problems ({len(problems)}) and solutions ({len(solutions)}) differ in length")
+        raise ValueError(f"problems ({len(problems)}) and solutions ({len(solutions)}) "
+                         "differ in length")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not len(problems):
