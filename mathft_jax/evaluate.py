@@ -7,6 +7,11 @@ the JSON are deterministic (seeded bootstrap, ordered pool map).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax.entry import run_module
+    run_module("mathft_jax.evaluate")
+
+
 import json
 import os
 
@@ -19,11 +24,15 @@ from mathft_jax.parallel import parallel_map
 BOOTSTRAP_RESAMPLES = 1000
 
 
-def evaluate_records(records: list[dict], k: int = 8, processes: int | None = None,
-                     n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                     progress: bool = True) -> dict:
+def grade_records(records: list[dict], processes: int | None = None,
+                  progress: bool = True) -> list[voting.GradedProblem]:
+    """Grade and cluster every problem once, in a process pool over all cores."""
+    return parallel_map(voting.grade_problem, records, processes, "grading", progress)
+
+
+def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
+                       n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """{"k", "n_problems", "n_samples", "metrics": {name: {value, ci_low, ci_high, n_problems}}}."""
-    problems = parallel_map(voting.grade_problem, records, processes, "grading", progress)
     sizes = [len(problem.correct) for problem in problems]
     return {
         "k": k,
@@ -32,6 +41,13 @@ def evaluate_records(records: list[dict], k: int = 8, processes: int | None = No
         "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95},
         "metrics": voting.evaluate_problems(problems, k, n_resamples, seed),
     }
+
+
+def evaluate_records(records: list[dict], k: int = 8, processes: int | None = None,
+                     n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """`summarize_problems` of `grade_records`."""
+    return summarize_problems(grade_records(records, processes, progress), k, n_resamples, seed)
 
 
 def markdown_table(result: dict) -> str:
@@ -57,7 +73,7 @@ def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes
     return result
 
 
-_CANDIDATES = flags.DEFINE_string("candidates", None, "Candidates JSON-lines file.", required=True)
+_CANDIDATES = flags.DEFINE_string("candidates", None, "Candidates JSON-lines file (required).")
 _K = flags.DEFINE_integer("k", 8, "K for the top-K cluster metrics (the paper: 8 of N=64).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON (default: FILE.metrics.json).")
 _SKIP = flags.DEFINE_bool("skip_bad_lines", False, "Skip and count malformed lines instead of failing.")
@@ -66,6 +82,8 @@ _PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default:
 
 def main(argv) -> None:
     del argv
+    if not _CANDIDATES.value:
+        raise app.UsageError("--candidates=FILE is required")
     result = evaluate_file(_CANDIDATES.value, _K.value, _SKIP.value, _PROCESSES.value)
     print(markdown_table(result))
     skipped = result["skipped_lines"]["count"]
@@ -77,6 +95,3 @@ def main(argv) -> None:
         file.write("\n")
     print(f"\nwrote {out}")
 
-
-if __name__ == "__main__":
-    app.run(main)

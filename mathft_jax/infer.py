@@ -13,6 +13,11 @@ alone writes.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax.entry import run_module
+    run_module("mathft_jax.infer")
+
+
 import glob
 import logging
 import os
@@ -25,7 +30,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax import candidates, checkpoints, decoding, gin_utils, partitioning, scoring
+from mathft_jax import candidates, checkpoints, decoding, partitioning, scoring
 from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -207,16 +212,6 @@ def _score(params, cfg, vocab, batch, samples, eos_id, batch_size, mesh, rules, 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from absl import flags
-    from mathft_jax import distributed
-    from mathft_jax.data import vocab  # noqa: F401  (registers get_vocabulary with gin)
-    distributed.initialize()
-    gin_utils.parse_gin(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
+    from mathft_jax import entry
+    entry.parse_gin_flags()
     infer()
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-    flags.DEFINE_multi_string("gin_file", [], "Gin files (model, then infer settings).")
-    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. infer.num_samples=16.")
-    app.run(main)

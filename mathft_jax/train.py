@@ -9,6 +9,11 @@ with an error naming the step; nothing after the last good step is saved.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax.entry import run_module
+    run_module("mathft_jax.train")
+
+
 import dataclasses
 import math
 import os
@@ -18,9 +23,9 @@ from typing import Callable, Iterator, Optional
 import gin
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
-from mathft_jax import checkpoints, distributed, gin_utils, hardware, partitioning, preemption
+from mathft_jax import checkpoints, distributed, entry, hardware, partitioning, preemption
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
@@ -223,18 +228,9 @@ def _progress_bar(enabled: bool, start: int, total: int):
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
-GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. train.total_steps=10.")
-
-
 def main(argv):
     del argv
-    distributed.initialize()
-    gin_utils.parse_gin(GIN_FILES.value, GIN_BINDINGS.value)
+    entry.parse_gin_flags()
     result = train()
     if result.preempted:
         logging.warning("preempted at step %d; rerun the same command to resume", result.final_step)
-
-
-if __name__ == "__main__":
-    app.run(main)

@@ -1,0 +1,36 @@
+"""Shared plumbing of the `python -m mathft_jax.<tool>` entry points.
+
+Running `python -m mathft_jax.train` executes train.py as `__main__`, a second copy of the
+module beside the `mathft_jax.train` that other modules import; gin configurables and absl
+flags defined in both copies would clash. Each entry module therefore starts with
+
+    if __name__ == "__main__":
+        from mathft_jax.entry import run_module; run_module("mathft_jax.train")
+
+which runs the package copy's `main` under absl and exits before the `__main__` copy
+defines anything.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import flags
+
+GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (model, data, stages).")
+GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin bindings, e.g. train.total_steps=10 or ssft/train.total_steps=10.")
+
+
+def run_module(name: str) -> None:
+    from absl import app
+    module = importlib.import_module(name)
+    app.run(module.main)
+    sys.exit(0)
+
+
+def parse_gin_flags() -> None:
+    """Bring up jax.distributed (multi-host), then parse --gin_file / --gin_bindings."""
+    from mathft_jax import distributed, gin_utils
+    distributed.initialize()
+    gin_utils.parse_gin(GIN_FILES.value, GIN_BINDINGS.value)

@@ -1,0 +1,235 @@
+"""The recipe end to end: `python -m mathft_jax.pipeline --gin_file=gin_configs/runs/mtsf.gin`.
+
+Stages (each under its own directory of `pipeline.run_dir`, skipped once complete, so a
+killed pipeline resumes in the stage it was in; train and infer stages resume within
+themselves too):
+
+  1 ssft           SSFT: MLE on solutions                         (gin scope `ssft`)
+  2 sample_train   N candidates per training problem              (gin scope `sample_train`)
+  3 scr_data       grade them; evaluator-data statistics
+  4 scr            evaluator from the SSFT checkpoint             (gin scope `scr`)
+  5 mtsf           SSFT again from the SCR checkpoint (MTSF)      (gin scope `mtsf`)
+  6 sample_eval    N samples per evaluation problem, for the SSFT and the MTSF generator
+                                                                   (gin scope `sample_eval`)
+  7 score          S(X|P) of every evaluation candidate by the evaluator of stage 4
+  8 evaluate       Pass@1, Pass@N, Maj1@N, MajK@N, RR.All, RR.Top-K, W.RR, W.RR.MajK with
+                   bootstrap intervals; results.json, report.md and plots
+
+`pipeline.variant` picks the paper's variants: "ssft" (1, 6, 8), "ssft_scr" (1-4, 6-8) or
+"mtsf" (all). Per-stage trainer and sampler settings are gin scopes, e.g.
+`ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax.entry import run_module
+    run_module("mathft_jax.pipeline")
+
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+import gin
+import jax
+from absl import logging
+
+from mathft_jax import candidates, distributed, evaluate, report
+
+VARIANTS = {
+    "ssft": ("ssft", "sample_eval", "evaluate"),
+    "ssft_scr": ("ssft", "sample_train", "scr_data", "scr", "sample_eval", "score", "evaluate"),
+    "mtsf": ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score", "evaluate"),
+}
+DONE = "DONE.json"
+
+
+class Preempted(RuntimeError):
+    """A training stage stopped on SIGTERM; rerun the pipeline to resume it."""
+
+
+class Run:
+    """Paths of one pipeline run and its per-stage completion markers."""
+
+    def __init__(self, run_dir: str):
+        self.root = os.path.abspath(run_dir)
+
+    def stage_dir(self, stage: str) -> str:
+        return os.path.join(self.root, stage)
+
+    def done(self, stage: str) -> bool:
+        return os.path.exists(os.path.join(self.stage_dir(stage), DONE))
+
+    def mark_done(self, stage: str, info: dict) -> None:
+        if not distributed.is_main_process():
+            return
+        path = os.path.join(self.stage_dir(stage), DONE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(info, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    # artefacts
+    def checkpoint(self, stage: str) -> str:
+        return os.path.join(self.stage_dir(stage), "checkpoints")
+
+    def train_candidates(self) -> str:
+        return os.path.join(self.stage_dir("sample_train"), "candidates.jsonl")
+
+    def graded_train_candidates(self) -> str:
+        return os.path.join(self.stage_dir("scr_data"), "graded.jsonl")
+
+    def eval_candidates(self, generator: str, scored: bool = False) -> str:
+        stage = "score" if scored else "sample_eval"
+        return os.path.join(self.stage_dir(stage), f"{generator}.jsonl")
+
+
+@gin.configurable
+def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
+             ssft_task: str = "synthetic_arith_steps",
+             init_checkpoint: Optional[str] = None,
+             scr_task: str = "scr_pairwise",
+             sample_task: str = "synthetic_arith_steps", train_split: str = "train",
+             eval_split: str = "test", k: int = 8, bootstrap_resamples: int = 1000,
+             processes: Optional[int] = None, stop_after: Optional[str] = None) -> dict:
+    """Run (or resume) the recipe; returns the evaluation results.
+
+    ssft_task: the SSFT seqio task (MATH: math_ssft_math, math_ssft_prm800k, math_ssft_mix).
+    scr_task: scr_pairwise (margin, `evaluator_objective`) or scr_pointwise (xent,
+    `lm_objective`), built from the graded training candidates.
+    sample_task / *_split: the problems `infer` samples (infer.load_problems's names).
+    stop_after: stop after this stage (tests use it to simulate a crash).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"pipeline.variant={variant!r}; expected one of {sorted(VARIANTS)}")
+    run = Run(run_dir)
+    stages = VARIANTS[variant]
+    generators = ["ssft", "mtsf"] if "mtsf" in stages else ["ssft"]
+    logging.info("pipeline %s in %s: %s", variant, run.root, " -> ".join(stages))
+    steps = {
+        "ssft": lambda: _train_stage(run, "ssft", ssft_task, init_checkpoint),
+        "sample_train": lambda: _sample_stage(run, "sample_train", "ssft", sample_task,
+                                              train_split, run.train_candidates()),
+        "scr_data": lambda: _scr_data_stage(run, processes),
+        "scr": lambda: _train_stage(run, "scr", scr_task, run.checkpoint("ssft"),
+                                    candidates_file=run.graded_train_candidates()),
+        "mtsf": lambda: _train_stage(run, "mtsf", ssft_task, run.checkpoint("scr")),
+        "sample_eval": lambda: {g: _sample_stage(run, "sample_eval", g, sample_task, eval_split,
+                                                 run.eval_candidates(g)) for g in generators},
+        "score": lambda: {g: score_stage(run, g) for g in generators},
+        "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, k,
+                                            bootstrap_resamples, processes),
+    }
+    results = {}
+    for index, stage in enumerate(stages, 1):
+        if run.done(stage):
+            logging.info("[%d/%d] %s: already complete", index, len(stages), stage)
+        else:
+            logging.info("[%d/%d] %s", index, len(stages), stage)
+            t0 = time.time()
+            info = steps[stage]() or {}
+            distributed.barrier(f"pipeline_{stage}")
+            run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
+        if stage == stop_after:
+            return {}
+    with open(os.path.join(run.stage_dir("evaluate"), "results.json")) as f:
+        results = json.load(f)
+    return results
+
+
+def _jsonable(info):
+    return json.loads(json.dumps(info, default=str))
+
+
+def _train_stage(run: Run, stage: str, task: str, init_checkpoint: Optional[str],
+                 candidates_file: Optional[str] = None) -> dict:
+    from mathft_jax import train as train_lib
+    from mathft_jax.data import tasks
+    if candidates_file:
+        with gin.unlock_config():
+            gin.bind_parameter("scr_candidates_file.path", candidates_file)
+    tasks.register_tasks()
+    with gin.config_scope(stage):
+        result = train_lib.train(model_dir=run.checkpoint(stage), task=task,
+                                 init_checkpoint=init_checkpoint)
+    if result.preempted:
+        raise Preempted(f"stage {stage} preempted at step {result.final_step}; rerun to resume")
+    return {"final_step": result.final_step, "last_metrics": result.last_metrics}
+
+
+def _sample_stage(run: Run, scope: str, generator: str, task: str, split: str, output: str) -> dict:
+    from mathft_jax import infer
+    with gin.config_scope(scope):
+        infer.infer(checkpoint=run.checkpoint(generator), output_path=output, task=task, split=split)
+    return {"output": output}
+
+
+def _scr_data_stage(run: Run, processes: Optional[int]) -> dict:
+    """Grade the training candidates and count what the evaluator data will hold."""
+    from mathft_jax.data import formats
+    records = candidates.read_candidates(run.train_candidates())
+    graded = candidates.grade_candidates(records, processes=processes)
+    if distributed.is_main_process():
+        candidates.write_candidates(run.graded_train_candidates(), graded)
+    _, pair_stats = formats.pairwise_examples(graded)
+    _, point_stats = formats.pointwise_examples(graded)
+    n = sum(len(r["samples"]) for r in graded)
+    correct = sum(bool(s.get("correct")) for r in graded for s in r["samples"])
+    stats = {"problems": len(graded), "samples": n, "correct_fraction": correct / max(n, 1),
+             "pairs": dict(pair_stats), "pointwise": dict(point_stats)}
+    logging.info("evaluator data: %s", stats)
+    if not pair_stats.get("pairs"):
+        raise ValueError("no (correct, incorrect) pairs in the training candidates: the SSFT "
+                         f"model is always right or always wrong ({stats}); train longer or "
+                         "sample more")
+    return stats
+
+
+@gin.configurable
+def score_stage(run: Run, generator: str, batch_size: int = 64) -> dict:
+    """Fill every evaluation sample's `score` with the SCR evaluator's S(X|P)."""
+    from mathft_jax import checkpoints, partitioning, scoring
+    from mathft_jax.data import vocab as vocab_lib
+    from mathft_jax.models.config import DecoderConfig
+    records = candidates.read_candidates(run.eval_candidates(generator))
+    cfg = DecoderConfig().validate()
+    mesh = partitioning.make_mesh()
+    rules = partitioning.rules_for(cfg, mesh)
+    params = checkpoints.load_params(run.checkpoint("scr"), cfg, mesh, rules)
+    problems = [r["problem"] for r in records for _ in r["samples"]]
+    texts = [s["text"] for r in records for s in r["samples"]]
+    scores = iter(scoring.score_solutions(params, cfg, vocab_lib.get_vocabulary(), problems, texts,
+                                          batch_size=batch_size, mesh=mesh, rules=rules))
+    for r in records:
+        for s in r["samples"]:
+            s["score"] = float(next(scores))
+    if distributed.is_main_process():
+        candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
+    return {"scored": len(texts)}
+
+
+def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
+                    resamples: int, processes: Optional[int]) -> dict:
+    out_dir = run.stage_dir("evaluate")
+    os.makedirs(out_dir, exist_ok=True)
+    graded = {g: evaluate.grade_records(candidates.read_candidates(run.eval_candidates(g, scored)),
+                                        processes) for g in generators}
+    results = {g: evaluate.summarize_problems(problems, k, resamples) for g, problems in graded.items()}
+    if distributed.is_main_process():
+        report.write_report(out_dir, results, graded, k)
+        with open(os.path.join(out_dir, "results.json.tmp"), "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
+    return {"generators": list(generators)}
+
+
+def main(argv):
+    del argv
+    from mathft_jax import entry
+    entry.parse_gin_flags()
+    results = pipeline()
+    if results and distributed.is_main_process():
+        print(report.results_table(results), flush=True)
+        run_dir = gin.query_parameter("pipeline.run_dir")
+        print(f"\nreport: {os.path.join(run_dir, 'evaluate', 'report.md')}", flush=True)

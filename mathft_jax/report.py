@@ -1,0 +1,97 @@
+"""The paper-style report of a pipeline run: a results table and two plots.
+
+  report.md             the table (every metric, 95% bootstrap CI, per generator)
+  accuracy_vs_n.png     Maj1, RR.Top-K and W.RR.MajK against N (N subsampled 1..max)
+  ssft_vs_mtsf.png      every metric, SSFT generator against MTSF generator
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+from mathft_jax import voting
+
+CURVE_METRICS = ("maj1_at_n", "rr_topk", "wrr_majk")
+NAMES = {"ssft": "SSFT", "mtsf": "MTSF"}
+
+
+def results_table(results: Mapping[str, dict]) -> str:
+    """Markdown: one row per metric, one column per generator, value [95% CI] in percent."""
+    gens = list(results)
+    k = results[gens[0]]["k"]
+    head = "| metric | " + " | ".join(NAMES.get(g, g) for g in gens) + " |"
+    rows = [head, "| --- |" + " ---: |" * len(gens)]
+    for name in voting.METRICS:
+        cells = []
+        for g in gens:
+            e = results[g]["metrics"][name]
+            cells.append("n/a" if e["value"] is None else
+                         f"{100 * e['value']:.1f} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]")
+        rows.append(f"| {voting.metric_label(name, k)} | " + " | ".join(cells) + " |")
+    n = results[gens[0]]
+    rows.append(f"\n{n['n_problems']} problems, N = {n['n_samples']['max']} samples each, K = {k}; "
+                "values in %, 95% bootstrap intervals over problems.")
+    return "\n".join(rows)
+
+
+def accuracy_vs_n(problems: Sequence[voting.GradedProblem], k: int, repeats: int = 4) -> dict:
+    """{metric: [(n, value)]} for n = 1, 2, 4, ... up to the samples per problem."""
+    top = max((len(p.correct) for p in problems), default=0)
+    ns = sorted({min(2 ** i, top) for i in range(0, max(top, 1).bit_length() + 1)} - {0})
+    curves = {m: [] for m in CURVE_METRICS}
+    for n in ns:
+        m = voting.metrics_at_n(problems, n, k, seed=0, repeats=repeats, n_resamples=1)
+        for name in CURVE_METRICS:
+            if m[name]["value"] is not None:
+                curves[name].append((n, m[name]["value"]))
+    return curves
+
+
+def write_report(out_dir: str, results: Mapping[str, dict],
+                 graded: Mapping[str, Sequence[voting.GradedProblem]], k: int) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final = list(results)[-1]
+    curves = accuracy_vs_n(graded[final], k)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        if points:
+            ax.plot(*zip(*points), marker="o", label=voting.metric_label(name, k))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (samples per problem)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Accuracy against N ({NAMES.get(final, final)} generator)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "accuracy_vs_n.png"), dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [m for m in voting.METRICS if all(results[g]["metrics"][m]["value"] is not None
+                                               for g in results)]
+    width = 0.8 / len(results)
+    for i, g in enumerate(results):
+        vals = [results[g]["metrics"][m]["value"] for m in names]
+        lo = [v - results[g]["metrics"][m]["ci_low"] for v, m in zip(vals, names)]
+        hi = [results[g]["metrics"][m]["ci_high"] - v for v, m in zip(vals, names)]
+        ax.bar([j + i * width for j in range(len(names))], vals, width, yerr=[lo, hi],
+               capsize=3, label=NAMES.get(g, g))
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels([voting.metric_label(m, k) for m in names], rotation=30, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_title("SSFT against MTSF" if len(results) > 1 else "Metrics")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "ssft_vs_mtsf.png"), dpi=120)
+    plt.close(fig)
+
+    text = ["# mathft_jax pipeline report", "", results_table(results), "",
+            "![accuracy against N](accuracy_vs_n.png)", "", "![SSFT against MTSF](ssft_vs_mtsf.png)", ""]
+    path = os.path.join(out_dir, "report.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(text))
+    os.replace(path + ".tmp", path)
+    return path
