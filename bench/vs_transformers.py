@@ -1,6 +1,6 @@
 """Ours against transformers on identical weights, in one run on this machine's CPU.
 
-    .venv/bin/python bench/vs_transformers.py [--models=tiny,small] [--repeats=5]
+    .venv/bin/python bench/vs_transformers.py [--models=tiny,small] [--repeats=5] [--threads=1]
 
 For each model (a tiny and a ~20M-parameter Llama-shaped model, built with transformers
 and imported with `mathft_jax.convert.hf.load_hf`):
@@ -145,12 +145,21 @@ def bench_train(model, cfg, params, repeats: int) -> dict:
             "ours_compile_s": compile_s, "tokens_per_step": TRAIN_BATCH * TRAIN_LEN}
 
 
+def limit_threads(n: int) -> None:
+    """Before JAX's backend starts: XLA's CPU intra-op pool and torch's to n threads."""
+    torch.set_num_threads(n)
+    if n == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor()) if os.path.exists(
         "/proc/cpuinfo") else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": os.getloadavg(),  # the CPU may be shared: read with care
+            "load_average_at_start": os.getloadavg(), "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the CPU may be shared: read with care
             "platform": platform.platform(), "python": platform.python_version(),
             "jax": jax.__version__, "jax_devices": str(jax.devices()), "torch": torch.__version__,
             "transformers": transformers.__version__}
@@ -161,7 +170,12 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,small")
     parser.add_argument("--samples", default="1,16,64")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for both sides (0: each library's default). On a "
+                             "shared CPU, 1 keeps torch's OpenMP spin-waits from distorting it")
     args = parser.parse_args()
+    if args.threads:
+        limit_threads(args.threads)
     result = {"command": " ".join([sys.executable] + sys.argv), "machine": machine(),
               "prompt_len": PROMPT_LEN, "gen_len": GEN_LEN, "train_batch": TRAIN_BATCH,
               "train_len": TRAIN_LEN, "models": {}}
@@ -182,10 +196,11 @@ def main() -> None:
             rows.append((name, f"train step B={TRAIN_BATCH} T={TRAIN_LEN} (steps/s)",
                          1 / r["ours_step_s"], 1 / r["transformers_step_s"], r["ratio"]))
             print(rows[-1], flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    out = OUT.with_name(f"{OUT.stem}_threads{args.threads}.json") if args.threads else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-          f"torch threads {result['machine']['torch_threads']}; wrote {OUT}")
+          f"torch threads {result['machine']['torch_threads']}; wrote {out}")
     print("| model | what | ours | transformers | ours / transformers |")
     print("| --- | --- | ---: | ---: | ---: |")
     for name, what, ours, theirs, ratio in rows:

@@ -207,6 +207,16 @@ def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
     assert (out / "hf" / "config.json").exists()
 
 
+def test_fallback_checkpoint_io_round_trips(saved, tmp_path, monkeypatch):
+    """Without the trainer's checkpoints module the converters still write and read."""
+    from mathft_jax.convert import ckpt_io
+    monkeypatch.setattr(ckpt_io, "_trainer_checkpoints", lambda: None)
+    cfg, params = hf.load_hf(saved("qwen2")[0], dtype="float32")
+    ckpt_io.save_params(tmp_path / "ckpt", params)
+    assert (tmp_path / "ckpt" / "params").is_dir()
+    assert tree_equal(ckpt_io.load_params(tmp_path / "ckpt", cfg), params)
+
+
 def test_converters_do_not_import_torch_or_transformers():
     code = ("import sys, mathft_jax.models, mathft_jax.convert.import_hf, "
             "mathft_jax.convert.export_hf; "

@@ -54,12 +54,11 @@ def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, rules=None, dtype=None,
     """
     hf_dir = pathlib.Path(hf_dir)
     hf_cfg = read_hf_config(hf_dir)
-    reader = ShardedReader(hf_dir)
+    dtype = jnp.dtype(dtype or hf_cfg.get("dtype") or hf_cfg.get("torch_dtype") or "float32")
+    cfg = families.decoder_config_from_hf(hf_cfg, source=str(hf_dir / CONFIG_FILE),
+                                          param_dtype=dtype.name, scan_layers=scan_layers)
+    reader = ShardedReader(hf_dir)  # checks every shard before anything is converted
     try:
-        dtype = jnp.dtype(dtype or hf_cfg.get("dtype") or hf_cfg.get("torch_dtype") or "float32")
-        cfg = families.decoder_config_from_hf(
-            hf_cfg, source=str(hf_dir / CONFIG_FILE), param_dtype=dtype.name,
-            scan_layers=scan_layers)
         params = read_params(reader, cfg, mesh, rules)
     finally:
         reader.close()
