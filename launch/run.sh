@@ -83,14 +83,20 @@ xla_flags_with_devices() {
   echo "${kept:+$kept }--xla_force_host_platform_device_count=$1" | sed -E 's/ +/ /g; s/^ //'
 }
 
-# Copy stdin to stdout with a prefix per line (and to a log file if given), unbuffered.
+# Copy stdin to stdout with a prefix per line (and to a log file if given), line by line
+# (awk and sed may read a pipe in large blocks and hold lines back until it closes).
 prefix_lines() {
-  awk -v p="$1" -v f="$2" '{ print p $0; fflush(); if (f != "") { print $0 >> f; fflush(f) } }'
+  local line
+  if [[ -n "$2" ]]; then exec 3>>"$2"; else exec 3>/dev/null; fi
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    printf '%s%s\n' "$1" "$line"
+    printf '%s\n' "$line" >&3
+  done
 }
 
 declare -a CHILD_PIDS=() PREFIX_PIDS=()
 STOPPING=0
-KILLER_PID=""
+KILL_AT=""  # $SECONDS after which stopping children get SIGKILL
 
 signal_children() {  # $1: signal; each child leads its own process group (setsid)
   local pid
@@ -99,12 +105,11 @@ signal_children() {  # $1: signal; each child leads its own process group (setsi
   done
 }
 
-stop_children() {  # SIGTERM now, SIGKILL after the grace period
+stop_children() {  # SIGTERM now; the wait loop sends SIGKILL after the grace period
   ((STOPPING)) && return
   STOPPING=1
+  KILL_AT=$((SECONDS + GRACE))
   signal_children TERM
-  ( sleep "$GRACE"; for pid in "${CHILD_PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done ) &
-  KILLER_PID=$!
 }
 
 on_signal() {
@@ -165,6 +170,11 @@ run_local() {
   for i in "${!CHILD_PIDS[@]}"; do live[${CHILD_PIDS[$i]}]=$i; done
   while ((left > 0)); do
     sleep 0.2
+    if [[ -n "$KILL_AT" ]] && ((SECONDS >= KILL_AT)); then
+      log "still running after ${GRACE}s: SIGKILL"
+      signal_children KILL
+      KILL_AT=""
+    fi
     for pid in "${!live[@]}"; do
       kill -0 "$pid" 2>/dev/null && continue  # running (or not reaped yet)
       wait "$pid" 2>/dev/null && st=0 || st=$?  # (quiet: no "Killed" line)
@@ -180,7 +190,6 @@ run_local() {
       fi
     done
   done
-  [[ -n "$KILLER_PID" ]] && { kill "$KILLER_PID" 2>/dev/null || true; wait "$KILLER_PID" 2>/dev/null || true; }
   wait "${PREFIX_PIDS[@]}" 2>/dev/null || true
   rm -rf "$fifo_dir"
   log "all $n processes exited (status $status)"
