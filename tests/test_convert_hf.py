@@ -344,6 +344,14 @@ def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
     vocabulary = tokenizer.hf_vocabulary(tmp_path / "ckpt" / "hf")
     assert (vocabulary.bos_id, vocabulary.eos_id) == (1, 2)
     assert list(vocabulary.encode("x + 1")) == [3, 4, 5]
+    import gin
+    from mathft_jax.data import vocab as vocab_lib
+    try:  # vocab.gin makes get_vocabulary() (what train and infer call) this tokenizer
+        gin.parse_config_file(str(tmp_path / "ckpt" / "vocab.gin"))
+        configured = vocab_lib.get_vocabulary()
+        assert (configured.bos_id, configured.eos_id, configured.vocab_size) == (1, 2, 6)
+    finally:
+        gin.clear_config()
 
 
 # ---------------------------------------------------------------- published sizes
