@@ -40,10 +40,21 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
     register_configurables()
     gin.add_config_file_search_path(REPO_ROOT)
     gin.add_config_file_search_path(os.path.join(REPO_ROOT, "gin_configs"))
+    files = [_resolve(f) for f in files]
     try:
-        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, KeyError, IOError) as e:
         raise ValueError(f"bad gin configuration: {e}") from e
+
+
+def _resolve(path: str) -> str:
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    for root in (REPO_ROOT, os.path.join(REPO_ROOT, "gin_configs")):
+        if os.path.exists(os.path.join(root, path)):
+            return os.path.join(root, path)
+    raise ValueError(f"bad gin configuration: gin file {path!r} not found (looked in the "
+                     f"working directory and {REPO_ROOT})")
 
 
 def model_config():
