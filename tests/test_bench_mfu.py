@@ -1,0 +1,24 @@
+"""bench/mfu.py runs end to end (tiny model on CPU); the real figures come from a GPU."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = tmp_path / "mfu.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "mfu.py"), "--smoke", f"--out={out}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    last_line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last_line["kind"] == "summary" and last_line["results"] == summary["results"]
+    train, decode = summary["results"]
+    assert train["kind"] == "train" and train["batch"] == 8 and 0 < train["mfu"] < 1
+    assert train["tokens_per_s"] > 0 and train["loss"] > 0
+    assert decode["kind"] == "decode" and decode["generated_tokens"] == 2 * 2 * 8
+    assert decode["tokens_per_s"] > 0
