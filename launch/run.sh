@@ -19,6 +19,8 @@ Every process runs the same command; jax.distributed connects them (mathft_jax.d
       SIGTERM, then SIGKILL after --grace seconds, and run.sh exits with that status.
       SIGTERM or SIGINT (Ctrl-C) to run.sh is forwarded to every process as SIGTERM (the
       trainer then saves one consistent checkpoint and exits); a second one sends SIGKILL.
+      Children run in their own sessions (setsid): if run.sh itself is SIGKILLed they
+      keep running; stop them by their pids (printed as "[run.sh] p<i>: pid N").
         --processes=N            number of processes (default 2)
         --devices_per_process=D  fake CPU devices per process: sets
                                  XLA_FLAGS=--xla_force_host_platform_device_count=D, so a

@@ -175,12 +175,16 @@ def check_port_free(port: int) -> None:
 
 
 def _use_gloo_on_cpu() -> None:
-    """Cross-process collectives on CPU go through gloo (the default in jax >= 0.4.3x,
-    set explicitly so that local multi-process runs never fall back to none)."""
-    try:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except (AttributeError, ValueError):  # older jax spelled it as a bool
-        jax.config.update("jax_cpu_enable_gloo_collectives", True)
+    """Cross-process collectives on CPU go through gloo (the default in jax 0.10/0.11; set
+    explicitly so that local multi-process runs never run without any). Older jax spelled
+    the option as a bool; a jax that knows neither keeps its default."""
+    for name, value in (("jax_cpu_collectives_implementation", "gloo"),
+                        ("jax_cpu_enable_gloo_collectives", True)):
+        try:
+            jax.config.update(name, value)
+            return
+        except (AttributeError, ValueError):
+            continue
 
 
 def _auto_detectable() -> bool:
