@@ -412,6 +412,15 @@ def _init_alone(**env):
     return r, time.monotonic() - t0
 
 
+def test_initialize_rejects_inconsistent_arguments_before_touching_jax():
+    from mathft_jax import distributed
+    with pytest.raises(distributed.DistributedInitError, match="not in \\[0, 2\\)"):
+        distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
+    with pytest.raises(distributed.DistributedInitError, match="needs a coordinator address"):
+        distributed.initialize(None, num_processes=2, process_id=0)
+    assert not distributed._initialized
+
+
 def test_wrong_coordinator_address_fails_clearly_in_bounded_time():
     r, took = _init_alone(MATHFT_COORDINATOR=f"127.0.0.1:{_free_port()}", MATHFT_PROCESS_ID="1")
     assert r.returncode != 0 and "nothing accepted connections at the coordinator" in r.stderr
