@@ -135,7 +135,8 @@ def train(model_dir: str = gin.REQUIRED,
     start = int(state.step)
     with partitioning.mesh_context(mesh, rules):
         step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches, mesh),
-                          in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                          # batches arrive as global arrays already laid out by global_batch()
+                          in_shardings=(shardings, None),
                           out_shardings=(shardings, partitioning.replicated(mesh)),
                           donate_argnums=0)
         eval_fn = jax.jit(make_eval_step(cfg, objective))
