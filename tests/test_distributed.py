@@ -282,25 +282,18 @@ def test_two_process_infer_writes_the_one_process_candidates(launcher, tmp_path)
 
 
 def test_two_process_pipeline_completes(launcher, tmp_path):
-    """The tiny synthetic recipe, cut to a few steps and problems, variant `ssft` (SSFT,
-    sampling, evaluation): the SCR stages need a generator that is sometimes right, which
-    a few-step model never is (2 processes do get through SSFT and sampling the training
-    problems in the `mtsf` variant: see BUILD.md)."""
+    """The whole recipe (variant mtsf: SSFT, sampling, grading, SCR, MTSF, scoring,
+    evaluation) of the seconds-scale smoke config, on 2 processes."""
     pytest.importorskip("mathft_jax.pipeline")
-    bindings = [
-        "pipeline.variant='ssft'", f"pipeline.run_dir='{tmp_path / 'pipe'}'",
-        "ssft/train.total_steps=3", "ssft/learning_rate_schedule.total_steps=3",
-        "ssft/learning_rate_schedule.warmup_steps=0", "train.batch_size=8",
-        "train.sequence_length=64", "infer.num_samples=2", "infer.max_decode_len=16",
-        "sample_eval/infer.max_problems=8", "pipeline.k=2",
-    ]
     run = launcher(["local", "--processes=2", "--devices_per_process=1", "--",
-                    PY, "-m", "mathft_jax.pipeline",
-                    "--gin_file=gin_configs/runs/synthetic_base.gin",
-                    *[f"--gin_bindings={b}" for b in bindings]])
+                    PY, "-m", "mathft_jax.pipeline", "--gin_file=gin_configs/runs/smoke.gin",
+                    f"--gin_bindings=pipeline.run_dir='{tmp_path / 'pipe'}'"])
     assert run.wait() == 0, run.output()[-6000:]
-    assert (tmp_path / "pipe" / "evaluate" / "DONE.json").exists()
-    assert (tmp_path / "pipe" / "ssft" / "DONE.json").exists()
+    for stage in ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score",
+                  "evaluate"):
+        assert (tmp_path / "pipe" / stage / "DONE.json").exists(), stage
+    results = json.loads((tmp_path / "pipe" / "evaluate" / "results.json").read_text())
+    assert set(results) == {"ssft", "mtsf"}
 
 
 # ----------------------------------------------------------------------------- launcher

@@ -221,3 +221,13 @@ def test_cli_rejects_unknown_binding_and_missing_task(tmp_path):
     assert missing.returncode != 0
     assert "train.task='no_such_task' is not a registered" in missing.stderr
     assert not os.path.exists(tmp_path / "0")
+
+
+def test_held_out_loss_every_eval_every_steps(tmp_path):
+    run = _train(tmp_path, "eval", steps=4, eval_every=2, eval_steps=2,
+                 eval_iterator_fn=lambda: ArrayIterator(seed=5))
+    from mathft_jax.metrics_writer import read_metrics
+    rows = [r for r in read_metrics(run.model_dir) if "eval/loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(np.isfinite(r["eval/loss"]) and 0 <= r["eval/correct"] <= 1 for r in rows)
+    assert os.listdir(os.path.join(run.model_dir, "tb"))  # TensorBoard event files
