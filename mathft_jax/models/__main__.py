@@ -4,17 +4,15 @@ import json
 
 from absl import app, flags
 
-from mathft_jax import gin_utils
+from mathft_jax import entry, gin_utils
 from mathft_jax.models import sizes
 
-FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin files with a DecoderConfig.")
-BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
 SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length for the attention FLOPs term.")
 
 
 def main(argv):
     del argv
-    gin_utils.parse_gin(FLAGS.value, BINDINGS.value)
+    gin_utils.parse_gin(entry.GIN_FILES.value, entry.GIN_BINDINGS.value)
     cfg = gin_utils.model_config().validate()
     print(json.dumps(sizes.summary(cfg, SEQ_LEN.value)))
 
