@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Fake CPU devices for the sharding tests; set before JAX starts (see tests/conftest.py).
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 PYTEST_ARGS ?=
 
 .PHONY: test demo venv bench clean
@@ -26,7 +26,7 @@ test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: $(VENV)/.stamp-test
-	XLA_FLAGS= $(PY) -m mathft_jax.pipeline --gin_file=gin_configs/demo/cpu.gin
+	XLA_FLAGS= $(PY) -m mathft_jax.pipeline --gin_file=gin_configs/demo/cpu.gin --verbosity=-1
 
 bench: $(VENV)/.stamp-bench
 	$(PY) bench/model_step.py

@@ -124,9 +124,9 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
     results = {}
     for index, stage in enumerate(stages, 1):
         if run.done(stage):
-            logging.info("[%d/%d] %s: already complete", index, len(stages), stage)
+            _announce(f"[{index}/{len(stages)}] {stage}: already complete")
         else:
-            logging.info("[%d/%d] %s", index, len(stages), stage)
+            _announce(f"[{index}/{len(stages)}] {stage}")
             t0 = time.time()
             info = steps[stage]() or {}
             distributed.barrier(f"pipeline_{stage}")
@@ -136,6 +136,13 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
     with open(os.path.join(run.stage_dir("evaluate"), "results.json")) as f:
         results = json.load(f)
     return results
+
+
+def _announce(line: str) -> None:
+    """Stage headers: to the log, and to the console of process 0 (quiet runs too)."""
+    logging.info(line)
+    if distributed.is_main_process():
+        print(line, flush=True)
 
 
 def _jsonable(info):
