@@ -53,6 +53,21 @@ def share_stages(src: str, dst: str) -> None:
             os.symlink(os.path.join(src, stage), link)
 
 
+def stage_minutes(out_dir: str, seeds: list) -> float:
+    """Compute time of every stage of every run, from the stages' DONE.json (shared stages
+    counted once), so a resumed replication still reports what the work took."""
+    total = 0.0
+    for seed in seeds:
+        for name in RUNS:
+            run = os.path.join(out_dir, f"seed{seed}", name)
+            for stage in os.listdir(run):
+                done = os.path.join(run, stage, "DONE.json")
+                if not os.path.islink(os.path.join(run, stage)) and os.path.exists(done):
+                    with open(done) as f:
+                        total += json.load(f)["seconds"]
+    return total / 60
+
+
 def results(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "evaluate", "results.json")) as f:
         return json.load(f)
@@ -102,7 +117,6 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    t0 = time.time()
     per_seed = []
     with open(os.path.join(out_dir, "log.txt"), "a") as log:
         for seed in seeds:
@@ -113,7 +127,7 @@ def main():
             run_pipeline(f"{base}/steps_xent", RUNS["steps_xent"], seed, [], log)
             run_pipeline(f"{base}/terse", RUNS["terse"], seed, TERSE_BINDINGS, log)
             per_seed.append({name: results(f"{base}/{name}") for name in RUNS})
-    minutes = (time.time() - t0) / 60
+    minutes = stage_minutes(out_dir, seeds)
     k = per_seed[0]["steps_margin"]["ssft"]["k"]
     n = per_seed[0]["steps_margin"]["ssft"]["n_samples"]["max"]
     problems = per_seed[0]["steps_margin"]["ssft"]["n_problems"]
@@ -127,7 +141,8 @@ of `make demo`): SSFT 350 steps, SCR 80 steps, MTSF 100 steps, N = {n} samples, 
 {problems} test problems. Values are percentages, mean ± std over seeds {seeds}
 (the seed sets the trainer's data order and initialisation and the sampler's rng).
 
-Command: `{command}` ({minutes:.0f} minutes).
+Command: `{command}` ({minutes:.0f} minutes of stage time, summed from the stages'
+DONE.json; seed 0 ran beside the test suite, seeds 1-2 alone).
 Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.
 
 ## Steps-style against terse-style SSFT (finer-grained solutions help?)
@@ -145,7 +160,8 @@ Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.pyt
 ## Per seed
 
 ```json
-{json.dumps([{name: {g: {m: round(100 * v["value"], 2) for m, v in res[g]["metrics"].items()}
+{json.dumps([{name: {g: {m: None if v["value"] is None else round(100 * v["value"], 2)
+                               for m, v in res[g]["metrics"].items()}
                     for g in res} for name, res in r.items()} for r in per_seed], indent=None)}
 ```
 """
