@@ -32,7 +32,6 @@ import time
 from typing import Optional, Sequence
 
 import gin
-import jax
 from absl import logging
 
 from mathft_jax import candidates, distributed, evaluate, report

@@ -16,7 +16,6 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 
 import dataclasses
 import math
-import os
 import time
 from typing import Callable, Iterator, Optional
 

@@ -1,7 +1,6 @@
 """Evaluator scoring: S(X|P) from the shared-prefix pass equals the full-forward computation."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,5 +1,4 @@
 """The training core: objectives, optimizers, accumulation, sharding, checkpoints, resume."""
-import dataclasses
 import json
 import os
 import signal
@@ -7,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp

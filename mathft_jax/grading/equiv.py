@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable
-from fractions import Fraction
 
 from mathft_jax.grading import expr, timeout, values
 from mathft_jax.grading.normalize import MAX_ANSWER_CHARS, normalize

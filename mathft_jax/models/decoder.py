@@ -8,7 +8,7 @@ decode loop stays a pure function that jit, while_loop and sharding handle direc
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
