@@ -59,10 +59,9 @@ def resolve_params_dir(path: str) -> str:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if os.path.isdir(os.path.join(path, "params")):
         return os.path.join(path, "params")
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()
-                   and os.path.isdir(os.path.join(path, d, "params")))
-    if steps:
-        return os.path.join(path, str(steps[-1]), "params")
+    latest = any_complete(path)
+    if latest is not None:
+        return os.path.join(path, str(latest), "params")
     if os.path.exists(os.path.join(path, "_METADATA")) or os.path.exists(
             os.path.join(path, "_CHECKPOINT_METADATA")):
         return path

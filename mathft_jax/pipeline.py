@@ -120,7 +120,6 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
         "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, k,
                                             bootstrap_resamples, processes),
     }
-    results = {}
     for index, stage in enumerate(stages, 1):
         if run.done(stage):
             _announce(f"[{index}/{len(stages)}] {stage}: already complete")

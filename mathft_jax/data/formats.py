@@ -128,21 +128,25 @@ def pairwise_examples(records: Iterable[dict], num_pairs: int = 10, sampling: st
     exactly, also when a label is several tokens. Problems with no correct or no incorrect
     candidate give no pairs and are counted.
     """
+    def rows(problem: str, text: str) -> list[dict]:
+        return [{"inputs": evaluator_prompt(problem, text), "targets": evaluator_target(bool(label)),
+                 "label_correct": label} for label in (1, 0)]
+    return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "pairwise evaluator")
+
+
+def _pair_examples(records: Iterable[dict], num_pairs: int, sampling: str, seed: int,
+                   dedupe: bool, rows, what: str) -> tuple[list[dict], collections.Counter]:
+    """The examples of every sampled pair: `rows(problem, text)` for X+ then for X-, each
+    row tagged with the pair's `problem_id`, `pair_id` and `is_positive`."""
     stats: collections.Counter = collections.Counter()
     examples = []
     for record, good, bad, pair_id in _candidate_pairs(records, num_pairs, sampling, seed,
                                                        dedupe, stats):
         for text, positive in ((good, 1), (bad, 0)):
-            for label in (1, 0):
-                examples.append({
-                    "problem_id": str(record["problem_id"]),
-                    "inputs": evaluator_prompt(record["problem"], text),
-                    "targets": evaluator_target(bool(label)),
-                    "pair_id": pair_id,
-                    "is_positive": positive,
-                    "label_correct": label,
-                })
-    logging.info("pairwise evaluator examples: %s", dict(stats))
+            for row in rows(record["problem"], text):
+                examples.append({"problem_id": str(record["problem_id"]), **row,
+                                 "pair_id": pair_id, "is_positive": positive})
+    logging.info("%s examples: %s", what, dict(stats))
     return examples, stats
 
 
@@ -152,20 +156,9 @@ def sequence_pair_examples(records: Iterable[dict], num_pairs: int = 10,
                            dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
     """Generation-format pairs for the sequence margin / contrastive MLE losses: two
     consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`."""
-    stats: collections.Counter = collections.Counter()
-    examples = []
-    for record, good, bad, pair_id in _candidate_pairs(records, num_pairs, sampling, seed,
-                                                       dedupe, stats):
-        for text, positive in ((good, 1), (bad, 0)):
-            examples.append({
-                "problem_id": str(record["problem_id"]),
-                "inputs": generation_prompt(record["problem"]),
-                "targets": text,
-                "pair_id": pair_id,
-                "is_positive": positive,
-            })
-    logging.info("sequence pair examples: %s", dict(stats))
-    return examples, stats
+    def rows(problem: str, text: str) -> list[dict]:
+        return [{"inputs": generation_prompt(problem), "targets": text}]
+    return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "sequence pair")
 
 
 @gin.configurable
