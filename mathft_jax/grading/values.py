@@ -197,39 +197,46 @@ def close(a, b) -> bool:
 
 
 _SYMPY_FUNCTIONS = {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}
+_SYMPY_CONSTANTS = {"pi": "pi", "i": "I", "inf": "oo"}
+
+
+def _sympy_call(name: str, node, *children: int) -> str:
+    """`name(...)` over the sources of node[i] for i in `children`, converted in that order."""
+    return f"{name}({','.join(to_sympy_source(node[i]) for i in children)})"
+
+
+def _sympy_symbol(node) -> str:
+    safe = "".join(c if c.isalnum() else "_" for c in node[1].replace("'", "_prime"))
+    return f"Symbol('{safe}')"
+
+
+def _sympy_log(node) -> str:
+    base = "" if node[2] is None else "," + to_sympy_source(node[2])
+    return f"log({to_sympy_source(node[1])}{base})"
+
+
+# kind -> the sympy source of a node of that kind (see the node shapes in `expr`).
+_TO_SYMPY = {
+    "num": lambda node: f"Rational({node[1].numerator},{node[1].denominator})",
+    "var": _sympy_symbol,
+    "const": lambda node: _SYMPY_CONSTANTS[node[1]],
+    "add": lambda node: "(" + "+".join(map(to_sympy_source, node[1])) + ")",
+    "mul": lambda node: "(" + "*".join(map(to_sympy_source, node[1])) + ")",
+    "neg": lambda node: f"(-{to_sympy_source(node[1])})",
+    "div": lambda node: f"({to_sympy_source(node[1])}/{to_sympy_source(node[2])})",
+    "pow": lambda node: _sympy_call("Pow", node, 1, 2),
+    "root": lambda node: _sympy_call("root", node, 1, 2),
+    "fact": lambda node: _sympy_call("factorial", node, 1),
+    "abs": lambda node: _sympy_call("Abs", node, 1),
+    "binom": lambda node: _sympy_call("binomial", node, 1, 2),
+    "log": _sympy_log,
+    "func": lambda node: _sympy_call(_SYMPY_FUNCTIONS.get(node[1], node[1]), node, 2),
+}
 
 
 def to_sympy_source(node) -> str:
     """Python source for sympy (built only from AST names and numbers, never from raw input)."""
     kind = node[0]
-    if kind == "num":
-        return f"Rational({node[1].numerator},{node[1].denominator})"
-    if kind == "var":
-        safe = "".join(c if c.isalnum() else "_" for c in node[1].replace("'", "_prime"))
-        return f"Symbol('{safe}')"
-    if kind == "const":
-        return {"pi": "pi", "i": "I", "inf": "oo"}[node[1]]
-    if kind == "add":
-        return "(" + "+".join(to_sympy_source(t) for t in node[1]) + ")"
-    if kind == "mul":
-        return "(" + "*".join(to_sympy_source(f) for f in node[1]) + ")"
-    if kind == "neg":
-        return f"(-{to_sympy_source(node[1])})"
-    if kind == "div":
-        return f"({to_sympy_source(node[1])}/{to_sympy_source(node[2])})"
-    if kind == "pow":
-        return f"Pow({to_sympy_source(node[1])},{to_sympy_source(node[2])})"
-    if kind == "root":
-        return f"root({to_sympy_source(node[1])},{to_sympy_source(node[2])})"
-    if kind == "fact":
-        return f"factorial({to_sympy_source(node[1])})"
-    if kind == "abs":
-        return f"Abs({to_sympy_source(node[1])})"
-    if kind == "binom":
-        return f"binomial({to_sympy_source(node[1])},{to_sympy_source(node[2])})"
-    if kind == "log":
-        base = "" if node[2] is None else "," + to_sympy_source(node[2])
-        return f"log({to_sympy_source(node[1])}{base})"
-    if kind == "func":
-        return f"{_SYMPY_FUNCTIONS.get(node[1], node[1])}({to_sympy_source(node[2])})"
-    raise NotRational(kind)
+    if kind not in _TO_SYMPY:
+        raise NotRational(kind)
+    return _TO_SYMPY[kind](node)
