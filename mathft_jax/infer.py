@@ -199,12 +199,10 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
 
 def _score(params, cfg, vocab, batch, samples, eos_id, batch_size, mesh, rules, start_id):
     """S(X|P) of every sample of the batch: [len(batch), N]."""
-    texts = [vocab.decode(seq) for i in range(len(batch)) for seq in samples.sequences(i, eos_id)]
-    n = samples.tokens.shape[1]
-    problems = [p["problem"] for p in batch for _ in range(n)]
-    scores = scoring.score_solutions(params, cfg, vocab, problems, texts, batch_size=batch_size,
-                                     mesh=mesh, rules=rules, start_id=start_id)
-    return scores.reshape(len(batch), n)
+    texts = [[vocab.decode(seq) for seq in samples.sequences(i, eos_id)] for i in range(len(batch))]
+    return np.stack(scoring.score_groups(params, cfg, vocab, [p["problem"] for p in batch], texts,
+                                         batch_size=batch_size, mesh=mesh, rules=rules,
+                                         start_id=start_id))
 
 
 # ----------------------------------------------------------------------------- entry point

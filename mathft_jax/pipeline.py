@@ -202,16 +202,16 @@ def score_stage(run: Run, generator: str, batch_size: int = 64) -> dict:
     mesh = partitioning.make_mesh()
     rules = partitioning.rules_for(cfg, mesh)
     params = checkpoints.load_params(run.checkpoint("scr"), cfg, mesh, rules)
-    problems = [r["problem"] for r in records for _ in r["samples"]]
-    texts = [s["text"] for r in records for s in r["samples"]]
-    scores = iter(scoring.score_solutions(params, cfg, vocab_lib.get_vocabulary(), problems, texts,
-                                          batch_size=batch_size, mesh=mesh, rules=rules))
-    for r in records:
-        for s in r["samples"]:
-            s["score"] = float(next(scores))
+    scores = scoring.score_groups(params, cfg, vocab_lib.get_vocabulary(),
+                                  [r["problem"] for r in records],
+                                  [[s["text"] for s in r["samples"]] for r in records],
+                                  batch_size=batch_size, mesh=mesh, rules=rules)
+    for r, group in zip(records, scores):
+        for s, score in zip(r["samples"], group):
+            s["score"] = float(score)
     if distributed.is_main_process():
         candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
-    return {"scored": len(texts)}
+    return {"scored": sum(len(group) for group in scores)}
 
 
 def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,

@@ -97,3 +97,20 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
         logps[index] = decoding.to_host(out)[:len(batch)]
     # p_c / (p_c + p_i) = sigmoid(log p_c - log p_i), stable for very unlikely labels.
     return 1.0 / (1.0 + np.exp(logps[:, 1] - logps[:, 0]))
+
+
+def score_groups(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
+                 solutions: Sequence[Sequence[str]], **kwargs) -> list[np.ndarray]:
+    """S(X|P) of each problem's solutions: solutions[i] holds the texts of problems[i].
+
+    Returns, per problem, float64 [len(solutions[i])]. Every pair goes to one
+    `score_solutions` call (its keyword arguments pass through), so batches mix problems.
+    """
+    if len(problems) != len(solutions):
+        raise ValueError(f"problems ({len(problems)}) and solution groups ({len(solutions)}) "
+                         "differ in length")
+    flat = score_solutions(params, cfg, vocab,
+                           [p for p, group in zip(problems, solutions) for _ in group],
+                           [s for group in solutions for s in group], **kwargs)
+    ends = np.cumsum([len(group) for group in solutions], dtype=np.int64)
+    return [flat[end - len(group):end] for group, end in zip(solutions, ends)]

@@ -93,3 +93,17 @@ def test_long_contexts_are_truncated_not_rejected(params):
     got = scoring.score_solutions(params, CFG, FakeVocab(), ["x" * 300], ["y"], batch_size=1,
                                   start_id=START)
     assert got.shape == (1,) and np.isfinite(got).all()
+
+
+def test_score_groups_split_one_flat_call_per_problem(params):
+    vocab = FakeVocab()
+    flat = scoring.score_solutions(params, CFG, vocab, PROBLEMS, SOLUTIONS, batch_size=3,
+                                   start_id=START)
+    problems = ["What is 2+3?", "No solutions here.", "Compute 7*6.", "Find x if x-4=1."]
+    groups = [[SOLUTIONS[0], SOLUTIONS[2]], [], [SOLUTIONS[1]], [SOLUTIONS[3]]]
+    got = scoring.score_groups(params, CFG, vocab, problems, groups, batch_size=3, start_id=START)
+    assert [g.shape for g in got] == [(2,), (0,), (1,), (1,)]
+    np.testing.assert_allclose(np.concatenate(got), flat[[0, 2, 1, 3]], atol=1e-6, rtol=0)
+    assert scoring.score_groups(params, CFG, vocab, [], [], start_id=START) == []
+    with pytest.raises(ValueError, match=r"problems \(1\) and solution groups \(2\)"):
+        scoring.score_groups(params, CFG, vocab, PROBLEMS[:1], [[], []], start_id=START)
