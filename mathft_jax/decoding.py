@@ -101,6 +101,45 @@ class Samples:
 # ----------------------------------------------------------------------------- pure functions
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """argmax over the last axis (the first maximum, as jnp.argmax), as two plain
+    reductions: XLA:CPU runs jnp.argmax's variadic (value, index) reduce 3x slower."""
+    vocab = logits.shape[-1]
+    is_max = logits == logits.max(axis=-1, keepdims=True)
+    return jnp.min(jnp.where(is_max, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
+def _last_positive(mass: jax.Array) -> jax.Array:
+    """Index of the last entry > 0 along the last axis (0 when none is)."""
+    n = mass.shape[-1]
+    return n - 1 - first_argmax((mass > 0)[..., ::-1].astype(jnp.int32))
+
+
+def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from softmax(logits [b, V]) with that row's key (keys [b]): int32 [b].
+
+    Inverse CDF with one uniform per row, rather than jax.random.categorical's Gumbel
+    noise, which draws V random numbers per row (8.5 ms of a 64 x 4096 step on this CPU,
+    against 0.34 ms here; 64 x 256k on a GPU is 16M threefry draws per token). The CDF is
+    searched in two levels of ~sqrt(V) blocks, so no V-long scan is needed. Tokens of zero
+    probability (-inf logits) are never drawn, even where rounding puts u at the total.
+    """
+    b, vocab = logits.shape
+    block = 1 << max(0, (math.isqrt(vocab) - 1).bit_length())
+    blocks = -(-vocab // block)
+    probs = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = jnp.pad(probs, ((0, 0), (0, blocks * block - vocab))).reshape(b, blocks, block)
+    mass = probs.sum(axis=-1)  # [b, blocks]
+    cum = jnp.cumsum(mass, axis=-1)
+    u = jax.vmap(jax.random.uniform)(keys) * cum[:, -1]
+    j = jnp.minimum(jnp.sum(cum <= u[:, None], axis=-1), _last_positive(mass))
+    before = jnp.take_along_axis(jnp.pad(cum, ((0, 0), (1, 0))), j[:, None], axis=1)
+    inner = jnp.take_along_axis(probs, j[:, None, None], axis=1)[:, 0]  # [b, block]
+    inner_cum = before + jnp.cumsum(inner, axis=-1)
+    i = jnp.minimum(jnp.sum(inner_cum <= u[:, None], axis=-1), _last_positive(inner))
+    return (j * block + i).astype(jnp.int32)
+
+
 def sample_logits(logits: jax.Array, keys: jax.Array, temperature, top_p=1.0, *,
                   top_k: int = 0, greedy: bool = False, nucleus: bool = False) -> jax.Array:
     """One token per row of logits [b, V] with that row's key (keys [b]); int32 [b].
@@ -111,7 +150,7 @@ def sample_logits(logits: jax.Array, keys: jax.Array, temperature, top_p=1.0, *,
     token always is. temperature and top_p may be traced: sweeping them never recompiles.
     """
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
     logits = logits.astype(jnp.float32) / temperature
     vocab = logits.shape[-1]
     k = min(top_k, vocab) if top_k else (vocab if nucleus else 0)
@@ -122,7 +161,7 @@ def sample_logits(logits: jax.Array, keys: jax.Array, temperature, top_p=1.0, *,
             probs = jax.nn.softmax(logits, axis=-1)
             mass_before = jnp.cumsum(probs, axis=-1) - probs
             logits = jnp.where(mass_before < top_p, logits, -jnp.inf)
-    choice = jax.vmap(jax.random.categorical)(keys, logits)
+    choice = categorical(keys, logits)
     if token_ids is not None:
         choice = jnp.take_along_axis(token_ids, choice[:, None], axis=-1)[:, 0]
     return choice.astype(jnp.int32)
