@@ -96,7 +96,8 @@ def train(model_dir: str = gin.REQUIRED,
           config: Optional[DecoderConfig] = None,
           data_iterator: Optional[Iterator] = None,
           eval_iterator_fn: Optional[Callable[[], Iterator]] = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True,
+          preemption_check_every: int = 10) -> TrainResult:
     """Train (or resume) a model in `model_dir`. See the module docstring."""
     cfg = config or DecoderConfig()
     mesh = mesh_fn()
@@ -142,37 +143,51 @@ def train(model_dir: str = gin.REQUIRED,
         batch_sh = partitioning.batch_sharding(mesh)
         preemption.install()
         bar = _progress_bar(progress, start, total_steps)
-        last, preempted, step = {}, False, start
+        last, preempted, step, pending = {}, False, start, None
         t_last = time.perf_counter()
+
+        def report(step: int, metrics) -> dict:
+            """Fetch one step's metrics (waiting for that step only), check them, log them."""
+            nonlocal t_last
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise NonFiniteLossError(
+                    f"non-finite training metrics at step {step}: {metrics}; last good "
+                    f"checkpoint: step {mngr.latest_step()} in {model_dir}")
+            now = time.perf_counter()
+            tokens_per_s = batch_size * sequence_length / max(now - t_last, 1e-9)
+            t_last = now
+            metrics.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops / peak)
+            if step % log_every == 0 or step == total_steps:
+                writer.write(step, metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            return metrics
+
         try:
             for step in range(start + 1, total_steps + 1):
                 batch = global_batch(next(data_iterator), batch_sh)
                 state, metrics = step_fn(state, batch)
-                metrics = jax.device_get(metrics)
-                if not all(math.isfinite(float(v)) for v in metrics.values()):
-                    raise NonFiniteLossError(
-                        f"non-finite training metrics at step {step}: "
-                        f"{ {k: float(v) for k, v in metrics.items()} }; last good checkpoint: "
-                        f"step {mngr.latest_step()} in {model_dir}")
-                now = time.perf_counter()
-                tokens_per_s = batch_size * sequence_length / max(now - t_last, 1e-9)
-                t_last = now
-                last = {k: float(v) for k, v in metrics.items()}
-                last.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops / peak)
-                if step % log_every == 0 or step == total_steps:
-                    writer.write(step, last)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                # Step `step` is queued; report the one before it meanwhile, so the host never
+                # stalls the device. A step's own metrics are checked before its state is saved.
+                if pending is not None:
+                    last = report(*pending)
+                pending = (step, metrics)
+                saving = step % checkpoint_every == 0 and step != total_steps
                 if eval_every and eval_iterator_fn and step % eval_every == 0:
                     writer.write(step, _evaluate(eval_fn, state.params, eval_iterator_fn(),
                                                  eval_steps, batch_sh), prefix="eval")
-                if distributed.any_process(preemption.requested()):
+                if _poll_preemption(step, preemption_check_every):
                     logging.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
-                    preempted = True
-                    break
-                if step % checkpoint_every == 0 and step != total_steps:
+                    preempted = saving = True
+                if saving:
+                    last, pending = report(*pending), None
                     _save(mngr, step, state, data_iterator)
+                if preempted:
+                    break
+            if pending is not None:
+                last = report(*pending)
             if last or start == total_steps:
                 _save(mngr, step, state, data_iterator)
         finally:
@@ -183,6 +198,15 @@ def train(model_dir: str = gin.REQUIRED,
                 bar.close()
     logging.info("finished at step %d (preempted=%s); checkpoints in %s", step, preempted, model_dir)
     return TrainResult(model_dir, start, step, preempted, last)
+
+
+def _poll_preemption(step: int, every: int) -> bool:
+    """Whether any process got SIGTERM. One process checks every step (a flag read); several
+    check every `every` steps, all at the same steps, since agreeing is a collective that
+    waits for the device to drain."""
+    if jax.process_count() > 1 and step % max(every, 1):
+        return False
+    return distributed.any_process(preemption.requested())
 
 
 def _save(mngr, step, state, data_iterator) -> None:
