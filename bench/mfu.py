@@ -27,6 +27,7 @@ gin-config installed, put its wheel in .whl/ (`pip download gin-config==0.5.0 --
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import glob
 import json
@@ -125,17 +126,18 @@ def random_batch(batch: int, seq_len: int, vocab: int, sharding) -> dict:
     return {k: jax.device_put(v, sharding) for k, v in arrays.items()}
 
 
-def train_bytes_lower_bound(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str) -> int:
+def train_bytes_lower_bound(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
+                            loss_chunk: int = 0) -> int:
     """Memory a train step needs at the very least: float32 params and gradients (plus
-    Adam's two moments), and the [batch, seq, vocab] logits in the compute dtype with their
-    float32 log-softmax. A batch above the device memory by this bound is not tried."""
+    Adam's two moments), and the [batch, seq, vocab] float32 logits (one chunk of them with
+    a fused loss). A batch above the device memory by this bound is not tried."""
     per_param = 4 * (2 + (2 if optimizer == "adamw" else 0))
-    logits = batch * seq_len * cfg.vocab_size * (np.dtype(cfg.dtype).itemsize + 4)
+    logits = batch * min(loss_chunk or seq_len, seq_len) * cfg.vocab_size * 4
     return sizes.count_params(cfg) * per_param + logits
 
 
 def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
-                  steps: int) -> dict:
+                  steps: int, loss_chunk: int = 0) -> dict:
     mesh = partitioning.make_mesh()
     rules = partitioning.rules_for(cfg, mesh)
     schedule = learning_rate_schedule(peak=1e-4)
@@ -144,7 +146,8 @@ def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
     state = init_state(cfg, opt, shardings, seed=0)
     data = random_batch(batch, seq_len, cfg.vocab_size, partitioning.batch_sharding(mesh))
     with partitioning.mesh_context(mesh, rules):
-        step = jax.jit(make_train_step(cfg, opt, schedule, lm_objective, 1, mesh),
+        objective = functools.partial(lm_objective, loss_chunk=loss_chunk)
+        step = jax.jit(make_train_step(cfg, opt, schedule, objective, 1, mesh),
                        in_shardings=(shardings, partitioning.batch_sharding(mesh)),
                        out_shardings=(shardings, partitioning.replicated(mesh)),
                        donate_argnums=0)
@@ -162,26 +165,27 @@ def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
     tokens_per_s = batch * seq_len / step_s
     flops = sizes.flops_per_token(cfg, seq_len)
     peak = hardware.peak_flops_per_device() * jax.device_count()
-    return {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "step_s": step_s,
+    return {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "loss_chunk": loss_chunk,
+            "step_s": step_s,
             "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
             "model_tflops_per_s": tokens_per_s * flops / 1e12, "first_step_s": compile_s,
             "loss": loss, "steps_timed": steps}
 
 
 def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, optimizer: str,
-                        steps: int, budget: Budget) -> dict:
+                        steps: int, budget: Budget, loss_chunk: int = 0) -> dict:
     """Try batch sizes from the largest down; the first that fits is measured."""
     attempts = []
     limit = device_memory_bytes()
     for b in sorted(batches, reverse=True):
-        if limit and train_bytes_lower_bound(cfg, b, seq_len, optimizer) > limit:
+        if limit and train_bytes_lower_bound(cfg, b, seq_len, optimizer, loss_chunk) > limit:
             attempts.append({"batch": b, "skipped": "needs more than the device memory"})
             continue
         if budget.left() <= 0:
             attempts.append({"batch": b, "skipped": "time budget spent"})
             break
         try:
-            result = measure_train(cfg, b, seq_len, optimizer, steps)
+            result = measure_train(cfg, b, seq_len, optimizer, steps, loss_chunk)
         except Exception as e:  # XlaRuntimeError, or a compile-time OOM (ValueError, ...)
             if not is_oom(e):
                 raise
@@ -190,8 +194,8 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
             continue
         free_device_memory()
         return emit({"kind": "train", "model": name, **result, "attempts": attempts})
-    return emit({"kind": "train", "model": name, "error": "no batch size fit or budget spent",
-                 "attempts": attempts})
+    return emit({"kind": "train", "model": name, "loss_chunk": loss_chunk,
+                 "error": "no batch size fit or budget spent", "attempts": attempts})
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -268,6 +272,9 @@ def parse_args(argv=None):
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--batches", default="64,32,16,8,4", help="train batch sizes to try")
     p.add_argument("--steps", type=int, default=5, help="timed train steps")
+    p.add_argument("--loss_chunks", default="0,512",
+                   help="palm_1b training is measured once per value: 0 = full logits, "
+                        "n = output projection fused with the loss, n positions at a time")
     p.add_argument("--decode_prompts", type=int, default=16)
     p.add_argument("--decode_samples", type=int, default=16)
     p.add_argument("--prompt_len", type=int, default=256)
@@ -294,12 +301,15 @@ def main(argv=None) -> dict:
     results = []
     if a.smoke:
         cfg = DecoderConfig(**SMOKE_TINY).validate()
-        results.append(largest_batch_train("smoke_tiny", cfg, [8, 4], 32, "adamw", 2, budget))
+        for chunk in (0, 8):
+            results.append(largest_batch_train("smoke_tiny", cfg, [8, 4], 32, "adamw", 2, budget,
+                                               chunk))
         results.append(measure_decode("smoke_tiny", cfg, 2, 2, 8, 8, budget))
     else:
         palm_1b = load_config("palm_1b")
-        results.append(largest_batch_train("palm_1b", palm_1b, batches, a.seq_len, "adamw",
-                                           a.steps, budget))
+        for chunk in map(int, a.loss_chunks.split(",")):
+            results.append(largest_batch_train("palm_1b", palm_1b, batches, a.seq_len, "adamw",
+                                               a.steps, budget, chunk))
         results.append(measure_decode("palm_1b", palm_1b, a.decode_prompts, a.decode_samples,
                                       a.prompt_len, a.decode_len, budget))
         big_train = largest_fitting(train_state_bytes, a.fit_fraction, limit)

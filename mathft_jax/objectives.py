@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from mathft_jax import losses
+from mathft_jax.fused_loss import fused_head_cross_entropy
+from mathft_jax.models.decoder import output_projection
 
 Batch = Dict[str, jax.Array]
 
@@ -30,12 +32,22 @@ def model_inputs(batch: Batch) -> dict:
 
 
 @gin.configurable
-def lm_objective(model, params, batch: Batch, z_loss: float | None = None):
-    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`."""
+def lm_objective(model, params, batch: Batch, z_loss: float | None = None, loss_chunk: int = 0):
+    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`.
+
+    loss_chunk > 0 fuses the output projection with the loss, `loss_chunk` positions at a
+    time (fused_loss.py): the same sums and gradients without the full logits in memory.
+    """
+    cfg = model.cfg
+    z = cfg.z_loss if z_loss is None else z_loss
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    if loss_chunk:
+        hidden = model.apply({"params": params}, **model_inputs(batch), return_hidden=True)
+        return fused_head_cross_entropy(hidden, output_projection(params, cfg), targets, weights,
+                                        z_loss=z, softcap=cfg.final_logit_softcap,
+                                        chunk=loss_chunk)
     logits = model.apply({"params": params}, **model_inputs(batch))
-    z = model.cfg.z_loss if z_loss is None else z_loss
-    return losses.token_cross_entropy(logits, batch["decoder_target_tokens"],
-                                      batch["decoder_loss_weights"], z)
+    return losses.token_cross_entropy(logits, targets, weights, z)
 
 
 def _row_log_likelihoods(model, params, batch: Batch, eos_id: int | None) -> jax.Array:

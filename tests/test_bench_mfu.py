@@ -17,8 +17,12 @@ def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
     summary = json.loads(out.read_text())
     last_line = json.loads(r.stdout.strip().splitlines()[-1])
     assert last_line["kind"] == "summary" and last_line["results"] == summary["results"]
-    train, decode = summary["results"]
-    assert train["kind"] == "train" and train["batch"] == 8 and 0 < train["mfu"] < 1
-    assert train["tokens_per_s"] > 0 and train["loss"] > 0
+    *trains, decode = summary["results"]
+    assert [t["loss_chunk"] for t in trains] == [0, 8]  # full logits, then the fused loss
+    for train in trains:
+        assert train["kind"] == "train" and train["batch"] == 8 and 0 < train["mfu"] < 1
+        assert train["tokens_per_s"] > 0 and train["loss"] > 0
+    # same weights, same batch: the fused loss's first-step loss equals the plain one's
+    assert abs(trains[0]["loss"] - trains[1]["loss"]) < 1e-5 * trains[0]["loss"]
     assert decode["kind"] == "decode" and decode["generated_tokens"] == 2 * 2 * 8
     assert decode["tokens_per_s"] > 0

@@ -75,12 +75,15 @@ class Decoder(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, cache=None, cache_index=None):
+    def __call__(self, tokens, positions=None, segment_ids=None, cache=None, cache_index=None,
+                 return_hidden: bool = False):
         """tokens [b, t] int -> logits [b, t, vocab] (float32); with a cache, (logits, cache).
 
         positions: [b, t] RoPE positions (default 0..t-1); with packing they restart per
         example. segment_ids: [b, t], 0 = padding; tokens attend only within their segment.
         cache / cache_index: decode mode, see `Attention` and `init_cache`.
+        return_hidden: the final-norm hidden states [b, t, d] instead of the logits, for a
+        loss that applies `output_projection` itself (fused_loss.py).
         """
         cfg = self.cfg
         if cfg.scan_layers and cfg.sliding_window and cfg.sliding_window_pattern > 1:
@@ -117,12 +120,15 @@ class Decoder(nn.Module):
                     new_cache.append(c)
 
         x = Norm(cfg, name="final_norm")(x)
+        if not cfg.tie_embeddings:
+            w = param(self, "logits_dense", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                      nn.initializers.normal(stddev=cfg.d_model ** -0.5), cfg.weight_dtype)
+        if return_hidden and cache is None:
+            return x
         if cfg.tie_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, embedding.astype(cfg.compute_dtype),
                                 preferred_element_type=jnp.float32)
         else:
-            w = param(self, "logits_dense", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                      nn.initializers.normal(stddev=cfg.d_model ** -0.5), cfg.weight_dtype)
             logits = jnp.einsum("btd,dv->btv", x, w.astype(cfg.compute_dtype),
                                 preferred_element_type=jnp.float32)
         if cfg.final_logit_softcap is not None:
@@ -132,6 +138,14 @@ class Decoder(nn.Module):
         if cache is not None:
             return logits, new_cache
         return logits
+
+
+def output_projection(params, cfg: DecoderConfig) -> jax.Array:
+    """The [d_model, vocab] matrix that maps final hidden states to logits, in the compute
+    dtype: the transposed embedding when tied."""
+    if cfg.tie_embeddings:
+        return params["embedding"].astype(cfg.compute_dtype).T
+    return params["logits_dense"].astype(cfg.compute_dtype)
 
 
 def init_cache(cfg: DecoderConfig, batch: int, cache_len: int, dtype: Any = None):
