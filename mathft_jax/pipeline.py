@@ -16,7 +16,9 @@ themselves too):
                    bootstrap intervals; results.json, report.md and plots
 
 `pipeline.variant` picks the paper's variants: "ssft" (1, 6, 8), "ssft_scr" (1-4, 6-8) or
-"mtsf" (all). Per-stage trainer and sampler settings are gin scopes, e.g.
+"mtsf" (all); and MTSF's control, "mtsf_control" (1, 5, 6, 8): stage 5 continues SSFT from
+the SSFT checkpoint with no evaluator stage between, so MTSF's gain can be told apart from
+that of its extra SSFT steps. Per-stage trainer and sampler settings are gin scopes, e.g.
 `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
     "ssft_scr": ("ssft", "sample_train", "scr_data", "scr", "sample_eval", "score", "evaluate"),
     "mtsf": ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score", "evaluate"),
+    "mtsf_control": ("ssft", "mtsf", "sample_eval", "evaluate"),
 }
 DONE = "DONE.json"
 
@@ -113,7 +116,8 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
         "scr_data": lambda: _scr_data_stage(run, processes),
         "scr": lambda: _train_stage(run, "scr", scr_task, run.checkpoint("ssft"),
                                     candidates_file=run.graded_train_candidates()),
-        "mtsf": lambda: _train_stage(run, "mtsf", ssft_task, run.checkpoint("scr")),
+        "mtsf": lambda: _train_stage(run, "mtsf", ssft_task,
+                                     run.checkpoint("scr" if "scr" in stages else "ssft")),
         "sample_eval": lambda: {g: _sample_stage(run, "sample_eval", g, sample_task, eval_split,
                                                  run.eval_candidates(g)) for g in generators},
         "score": lambda: {g: score_stage(run, g) for g in generators},
@@ -216,16 +220,22 @@ def score_stage(run: Run, generator: str, batch_size: int = 64) -> dict:
 
 def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
                     resamples: int, processes: Optional[int]) -> dict:
+    """Grade, summarise and report on process 0 only: grading is host work with no
+    collective, and only process 0 writes. The others wait at the stage's barrier in
+    `pipeline` and then read results.json. The barrier here first: on a resumed run it may
+    be the first collective, and gloo (CPU) gives a late peer only 30 s to join that one."""
+    distributed.barrier("pipeline_evaluate_start")
+    if not distributed.is_main_process():
+        return {"generators": list(generators)}
     out_dir = run.stage_dir("evaluate")
     os.makedirs(out_dir, exist_ok=True)
     graded = {g: evaluate.grade_records(candidates.read_candidates(run.eval_candidates(g, scored)),
                                         processes) for g in generators}
     results = {g: evaluate.summarize_problems(problems, k, resamples) for g, problems in graded.items()}
-    if distributed.is_main_process():
-        report.write_report(out_dir, results, graded, k)
-        with open(os.path.join(out_dir, "results.json.tmp"), "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
+    report.write_report(out_dir, results, graded, k)
+    with open(os.path.join(out_dir, "results.json.tmp"), "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
     return {"generators": list(generators)}
 
 

@@ -12,7 +12,7 @@ import time
 import gin
 import pytest
 
-from mathft_jax import candidates, gin_utils, voting
+from mathft_jax import candidates, gin_utils, pipeline, voting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,6 +76,16 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
         assert (run / "evaluate" / png).read_bytes()[:4] == b"\x89PNG"
     assert "| Pass@1 |" in out.stdout  # the table is printed at the end
 
+    # MTSF's control shares this SSFT and continues it with no evaluator stage between.
+    control = tmp_path / "control"
+    control.mkdir()
+    os.symlink(run / "ssft", control / "ssft")
+    out = _pipeline(control, "pipeline.variant='mtsf_control'")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert f"initialising parameters from {control / 'ssft' / 'checkpoints'}" in out.stderr
+    assert sorted(p.name for p in control.iterdir()) == ["evaluate", "mtsf", "sample_eval", "ssft"]
+    assert set(json.loads((control / "evaluate" / "results.json").read_text())) == {"ssft", "mtsf"}
+
 
 @pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in
                                         glob.glob(os.path.join(REPO, "gin_configs", "runs", "*.gin"))))
@@ -85,7 +95,7 @@ def test_run_configs_parse(name):
         files = ([] if "math" not in name else ["gin_configs/models/tiny.gin"])
         gin_utils.parse_gin(files + [f"gin_configs/runs/{name}"])
         if "base" not in name:  # the *_base.gin files are shared settings, not runs
-            assert gin.query_parameter("pipeline.variant") in ("ssft", "ssft_scr", "mtsf")
+            assert gin.query_parameter("pipeline.variant") in pipeline.VARIANTS
     finally:
         gin.clear_config()
 
