@@ -104,3 +104,17 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
     from mathft_jax import pipeline
     with pytest.raises(ValueError, match="pipeline.variant='best'"):
         pipeline.pipeline(run_dir=str(tmp_path), variant="best")
+
+
+def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
+    """Other processes skip grading (only process 0 writes); they wait at the stage barrier."""
+    def no_grading(*args, **kwargs):
+        raise AssertionError("a non-main process graded")
+
+    monkeypatch.setattr(pipeline.distributed, "is_main_process", lambda: False)
+    monkeypatch.setattr(pipeline.evaluate, "grade_records", no_grading)
+    monkeypatch.setattr(pipeline.candidates, "read_candidates", no_grading)
+    run = pipeline.Run(str(tmp_path))
+    info = pipeline._evaluate_stage(run, ["ssft", "mtsf"], True, 8, 10, None)
+    assert info == {"generators": ["ssft", "mtsf"]}
+    assert not os.path.exists(run.stage_dir("evaluate"))
