@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -145,7 +146,7 @@ def main():
     n = per_seed[0]["steps_margin"]["ssft"]["n_samples"]["max"]
     problems = per_seed[0]["steps_margin"]["ssft"]["n_problems"]
     rows = cells(per_seed, k)
-    command = "python bench/replicate.py " + " ".join(sys.argv[1:])
+    command = "python bench/replicate.py " + shlex.join(sys.argv[1:])
     text = f"""# Toy-scale replication
 
 Liu et al. (2023)'s recipe at toy scale: the ~1M-parameter `tiny` model on the synthetic
