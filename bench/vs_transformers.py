@@ -1,6 +1,6 @@
 """Ours against transformers on identical weights, in one run on this machine's CPU.
 
-    .venv/bin/python bench/vs_transformers.py [--models=tiny,small] [--repeats=5] [--threads=1]
+    .venv/bin/python bench/vs_transformers.py [--models=tiny,small] [--repeats=5] [--cores=1]
 
 For each model (a tiny and a ~20M-parameter Llama-shaped model, built with transformers
 and imported with `mathft_jax.convert.hf.load_hf`):
@@ -14,6 +14,10 @@ Compile time is excluded (reported separately); each figure is the median of --r
 timed runs, alternating ours and theirs, after two warm-up runs each. Prints a table with
 ratios (ours' speed / theirs) and writes bench/out/vs_transformers.json with the machine
 and the command.
+
+--matmuls (or --models= to run only them) also times the 20M model's matmul shapes alone,
+float32 `a @ b` under jax.jit against torch, as GFLOP/s (bench/out/vs_transformers_matmuls*.json):
+what each library's kernels give where both sides are matmul-bound.
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ MODELS = {  # Llama-shaped: GQA, SwiGLU, RMSNorm, untied
                   num_attention_heads=6, num_key_value_heads=2),
 }
 PROMPT_LEN, GEN_LEN = 16, 32
+# The small model's matmuls: M = 64 decode rows, or 8 x 64 training tokens; d 384, mlp 1024,
+# vocab 4096.
+MATMULS = [(64, 384, 1024), (64, 1024, 384), (64, 384, 4096), (512, 384, 1024),
+           (512, 1024, 384), (512, 384, 4096)]
 TRAIN_BATCH, TRAIN_LEN = 8, 64
 
 
@@ -145,20 +153,42 @@ def bench_train(model, cfg, params, repeats: int) -> dict:
             "ours_compile_s": compile_s, "tokens_per_step": TRAIN_BATCH * TRAIN_LEN}
 
 
-def limit_threads(n: int) -> None:
-    """Before JAX's backend starts: XLA's CPU intra-op pool and torch's to n threads."""
+def bench_matmul(m: int, k: int, n: int, repeats: int, calls: int = 50) -> dict:
+    """GFLOP/s of one float32 [m, k] @ [k, n], ours (jit) and torch's, median of repeats."""
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(m, k).astype(np.float32), rng.randn(k, n).astype(np.float32)
+    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    matmul = jax.jit(jnp.matmul)
+
+    def ours():
+        for _ in range(calls):
+            out = matmul(ja, jb)
+        out.block_until_ready()
+
+    def theirs():
+        for _ in range(calls):
+            torch.matmul(ta, tb)
+
+    _, ours_s, theirs_s = compare(ours, theirs, repeats)
+    flops = 2 * m * k * n * calls
+    return {"shape": [m, k, n], "ours_gflop_s": flops / ours_s / 1e9,
+            "torch_gflop_s": flops / theirs_s / 1e9}
+
+
+def limit_cores(n: int) -> None:
+    """Before JAX's backend starts: this process (and every thread either library starts)
+    may run on n cores only, and torch uses n threads. Pinning is what binds XLA:CPU: its
+    flags (--xla_cpu_multi_thread_eigen=false) left it at ~155% CPU on 2 cores."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
     torch.set_num_threads(n)
-    if n == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false"
-                                   " intra_op_parallelism_threads=1").strip()
 
 
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor()) if os.path.exists(
         "/proc/cpuinfo") else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cores_allowed": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
             "load_average_at_start": os.getloadavg(), "xla_flags": os.environ.get("XLA_FLAGS", ""),  # the CPU may be shared: read with care
             "platform": platform.platform(), "python": platform.python_version(),
             "jax": jax.__version__, "jax_devices": str(jax.devices()), "torch": torch.__version__,
@@ -167,21 +197,26 @@ def machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,small")
+    parser.add_argument("--models", default="tiny,small", help="'' to skip the models")
+    parser.add_argument("--matmuls", action="store_true", help="also time MATMULS alone")
     parser.add_argument("--samples", default="1,16,64")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for both sides (0: each library's default). On a "
-                             "shared CPU, 1 keeps torch's OpenMP spin-waits from distorting it")
+    parser.add_argument("--cores", type=int, default=0,
+                        help="cores for both sides, by CPU affinity (0: all, each library's "
+                             "default threads)")
     args = parser.parse_args()
-    if args.threads:
-        limit_threads(args.threads)
+    if args.cores:
+        limit_cores(args.cores)
     result = {"command": " ".join([sys.executable] + sys.argv), "machine": machine(),
               "prompt_len": PROMPT_LEN, "gen_len": GEN_LEN, "train_batch": TRAIN_BATCH,
               "train_len": TRAIN_LEN, "models": {}}
     rows = []
+    if args.matmuls or not args.models:
+        result["matmuls"] = [bench_matmul(*shape, args.repeats) for shape in MATMULS]
+        for r in result["matmuls"]:
+            print(r, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             model, cfg, params = build(name, pathlib.Path(tmp))
             n_params = sum(p.numel() for p in model.parameters())
             entry = result["models"][name] = {"params": n_params, "decode": {}}
@@ -196,16 +231,22 @@ def main() -> None:
             rows.append((name, f"train step B={TRAIN_BATCH} T={TRAIN_LEN} (steps/s)",
                          1 / r["ours_step_s"], 1 / r["transformers_step_s"], r["ratio"]))
             print(rows[-1], flush=True)
-    out = OUT.with_name(f"{OUT.stem}_threads{args.threads}.json") if args.threads else OUT
+    stem = OUT.stem + ("" if args.models else "_matmuls") + (f"_cores{args.cores}" if args.cores else "")
+    out = OUT.with_name(stem + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-          f"torch threads {result['machine']['torch_threads']}; wrote {out}")
+          f"{result['machine']['cores_allowed']} allowed, torch threads "
+          f"{result['machine']['torch_threads']}; wrote {out}")
     print("| model | what | ours | transformers | ours / transformers |")
     print("| --- | --- | ---: | ---: | ---: |")
     for name, what, ours, theirs, ratio in rows:
         print(f"| {name} ({result['models'][name]['params'] / 1e6:.1f}M) | {what} | "
               f"{ours:,.1f} | {theirs:,.1f} | {ratio:.2f}x |")
+    for r in result.get("matmuls", []):
+        m, k, n = r["shape"]
+        print(f"| matmul | [{m}, {k}] @ [{k}, {n}] (GFLOP/s) | {r['ours_gflop_s']:,.1f} | "
+              f"{r['torch_gflop_s']:,.1f} | {r['ours_gflop_s'] / r['torch_gflop_s']:.2f}x |")
 
 
 if __name__ == "__main__":

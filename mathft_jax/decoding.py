@@ -13,7 +13,8 @@ Design (see BUILD.md, "Decoding"):
   [batch, prompt, vocab] prefill logits are never materialised.
 - N samples of a prompt share its prefill: prefill [B, P], repeat the cache to [B*N].
 - Sample j of prompt i draws from fold_in(key(seed), i * N + j), folded with the step, so a
-  sample depends on neither the batch it sits in nor the number of devices.
+  sample depends on neither the batch it sits in nor the number of devices. A draw is one
+  uniform number through the inverse CDF (`categorical`), not V Gumbel numbers.
 - Data-parallel with `jax.jit` over arrays sharded by the logical rules (batch over
   data x fsdp, heads and cache over tensor), so tensor-parallel weights work unchanged.
 """
@@ -101,18 +102,10 @@ class Samples:
 # ----------------------------------------------------------------------------- pure functions
 
 
-def first_argmax(logits: jax.Array) -> jax.Array:
-    """argmax over the last axis (the first maximum, as jnp.argmax), as two plain
-    reductions: XLA:CPU runs jnp.argmax's variadic (value, index) reduce 3x slower."""
-    vocab = logits.shape[-1]
-    is_max = logits == logits.max(axis=-1, keepdims=True)
-    return jnp.min(jnp.where(is_max, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
-
-
 def _last_positive(mass: jax.Array) -> jax.Array:
     """Index of the last entry > 0 along the last axis (0 when none is)."""
     n = mass.shape[-1]
-    return n - 1 - first_argmax((mass > 0)[..., ::-1].astype(jnp.int32))
+    return n - 1 - jnp.argmax((mass > 0)[..., ::-1], axis=-1).astype(jnp.int32)
 
 
 def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
@@ -150,7 +143,7 @@ def sample_logits(logits: jax.Array, keys: jax.Array, temperature, top_p=1.0, *,
     token always is. temperature and top_p may be traced: sweeping them never recompiles.
     """
     if greedy:
-        return first_argmax(logits)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / temperature
     vocab = logits.shape[-1]
     k = min(top_k, vocab) if top_k else (vocab if nucleus else 0)

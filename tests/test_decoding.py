@@ -219,14 +219,6 @@ def test_long_prompt_truncation_keeps_start_token_and_tail():
 # ----------------------------------------------------------------------------- the samplers
 
 
-def test_first_argmax_equals_argmax_including_ties():
-    rng = np.random.RandomState(0)
-    x = rng.randint(0, 4, (64, 37)).astype(np.float32)  # many ties: the first must win
-    x[5] = -np.inf
-    x[6, [3, 30]] = np.inf
-    np.testing.assert_array_equal(jax.jit(decoding.first_argmax)(x), np.argmax(x, axis=-1))
-
-
 @pytest.mark.parametrize("vocab", [7, 1000])  # 1000: the last block is partly padding
 def test_categorical_matches_softmax_chi_square(vocab):
     n = 20000
