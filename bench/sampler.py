@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--vocabs", default="256,4096,32000,256000")
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     keys = decoding.sample_keys(jnp.int32(0), jnp.arange(args.rows))
     gumbel = jax.jit(jax.vmap(jax.random.categorical))
@@ -61,8 +62,9 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "cores": os.cpu_count(),
                           "load_average_at_end": os.getloadavg(), "jax": jax.__version__,
                           "devices": str(jax.devices())}}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print("| rows x V | jax.random.categorical | decoding.categorical | jnp.argmax (greedy) |\n"
           "| --- | ---: | ---: | ---: |")
     for r in rows:

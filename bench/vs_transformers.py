@@ -199,6 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,small", help="'' to skip the models")
     parser.add_argument("--matmuls", action="store_true", help="also time MATMULS alone")
+    parser.add_argument("--out", default="", help="the JSON's path (default: bench/out/...)")
     parser.add_argument("--samples", default="1,16,64")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cores", type=int, default=0,
@@ -232,7 +233,7 @@ def main() -> None:
                          1 / r["ours_step_s"], 1 / r["transformers_step_s"], r["ratio"]))
             print(rows[-1], flush=True)
     stem = OUT.stem + ("" if args.models else "_matmuls") + (f"_cores{args.cores}" if args.cores else "")
-    out = OUT.with_name(stem + ".json")
+    out = pathlib.Path(args.out) if args.out else OUT.with_name(stem + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nmachine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
