@@ -166,7 +166,7 @@ def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
     flops = sizes.flops_per_token(cfg, seq_len)
     peak = hardware.peak_flops_per_device() * jax.device_count()
     return {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "loss_chunk": loss_chunk,
-            "step_s": step_s,
+            "remat_policy": cfg.remat_policy, "step_s": step_s,
             "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
             "model_tflops_per_s": tokens_per_s * flops / 1e12, "first_step_s": compile_s,
             "loss": loss, "steps_timed": steps}
@@ -195,7 +195,8 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
         free_device_memory()
         return emit({"kind": "train", "model": name, **result, "attempts": attempts})
     return emit({"kind": "train", "model": name, "loss_chunk": loss_chunk,
-                 "error": "no batch size fit or budget spent", "attempts": attempts})
+                 "remat_policy": cfg.remat_policy, "error": "no batch size fit or budget spent",
+                 "attempts": attempts})
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -264,6 +265,15 @@ def largest_fitting(predicate_bytes, fraction: float, limit: int | None) -> str 
 # ----------------------------------------------------------------------------- main
 
 
+def parse_variants(text: str) -> list:
+    """'0:dots_no_batch,256:none' -> [(0, 'dots_no_batch'), (256, 'none')]."""
+    out = []
+    for item in text.split(","):
+        chunk, _, remat = item.partition(":")
+        out.append((int(chunk), remat or "dots_no_batch"))
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny model, CPU, seconds")
@@ -272,9 +282,10 @@ def parse_args(argv=None):
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--batches", default="64,32,16,8,4", help="train batch sizes to try")
     p.add_argument("--steps", type=int, default=5, help="timed train steps")
-    p.add_argument("--loss_chunks", default="0,512",
-                   help="palm_1b training is measured once per value: 0 = full logits, "
-                        "n = output projection fused with the loss, n positions at a time")
+    p.add_argument("--train_variants", default="0:dots_no_batch,256:dots_no_batch,256:none",
+                   help="palm_1b training is measured once per LOSS_CHUNK:REMAT_POLICY, in "
+                        "order: chunk 0 = full logits, n = output projection fused with the "
+                        "loss n positions at a time; the remat policies of models/decoder.py")
     p.add_argument("--decode_prompts", type=int, default=16)
     p.add_argument("--decode_samples", type=int, default=16)
     p.add_argument("--prompt_len", type=int, default=256)
@@ -301,15 +312,16 @@ def main(argv=None) -> dict:
     results = []
     if a.smoke:
         cfg = DecoderConfig(**SMOKE_TINY).validate()
-        for chunk in (0, 8):
-            results.append(largest_batch_train("smoke_tiny", cfg, [8, 4], 32, "adamw", 2, budget,
-                                               chunk))
+        for chunk, remat in parse_variants("0:none,8:full"):
+            results.append(largest_batch_train("smoke_tiny", cfg.replace(remat_policy=remat),
+                                               [8, 4], 32, "adamw", 2, budget, chunk))
         results.append(measure_decode("smoke_tiny", cfg, 2, 2, 8, 8, budget))
     else:
         palm_1b = load_config("palm_1b")
-        for chunk in map(int, a.loss_chunks.split(",")):
-            results.append(largest_batch_train("palm_1b", palm_1b, batches, a.seq_len, "adamw",
-                                               a.steps, budget, chunk))
+        for chunk, remat in parse_variants(a.train_variants):
+            results.append(largest_batch_train("palm_1b", palm_1b.replace(remat_policy=remat),
+                                               batches, a.seq_len, "adamw", a.steps, budget,
+                                               chunk))
         results.append(measure_decode("palm_1b", palm_1b, a.decode_prompts, a.decode_samples,
                                       a.prompt_len, a.decode_len, budget))
         big_train = largest_fitting(train_state_bytes, a.fit_fraction, limit)

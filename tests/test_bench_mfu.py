@@ -18,7 +18,8 @@ def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
     last_line = json.loads(r.stdout.strip().splitlines()[-1])
     assert last_line["kind"] == "summary" and last_line["results"] == summary["results"]
     *trains, decode = summary["results"]
-    assert [t["loss_chunk"] for t in trains] == [0, 8]  # full logits, then the fused loss
+    # full logits without remat, then the fused loss with full remat
+    assert [(t["loss_chunk"], t["remat_policy"]) for t in trains] == [(0, "none"), (8, "full")]
     for train in trains:
         assert train["kind"] == "train" and train["batch"] == 8 and 0 < train["mfu"] < 1
         assert train["tokens_per_s"] > 0 and train["loss"] > 0
