@@ -114,8 +114,12 @@ stop_children() {  # SIGTERM now; the wait loop sends SIGKILL after the grace pe
   signal_children TERM
 }
 
+SIGNALS=0
 on_signal() {
-  if ((STOPPING)); then
+  # Count first, before any command: the `wait` in the poll loop lets a second signal's
+  # trap run inside the first one's, which must already see it was not the first.
+  SIGNALS=$((SIGNALS + 1))
+  if ((SIGNALS > 1 || STOPPING)); then
     log "second $1: killing every process"
     signal_children KILL
   else
@@ -171,7 +175,11 @@ run_local() {
   declare -A live=()
   for i in "${!CHILD_PIDS[@]}"; do live[${CHILD_PIDS[$i]}]=$i; done
   while ((left > 0)); do
-    sleep 0.2
+    # Not a foreground `sleep`: a signal that arrives while bash waits on a foreground
+    # child can be dropped (a TERM then an INT within one sleep lost the INT 11 times in
+    # 30), while the `wait` builtin returns at once and runs the trap.
+    sleep 0.2 &
+    wait "$!" 2>/dev/null || true
     if [[ -n "$KILL_AT" ]] && ((SECONDS >= KILL_AT)); then
       log "still running after ${GRACE}s: SIGKILL"
       signal_children KILL

@@ -327,6 +327,23 @@ def test_launcher_forwards_sigterm_and_kills_on_a_second_signal(launcher, tmp_pa
     assert run.leftovers() == []
 
 
+@pytest.mark.parametrize("gap_s", [0.02, 0.06])
+def test_a_second_signal_soon_after_the_first_is_not_lost(launcher, gap_s):
+    # TERM, then INT tens of milliseconds later, inside one of run.sh's 0.2 s polls. With a
+    # foreground `sleep` there bash dropped the INT (59 of 60 times, 10-70 ms apart) and
+    # run.sh waited out the grace period. (Two signals within a millisecond can still
+    # merge into one; a third then kills.)
+    script = ('trap "echo got-TERM-$MATHFT_PROCESS_ID" TERM; echo ready; '
+              'for i in $(seq 300); do sleep 0.2; done')
+    run = launcher(["local", "--processes=2", "--grace=120", "--", "bash", "-c", script])
+    run.wait_until(lambda: run.output().count("ready") == 2, what="both processes")
+    run.proc.send_signal(signal.SIGTERM)
+    time.sleep(gap_s)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(timeout=30) == 128 + signal.SIGKILL
+    assert "second " in run.output() and run.leftovers() == []
+
+
 def test_local_sets_coordinator_env_and_device_count(launcher):
     script = 'echo "env $MATHFT_PROCESS_ID/$MATHFT_NUM_PROCESSES $MATHFT_COORDINATOR [$XLA_FLAGS]"'
     run = launcher(["local", "--processes=2", "--devices_per_process=3", "--", "bash", "-c", script],
