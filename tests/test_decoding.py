@@ -196,6 +196,20 @@ def test_eight_devices_give_the_samples_of_one(params):
     np.testing.assert_array_equal(eight.lengths, one.lengths)
 
 
+def test_samples_not_prompts_are_split_over_devices(params):
+    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)  # 4 batch shards
+    assert decoding.prompt_rows(1, 8, mesh) == 1  # 8 sequences, 2 a shard: no dummy prompt
+    assert decoding.prompt_rows(3, 2, mesh) == 4  # 6 sequences do not split 4 ways; 8 do
+    assert decoding.prompt_rows(1, 3, mesh) == 4 and decoding.prompt_rows(5, 1, None) == 5
+    rules = partitioning.rules_for(CFG, mesh)
+    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
+    kw = dict(prompts=PROMPTS[1:2], num_samples=8, max_decode_len=5, seed=4)
+    one = sample(params, **kw)
+    eight = sample(sharded, mesh=mesh, **kw)
+    np.testing.assert_array_equal(eight.tokens, one.tokens)
+    assert eight.tokens.shape == (1, 8, 5)
+
+
 @pytest.mark.parametrize("prompts,kw,match", [
     ([], {}, "prompts is empty"),
     ([[1, 2], []], {}, r"prompts\[1\] is empty"),
