@@ -20,6 +20,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_SH = str(REPO / "launch" / "run.sh")
+DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; "
+                  "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"]
 DRIVER = str(REPO / "tests" / "distributed_driver.py")
 PY = sys.executable
 TINY_GIN = "gin_configs/models/tiny.gin"
@@ -50,7 +52,11 @@ class Launch:
     def __init__(self, args, log_path, env=None):
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([RUN_SH, *args], stdout=self._log, stderr=subprocess.STDOUT,
+        # run.sh starts with SIGINT at its default disposition, as from a terminal or CI: a
+        # pytest launched in the background by a non-interactive shell ignores SIGINT, and a
+        # signal ignored when bash starts can never be trapped.
+        self.proc = subprocess.Popen([*DEFAULT_SIGINT, RUN_SH, *args], stdout=self._log,
+                                     stderr=subprocess.STDOUT,
                                      env=env or _env(), cwd=REPO, start_new_session=True)
         self.seen: dict[int, psutil.Process] = {}
 
