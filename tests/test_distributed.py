@@ -318,11 +318,17 @@ def test_launcher_stops_the_others_when_one_fails(launcher, tmp_path):
     assert run.leftovers() == []  # the background `sleep 60`s went with their groups
 
 
-def test_launcher_forwards_sigterm_and_kills_on_a_second_signal(launcher, tmp_path):
+def _two_children_ignoring_sigterm(launcher):
+    """run.sh with two children that report SIGTERM and carry on, once both are up."""
     script = ('trap "echo got-TERM-$MATHFT_PROCESS_ID" TERM; echo ready; '
               'for i in $(seq 300); do sleep 0.2; done')
     run = launcher(["local", "--processes=2", "--grace=120", "--", "bash", "-c", script])
     run.wait_until(lambda: run.output().count("ready") == 2, what="both processes")
+    return run
+
+
+def test_launcher_forwards_sigterm_and_kills_on_a_second_signal(launcher, tmp_path):
+    run = _two_children_ignoring_sigterm(launcher)
     run.proc.send_signal(signal.SIGTERM)
     run.wait_until(lambda: "got-TERM-0" in run.output() and "got-TERM-1" in run.output(),
                    timeout=30, what="SIGTERM forwarded")
@@ -339,10 +345,7 @@ def test_a_second_signal_soon_after_the_first_is_not_lost(launcher, gap_s):
     # foreground `sleep` there bash dropped the INT (59 of 60 times, 10-70 ms apart) and
     # run.sh waited out the grace period. (Two signals within a millisecond can still
     # merge into one; a third then kills.)
-    script = ('trap "echo got-TERM-$MATHFT_PROCESS_ID" TERM; echo ready; '
-              'for i in $(seq 300); do sleep 0.2; done')
-    run = launcher(["local", "--processes=2", "--grace=120", "--", "bash", "-c", script])
-    run.wait_until(lambda: run.output().count("ready") == 2, what="both processes")
+    run = _two_children_ignoring_sigterm(launcher)
     run.proc.send_signal(signal.SIGTERM)
     time.sleep(gap_s)
     run.proc.send_signal(signal.SIGINT)
