@@ -112,8 +112,8 @@ def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
     """One draw per row from softmax(logits [b, V]) with that row's key (keys [b]): int32 [b].
 
     Inverse CDF with one uniform per row, rather than jax.random.categorical's Gumbel
-    noise, which draws V random numbers per row (8.5 ms of a 64 x 4096 step on this CPU,
-    against 0.34 ms here; 64 x 256k on a GPU is 16M threefry draws per token). The CDF is
+    noise, which draws V random numbers per row (4.8 ms for 64 x 4096 on a 2-core CPU,
+    against 0.27 ms here: bench/sampler.py; 64 x 256k is 16M threefry draws a step). The CDF is
     searched in two levels of ~sqrt(V) blocks, so no V-long scan is needed. Tokens of zero
     probability (-inf logits) are never drawn, even where rounding puts u at the total.
     """
