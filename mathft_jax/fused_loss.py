@@ -13,6 +13,11 @@ float32 copy of the projection's gradient.
 
 returns the same sums as `losses.token_cross_entropy(hidden @ w, ...)`. Gradients flow
 through `loss` only; the other entries are metrics.
+
+The evaluator and sequence objectives need each row's log-likelihood, whose cotangent (one
+per row) is only known in the backward pass; `chunked_sequence_log_likelihood` gets there
+by recomputing each chunk's logits in the backward pass (`jax.checkpoint`): one more logits
+matmul than the unfused loss, for the memory of one chunk.
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mathft_jax import losses
+from mathft_jax.models.decoder import head_logits
+
 HEAD_AXES = ("embed", "vocab")
 
 
@@ -34,12 +42,40 @@ def fused_head_cross_entropy(hidden: jax.Array, w: jax.Array, targets: jax.Array
     """hidden [b, t, d] (after the final norm), w [d, V] (the output projection, or the
     transposed embedding when tied), targets and weights [b, t] -> the sums of
     `losses.token_cross_entropy`. t must be a multiple of chunk (or smaller than it)."""
-    t = hidden.shape[1]
+    return _fused(hidden, w, targets, weights.astype(jnp.float32), float(z_loss),
+                  None if softcap is None else float(softcap), _chunk_size(chunk, hidden.shape[1]))
+
+
+def chunked_sequence_log_likelihood(hidden: jax.Array, w: jax.Array, targets: jax.Array,
+                                    weights: jax.Array, *, softcap: Optional[float] = None,
+                                    chunk: int = 256) -> jax.Array:
+    """`losses.sequence_log_likelihood(head_logits(hidden, w, softcap), targets, weights)`,
+    log P(targets) per row [b], with one chunk of logits in memory at a time, forward and
+    backward."""
+    b, t, _ = hidden.shape
+    chunk = _chunk_size(chunk, t)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)  # inside scan: no CSE to prevent
+    def one_chunk(total, inputs):
+        x, tgt, wt = inputs
+        return total + losses.sequence_log_likelihood(head_logits(x, w, softcap), tgt, wt), None
+
+    total, _ = jax.lax.scan(one_chunk, jnp.zeros((b,), jnp.float32),
+                            tuple(_split(a, chunk) for a in (hidden, targets, weights)))
+    return total
+
+
+def _chunk_size(chunk: int, t: int) -> int:
     chunk = min(chunk, t)
     if chunk < 1 or t % chunk:
         raise ValueError(f"loss chunk {chunk} must divide the sequence length {t}")
-    return _fused(hidden, w, targets, weights.astype(jnp.float32), float(z_loss),
-                  None if softcap is None else float(softcap), chunk)
+    return chunk
+
+
+def _split(x: jax.Array, chunk: int) -> jax.Array:
+    """[b, t, ...] -> [t // chunk, b, chunk, ...], the chunks as scan's leading axis."""
+    b, t = x.shape[:2]
+    return jnp.moveaxis(x.reshape(b, t // chunk, chunk, *x.shape[2:]), 1, 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -48,26 +84,19 @@ def _fused(hidden, w, targets, weights, z_loss, softcap, chunk):
 
 
 def _forward(hidden, w, targets, weights, z_loss, softcap, chunk):
-    b, t, d = hidden.shape
-    n = t // chunk
-    split = lambda x: jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
     vocab_ids = jnp.arange(w.shape[1], dtype=targets.dtype)
 
     def one_chunk(dw, inputs):
         x, tgt, wt = inputs  # [b, c, d], [b, c], [b, c]
-        logits = jnp.einsum("bcd,dv->bcv", x, w, preferred_element_type=jnp.float32)
-        if softcap is not None:
-            capped = jnp.tanh(logits / softcap)
-            logits = softcap * capped
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        logits = head_logits(x, w, softcap)
         log_z = jax.nn.logsumexp(logits, axis=-1)
         target_logit = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
         is_target = vocab_ids == tgt[..., None]
         # d(xent + z_loss * log_z^2) / d logits = softmax * (1 + 2 z_loss log_z) - onehot
         probs = jnp.exp(logits - log_z[..., None])
         g = (probs * (1.0 + 2.0 * z_loss * log_z)[..., None] - is_target) * wt[..., None]
-        if softcap is not None:
-            g = g * (1.0 - jnp.square(capped))
+        if softcap is not None:  # d (cap tanh(l / cap)) / d l = 1 - (capped logit / cap)^2
+            g = g * (1.0 - jnp.square(logits / softcap))
         g = g.astype(x.dtype)
         dx = jnp.einsum("bcv,dv->bcd", g, w)
         dw = dw + jnp.einsum("bcd,bcv->dv", x, g, preferred_element_type=jnp.float32)
@@ -78,11 +107,14 @@ def _forward(hidden, w, targets, weights, z_loss, softcap, chunk):
         return dw, (dx, sums)
 
     dw0 = nn.with_logical_constraint(jnp.zeros(w.shape, jnp.float32), HEAD_AXES)
-    dw, (dx, sums) = jax.lax.scan(one_chunk, dw0, (split(hidden), split(targets), split(weights)))
+    dw, (dx, sums) = jax.lax.scan(one_chunk, dw0,
+                                  tuple(_split(a, chunk) for a in (hidden, targets, weights)))
     dx = jnp.moveaxis(dx, 0, 1).reshape(hidden.shape)
     xent, zl, correct = jnp.sum(sums, axis=0)
     out = {"loss": xent + zl, "xent": xent, "z_loss": zl, "correct": correct,
            "weight": jnp.sum(weights)}
+    # targets and weights ride along for their cotangents' shapes: they are the step's
+    # inputs, alive anyway, so keeping them costs no memory.
     return out, (dx, dw.astype(w.dtype), targets, weights)
 
 

@@ -3,7 +3,9 @@
 Each objective is `objective(model, params, batch) -> dict` with a `loss` sum and a
 `weight` normaliser (target tokens, or valid pairs); the train step divides by the summed
 weight, which keeps gradient accumulation exact. Select one in gin with
-`train.objective = @evaluator_objective` etc.
+`train.objective = @evaluator_objective` etc. Each takes `loss_chunk`: > 0 applies the output
+projection `loss_chunk` positions at a time (fused_loss.py), so the [batch, length, vocab]
+logits never exist; the sums and gradients are the same.
 
   lm_objective          SSFT: MLE on solution tokens (and xent evaluator on scr_pointwise)
   evaluator_objective   SCR: margin and/or xent on S(X|P), batches of `scr_pairwise`
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mathft_jax import losses
-from mathft_jax.fused_loss import fused_head_cross_entropy
+from mathft_jax.fused_loss import chunked_sequence_log_likelihood, fused_head_cross_entropy
 from mathft_jax.models.decoder import output_projection
 
 Batch = Dict[str, jax.Array]
@@ -33,34 +35,41 @@ def model_inputs(batch: Batch) -> dict:
 
 @gin.configurable
 def lm_objective(model, params, batch: Batch, z_loss: float | None = None, loss_chunk: int = 0):
-    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`.
-
-    loss_chunk > 0 fuses the output projection with the loss, `loss_chunk` positions at a
-    time (fused_loss.py): the same sums and gradients without the full logits in memory.
-    """
+    """MLE on the target tokens only: the prompt is masked by `decoder_loss_weights`."""
     cfg = model.cfg
     z = cfg.z_loss if z_loss is None else z_loss
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     if loss_chunk:
-        hidden = model.apply({"params": params}, **model_inputs(batch), return_hidden=True)
-        return fused_head_cross_entropy(hidden, output_projection(params, cfg), targets, weights,
+        return fused_head_cross_entropy(*_hidden_and_head(model, params, batch), targets, weights,
                                         z_loss=z, softcap=cfg.final_logit_softcap,
                                         chunk=loss_chunk)
     logits = model.apply({"params": params}, **model_inputs(batch))
     return losses.token_cross_entropy(logits, targets, weights, z)
 
 
-def _row_log_likelihoods(model, params, batch: Batch, eos_id: int | None) -> jax.Array:
-    logits = model.apply({"params": params}, **model_inputs(batch))
-    weights = batch["decoder_loss_weights"]
+def _hidden_and_head(model, params, batch: Batch):
+    """The final hidden states and the output projection, for a loss that applies it."""
+    hidden = model.apply({"params": params}, **model_inputs(batch), return_hidden=True)
+    return hidden, output_projection(params, model.cfg)
+
+
+def _row_log_likelihoods(model, params, batch: Batch, eos_id: int | None,
+                         loss_chunk: int) -> jax.Array:
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     if eos_id is not None:  # score the label itself, not the EOS that seqio appends
-        weights = weights * (batch["decoder_target_tokens"] != eos_id)
-    return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"], weights)
+        weights = weights * (targets != eos_id)
+    if loss_chunk:
+        return chunked_sequence_log_likelihood(*_hidden_and_head(model, params, batch), targets,
+                                               weights, softcap=model.cfg.final_logit_softcap,
+                                               chunk=loss_chunk)
+    logits = model.apply({"params": params}, **model_inputs(batch))
+    return losses.sequence_log_likelihood(logits, targets, weights)
 
 
 @gin.configurable
 def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
-                        xent_weight: float = 0.0, margin: float = 1.0, eos_id: int | None = 1):
+                        xent_weight: float = 0.0, margin: float = 1.0, eos_id: int | None = 1,
+                        loss_chunk: int = 0):
     """SCR on `scr_pairwise` batches: rows 4k..4k+3 = (X+, c), (X+, i), (X-, c), (X-, i).
 
     loss per pair = margin_weight * evaluator_margin_loss(log S(X+), log S(X-), margin)
@@ -69,7 +78,7 @@ def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
     imported models, None to keep it) is left out of the label's likelihood, matching
     `infer.score_solutions`.
     """
-    ll = _row_log_likelihoods(model, params, batch, eos_id).reshape(-1, 4)
+    ll = _row_log_likelihoods(model, params, batch, eos_id, loss_chunk).reshape(-1, 4)
     valid = (batch["pair_id"].reshape(-1, 4)[:, 0] >= 0).astype(jnp.float32)
     log_s_pos = losses.log_evaluator_score(ll[:, 0], ll[:, 1])
     log_s_neg = losses.log_evaluator_score(ll[:, 2], ll[:, 3])
@@ -85,10 +94,11 @@ def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
 
 
 @gin.configurable
-def sequence_objective(model, params, batch: Batch, margin: float = 1.0, alpha: float = 0.0):
+def sequence_objective(model, params, batch: Batch, margin: float = 1.0, alpha: float = 0.0,
+                       loss_chunk: int = 0):
     """Sequence margin (alpha = 0) or contrastive MLE (alpha > 0) on generation-format pairs:
     rows 2k, 2k+1 = (P, X+), (P, X-) from `scr_sequence_pairwise`."""
-    ll = _row_log_likelihoods(model, params, batch, eos_id=None).reshape(-1, 2)
+    ll = _row_log_likelihoods(model, params, batch, None, loss_chunk).reshape(-1, 2)
     tokens = batch["decoder_loss_weights"].sum(-1).reshape(-1, 2)[:, 0]
     valid = (batch["pair_id"].reshape(-1, 2)[:, 0] >= 0).astype(jnp.float32)
     loss = losses.contrastive_mle_loss(ll[:, 0], ll[:, 1], tokens, margin, alpha)

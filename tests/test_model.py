@@ -81,6 +81,20 @@ def test_kv_cache_decode_matches_full_forward(scan):
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
 
 
+def test_return_hidden_gives_what_the_head_maps_to_the_logits():
+    from mathft_jax.models.decoder import head_logits, output_projection
+    for cfg in (TINY, dataclasses.replace(TINY, tie_embeddings=False, final_logit_softcap=3.0)):
+        p, toks = _params(cfg), _tokens(2, 6, cfg.vocab_size)
+        hidden = Decoder(cfg).apply({"params": p}, toks, return_hidden=True)
+        assert hidden.shape == (2, 6, cfg.d_model)
+        np.testing.assert_allclose(
+            head_logits(hidden, output_projection(p, cfg), cfg.final_logit_softcap),
+            Decoder(cfg).apply({"params": p}, toks), atol=1e-6)
+    with pytest.raises(ValueError, match="return_hidden is for training losses"):
+        Decoder(TINY).apply({"params": _params(TINY)}, toks, cache=init_cache(TINY, 2, 8),
+                            cache_index=jnp.zeros((2,), jnp.int32), return_hidden=True)
+
+
 def test_scan_and_remat_match_unrolled():
     cfg = dataclasses.replace(TINY, scan_layers=True)
     p = _params(cfg)

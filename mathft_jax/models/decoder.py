@@ -120,21 +120,18 @@ class Decoder(nn.Module):
                     new_cache.append(c)
 
         x = Norm(cfg, name="final_norm")(x)
-        if not cfg.tie_embeddings:
+        if cfg.tie_embeddings:
+            head = output_projection({"embedding": embedding}, cfg)
+        else:
             w = param(self, "logits_dense", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                       nn.initializers.normal(stddev=cfg.d_model ** -0.5), cfg.weight_dtype)
-        if return_hidden and cache is None:
+            head = output_projection({"logits_dense": w}, cfg)
+        if return_hidden:
+            if cache is not None:
+                raise ValueError("return_hidden is for training losses; decoding with a cache "
+                                 "needs the logits")
             return x
-        if cfg.tie_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(cfg.compute_dtype),
-                                preferred_element_type=jnp.float32)
-        else:
-            logits = jnp.einsum("btd,dv->btv", x, w.astype(cfg.compute_dtype),
-                                preferred_element_type=jnp.float32)
-        if cfg.final_logit_softcap is not None:
-            cap = cfg.final_logit_softcap
-            logits = cap * jnp.tanh(logits / cap)
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        logits = head_logits(x, head, cfg.final_logit_softcap)
         if cache is not None:
             return logits, new_cache
         return logits
@@ -146,6 +143,15 @@ def output_projection(params, cfg: DecoderConfig) -> jax.Array:
     if cfg.tie_embeddings:
         return params["embedding"].astype(cfg.compute_dtype).T
     return params["logits_dense"].astype(cfg.compute_dtype)
+
+
+def head_logits(x: jax.Array, head: jax.Array, softcap=None) -> jax.Array:
+    """Final hidden states [b, t, d] times `output_projection` [d, vocab] -> float32 logits,
+    soft-capped (Gemma 2) when softcap is set."""
+    logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+    if softcap is not None:
+        logits = softcap * jnp.tanh(logits / softcap)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 def init_cache(cfg: DecoderConfig, batch: int, cache_len: int, dtype: Any = None):
