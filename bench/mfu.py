@@ -165,8 +165,7 @@ def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
     tokens_per_s = batch * seq_len / step_s
     flops = sizes.flops_per_token(cfg, seq_len)
     peak = hardware.peak_flops_per_device() * jax.device_count()
-    return {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "loss_chunk": loss_chunk,
-            "remat_policy": cfg.remat_policy, "step_s": step_s,
+    return {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "step_s": step_s,
             "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
             "model_tflops_per_s": tokens_per_s * flops / 1e12, "first_step_s": compile_s,
             "loss": loss, "steps_timed": steps}
@@ -177,6 +176,8 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
     """Try batch sizes from the largest down; the first that fits is measured."""
     attempts = []
     limit = device_memory_bytes()
+    setup = {"kind": "train", "model": name, "loss_chunk": loss_chunk,
+             "remat_policy": cfg.remat_policy, "attention_impl": cfg.attention_impl}
     for b in sorted(batches, reverse=True):
         if limit and train_bytes_lower_bound(cfg, b, seq_len, optimizer, loss_chunk) > limit:
             attempts.append({"batch": b, "skipped": "needs more than the device memory"})
@@ -187,16 +188,15 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
         try:
             result = measure_train(cfg, b, seq_len, optimizer, steps, loss_chunk)
         except Exception as e:  # XlaRuntimeError, or a compile-time OOM (ValueError, ...)
-            if not is_oom(e):
-                raise
-            attempts.append({"batch": b, "oom": True})
             free_device_memory()
+            if not is_oom(e):  # a set-up this device can't run: say why, go on to the next
+                return emit({**setup, "batch": b, "error": f"{type(e).__name__}: {e}"[:2000],
+                             "attempts": attempts})
+            attempts.append({"batch": b, "oom": True})
             continue
         free_device_memory()
-        return emit({"kind": "train", "model": name, **result, "attempts": attempts})
-    return emit({"kind": "train", "model": name, "loss_chunk": loss_chunk,
-                 "remat_policy": cfg.remat_policy, "error": "no batch size fit or budget spent",
-                 "attempts": attempts})
+        return emit({**setup, **result, "attempts": attempts})
+    return emit({**setup, "error": "no batch size fit or budget spent", "attempts": attempts})
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -266,11 +266,12 @@ def largest_fitting(predicate_bytes, fraction: float, limit: int | None) -> str 
 
 
 def parse_variants(text: str) -> list:
-    """'0:dots_no_batch,256:none' -> [(0, 'dots_no_batch'), (256, 'none')]."""
+    """'0:dots_no_batch,256:none:cudnn' -> [(0, 'dots_no_batch', 'xla'), (256, 'none', 'cudnn')]:
+    LOSS_CHUNK[:REMAT_POLICY[:ATTENTION_IMPL]] per palm_1b training set-up."""
     out = []
     for item in text.split(","):
-        chunk, _, remat = item.partition(":")
-        out.append((int(chunk), remat or "dots_no_batch"))
+        chunk, remat, attention = (item.split(":") + ["", ""])[:3]
+        out.append((int(chunk), remat or "dots_no_batch", attention or "xla"))
     return out
 
 
@@ -282,10 +283,12 @@ def parse_args(argv=None):
     p.add_argument("--seq_len", type=int, default=2048)
     p.add_argument("--batches", default="64,32,16,8,4", help="train batch sizes to try")
     p.add_argument("--steps", type=int, default=5, help="timed train steps")
-    p.add_argument("--train_variants", default="0:dots_no_batch,256:dots_no_batch,256:none",
-                   help="palm_1b training is measured once per LOSS_CHUNK:REMAT_POLICY, in "
-                        "order: chunk 0 = full logits, n = output projection fused with the "
-                        "loss n positions at a time; the remat policies of models/decoder.py")
+    p.add_argument("--train_variants",
+                   default="256:dots_no_batch,256:dots_no_batch:cudnn,256:none:cudnn,0:dots_no_batch",
+                   help="palm_1b training is measured once per LOSS_CHUNK:REMAT_POLICY:ATTENTION, "
+                        "in order: chunk 0 = full logits, n = output projection fused with the "
+                        "loss n positions at a time; the remat policies of models/decoder.py; "
+                        "attention 'xla' or 'cudnn' (flash attention, DecoderConfig.attention_impl)")
     p.add_argument("--decode_prompts", type=int, default=16)
     p.add_argument("--decode_samples", type=int, default=16)
     p.add_argument("--prompt_len", type=int, default=256)
@@ -312,16 +315,18 @@ def main(argv=None) -> dict:
     results = []
     if a.smoke:
         cfg = DecoderConfig(**SMOKE_TINY).validate()
-        for chunk, remat in parse_variants("0:none,8:full"):
-            results.append(largest_batch_train("smoke_tiny", cfg.replace(remat_policy=remat),
-                                               [8, 4], 32, "adamw", 2, budget, chunk))
+        # the cuDNN set-up fails on a CPU: the run records why and goes on
+        for chunk, remat, attention in parse_variants("0:none,8:full,8:full:cudnn"):
+            variant = cfg.replace(remat_policy=remat, attention_impl=attention)
+            results.append(largest_batch_train("smoke_tiny", variant, [8, 4], 32, "adamw", 2,
+                                               budget, chunk))
         results.append(measure_decode("smoke_tiny", cfg, 2, 2, 8, 8, budget))
     else:
         palm_1b = load_config("palm_1b")
-        for chunk, remat in parse_variants(a.train_variants):
-            results.append(largest_batch_train("palm_1b", palm_1b.replace(remat_policy=remat),
-                                               batches, a.seq_len, "adamw", a.steps, budget,
-                                               chunk))
+        for chunk, remat, attention in parse_variants(a.train_variants):
+            variant = palm_1b.replace(remat_policy=remat, attention_impl=attention)
+            results.append(largest_batch_train("palm_1b", variant, batches, a.seq_len, "adamw",
+                                               a.steps, budget, chunk))
         results.append(measure_decode("palm_1b", palm_1b, a.decode_prompts, a.decode_samples,
                                       a.prompt_len, a.decode_len, budget))
         big_train = largest_fitting(train_state_bytes, a.fit_fraction, limit)

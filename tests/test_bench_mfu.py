@@ -17,7 +17,7 @@ def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
     summary = json.loads(out.read_text())
     last_line = json.loads(r.stdout.strip().splitlines()[-1])
     assert last_line["kind"] == "summary" and last_line["results"] == summary["results"]
-    *trains, decode = summary["results"]
+    *trains, failed, decode = summary["results"]
     # full logits without remat, then the fused loss with full remat
     assert [(t["loss_chunk"], t["remat_policy"]) for t in trains] == [(0, "none"), (8, "full")]
     for train in trains:
@@ -25,5 +25,17 @@ def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
         assert train["tokens_per_s"] > 0 and train["loss"] > 0
     # same weights, same batch: the fused loss's first-step loss equals the plain one's
     assert abs(trains[0]["loss"] - trains[1]["loss"]) < 1e-5 * trains[0]["loss"]
+    # cuDNN attention can't run on a CPU: the error is recorded and the run goes on
+    assert failed["attention_impl"] == "cudnn" and "cuDNN" in failed["error"]
+    assert "mfu" not in failed
     assert decode["kind"] == "decode" and decode["generated_tokens"] == 2 * 2 * 8
     assert decode["tokens_per_s"] > 0
+
+
+def test_variants_parse_with_defaults():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mfu", REPO / "bench" / "mfu.py")
+    mfu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mfu)
+    assert mfu.parse_variants("0,256:none,512:full:cudnn") == [
+        (0, "dots_no_batch", "xla"), (256, "none", "xla"), (512, "full", "cudnn")]

@@ -95,6 +95,29 @@ def test_return_hidden_gives_what_the_head_maps_to_the_logits():
                             cache_index=jnp.zeros((2,), jnp.int32), return_hidden=True)
 
 
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"num_kv_heads": 1, "sliding_window": 3, "sliding_window_pattern": 2, "query_scale": 0.2},
+])
+def test_fused_attention_call_matches_xla_attention(monkeypatch, overrides):
+    """attention_impl='cudnn' calls jax.nn.dot_product_attention; with its XLA backend (the
+    cuDNN kernel needs a GPU) the logits of every real token equal our own attention's,
+    packed or not."""
+    from mathft_jax.models import layers
+    monkeypatch.setattr(layers, "FUSED_ATTENTION_IMPL", None)
+    cfg = dataclasses.replace(TINY, **overrides).validate()
+    fused = dataclasses.replace(cfg, attention_impl="cudnn")
+    p, toks = _params(cfg), _tokens(2, 16, cfg.vocab_size, seed=7)
+    seg = jnp.array([[1] * 7 + [2] * 6 + [0] * 3, [1] * 16])
+    pos = jnp.array([list(range(7)) + list(range(6)) + [0] * 3, list(range(16))])
+    for kw in ({}, {"segment_ids": seg, "positions": pos}):
+        ref = Decoder(cfg).apply({"params": p}, toks, **kw)
+        out = Decoder(fused).apply({"params": p}, toks, **kw)
+        real = np.asarray(seg != 0) if kw else np.ones((2, 16), bool)
+        np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=2e-5)
+        assert np.isfinite(np.asarray(out)).all()  # padding rows too
+
+
 def test_scan_and_remat_match_unrolled():
     cfg = dataclasses.replace(TINY, scan_layers=True)
     p = _params(cfg)

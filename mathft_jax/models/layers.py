@@ -16,6 +16,9 @@ import numpy as np
 from mathft_jax.models.config import DecoderConfig
 
 NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, weights
+# `jax.nn.dot_product_attention` backend of attention_impl="cudnn" (a GPU-only kernel; the
+# tests swap in None, JAX's XLA version, to check the call on CPU).
+FUSED_ATTENTION_IMPL = "cudnn"
 KVCache = Tuple[jax.Array, jax.Array]  # (keys, values): [batch, cache_len, kv_heads, head_dim]
 
 
@@ -145,10 +148,8 @@ class Attention(nn.Module):
             index = jnp.broadcast_to(jnp.arange(t)[None, :], (b, t))
             mask = attention_mask(index, index, segment_ids, segment_ids, window)
 
-        if (cfg.attention_impl == "cudnn" and cache is None and segment_ids is None
-                and window is None and cfg.attn_logit_softcap is None):
-            out = jax.nn.dot_product_attention(
-                q, k, v, scale=self._scale(), is_causal=True, implementation="cudnn")
+        if cfg.attention_impl == "cudnn" and cache is None and cfg.attn_logit_softcap is None:
+            out = self._fused_attention(q, k, v, segment_ids, window)
         else:
             out = self._xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
@@ -158,6 +159,25 @@ class Attention(nn.Module):
     def _scale(self) -> float:
         cfg = self.cfg
         return cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+
+    def _fused_attention(self, q, k, v, segment_ids, window):
+        """cuDNN's flash attention (Hopper and later for head_dim 256): the [t, t] attention
+        weights never reach memory, and fully masked causal blocks are skipped.
+
+        Segments (packing) go in as a mask. A padding token (segment 0) may attend to itself
+        only: a row with nothing to attend to is not defined for a fused kernel, and padding
+        outputs are never read (zero loss weight; no real token attends to padding).
+        """
+        mask = None
+        if segment_ids is not None:
+            index = jnp.arange(q.shape[1])
+            q_seg, k_seg = segment_ids[:, :, None], segment_ids[:, None, :]
+            same = (q_seg == k_seg) & (k_seg != 0)
+            mask = (same | (index[:, None] == index[None, :]))[:, None]  # [b, 1, t, t]
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, scale=self._scale(), is_causal=True,
+            local_window_size=None if window is None else (window - 1, 0),
+            implementation=FUSED_ATTENTION_IMPL)
 
     def _xla_attention(self, q, k, v, mask):
         cfg = self.cfg
