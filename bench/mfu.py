@@ -3,6 +3,7 @@
     python bench/mfu.py                          # palm_1b, then the largest PaLM that fits
     python bench/mfu.py --budget_s=450 --out=bench/out/mfu.json
     python bench/mfu.py --smoke                  # tiny model on CPU, seconds (the test)
+    python bench/mfu.py --profile_dir=DIR        # also trace 2 steps of each palm_1b set-up
 
 Train: bf16 compute, float32 parameters and optimizer state, sequences of --seq_len random
 tokens; the largest batch of --batches (tried from the largest down; out-of-memory is
@@ -33,7 +34,9 @@ import glob
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +69,7 @@ from mathft_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E40
 from mathft_jax.trainer import abstract_state, init_state, lm_objective, make_train_step  # noqa: E402
 
 PALM_LARGER = ("palm_540b", "palm_62b", "palm_8b")  # biggest first
+PROFILED_STEPS = 2  # with --profile_dir, traced after the timed steps
 SMOKE_TINY = dict(vocab_size=256, num_layers=2, d_model=64, num_heads=4, num_kv_heads=1,
                   head_dim=16, mlp_dim=128, max_seq_len=64, dtype="float32")
 
@@ -137,7 +141,7 @@ def train_bytes_lower_bound(cfg: DecoderConfig, batch: int, seq_len: int, optimi
 
 
 def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
-                  steps: int, loss_chunk: int = 0) -> dict:
+                  steps: int, loss_chunk: int = 0, profile_path: str = "") -> dict:
     mesh = partitioning.make_mesh()
     rules = partitioning.rules_for(cfg, mesh)
     schedule = learning_rate_schedule(peak=1e-4)
@@ -155,25 +159,65 @@ def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
         state, metrics = step(state, data)
         loss = float(metrics["loss"])
         compile_s = time.perf_counter() - t0
-        state, metrics = step(state, data)  # one more warm-up
-        jax.block_until_ready(metrics)
+
+        def run(n: int) -> None:
+            nonlocal state, metrics
+            for _ in range(n):
+                state, metrics = step(state, data)
+            jax.block_until_ready((state, metrics))
+
+        run(1)  # one more warm-up
         t0 = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = step(state, data)
-        jax.block_until_ready((state, metrics))
+        run(steps)
         step_s = (time.perf_counter() - t0) / steps
+        profiled = profile(lambda: run(PROFILED_STEPS), profile_path) if profile_path else None
     tokens_per_s = batch * seq_len / step_s
     flops = sizes.flops_per_token(cfg, seq_len)
     peak = hardware.peak_flops_per_device() * jax.device_count()
-    return {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "step_s": step_s,
-            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
-            "model_tflops_per_s": tokens_per_s * flops / 1e12, "first_step_s": compile_s,
-            "loss": loss, "steps_timed": steps}
+    result = {"batch": batch, "seq_len": seq_len, "optimizer": optimizer, "step_s": step_s,
+              "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops / peak,
+              "model_tflops_per_s": tokens_per_s * flops / 1e12, "first_step_s": compile_s,
+              "loss": loss, "steps_timed": steps}
+    if profiled is not None:
+        result["profile"] = {"steps": PROFILED_STEPS, **profiled}
+    return result
+
+
+def profile(fn, out_path: str) -> dict:
+    """Run fn under jax.profiler; keep its trace at out_path and return where the device
+    time went (bench/profile_summary.py). A profiler that fails costs the figure, not the run."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from profile_summary import summarize
+    tmp = tempfile.mkdtemp()
+    try:
+        # device kernels only: no Python call stacks or HLO protos, which would make the
+        # trace too big to bring back
+        options = jax.profiler.ProfileOptions()
+        options.python_tracer_level, options.host_tracer_level = 0, 1
+        options.enable_hlo_proto = False
+        with jax.profiler.trace(tmp, profiler_options=options):
+            fn()
+        found = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)
+        if not found:
+            return {"error": "the profiler wrote no trace"}
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        shutil.move(found[0], out_path)
+        return summarize(out_path, top=15)
+    except Exception as e:  # no CUPTI, say
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, optimizer: str,
-                        steps: int, budget: Budget, loss_chunk: int = 0) -> dict:
-    """Try batch sizes from the largest down; the first that fits is measured."""
+                        steps: int, budget: Budget, loss_chunk: int = 0,
+                        profile_dir: str = "") -> dict:
+    """Try batch sizes from the largest down; the first that fits is measured (and, with
+    profile_dir, profiled into <profile_dir>/<model>_c<chunk>_<remat>_<attention>.xplane.pb)."""
+    profile_path = ""
+    if profile_dir:
+        tag = f"{name}_c{loss_chunk}_{cfg.remat_policy}_{cfg.attention_impl}"
+        profile_path = os.path.join(profile_dir, f"{tag}.xplane.pb")
     attempts = []
     limit = device_memory_bytes()
     setup = {"kind": "train", "model": name, "loss_chunk": loss_chunk,
@@ -186,7 +230,7 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
             attempts.append({"batch": b, "skipped": "time budget spent"})
             break
         try:
-            result = measure_train(cfg, b, seq_len, optimizer, steps, loss_chunk)
+            result = measure_train(cfg, b, seq_len, optimizer, steps, loss_chunk, profile_path)
         except Exception as e:  # XlaRuntimeError, or a compile-time OOM (ValueError, ...)
             free_device_memory()
             if not is_oom(e):  # a set-up this device can't run: say why, go on to the next
@@ -296,6 +340,9 @@ def parse_args(argv=None):
     p.add_argument("--fit_fraction", type=float, default=0.75,
                    help="a larger config is tried if its estimate is below this share of memory")
     p.add_argument("--out", default="", help="also write the summary JSON here")
+    p.add_argument("--profile_dir", default="",
+                   help="profile 2 steps of each palm_1b set-up after timing it: the traces "
+                        "go here, where the device time went goes in the results")
     return p.parse_args(argv)
 
 
@@ -319,14 +366,14 @@ def main(argv=None) -> dict:
         for chunk, remat, attention in parse_variants("0:none,8:full,8:full:cudnn"):
             variant = cfg.replace(remat_policy=remat, attention_impl=attention)
             results.append(largest_batch_train("smoke_tiny", variant, [8, 4], 32, "adamw", 2,
-                                               budget, chunk))
+                                               budget, chunk, a.profile_dir))
         results.append(measure_decode("smoke_tiny", cfg, 2, 2, 8, 8, budget))
     else:
         palm_1b = load_config("palm_1b")
         for chunk, remat, attention in parse_variants(a.train_variants):
             variant = palm_1b.replace(remat_policy=remat, attention_impl=attention)
             results.append(largest_batch_train("palm_1b", variant, batches, a.seq_len, "adamw",
-                                               a.steps, budget, chunk))
+                                               a.steps, budget, chunk, a.profile_dir))
         results.append(measure_decode("palm_1b", palm_1b, a.decode_prompts, a.decode_samples,
                                       a.prompt_len, a.decode_len, budget))
         big_train = largest_fitting(train_state_bytes, a.fit_fraction, limit)
