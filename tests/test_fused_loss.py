@@ -82,16 +82,21 @@ def test_chunked_row_likelihoods_equal_full_logits(name, objective, rows_per_pai
     assert float(jnp.abs(grads[head]).max()) > 1e-4
 
 
-def test_fused_on_a_2x2x2_mesh_equals_one_device():
+@pytest.mark.parametrize("objective,batch", [
+    (lm_objective, lambda: _batch(b=8, seed=3)),
+    (evaluator_objective, lambda: _pair_batch(4, pairs=2)),
+], ids=["lm", "evaluator"])
+def test_chunked_on_a_2x2x2_mesh_equals_one_device(objective, batch):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
     params = nn.unbox(init_params(CFG, jax.random.PRNGKey(2)))
-    batch = _batch(b=8, seed=3)
-    (_, ref), ref_grads = _loss_and_grads(CFG, params, batch, loss_chunk=8)
+    batch = batch()
+    (_, ref), ref_grads = _loss_and_grads(CFG, params, batch, objective, loss_chunk=8)
     mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
     rules = partitioning.rules_for(CFG, mesh)
     sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
     with partitioning.mesh_context(mesh, rules):
-        (_, sums), grads = _loss_and_grads(CFG, sharded, batch, loss_chunk=8)
+        (_, sums), grads = _loss_and_grads(CFG, sharded, batch, objective, loss_chunk=8)
+    assert float(ref["loss"]) > 0
     np.testing.assert_allclose(sums["loss"], ref["loss"], rtol=1e-5)
     for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4)
