@@ -106,7 +106,7 @@ def test_fused_attention_call_matches_xla_attention(monkeypatch, overrides):
     from mathft_jax.models import layers
     monkeypatch.setattr(layers, "FUSED_ATTENTION_IMPL", None)
     cfg = dataclasses.replace(TINY, **overrides).validate()
-    fused = dataclasses.replace(cfg, attention_impl="cudnn")
+    fused = dataclasses.replace(cfg, attention_impl="cudnn")  # float32: only XLA's backend takes it
     p, toks = _params(cfg), _tokens(2, 16, cfg.vocab_size, seed=7)
     seg = jnp.array([[1] * 7 + [2] * 6 + [0] * 3, [1] * 16])
     pos = jnp.array([list(range(7)) + list(range(6)) + [0] * 3, list(range(16))])
@@ -161,6 +161,7 @@ def test_palm_param_counts_within_one_percent(name):
     ({"activation": "swish"}, "activation"),
     ({"vocab_size": 0}, "vocab_size"),
     ({"dtype": "float77"}, "dtype"),
+    ({"attention_impl": "cudnn", "dtype": "float32"}, "attention_impl"),
 ])
 def test_bad_configs_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=f"DecoderConfig.{field}"):

@@ -120,6 +120,10 @@ class DecoderConfig:
                 jnp.dtype(getattr(self, name))
             except TypeError as e:
                 raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r} is no dtype") from e
+        if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16,
+                                                                             jnp.float16):
+            raise ConfigError(f"DecoderConfig.attention_impl='cudnn' needs dtype bfloat16 or "
+                              f"float16 (cuDNN's flash attention), got dtype={self.dtype!r}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
