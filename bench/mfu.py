@@ -41,6 +41,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "bench"))  # profile_summary, also when imported
 
 
 def _import_gin():
@@ -186,7 +187,6 @@ def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
 def profile(fn, out_path: str) -> dict:
     """Run fn under jax.profiler; keep its trace at out_path and return where the device
     time went (bench/profile_summary.py). A profiler that fails costs the figure, not the run."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from profile_summary import summarize
     tmp = tempfile.mkdtemp()
     try:
