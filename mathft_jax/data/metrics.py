@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from mathft_jax.data import answers
+from mathft_jax import grading
 
 
 def _text(value) -> str:
@@ -16,12 +16,12 @@ def postprocess_answer(output_or_target, example: Optional[dict] = None,
     answer extracted from the generated solution (None where it has none)."""
     if is_target:
         return _text(example["answer"])
-    return answers.extract_answer(_text(output_or_target))
+    return grading.extract_answer(_text(output_or_target))
 
 
 def answer_accuracy(targets: Sequence[str], predictions: Sequence[Optional[str]]) -> dict:
     """Pass@1 of one sample per problem: the share of predictions equivalent to the gold."""
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
-    correct = sum(answers.is_equiv(p, t) for t, p in zip(targets, predictions))
+    correct = sum(grading.is_equiv(p, t) for t, p in zip(targets, predictions))
     return {"answer_accuracy": 100.0 * correct / max(len(targets), 1)}

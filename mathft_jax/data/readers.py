@@ -14,7 +14,7 @@ import pathlib
 import re
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from mathft_jax.data import answers
+from mathft_jax import grading
 
 PathLike = Union[str, pathlib.Path]
 
@@ -90,7 +90,7 @@ def _math_problem(record: dict, where: str, default_id: str) -> Problem:
         problem_id=str(record.get("unique_id") or default_id),
         problem=require(record, "problem", where),
         solution=solution,
-        answer=record["answer"] if "answer" in record else answers.extract_answer(solution),
+        answer=record["answer"] if "answer" in record else grading.extract_answer(solution),
         level=str(record.get("level", "")),
         subject=str(record.get("type") or record.get("subject") or ""),
     )
@@ -187,7 +187,7 @@ def prm800k_solution(record: dict, where: str) -> tuple[Optional[str], str]:
     if rewritten is None:
         return None, "no_answer_section"
     solution, answer = rewritten
-    if not answers.is_equiv(answer, str(gold)):
+    if not grading.is_equiv(answer, str(gold)):
         return None, "answer_not_equal_to_ground_truth"
     return solution, "kept"
 
@@ -229,5 +229,5 @@ def read_candidates(path: PathLike) -> list[dict]:
     for record in records:
         for sample in record["samples"]:
             if "correct" not in sample:
-                sample["correct"] = answers.is_equiv(candidates.sample_answer(sample), record["gold"])
+                sample["correct"] = grading.is_equiv(candidates.sample_answer(sample), record["gold"])
     return records
