@@ -11,9 +11,8 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 
+from mathft_jax import atomic
 from mathft_jax.grading import extract_answer, is_equiv
 from mathft_jax.parallel import parallel_map
 
@@ -93,18 +92,7 @@ def write_candidates(path: str, records: list[dict]) -> None:
             validate_record(record)
         except ValueError as error:
             raise CandidatesError(f"record {index}: {error}") from error
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".candidates-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            for record in records:
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def sample_answer(sample: dict) -> str | None:

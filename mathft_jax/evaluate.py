@@ -12,12 +12,11 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
     run_module("mathft_jax.evaluate")
 
 
-import json
 import os
 
 from absl import app, flags
 
-from mathft_jax import voting
+from mathft_jax import atomic, voting
 from mathft_jax.candidates import read_candidates_report
 from mathft_jax.parallel import parallel_map
 
@@ -90,8 +89,6 @@ def main(argv) -> None:
     if skipped:
         print(f"\nskipped {skipped} bad line(s): see skipped_lines in the JSON")
     out = _OUT.value or os.path.splitext(_CANDIDATES.value)[0] + ".metrics.json"
-    with open(out, "w", encoding="utf-8") as file:
-        json.dump(result, file, indent=2, sort_keys=True)
-        file.write("\n")
+    atomic.write_json(out, result, indent=2, sort_keys=True)
     print(f"\nwrote {out}")
 

@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 import gin
 from absl import logging
 
-from mathft_jax import candidates, distributed, evaluate, report
+from mathft_jax import atomic, candidates, distributed, evaluate, report
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -66,11 +66,7 @@ class Run:
     def mark_done(self, stage: str, info: dict) -> None:
         if not distributed.is_main_process():
             return
-        path = os.path.join(self.stage_dir(stage), DONE)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(info, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic.write_json(os.path.join(self.stage_dir(stage), DONE), info, indent=1)
 
     # artefacts
     def checkpoint(self, stage: str) -> str:
@@ -233,9 +229,7 @@ def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
                                         processes) for g in generators}
     results = {g: evaluate.summarize_problems(problems, k, resamples) for g, problems in graded.items()}
     report.write_report(out_dir, results, graded, k)
-    with open(os.path.join(out_dir, "results.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
+    atomic.write_json(os.path.join(out_dir, "results.json"), results, indent=1)
     return {"generators": list(generators)}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from mathft_jax import voting
+from mathft_jax import atomic, voting
 
 CURVE_METRICS = ("maj1_at_n", "rr_topk", "wrr_majk")
 NAMES = {"ssft": "SSFT", "mtsf": "MTSF"}
@@ -91,7 +91,5 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     text = ["# mathft_jax pipeline report", "", results_table(results), "",
             "![accuracy against N](accuracy_vs_n.png)", "", "![SSFT against MTSF](ssft_vs_mtsf.png)", ""]
     path = os.path.join(out_dir, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(text))
-    os.replace(path + ".tmp", path)
+    atomic.write_text(path, "\n".join(text))
     return path

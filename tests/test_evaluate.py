@@ -35,6 +35,20 @@ def test_write_then_read_round_trip_is_atomic(tmp_path):
     assert candidates.read_candidates(str(path)) == RECORDS  # a failed write leaves the old file
 
 
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from mathft_jax import atomic
+    path = tmp_path / "results.json"
+    atomic.write_json(str(path), {"step": 1})
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt  # a crash after the new text is written, before the rename
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_json(str(path), {"step": 2})
+    assert path.read_text() == '{"step": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
 @pytest.mark.parametrize("bad_line, reason", [
     ("{not json", "Expecting"),
     ('{"problem_id": "x", "problem": "", "gold": "1", "samples": []}', "samples"),
