@@ -26,6 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mathft_jax import evaluate, voting  # noqa: E402
+from mathft_jax.data.paths import math_splits_dir  # noqa: E402
 from mathft_jax.grading import equiv, is_equiv  # noqa: E402
 
 PAIRS = REPO / "tests" / "data" / "equiv_pairs.tsv"
@@ -110,8 +111,7 @@ def build_candidates(golds: list[str], per_problem: int, seed: int = 0) -> list[
 
 
 def load_math500_golds() -> list[str]:
-    data = pathlib.Path(os.environ.get("MATHFT_DATA_DIR", REPO.parent / "shared" / "data"))
-    path = data / "prm800k" / "math_splits" / "test.jsonl"
+    path = math_splits_dir() / "test.jsonl"  # MATHFT_DATA_DIR, else ../shared/data
     return [json.loads(line)["answer"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 

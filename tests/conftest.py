@@ -15,18 +15,11 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> pathlib.Path:
-    """`MATHFT_DATA_DIR`, else `../shared/data` beside the checkout."""
-    env = os.environ.get("MATHFT_DATA_DIR")
-    return pathlib.Path(env) if env else REPO.parent / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-    d = shared_data_dir()
+    """`MATHFT_DATA_DIR`, else `../shared/data` beside the checkout (`data_root`'s default)."""
+    from mathft_jax.data.paths import data_root
+    d = data_root(None)  # the default, whatever a test has bound in gin
     if not (d / "math" / "train.jsonl").exists():
         pytest.skip(f"shared MATH data not found at {d} (set MATHFT_DATA_DIR to run this test)")
     return d
