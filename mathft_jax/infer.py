@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax import candidates, checkpoints, decoding, partitioning, scoring
+from mathft_jax import candidates, checkpoints, decoding, distributed, partitioning, scoring
 from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -109,7 +109,7 @@ def done_mask(problems: list[dict], output_path: str) -> np.ndarray:
     """Which problems are done, as process 0 sees it, on every process (hosts need not
     share a file system)."""
     mask = np.zeros((len(problems),), np.int32)
-    if jax.process_index() == 0:
+    if distributed.is_main_process():
         done = read_done(output_path)
         mask[:] = [p["problem_id"] in done for p in problems]
     if jax.process_count() > 1:
@@ -167,7 +167,7 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     params = checkpoints.load_params(checkpoint, cfg, mesh, rules) if todo else None
     evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, mesh, rules)
                  if todo and evaluator_checkpoint else None)
-    writer = jax.process_index() == 0
+    writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
     tokens, started = 0, time.perf_counter()

@@ -6,13 +6,14 @@ import os
 import time
 from typing import Mapping
 
-import jax
 from absl import logging
+
+from mathft_jax import distributed
 
 
 class MetricsWriter:
     def __init__(self, model_dir: str, enabled: bool | None = None):
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = distributed.is_main_process() if enabled is None else enabled
         self._tb = None
         self._jsonl = None
         if not self.enabled:

@@ -246,7 +246,7 @@ def _evaluate(eval_fn, params, iterator, max_batches: int, batch_sh) -> dict:
 
 
 def _progress_bar(enabled: bool, start: int, total: int):
-    if not enabled or jax.process_index() != 0:
+    if not enabled or not distributed.is_main_process():
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
