@@ -1,7 +1,7 @@
 """Files that are either whole or absent: write beside the target, then rename over it.
 
-A crash mid-write leaves the old file (or none), never half a file that a resumed run
-would read as done.
+A crash mid-write (of the process or of the machine) leaves the old file (or none), never
+half a file that a resumed run would read as done.
 """
 from __future__ import annotations
 
@@ -17,13 +17,23 @@ def write_text(path: str, text: str) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}-",
                                              suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would
+        os.fchmod(descriptor, 0o666 & ~_umask())
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(text)
+            file.flush()
+            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str, obj, **dump_kwargs) -> None:

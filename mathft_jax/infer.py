@@ -79,7 +79,7 @@ def parts_dir(output_path: str) -> str:
 def read_done(output_path: str) -> dict[str, dict]:
     """Records already written: the final file if any, plus every complete chunk. A chunk
     that cannot be read (never from a crash: chunks are renamed into place) is removed
-    and its problems are redone."""
+    and its problems are redone; a final file that cannot be read is an error."""
     done = {}
     sources = [output_path] if os.path.exists(output_path) else []
     sources += sorted(glob.glob(os.path.join(parts_dir(output_path), "*.jsonl")))
@@ -87,6 +87,8 @@ def read_done(output_path: str) -> dict[str, dict]:
         try:
             records = candidates.read_candidates(path)
         except candidates.CandidatesError as e:
+            if path == output_path:
+                raise
             logging.warning("discarding unreadable chunk %s: %s", path, e)
             os.remove(path)
             continue

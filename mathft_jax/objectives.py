@@ -76,7 +76,7 @@ def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
                   + xent_weight * (evaluator_xent(X+) + evaluator_xent(X-)) / 2
     `eos_id` (1 for seqio's byte and SentencePiece vocabularies; bind the tokenizer's for
     imported models, None to keep it) is left out of the label's likelihood, matching
-    `infer.score_solutions`.
+    `scoring.score_solutions`.
     """
     ll = _row_log_likelihoods(model, params, batch, eos_id, loss_chunk).reshape(-1, 4)
     valid = (batch["pair_id"].reshape(-1, 4)[:, 0] >= 0).astype(jnp.float32)

@@ -97,7 +97,8 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
     scr_task: scr_pairwise (margin, `evaluator_objective`) or scr_pointwise (xent,
     `lm_objective`), built from the graded training candidates.
     sample_task / *_split: the problems `infer` samples (infer.load_problems's names).
-    stop_after: stop after this stage (tests use it to simulate a crash).
+    stop_after: stop after this stage (e.g. 'ssft', to look at the SSFT model first); a
+    later run on the same run_dir goes on from there.
     """
     if variant not in VARIANTS:
         raise ValueError(f"pipeline.variant={variant!r}; expected one of {sorted(VARIANTS)}")

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mathft_jax import decoding
-from mathft_jax.data.formats import CORRECT_TARGET, INCORRECT_TARGET, evaluator_prompt
+from mathft_jax.data.formats import evaluator_prompt, evaluator_target
 from mathft_jax.models.config import DecoderConfig
 
 
@@ -62,7 +62,7 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
                     solutions: Sequence[str], *, batch_size: int = 32,
                     mesh: Optional[Mesh] = None, rules: Any = None,
                     start_id: Optional[int] = None, truncate: bool = True,
-                    labels: tuple = (CORRECT_TARGET, INCORRECT_TARGET)) -> np.ndarray:
+                    labels: Optional[tuple] = None) -> np.ndarray:
     """S(X|P) for each (problem, solution) pair: float64 [n] in [0, 1].
 
     start_id: the decoder's start token (default: `data.vocab.decoder_start_id(vocab)`).
@@ -78,6 +78,8 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     if not len(problems):
         return np.zeros((0,), np.float64)
     start = decoder_start_id(vocab) if start_id is None else int(start_id)
+    if labels is None:  # the labels the evaluator was trained on (gin: evaluator_target)
+        labels = (evaluator_target(True), evaluator_target(False))
     label_ids = tuple(encode_label(vocab, text) for text in labels)
     room = cfg.max_seq_len - max(map(len, label_ids))
     contexts = decoding.check_prompts(

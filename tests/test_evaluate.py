@@ -49,6 +49,16 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
+def test_atomic_files_get_the_mode_a_plain_open_would(tmp_path):
+    from mathft_jax import atomic
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(str(tmp_path / "report.md"), "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644  # mkstemp alone: 0o600
+
+
 @pytest.mark.parametrize("bad_line, reason", [
     ("{not json", "Expecting"),
     ('{"problem_id": "x", "problem": "", "gold": "1", "samples": []}', "samples"),

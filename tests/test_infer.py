@@ -98,6 +98,24 @@ def test_crash_leaves_complete_chunks_and_resume_redoes_only_the_rest(setup, uni
     assert calls == [] and read_lines(output) == uninterrupted
 
 
+def test_an_unreadable_chunk_is_redone_but_an_unreadable_final_file_is_an_error(tmp_path):
+    output = str(tmp_path / "cands.jsonl")
+    good = {"problem_id": "a", "problem": "p", "gold": "1",
+            "samples": [{"text": "\\boxed{1}", "answer": "1"}]}
+    infer_lib.write_chunk(output, 0, [good])
+    bad_chunk = os.path.join(infer_lib.parts_dir(output), "00000001.jsonl")
+    with open(bad_chunk, "w") as f:
+        f.write("{not json\n")
+    assert list(infer_lib.read_done(output)) == ["a"]
+    assert not os.path.exists(bad_chunk)  # its problems will be sampled again
+
+    with open(output, "w") as f:
+        f.write("{not json\n")
+    with pytest.raises(candidates.CandidatesError):
+        infer_lib.read_done(output)
+    assert os.path.exists(output)  # the user's file is not deleted
+
+
 def test_bad_settings_raise(setup):
     with pytest.raises(ValueError, match="infer.batch_size=3 must be divisible"):
         run(setup, setup / "x.jsonl", batch_size=3)

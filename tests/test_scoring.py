@@ -69,6 +69,20 @@ def test_single_token_labels(params):
                                atol=1e-5, rtol=0)
 
 
+def test_default_labels_are_the_ones_the_evaluator_was_trained_on(params):
+    import gin
+    with gin.unlock_config():
+        gin.bind_parameter("evaluator_target.positive", "Y")
+        gin.bind_parameter("evaluator_target.negative", "N")
+    try:
+        got = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
+                                      batch_size=2, start_id=START)
+    finally:
+        gin.clear_config()
+    np.testing.assert_allclose(got, direct_scores(params, PROBLEMS[:2], SOLUTIONS[:2], ("Y", "N")),
+                               atol=1e-5, rtol=0)
+
+
 def test_eight_devices_score_like_one(params):
     mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
     rules = partitioning.rules_for(CFG, mesh)

@@ -109,7 +109,7 @@ class DatasetIterator:
     """Infinite (or `num_epochs`) iterator of batches; see the module docstring.
 
     Batches: dict of int32 [batch, length] arrays (`packing.FEATURES`), plus int32 [batch]
-    `pair_id` / `is_positive` for unpacked evaluator tasks. Rows past the end of a finite
+    `pair_id` / `is_positive` / `label_correct` for unpacked evaluator tasks. Rows past the end of a finite
     iteration are all padding (zero loss weight, `pair_id` -1).
     """
 

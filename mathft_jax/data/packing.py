@@ -60,7 +60,7 @@ def write_segment(batch: dict[str, np.ndarray], row: int, start: int, segment_id
 
 def rows_from_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
                        start_id: int = 0) -> dict[str, np.ndarray]:
-    """One unpacked row per example (mainly for tests and decoding prompts)."""
+    """One unpacked row per example (mainly for tests)."""
     batch = empty_batch(len(examples), length)
     for row, (inputs, targets) in enumerate(examples):
         inputs, targets = fit_to_length(inputs, targets, length)

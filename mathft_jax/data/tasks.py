@@ -3,7 +3,7 @@
 Every task has output features `inputs` (the prompt; no EOS) and `targets` (the solution or
 evaluator label; EOS appended), tokenised with the task vocabulary, plus text features
 `problem_id`, `answer` (gold answer, generation tasks) and, for the evaluator tasks, the
-integers `pair_id` / `is_positive` (see docs/data.md).
+integers `pair_id` / `is_positive` / `label_correct` (see docs/data.md).
 
 Gin: data paths (`mathft_jax.data.paths`), the vocabulary (`get_vocabulary.name_or_path`), the
 formats and the synthetic knobs are gin parameters. Paths and vocabulary are resolved when

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 MAX_NESTING = 12
-_CLOSERS = {"(": ")", "[": "]", "{": "}"}
 _MATRIX = re.compile(r"^\\begin\{pmatrix\}(.*)\\end\{pmatrix\}$", re.DOTALL)
 _RELATION = re.compile(r"(\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|<|>|=)")
 _DIGIT_STRING = re.compile(r"^[0-9]*[A-Z][0-9A-Z]*$")  # `AB` in base 16 is digits, not A*B
