@@ -123,15 +123,11 @@ def done_mask(problems: list[dict], output_path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- sampling
 
 
-def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int,
-                 scores: Optional[np.ndarray]) -> list[dict]:
+def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int) -> list[dict]:
     records = []
     for i, problem in enumerate(batch):
         texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
         entries = [{"text": text, "answer": extract_answer(text)} for text in texts]
-        if scores is not None:
-            for entry, score in zip(entries, scores[i]):
-                entry["score"] = float(score)
         records.append({**problem, "samples": entries})
     return records
 
@@ -181,13 +177,12 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
         samples = decoding.generate(params, cfg, prompts, sampling, seed=seed, prompt_ids=index,
                                     mesh=mesh, rules=rules, truncate_prompts=truncate_prompts,
                                     pad_to=batch_size)
-        scores = None
-        if evaluator is not None:
-            scores = _score(evaluator, cfg, vocab, batch, samples, sampling.eos_id,
-                            evaluator_batch_size, mesh, rules, start_id)
+        records = make_records(batch, samples, vocab, sampling.eos_id)
+        if evaluator is not None:  # every process: scoring is collective on a mesh
+            scoring.score_records(evaluator, cfg, vocab, records, batch_size=evaluator_batch_size,
+                                  mesh=mesh, rules=rules, start_id=start_id)
         if writer:
-            write_chunk(output_path, index[0],
-                        make_records(batch, samples, vocab, sampling.eos_id, scores))
+            write_chunk(output_path, index[0], records)
         tokens += int(samples.lengths.sum())
         bar.update(len(batch))
         bar.set_postfix(samples=(begin + len(batch)) * num_samples,
@@ -197,14 +192,6 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
         merge(output_path, problems, read_done(output_path))
         logging.info("infer: wrote %s", output_path)
     return output_path
-
-
-def _score(params, cfg, vocab, batch, samples, eos_id, batch_size, mesh, rules, start_id):
-    """S(X|P) of every sample of the batch: [len(batch), N]."""
-    texts = [[vocab.decode(seq) for seq in samples.sequences(i, eos_id)] for i in range(len(batch))]
-    return np.stack(scoring.score_groups(params, cfg, vocab, [p["problem"] for p in batch], texts,
-                                         batch_size=batch_size, mesh=mesh, rules=rules,
-                                         start_id=start_id))
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -203,16 +203,11 @@ def score_stage(run: Run, generator: str, batch_size: int = 64) -> dict:
     mesh = partitioning.make_mesh()
     rules = partitioning.rules_for(cfg, mesh)
     params = checkpoints.load_params(run.checkpoint("scr"), cfg, mesh, rules)
-    scores = scoring.score_groups(params, cfg, vocab_lib.get_vocabulary(),
-                                  [r["problem"] for r in records],
-                                  [[s["text"] for s in r["samples"]] for r in records],
-                                  batch_size=batch_size, mesh=mesh, rules=rules)
-    for r, group in zip(records, scores):
-        for s, score in zip(r["samples"], group):
-            s["score"] = float(score)
+    scored = scoring.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
+                                   batch_size=batch_size, mesh=mesh, rules=rules)
     if distributed.is_main_process():
         candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
-    return {"scored": sum(len(group) for group in scores)}
+    return {"scored": scored}
 
 
 def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,

@@ -116,3 +116,14 @@ def score_groups(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
                            [s for group in solutions for s in group], **kwargs)
     ends = np.cumsum([len(group) for group in solutions], dtype=np.int64)
     return [flat[end - len(group):end] for group, end in zip(solutions, ends)]
+
+
+def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict], **kwargs) -> int:
+    """Set every sample's `score` to S(X|P), in place, for candidates records
+    (docs/formats.md); returns how many were scored. Keyword arguments as `score_solutions`."""
+    groups = score_groups(params, cfg, vocab, [r["problem"] for r in records],
+                          [[s["text"] for s in r["samples"]] for r in records], **kwargs)
+    for record, group in zip(records, groups):
+        for sample, score in zip(record["samples"], group):
+            sample["score"] = float(score)
+    return sum(len(group) for group in groups)
