@@ -167,6 +167,23 @@ def test_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
     assert np.array_equal(got.reshape(64, -1).T, want)
 
 
+def test_bfloat16_import_fine_tunes_in_float32_and_exports_as_it_came(tmp_path):
+    from mathft_jax import checkpoints
+    model = build_hf_model("qwen2").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "hf")
+    _, original = hf.load_hf(tmp_path / "hf")  # bfloat16, as stored
+    cfg = import_checkpoint(tmp_path / "hf", tmp_path / "ckpt")
+    assert model_gin.read_model_gin(tmp_path / "ckpt" / "model.gin") == cfg
+    # float32 master weights (and so optimizer state) for fine-tuning, bfloat16 compute
+    assert (cfg.param_dtype, cfg.dtype) == ("float32", "bfloat16")
+    loaded = checkpoints.load_params(str(tmp_path / "ckpt"), cfg)
+    assert loaded["embedding"].dtype == jnp.float32
+    assert tree_equal(jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), loaded), original)
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "export")
+    _, exported = hf.load_hf(tmp_path / "export")
+    assert tree_equal(exported, original)  # bfloat16 again, bit for bit
+
+
 # ---------------------------------------------------------------- round trip
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2"])
 def test_round_trip_through_checkpoint_and_transformers(saved, tmp_path, family):
@@ -195,7 +212,7 @@ def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
     subprocess.run([sys.executable, "-m", "mathft_jax.convert.import_hf", f"--hf_dir={hf_dir}",
                     f"--out={out}", "--dtype=float32"], check=True, env=env, cwd=REPO, timeout=120)
     cfg, params = hf.load_hf(hf_dir, dtype="float32")
-    checkpoints = pytest.importorskip("mathft_jax.checkpoints")  # train.init_checkpoint's reader
+    from mathft_jax import checkpoints  # train.init_checkpoint's reader
     assert tree_equal(checkpoints.load_params(str(out), cfg), params)
     import gin
     try:
@@ -205,16 +222,6 @@ def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
         gin.clear_config()
     assert model_gin.read_model_gin(out / "model.gin") == cfg
     assert (out / "hf" / "config.json").exists()
-
-
-def test_fallback_checkpoint_io_round_trips(saved, tmp_path, monkeypatch):
-    """Without the trainer's checkpoints module the converters still write and read."""
-    from mathft_jax.convert import ckpt_io
-    monkeypatch.setattr(ckpt_io, "_trainer_checkpoints", lambda: None)
-    cfg, params = hf.load_hf(saved("qwen2")[0], dtype="float32")
-    ckpt_io.save_params(tmp_path / "ckpt", params)
-    assert (tmp_path / "ckpt" / "params").is_dir()
-    assert tree_equal(ckpt_io.load_params(tmp_path / "ckpt", cfg), params)
 
 
 def test_converters_do_not_import_torch_or_transformers():

@@ -44,6 +44,11 @@ def read_hf_config(hf_dir) -> Dict[str, Any]:
         raise ConversionError(f"{path}: not valid JSON ({e})") from e
 
 
+def checkpoint_dtype(hf_cfg: dict) -> Optional[str]:
+    """The tensors' dtype a config.json declares (`dtype`, or the older `torch_dtype`)."""
+    return hf_cfg.get("dtype") or hf_cfg.get("torch_dtype")
+
+
 def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, rules=None, dtype=None,
             scan_layers: bool = False):
     """(DecoderConfig, params) of an HF directory, params placed on `mesh` by `rules`.
@@ -54,7 +59,7 @@ def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, rules=None, dtype=None,
     """
     hf_dir = pathlib.Path(hf_dir)
     hf_cfg = read_hf_config(hf_dir)
-    dtype = jnp.dtype(dtype or hf_cfg.get("dtype") or hf_cfg.get("torch_dtype") or "float32")
+    dtype = jnp.dtype(dtype or checkpoint_dtype(hf_cfg) or "float32")
     cfg = families.decoder_config_from_hf(hf_cfg, source=str(hf_dir / CONFIG_FILE),
                                           param_dtype=dtype.name, scan_layers=scan_layers)
     reader = ShardedReader(hf_dir)  # checks every shard before anything is converted

@@ -2,7 +2,9 @@
 checkpoint.
 
 CKPT holds the parameters (`checkpoints.save_params`, read by `train.init_checkpoint`,
-`infer` and `export_hf`), `model.gin` (the DecoderConfig), `vocab.gin` (the tokenizer as
+`infer` and `export_hf`), stored in the checkpoint's own dtype (exact, compact), `model.gin`
+(the DecoderConfig: float32 parameters, so fine-tuning keeps float32 master weights and
+optimizer state, and the checkpoint's dtype as the compute dtype; `load_params` casts), `vocab.gin` (the tokenizer as
 `get_vocabulary`, when the HF directory has a tokenizer.json) and `hf/` (config.json and
 the tokenizer files, which export carries back). CKPT appears only once all of it is
 written.
@@ -15,8 +17,8 @@ import shutil
 import sys
 from typing import Optional, Sequence
 
-from mathft_jax import partitioning
-from mathft_jax.convert import ckpt_io, hf, model_gin, tokenizer
+from mathft_jax import checkpoints, partitioning
+from mathft_jax.convert import hf, model_gin, tokenizer
 from mathft_jax.convert.staging import staged_dir
 
 HF_SUBDIR = "hf"
@@ -25,14 +27,22 @@ VOCAB_GIN = "vocab.gin"
 
 def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: bool = False,
                       mesh=None):
-    """Convert `hf_dir` into the checkpoint directory `out`; returns the DecoderConfig."""
+    """Convert `hf_dir` into the checkpoint directory `out`; returns model.gin's DecoderConfig.
+
+    dtype: store the parameters, and run the model, in this dtype instead (model.gin then
+    says so for both).
+    """
     hf_dir, out = pathlib.Path(hf_dir), pathlib.Path(out).absolute()
     with staged_dir(out) as tmp:
         cfg, params = hf.load_hf(hf_dir, mesh=mesh if mesh is not None else partitioning.make_mesh(),
                                  dtype=dtype, scan_layers=scan_layers)
-        ckpt_io.save_params(tmp, params)
+        checkpoints.save_params(str(tmp), params)
         del params
-        comment = f"Imported from {hf_dir.absolute()} by mathft_jax.convert.import_hf."
+        if dtype is None:  # train with float32 master weights; compute in the checkpoint's
+            cfg = cfg.replace(param_dtype="float32")
+        comment = (f"Imported from {hf_dir.absolute()} by mathft_jax.convert.import_hf.\n"
+                   "Parameters are float32 for fine-tuning (bind DecoderConfig.param_dtype to "
+                   "the compute dtype to halve inference memory).")
         (tmp / model_gin.MODEL_GIN).write_text(model_gin.model_gin_text(cfg, comment))
         (tmp / HF_SUBDIR).mkdir()
         shutil.copy2(hf_dir / hf.CONFIG_FILE, tmp / HF_SUBDIR / hf.CONFIG_FILE)
@@ -48,7 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hf_dir", required=True, help="HF model directory (config.json, *.safetensors)")
     parser.add_argument("--out", required=True, help="checkpoint directory to create")
-    parser.add_argument("--dtype", default=None, help="parameter dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", default=None,
+                        help="store and run the model in this dtype (default: stored as the "
+                             "checkpoint's, float32 parameters and the checkpoint's compute dtype)")
     parser.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
     args = parser.parse_args(argv)
     cfg = import_checkpoint(args.hf_dir, args.out, dtype=args.dtype, scan_layers=args.scan_layers)
