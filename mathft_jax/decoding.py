@@ -361,9 +361,15 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     with `partitioning.param_shardings`); rules default to `partitioning.rules_for`.
     pad_to: run at least this many prompt rows (dummies, dropped), so a short last batch
     reuses the full batches' compiled program.
+    truncate_prompts: a prompt longer than max_seq_len - max_decode_len keeps its first
+    (start) token and its tail, so that its samples may run max_decode_len tokens; without
+    it, a prompt longer than max_seq_len raises.
     """
     sampling.validate()
-    prompts = check_prompts(prompts, cfg.max_seq_len, truncate_prompts)
+    # Truncating cuts a prompt to leave every sample its whole max_decode_len; cut only to
+    # max_seq_len, a long prompt would fill the context and get no tokens at all.
+    limit = cfg.max_seq_len - sampling.max_decode_len if truncate_prompts else cfg.max_seq_len
+    prompts = check_prompts(prompts, max(1, limit), truncate_prompts)
     n = sampling.num_samples
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
     if ids.shape != (len(prompts),):

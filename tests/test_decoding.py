@@ -230,6 +230,12 @@ def test_long_prompt_truncation_keeps_start_token_and_tail():
     assert len(kept) == 64 and kept[0] == 100 and kept[-1] == 169 and kept[1] == 107
 
 
+def test_a_truncated_prompt_keeps_room_for_every_new_token(params):
+    long = [1] + [int(t) for t in np.random.RandomState(5).randint(2, CFG.vocab_size, 80)]
+    out = sample(params, prompts=[long], truncate_prompts=True)  # 81 > max_seq_len = 64
+    assert list(out.lengths.ravel()) == [6, 6]  # max_decode_len each, not 0
+
+
 # ----------------------------------------------------------------------------- the samplers
 
 
