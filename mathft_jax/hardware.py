@@ -7,6 +7,7 @@ FLOP/s of a large float32 matmul measured on this machine (memoised per process)
 from __future__ import annotations
 
 import functools
+import re
 import time
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 # Dense bf16 peak per chip (vendor spec sheets).
 PEAK_BF16_FLOPS = {
     "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12,
+    "l40": 181e12, "l40s": 362e12,
     "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
     "tpu v6 lite": 918e12, "tpu v6e": 918e12,
 }
@@ -26,8 +28,9 @@ def device_kind() -> str:
 
 def published_peak_flops(kind: str | None = None) -> float | None:
     kind = (kind or device_kind()).lower()
-    for name, flops in sorted(PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])):
-        if name in kind:
+    for name, flops in PEAK_BF16_FLOPS.items():
+        # whole words only: "l4" must not match "nvidia l40s"
+        if re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", kind):
             return flops
     return None
 

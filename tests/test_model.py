@@ -172,6 +172,8 @@ def test_mesh_incompatible_config_names_the_field():
     cfg = dataclasses.replace(TINY, num_heads=6, num_kv_heads=1)
     with pytest.raises(ConfigError, match="DecoderConfig.num_heads=6 is not divisible"):
         cfg.validate({"data": 1, "fsdp": 1, "tensor": 4})
+    with pytest.raises(ConfigError, match="DecoderConfig.vocab_size=66 is not divisible"):
+        dataclasses.replace(TINY, vocab_size=66).validate({"data": 1, "fsdp": 1, "tensor": 4})
 
 
 def test_models_cli_prints_json(tmp_path):

@@ -67,6 +67,16 @@ def test_schedules():
         learning_rate_schedule(decay="exp")
 
 
+def test_published_peaks_match_whole_device_names():
+    from mathft_jax import hardware
+    assert hardware.published_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert hardware.published_peak_flops("NVIDIA L40S") == 362e12  # not the L4's
+    assert hardware.published_peak_flops("NVIDIA L4") == 121e12
+    assert hardware.published_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12  # not the A10's
+    assert hardware.published_peak_flops("TPU v5 lite") == 197e12
+    assert hardware.published_peak_flops("cpu") is None
+
+
 def test_overfits_one_fixed_batch(tmp_path):
     gin.bind_parameter("learning_rate_schedule.peak", 1e-2)
     r = _train(tmp_path, "overfit", steps=150, data_iterator=ArrayIterator(pool=8),

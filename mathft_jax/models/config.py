@@ -132,7 +132,7 @@ class DecoderConfig:
             raise ConfigError(f"DecoderConfig.head_dim={self.head_dim} must be even for RoPE")
         if mesh_shape:
             tensor = int(mesh_shape.get("tensor", 1))
-            for name in ("num_heads", "mlp_dim"):
+            for name in ("num_heads", "mlp_dim", "vocab_size"):  # what the rules put on tensor
                 if getattr(self, name) % tensor:
                     raise ConfigError(
                         f"DecoderConfig.{name}={getattr(self, name)} is not divisible by the "
