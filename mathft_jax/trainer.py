@@ -61,15 +61,15 @@ def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
             sums, grads = sums_and_grads(state.params, batch)
         else:
             micro = _split_micro_batches(batch, micro_batches, mesh)
-            first = jax.tree_util.tree_map(lambda x: x[0], micro)
-            sums0, grads0 = sums_and_grads(state.params, first)
 
             def body(carry, mb):
                 s, g = sums_and_grads(state.params, mb)
                 return jax.tree_util.tree_map(jnp.add, carry, (s, g)), None
 
-            rest = jax.tree_util.tree_map(lambda x: x[1:], micro)
-            (sums, grads), _ = jax.lax.scan(body, (sums0, grads0), rest)
+            # One traced copy of the model (the scan body), from exact zeros: 0 + x == x.
+            (sums, grads), _ = jax.lax.scan(body, _zero_sums_and_grads(
+                cfg, sums_and_grads, state.params, jax.tree_util.tree_map(lambda x: x[0], micro)),
+                micro)
         denom = jnp.maximum(sums["weight"], 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -81,6 +81,16 @@ def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def _zero_sums_and_grads(cfg: DecoderConfig, sums_and_grads, params, micro_batch):
+    """Zeros shaped like sums_and_grads' output; the gradients at the parameters' own
+    (logical) shardings, so the accumulator is as sharded as the parameters."""
+    sums, grads = jax.eval_shape(sums_and_grads, params, micro_batch)
+    zeros = lambda t: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), t)  # noqa: E731
+    specs = nn.get_partition_spec(partitioning.abstract_params(cfg))
+    grads = jax.tree_util.tree_map(nn.with_logical_constraint, zeros(grads), specs)
+    return zeros(sums), grads
 
 
 def make_eval_step(cfg: DecoderConfig, objective: Objective = lm_objective):
