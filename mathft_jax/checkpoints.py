@@ -1,9 +1,10 @@
 """Orbax checkpoints: one CheckpointManager step holds three items.
 
-  <model_dir>/<step>/params     parameters (float32), restorable alone: init_checkpoint,
+  <model_dir>/<step>/params     parameters (DecoderConfig.param_dtype, float32 when
+                                 training), restorable alone: init_checkpoint,
                                  infer and HF export read only this item
   <model_dir>/<step>/opt_state  optimizer state
-  <model_dir>/<step>/meta       JSON: step, input-pipeline position, config summary
+  <model_dir>/<step>/meta       JSON: step and input-pipeline position
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 crash mid-save leaves no step that `latest_step` would pick up. Restores take abstract
@@ -30,12 +31,11 @@ def manager(model_dir: str, keep: Optional[int] = 3, async_save: bool = True) ->
                                  item_names=("params", "opt_state", "meta"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, meta: dict,
-         force: bool = True) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, meta: dict) -> None:
     mngr.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=force)
+        meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_opt_state):

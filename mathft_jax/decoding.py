@@ -42,7 +42,8 @@ MIN_BUCKET = 16
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """What to sample. Static under jit: each distinct value compiles once."""
+    """What to sample. `DecodeStatic` is the part that shapes the compiled program (each
+    distinct value of it compiles once); temperature and top_p values are traced."""
     num_samples: int = 1
     max_decode_len: int = 256
     temperature: float = 1.0  # 0 = greedy

@@ -12,7 +12,7 @@ itself. With one process it is a no-op. Failures are bounded in time: an unreach
 coordinator raises `DistributedInitError` after `timeout_s` (MATHFT_INIT_TIMEOUT, default
 120 s), and a coordinator port already in use raises at once on process 0.
 
-Process-0 helpers: `is_main_process`, `quiet_other_processes`, `sync`. Metrics and output
+Process-0 helpers: `is_main_process`, `quiet_other_processes`, `barrier`. Metrics and output
 files are written by process 0 only; every process feeds its own shards of the input.
 """
 from __future__ import annotations
@@ -176,15 +176,12 @@ def check_port_free(port: int) -> None:
 
 def _use_gloo_on_cpu() -> None:
     """Cross-process collectives on CPU go through gloo (the default in jax 0.10/0.11; set
-    explicitly so that local multi-process runs never run without any). Older jax spelled
-    the option as a bool; a jax that knows neither keeps its default."""
-    for name, value in (("jax_cpu_collectives_implementation", "gloo"),
-                        ("jax_cpu_enable_gloo_collectives", True)):
-        try:
-            jax.config.update(name, value)
-            return
-        except (AttributeError, ValueError):
-            continue
+    explicitly so that local multi-process runs never run without any); a jax without the
+    option keeps its default."""
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):
+        pass
 
 
 def _auto_detectable() -> bool:
@@ -229,15 +226,9 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
-def sync(name: str) -> None:
-    """Barrier across processes, e.g. after process 0 wrote a file the others will read."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
 def barrier(name: str) -> None:
-    """Wait until every process reaches this point (no-op for one process)."""
+    """Wait until every process reaches this point (no-op for one process), e.g. after
+    process 0 wrote a file the others will read."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)

@@ -12,8 +12,8 @@ from mathft_jax import distributed
 
 
 class MetricsWriter:
-    def __init__(self, model_dir: str, enabled: bool | None = None):
-        self.enabled = distributed.is_main_process() if enabled is None else enabled
+    def __init__(self, model_dir: str):
+        self.enabled = distributed.is_main_process()
         self._tb = None
         self._jsonl = None
         if not self.enabled:

@@ -1,10 +1,12 @@
 """Optimizers and learning-rate schedules, all set through gin.
 
-AdamW, or Adafactor as PaLM used it (factored second moments, update clipping,
-parameter-scale-free step size here so fine-tuning learning rates carry over).
+AdamW, or Adafactor (PaLM's optimizer; here with factored second moments, whose memory
+is what lets the larger PaLMs train on one device, update clipping, and a
+parameter-scale-free step size so fine-tuning learning rates carry over).
 Schedules: linear warm-up, then constant, cosine or rsqrt decay. Global-norm clipping
-and decoupled weight decay wrap either. Parameters and optimizer state stay float32
-whatever the compute dtype (mixed precision lives in the model's `dtype`).
+and decoupled weight decay wrap either. The optimizer state takes the parameters' dtype
+(`DecoderConfig.param_dtype`, float32 in every shipped and imported config); mixed
+precision lives in the model's compute `dtype`.
 """
 from __future__ import annotations
 

@@ -37,7 +37,6 @@ DEFAULT_RULES: Tuple[Tuple[str, Any], ...] = (
 )
 
 
-@gin.configurable
 def mesh_shape(num_devices: int, data: int = 1, fsdp: int = -1, tensor: int = 1) -> dict:
     """Resolve one -1 entry to "the rest of the devices"; check the product."""
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
@@ -98,10 +97,7 @@ def rules_for(cfg: DecoderConfig, mesh: Mesh) -> Tuple[Tuple[str, Any], ...]:
 @contextlib.contextmanager
 def mesh_context(mesh: Mesh, rules):
     """Trace and run under this mesh and these rules (for nn.with_logical_constraint)."""
-    # jax.set_mesh replaces the deprecated `with mesh:` (jax >= 0.7); keep the old form
-    # for older runtimes.
-    mesh_cm = jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh
-    with mesh_cm, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 

@@ -27,7 +27,3 @@ def install() -> None:
 def requested() -> bool:
     return _requested.is_set()
 
-
-def request() -> None:
-    """Ask for a checkpoint-and-exit as if SIGTERM had arrived (tests, other signals)."""
-    _requested.set()

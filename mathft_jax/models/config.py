@@ -97,9 +97,6 @@ class DecoderConfig:
     def replace(self, **kw) -> "DecoderConfig":
         return dataclasses.replace(self, **kw)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def validate(self, mesh_shape: Optional[Mapping[str, int]] = None) -> "DecoderConfig":
         """Raise ConfigError naming the field if this config cannot work (on this mesh)."""
         if self.head_dim is None:
