@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -47,11 +46,6 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
     return out["params"], out["opt_state"], out["meta"]
 
 
-def abstract_with_shardings(tree, shardings):
-    return jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def resolve_params_dir(path: str) -> str:
     """A model_dir (latest step), a step directory, or a params directory -> params dir."""
     path = os.path.abspath(path)
@@ -73,8 +67,7 @@ def load_params(path: str, cfg: DecoderConfig, mesh=None, rules=None):
     `mesh` (default: all devices as one fsdp axis)."""
     mesh = mesh or partitioning.make_mesh()
     rules = rules or partitioning.rules_for(cfg, mesh)
-    abstract = nn.unbox(partitioning.abstract_params(cfg))
-    target = abstract_with_shardings(abstract, partitioning.param_shardings(cfg, mesh, rules))
+    target = partitioning.param_targets(cfg, mesh, rules)
     params_dir = resolve_params_dir(path)
     logging.info("loading parameters from %s", params_dir)
     with ocp.StandardCheckpointer() as ckptr:

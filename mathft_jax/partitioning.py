@@ -119,6 +119,23 @@ def param_shardings(cfg: DecoderConfig, mesh: Mesh, rules):
     return logical_to_shardings(abstract_params(cfg), mesh, rules)
 
 
+def with_shardings(tree, shardings):
+    """ShapeDtypeStructs of `tree`'s leaves carrying `shardings` (restore and jit targets)."""
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def param_targets(cfg: DecoderConfig, mesh: Optional[Mesh] = None, rules=None):
+    """Shape, dtype and NamedSharding of every parameter: where a restore or an import
+    places each tensor, so a model never exists as an unsharded host copy (default: one
+    device)."""
+    if mesh is None:
+        mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES)
+    rules = rules if rules is not None else rules_for(cfg, mesh)
+    boxed = abstract_params(cfg)
+    return with_shardings(nn.unbox(boxed), logical_to_shardings(boxed, mesh, rules))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """[batch, length] arrays: batch split over (data, fsdp), length whole."""
     return NamedSharding(mesh, P(BATCH_AXES, None))

@@ -111,9 +111,7 @@ def abstract_state(cfg: DecoderConfig, optimizer: optax.GradientTransformation, 
     o_sh = partitioning.tree_shardings_like(opt, p_sh, params, mesh)
     shardings = TrainState(step=partitioning.replicated(mesh), params=p_sh, opt_state=o_sh)
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt)
-    abstract = jax.tree_util.tree_map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    return abstract, shardings
+    return partitioning.with_shardings(abstract, shardings), shardings
 
 
 def init_state(cfg: DecoderConfig, optimizer, shardings: TrainState, seed: int,

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from mathft_jax import partitioning
 from mathft_jax.convert import families, param_map
 from mathft_jax.convert.errors import ConversionError
-from mathft_jax.convert.placement import param_targets
 from mathft_jax.convert.safetensors_io import ShardedReader, write_sharded
 from mathft_jax.models.config import DecoderConfig
 
@@ -73,7 +73,7 @@ def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, rules=None, dtype=None,
 def read_params(reader: ShardedReader, cfg: DecoderConfig, mesh: Optional[Mesh] = None,
                 rules=None):
     """The parameters of `cfg` from `reader`, each placed into its sharded layout."""
-    targets = param_targets(cfg, mesh, rules)
+    targets = partitioning.param_targets(cfg, mesh, rules)
     table = param_map.param_table(cfg)
     _check_tensors(reader, table, targets, cfg)
     by_path: Dict[tuple, list] = {}
