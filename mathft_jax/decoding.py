@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
@@ -297,34 +297,18 @@ def pad_rows(prompts: list[list[int]], rows: int, length: int) -> tuple[np.ndarr
     return tokens, lengths
 
 
-def batch_shards(mesh: Optional[Mesh]) -> int:
-    """How many ways a batch is split: rows are padded to a multiple of it."""
-    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 def padded_rows(rows: int, mesh: Optional[Mesh]) -> int:
-    return -(-rows // batch_shards(mesh)) * batch_shards(mesh)
+    return -(-rows // partitioning.batch_shards(mesh)) * partitioning.batch_shards(mesh)
 
 
 def prompt_rows(num_prompts: int, num_samples: int, mesh: Optional[Mesh]) -> int:
     """How many prompt rows to run: at least num_prompts, and enough that their rows * N
     sequences split evenly over the batch shards. The sequences are what is sharded, so one
     prompt with N=64 on 8 devices runs 1 prompt row (8 sequences a device), not 8 rows."""
-    shards, rows = batch_shards(mesh), num_prompts
+    shards, rows = partitioning.batch_shards(mesh), num_prompts
     while (rows * num_samples) % shards:
         rows += 1
     return rows
-
-
-def to_device(x: np.ndarray, mesh: Optional[Mesh], sharded: bool = True) -> jax.Array:
-    """Host array -> global array, batch-sharded over (data, fsdp), or replicated. Every
-    process holds the same host array and transfers only its own devices' shards, so this
-    serves multi-host."""
-    if mesh is None:
-        return jnp.asarray(x)
-    spec = P(partitioning.BATCH_AXES, *([None] * (x.ndim - 1))) if x.ndim and sharded else P()
-    sharding = NamedSharding(mesh, spec)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -378,7 +362,7 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     rows = prompt_rows(max(len(prompts), pad_to), n, mesh)
     # Prompts that do not split over the shards are replicated: each device prefills them
     # all (few rows), then keeps its share of the N samples (repeat_cache's constraint).
-    split = rows % batch_shards(mesh) == 0
+    split = rows % partitioning.batch_shards(mesh) == 0
     tokens, lengths = pad_rows(prompts, rows, bucket_length(max(map(len, prompts))))
     padded_ids = np.concatenate([ids, np.zeros(rows - len(ids), np.int64)])
     sample_ids = (padded_ids[:, None] * n + np.arange(n)[None, :]).reshape(-1)
@@ -387,8 +371,8 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     rules = resolve_rules(cfg, mesh, rules)
     with run_context(mesh, rules):
         out, count = _compiled_generate(cfg, sampling.static())(
-            params, to_device(tokens, mesh, split), to_device(lengths, mesh, split),
-            to_device(sample_ids.astype(np.int32), mesh), jnp.int32(seed),
+            params, partitioning.to_global(tokens, mesh, split), partitioning.to_global(lengths, mesh, split),
+            partitioning.to_global(sample_ids.astype(np.int32), mesh), jnp.int32(seed),
             jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))
     out = to_host(out).reshape(rows, n, -1)[:len(prompts)]
     count = to_host(count).reshape(rows, n)[:len(prompts)]

@@ -177,7 +177,22 @@ def _path_keys(path) -> tuple:
     return tuple(out)
 
 
+def batch_shards(mesh: Optional[Mesh]) -> int:
+    """How many ways a batch is split (data x fsdp): batch sizes must divide by it."""
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def to_global(x: np.ndarray, mesh: Optional[Mesh], sharded: bool = True) -> jax.Array:
+    """Host array -> global array, batch-sharded over (data, fsdp) on its first axis, or
+    replicated. Every process holds the same host array and transfers only its own
+    devices' shards, so the result is the same whatever the number of processes."""
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    spec = P(BATCH_AXES, *([None] * (x.ndim - 1))) if x.ndim and sharded else P()
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    n = batch_shards(mesh)
     if batch_size % n:
         raise ValueError(f"{what}={batch_size} must be divisible by data*fsdp={n} of the mesh")

@@ -46,17 +46,10 @@ class TrainResult:
     last_metrics: dict
 
 
-def global_batch(local: dict, sharding) -> dict:
-    """Host batch -> global jax.Arrays. Every process holds the same global batch (the
-    data iterator is deterministic), and each fills only its addressable shards, so the
-    result is identical whatever the number of processes."""
-    return {k: jax.make_array_from_callback(v.shape, sharding if v.ndim == 2 else
-                                            _rows_sharding(sharding), lambda idx, v=v: v[idx])
-            for k, v in local.items()}
-
-
-def _rows_sharding(sharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(partitioning.BATCH_AXES))
+def global_batch(local: dict, mesh) -> dict:
+    """Host batch -> global jax.Arrays, rows split over (data, fsdp). Every process holds
+    the same global batch (the data iterator is deterministic)."""
+    return {k: partitioning.to_global(v, mesh) for k, v in local.items()}
 
 
 def _dataset(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
@@ -104,7 +97,7 @@ def train(model_dir: str = gin.REQUIRED,
     rules = partitioning.rules_for(cfg, mesh)
     partitioning.check_batch_divisible(batch_size, mesh, "train.batch_size")
     if micro_batches < 1 or batch_size % micro_batches or \
-            (batch_size // micro_batches) % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            (batch_size // micro_batches) % partitioning.batch_shards(mesh):
         raise ValueError(f"train.micro_batches={micro_batches} must divide batch_size={batch_size} "
                          "into micro-batches that still divide the data axes")
     if sequence_length > cfg.max_seq_len:
@@ -140,7 +133,6 @@ def train(model_dir: str = gin.REQUIRED,
                           out_shardings=(shardings, partitioning.replicated(mesh)),
                           donate_argnums=0)
         eval_fn = jax.jit(make_eval_step(cfg, objective))
-        batch_sh = partitioning.batch_sharding(mesh)
         preemption.install()
         bar = _progress_bar(progress, start, total_steps)
         last, preempted, step, pending = {}, False, start, None
@@ -167,7 +159,7 @@ def train(model_dir: str = gin.REQUIRED,
 
         try:
             for step in range(start + 1, total_steps + 1):
-                batch = global_batch(next(data_iterator), batch_sh)
+                batch = global_batch(next(data_iterator), mesh)
                 state, metrics = step_fn(state, batch)
                 # Step `step` is queued; report the one before it meanwhile, so the host never
                 # stalls the device. A step's own metrics are checked before its state is saved.
@@ -177,7 +169,7 @@ def train(model_dir: str = gin.REQUIRED,
                 saving = step % checkpoint_every == 0 and step != total_steps
                 if eval_every and eval_iterator_fn and step % eval_every == 0:
                     writer.write(step, _evaluate(eval_fn, state.params, eval_iterator_fn(),
-                                                 eval_steps, batch_sh), prefix="eval")
+                                                 eval_steps, mesh), prefix="eval")
                 if _poll_preemption(step, preemption_check_every):
                     logging.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
                     preempted = saving = True
@@ -233,12 +225,12 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
     return init_state(cfg, optimizer, shardings, seed)
 
 
-def _evaluate(eval_fn, params, iterator, max_batches: int, batch_sh) -> dict:
+def _evaluate(eval_fn, params, iterator, max_batches: int, mesh) -> dict:
     totals = {}
     for i, batch in enumerate(iterator):
         if i >= max_batches:
             break
-        sums = jax.device_get(eval_fn(params, global_batch(batch, batch_sh)))
+        sums = jax.device_get(eval_fn(params, global_batch(batch, mesh)))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     w = max(totals.pop("weight", 0.0), 1.0)
