@@ -371,7 +371,8 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     rules = resolve_rules(cfg, mesh, rules)
     with run_context(mesh, rules):
         out, count = _compiled_generate(cfg, sampling.static())(
-            params, partitioning.to_global(tokens, mesh, split), partitioning.to_global(lengths, mesh, split),
+            params, partitioning.to_global(tokens, mesh, split),
+            partitioning.to_global(lengths, mesh, split),
             partitioning.to_global(sample_ids.astype(np.int32), mesh), jnp.int32(seed),
             jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))
     out = to_host(out).reshape(rows, n, -1)[:len(prompts)]

@@ -95,7 +95,8 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
         batch = [contexts[i] for i in index]
         tokens, lengths = decoding.pad_rows(batch, rows, decoding.bucket_length(max(map(len, batch))))
         with decoding.run_context(mesh, rules):
-            out = fn(params, partitioning.to_global(tokens, mesh), partitioning.to_global(lengths, mesh))
+            out = fn(params, partitioning.to_global(tokens, mesh),
+                     partitioning.to_global(lengths, mesh))
         logps[index] = decoding.to_host(out)[:len(batch)]
     # p_c / (p_c + p_i) = sigmoid(log p_c - log p_i), stable for very unlikely labels.
     return 1.0 / (1.0 + np.exp(logps[:, 1] - logps[:, 0]))

@@ -39,7 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint (import_hf output or model_dir)")
     parser.add_argument("--out", required=True, help="HF directory to create")
     parser.add_argument("--gin_file", default=None, help="model config (default CKPT/model.gin)")
-    parser.add_argument("--dtype", default=None, help="tensor dtype (default: the imported checkpoint's, else the params')")
+    parser.add_argument("--dtype", default=None,
+                        help="tensor dtype (default: the imported checkpoint's, else the params')")
     parser.add_argument("--max_shard_bytes", type=int, default=hf.DEFAULT_SHARD_BYTES)
     args = parser.parse_args(argv)
     export_checkpoint(args.checkpoint, args.out, gin_file=args.gin_file, dtype=args.dtype,

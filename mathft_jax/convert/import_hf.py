@@ -2,9 +2,10 @@
 checkpoint.
 
 CKPT holds the parameters (`checkpoints.save_params`, read by `train.init_checkpoint`,
-`infer` and `export_hf`), stored in the checkpoint's own dtype (exact, compact), `model.gin`
-(the DecoderConfig: float32 parameters, so fine-tuning keeps float32 master weights and
-optimizer state, and the checkpoint's dtype as the compute dtype; `load_params` casts), `vocab.gin` (the tokenizer as
+`infer` and `export_hf`), stored in the checkpoint's own dtype (exact, compact),
+`model.gin` (the DecoderConfig: float32 parameters, so fine-tuning keeps float32 master
+weights and optimizer state, and the checkpoint's dtype as the compute dtype;
+`load_params` casts), `vocab.gin` (the tokenizer as
 `get_vocabulary`, when the HF directory has a tokenizer.json) and `hf/` (config.json and
 the tokenizer files, which export carries back). CKPT appears only once all of it is
 written.

@@ -109,8 +109,8 @@ class DatasetIterator:
     """Infinite (or `num_epochs`) iterator of batches; see the module docstring.
 
     Batches: dict of int32 [batch, length] arrays (`packing.FEATURES`), plus int32 [batch]
-    `pair_id` / `is_positive` / `label_correct` for unpacked evaluator tasks. Rows past the end of a finite
-    iteration are all padding (zero loss weight, `pair_id` -1).
+    `pair_id` / `is_positive` / `label_correct` for unpacked evaluator tasks. Rows past the
+    end of a finite iteration are all padding (zero loss weight, `pair_id` -1).
     """
 
     def __init__(self, units: _Units, config: dict, start_id: int, num_epochs: Optional[int]):

@@ -149,7 +149,8 @@ class Attention(nn.Module):
             mask = attention_mask(index, index, segment_ids, segment_ids, window)
 
         if cfg.attention_impl == "cudnn" and cache is None and cfg.attn_logit_softcap is None:
-            out = self._fused_attention(q, k, v, segment_ids, window)
+            # segments need the mask; without them is_causal (and the window) say it all
+            out = self._fused_attention(q, k, v, None if segment_ids is None else mask, window)
         else:
             out = self._xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
@@ -160,7 +161,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         return cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
 
-    def _fused_attention(self, q, k, v, segment_ids, window):
+    def _fused_attention(self, q, k, v, mask, window):
         """cuDNN's flash attention (Hopper and later for head_dim 256): the [t, t] attention
         weights never reach memory, and fully masked causal blocks are skipped.
 
@@ -168,12 +169,8 @@ class Attention(nn.Module):
         only: a row with nothing to attend to is not defined for a fused kernel, and padding
         outputs are never read (zero loss weight; no real token attends to padding).
         """
-        mask = None
-        if segment_ids is not None:
-            index = jnp.arange(q.shape[1])
-            q_seg, k_seg = segment_ids[:, :, None], segment_ids[:, None, :]
-            same = (q_seg == k_seg) & (k_seg != 0)
-            mask = (same | (index[:, None] == index[None, :]))[:, None]  # [b, 1, t, t]
+        if mask is not None:  # `attention_mask`'s [b, 1, 1, t, t], plus the diagonal
+            mask = mask[:, 0] | jnp.eye(q.shape[1], dtype=bool)  # [b, 1, t, t]
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, scale=self._scale(), is_causal=True,
             local_window_size=None if window is None else (window - 1, 0),
