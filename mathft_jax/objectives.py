@@ -26,6 +26,12 @@ from mathft_jax.models.decoder import output_projection
 Batch = Dict[str, jax.Array]
 
 
+def rows_per_group(objective) -> int:
+    """How many consecutive batch rows the objective reads as one unit (an evaluator pair is 4
+    rows, a sequence pair 2). The trainer never splits a unit across micro-batches."""
+    return getattr(objective, "rows_per_group", 1)
+
+
 def model_inputs(batch: Batch) -> dict:
     """Decoder keyword arguments from a feature-converted batch (packed or not)."""
     return {"tokens": batch["decoder_input_tokens"],
@@ -53,11 +59,8 @@ def _hidden_and_head(model, params, batch: Batch):
     return hidden, output_projection(params, model.cfg)
 
 
-def _row_log_likelihoods(model, params, batch: Batch, eos_id: int | None,
-                         loss_chunk: int) -> jax.Array:
+def _row_log_likelihoods(model, params, batch: Batch, loss_chunk: int) -> jax.Array:
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    if eos_id is not None:  # score the label itself, not the EOS that seqio appends
-        weights = weights * (targets != eos_id)
     if loss_chunk:
         return chunked_sequence_log_likelihood(*_hidden_and_head(model, params, batch), targets,
                                                weights, softcap=model.cfg.final_logit_softcap,
@@ -68,17 +71,15 @@ def _row_log_likelihoods(model, params, batch: Batch, eos_id: int | None,
 
 @gin.configurable
 def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
-                        xent_weight: float = 0.0, margin: float = 1.0, eos_id: int | None = 1,
-                        loss_chunk: int = 0):
+                        xent_weight: float = 0.0, margin: float = 1.0, loss_chunk: int = 0):
     """SCR on `scr_pairwise` batches: rows 4k..4k+3 = (X+, c), (X+, i), (X-, c), (X-, i).
 
     loss per pair = margin_weight * evaluator_margin_loss(log S(X+), log S(X-), margin)
                   + xent_weight * (evaluator_xent(X+) + evaluator_xent(X-)) / 2
-    `eos_id` (1 for seqio's byte and SentencePiece vocabularies; bind the tokenizer's for
-    imported models, None to keep it) is left out of the label's likelihood, matching
-    `scoring.score_solutions`.
+    The evaluator tasks' targets are the label alone (no EOS, `tasks.EVALUATOR_LABEL_TASKS`),
+    so a row's likelihood is the label's, as `scoring.score_solutions` computes it.
     """
-    ll = _row_log_likelihoods(model, params, batch, eos_id, loss_chunk).reshape(-1, 4)
+    ll = _row_log_likelihoods(model, params, batch, loss_chunk).reshape(-1, 4)
     valid = (batch["pair_id"].reshape(-1, 4)[:, 0] >= 0).astype(jnp.float32)
     log_s_pos = losses.log_evaluator_score(ll[:, 0], ll[:, 1])
     log_s_neg = losses.log_evaluator_score(ll[:, 2], ll[:, 3])
@@ -93,15 +94,21 @@ def evaluator_objective(model, params, batch: Batch, margin_weight: float = 1.0,
             "weight": jnp.sum(valid)}
 
 
+evaluator_objective.rows_per_group = 4
+
+
 @gin.configurable
 def sequence_objective(model, params, batch: Batch, margin: float = 1.0, alpha: float = 0.0,
                        loss_chunk: int = 0):
     """Sequence margin (alpha = 0) or contrastive MLE (alpha > 0) on generation-format pairs:
     rows 2k, 2k+1 = (P, X+), (P, X-) from `scr_sequence_pairwise`."""
-    ll = _row_log_likelihoods(model, params, batch, None, loss_chunk).reshape(-1, 2)
+    ll = _row_log_likelihoods(model, params, batch, loss_chunk).reshape(-1, 2)
     tokens = batch["decoder_loss_weights"].sum(-1).reshape(-1, 2)[:, 0]
     valid = (batch["pair_id"].reshape(-1, 2)[:, 0] >= 0).astype(jnp.float32)
     loss = losses.contrastive_mle_loss(ll[:, 0], ll[:, 1], tokens, margin, alpha)
     return {"loss": jnp.sum(valid * loss),
             "pair_accuracy": jnp.sum(valid * (ll[:, 0] > ll[:, 1])),
             "weight": jnp.sum(valid)}
+
+
+sequence_objective.rows_per_group = 2

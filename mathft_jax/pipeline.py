@@ -151,11 +151,9 @@ def _jsonable(info):
 def _train_stage(run: Run, stage: str, task: str, init_checkpoint: Optional[str],
                  candidates_file: Optional[str] = None) -> dict:
     from mathft_jax import train as train_lib
-    from mathft_jax.data import tasks
-    if candidates_file:
+    if candidates_file:  # the scr tasks read it when next registered (tasks.ensure_registered)
         with gin.unlock_config():
             gin.bind_parameter("scr_candidates_file.path", candidates_file)
-    tasks.register_tasks()
     with gin.config_scope(stage):
         result = train_lib.train(model_dir=run.checkpoint(stage), task=task,
                                  init_checkpoint=init_checkpoint)

@@ -29,7 +29,7 @@ from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.optim import learning_rate_schedule, make_optimizer
-from mathft_jax.objectives import lm_objective
+from mathft_jax.objectives import lm_objective, rows_per_group
 from mathft_jax.trainer import abstract_state, init_state, make_eval_step, make_train_step
 
 
@@ -54,14 +54,11 @@ def global_batch(local: dict, mesh) -> dict:
 
 def _dataset(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
              pack: bool, shuffle: bool = True, num_epochs: Optional[int] = None):
-    from mathft_jax.data import dataset, tasks  # noqa: F401  (registers the tasks)
-    import seqio
+    from mathft_jax.data import dataset
     try:
-        seqio.get_mixture_or_task(task)
+        dataset.get_provider(task)  # registers the tasks from the gin configuration
     except ValueError as e:
-        known = sorted(seqio.TaskRegistry.names() | seqio.MixtureRegistry.names())
-        raise ValueError(f"train.task={task!r} is not a registered seqio task or mixture; "
-                         f"known: {', '.join(known)}") from e
+        raise ValueError(f"train.task={e}") from e
     return dataset.get_dataset(task, split, sequence_length, batch_size, shuffle=shuffle,
                                seed=seed, pack=pack, num_epochs=num_epochs)
 
@@ -96,10 +93,12 @@ def train(model_dir: str = gin.REQUIRED,
     mesh = mesh_fn()
     rules = partitioning.rules_for(cfg, mesh)
     partitioning.check_batch_divisible(batch_size, mesh, "train.batch_size")
-    if micro_batches < 1 or batch_size % micro_batches or \
+    group = rows_per_group(objective)
+    if micro_batches < 1 or batch_size % (micro_batches * group) or \
             (batch_size // micro_batches) % partitioning.batch_shards(mesh):
         raise ValueError(f"train.micro_batches={micro_batches} must divide batch_size={batch_size} "
-                         "into micro-batches that still divide the data axes")
+                         f"into micro-batches of whole {group}-row groups (the objective's unit) "
+                         "that still divide the data axes")
     if sequence_length > cfg.max_seq_len:
         raise ValueError(f"train.sequence_length={sequence_length} exceeds "
                          f"DecoderConfig.max_seq_len={cfg.max_seq_len}")

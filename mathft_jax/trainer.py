@@ -19,7 +19,7 @@ import optax
 from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
-from mathft_jax.objectives import lm_objective
+from mathft_jax.objectives import lm_objective, rows_per_group
 
 Batch = Dict[str, jax.Array]
 Objective = Callable[[Decoder, dict, Batch], Dict[str, jax.Array]]
@@ -32,11 +32,13 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def _split_micro_batches(batch: Batch, n: int, mesh) -> Batch:
-    """[B, ...] -> [n, B/n, ...] taking rows i, i+n, ... into micro-batch i, so every device
-    keeps contributing its local rows to every micro-batch (no resharding)."""
+def _split_micro_batches(batch: Batch, n: int, mesh, group: int = 1) -> Batch:
+    """[B, ...] -> [n, B/n, ...] taking row groups i, i+n, ... (groups of `group` consecutive
+    rows, the objective's unit) into micro-batch i, so every device keeps contributing its
+    local rows to every micro-batch (no resharding) and no unit is split."""
     def split(x):
-        y = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        y = x.reshape((x.shape[0] // (n * group), n, group) + x.shape[1:]).swapaxes(0, 1)
+        y = y.reshape((n, x.shape[0] // n) + x.shape[1:])
         if mesh is not None:
             spec = jax.sharding.PartitionSpec(None, partitioning.BATCH_AXES)
             y = jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, spec))
@@ -60,7 +62,7 @@ def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
         if micro_batches == 1:
             sums, grads = sums_and_grads(state.params, batch)
         else:
-            micro = _split_micro_batches(batch, micro_batches, mesh)
+            micro = _split_micro_batches(batch, micro_batches, mesh, rows_per_group(objective))
 
             def body(carry, mb):
                 s, g = sums_and_grads(state.params, mb)

@@ -47,6 +47,7 @@ def _assert_same(a, b):
 
 
 def test_every_task_is_registered():
+    tasks.ensure_registered()
     for name in tasks.TASK_NAMES:
         assert isinstance(seqio.get_mixture_or_task(name), seqio.Task)
     assert isinstance(seqio.get_mixture_or_task("math_ssft_mix"), seqio.Mixture)
@@ -67,7 +68,7 @@ def test_task_counts_and_features(data_dir):
 
 def test_math500_metric_grades_answers(data_dir):
     examples = dataset.load_examples("math500", "test")[:40]
-    task = seqio.get_mixture_or_task("math500")
+    task = dataset.get_provider("math500")
     golds = [task.postprocess_fn(None, example=ex, is_target=True) for ex in examples]
     solutions = [ex["targets_pretokenized"] for ex in examples]
     preds = [task.postprocess_fn(s, is_target=False) for s in solutions]

@@ -67,7 +67,7 @@ def test_fused_equals_full_logits_in_sums_and_gradients(name, chunk):
 
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("objective,rows_per_pair,kw", [
-    (evaluator_objective, 4, {"xent_weight": 0.5, "margin": 3.0, "eos_id": 5}),
+    (evaluator_objective, 4, {"xent_weight": 0.5, "margin": 3.0}),
     (sequence_objective, 2, {"margin": 3.0, "alpha": 0.5}),
 ], ids=["evaluator", "sequence"])
 def test_chunked_row_likelihoods_equal_full_logits(name, objective, rows_per_pair, kw):

@@ -31,10 +31,22 @@ def _decoded(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def get_provider(name: str) -> Union[seqio.Task, seqio.Mixture]:
+    """The task or mixture `name`, registered from the gin configuration as it is now."""
+    from mathft_jax.data import tasks  # noqa: PLC0415 (tasks imports this module's users)
+    tasks.ensure_registered()
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError as e:
+        known = sorted(seqio.TaskRegistry.names() | seqio.MixtureRegistry.names())
+        raise ValueError(f"{name!r} is not a registered seqio task or mixture; "
+                         f"known: {', '.join(known)}") from e
+
+
 def load_examples(task_name: str, split: str) -> list[dict]:
     """Every example of a task's split, tokenised (numpy `inputs`, `targets` with EOS) plus its
     text and integer features; loaded once per registration of the task."""
-    task = seqio.get_mixture_or_task(task_name)
+    task = get_provider(task_name)
     if not isinstance(task, seqio.Task):
         raise ValueError(f"{task_name} is a mixture; load its tasks one by one")
     if split not in task.splits:
@@ -74,7 +86,7 @@ def _group(examples: list[dict]) -> list[list[int]]:
 
 
 def _build_units(name: str, split: str, length: int, drop_overlong: bool) -> tuple[_Units, dict]:
-    provider = seqio.get_mixture_or_task(name)
+    provider = get_provider(name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
     rates = [provider.get_rate(t) if isinstance(provider, seqio.Mixture) else 1.0 for t in tasks]
     examples, units = [], []
@@ -263,7 +275,7 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
     if unit_size > 1 and (pack or batch_size % unit_size):
         raise ValueError(f"{task_or_mixture} yields groups of {unit_size} rows (evaluator pairs): "
                          f"use pack=False and a batch size divisible by {unit_size}")
-    provider = seqio.get_mixture_or_task(task_or_mixture)
+    provider = get_provider(task_or_mixture)
     config = {"task": task_or_mixture, "split": split, "length": length, "batch_size": batch_size,
               "shuffle": shuffle, "seed": seed, "shard": [index, count], "pack": pack,
               "drop_overlong": drop_overlong, "num_units": units.num_units}

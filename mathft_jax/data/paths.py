@@ -2,8 +2,8 @@
 
 Defaults: `$MATHFT_DATA_DIR`, else `../shared/data` beside the repository checkout. Bind e.g.
 `data_root.path = "/data"`, `prm800k_label_files.paths = ["/d/phase2_train.jsonl"]` or
-`scr_candidates_file.path = "runs/x/candidates.jsonl"`, then call
-`mathft_jax.data.tasks.register_tasks()` (see docs/data.md).
+`scr_candidates_file.path = "runs/x/candidates.jsonl"`; the tasks pick the values up when
+they are next read (`tasks.ensure_registered`, docs/data.md).
 """
 from __future__ import annotations
 

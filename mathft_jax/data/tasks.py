@@ -1,4 +1,4 @@
-"""seqio tasks and mixtures of mathft_jax, registered when this module is imported.
+"""seqio tasks and mixtures of mathft_jax, registered from the parsed gin configuration.
 
 Every task has output features `inputs` (the prompt; no EOS) and `targets` (the solution or
 evaluator label; EOS appended), tokenised with the task vocabulary, plus text features
@@ -6,11 +6,14 @@ evaluator label; EOS appended), tokenised with the task vocabulary, plus text fe
 integers `pair_id` / `is_positive` / `label_correct` (see docs/data.md).
 
 Gin: data paths (`mathft_jax.data.paths`), the vocabulary (`get_vocabulary.name_or_path`), the
-formats and the synthetic knobs are gin parameters. Paths and vocabulary are resolved when
-`register_tasks()` runs: import registers with the defaults; after parsing gin files the
-trainer calls `register_tasks()` again to re-register every task with the bound values.
-Nothing is read until a task's data is first requested, so a missing file (e.g. PRM800K label
-files) is an error only for the task that needs it.
+formats and the synthetic knobs are gin parameters. Nothing is registered at import: a task
+registered with the defaults before gin is parsed would silently train on the byte
+vocabulary. Every reader of a task (`dataset.get_dataset`, `load_examples`) calls
+`ensure_registered()` first, which (re-)registers all tasks whenever the gin-bound
+vocabulary, paths or mixture rates differ from the last registration, so the values bound
+in gin (in the current gin scope) always win. Nothing is read until a task's data is first
+requested, so a missing file (e.g. PRM800K label files) is an error only for the task that
+needs it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ from mathft_jax.data import formats, metrics, paths, readers, synthetic, vocab
 GENERATION_EVAL_TASKS = ("math500", "math_test5k")
 SYNTHETIC_TASKS = {"synthetic_arith_steps": "steps", "synthetic_arith_terse": "terse"}
 SSFT_MIXTURE = "math_ssft_mix"
+# Evaluator-format tasks: the target is the label (" correct" / " incorrect") alone, with no
+# EOS, so training and `scoring.score_solutions` compute the same label log-likelihood for
+# any vocabulary (no eos id to keep in agreement).
+EVALUATOR_LABEL_TASKS = ("scr_pairwise", "scr_pointwise")
 TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
               *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise",
               "scr_sequence_pairwise")
@@ -47,16 +54,14 @@ def _prm800k_problems(files: Sequence) -> list[readers.Problem]:
     if missing:
         raise FileNotFoundError(
             f"math_ssft_prm800k: PRM800K label files not found: {missing}. They are not shipped "
-            "with ../shared/data; bind prm800k_label_files.paths = [...] and call "
-            "mathft_jax.data.tasks.register_tasks().")
+            "with ../shared/data; bind prm800k_label_files.paths = [...].")
     return readers.read_prm800k_labels(files)
 
 
 def _candidates(path) -> list[dict]:
     if path is None:
         raise ValueError("scr_pairwise / scr_pointwise / scr_sequence_pairwise need a graded candidates file: bind "
-                         "scr_candidates_file.path = '...' and call "
-                         "mathft_jax.data.tasks.register_tasks().")
+                         "scr_candidates_file.path = '...'.")
     return readers.read_candidates(path)
 
 
@@ -78,7 +83,8 @@ def _source(name: str, loaders: dict[str, Callable[[], list[dict]]]) -> seqio.Da
 # ----------------------------------------------------------------------------- registration
 
 
-def _add_task(name: str, loaders: dict, vocabulary: seqio.Vocabulary, with_metric: bool) -> None:
+def _add_task(name: str, loaders: dict, vocabulary: seqio.Vocabulary, with_metric: bool,
+              add_eos: bool = True) -> None:
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name,
@@ -86,7 +92,7 @@ def _add_task(name: str, loaders: dict, vocabulary: seqio.Vocabulary, with_metri
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
         output_features={
             "inputs": seqio.Feature(vocabulary, add_eos=False),
-            "targets": seqio.Feature(vocabulary, add_eos=True),
+            "targets": seqio.Feature(vocabulary, add_eos=add_eos),
         },
         postprocess_fn=metrics.postprocess_answer if with_metric else None,
         metric_fns=[metrics.answer_accuracy] if with_metric else [],
@@ -121,17 +127,39 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
     return loaders
 
 
+_registered_with: Optional[tuple] = None  # what the current registration was built from
+
+
 @gin.configurable
-def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
-                   mix_rates: Sequence[float] = (1.0, 1.0)) -> None:
-    """(Re-)registers every task and the `math_ssft_mix` mixture (rates for math_ssft_math,
-    math_ssft_prm800k). `vocabulary` defaults to the gin-configured `get_vocabulary()`."""
+def ssft_mix_rates(rates: Sequence[float] = (1.0, 1.0)) -> tuple:
+    """`math_ssft_mix`'s rates for math_ssft_math and math_ssft_prm800k."""
+    return tuple(float(r) for r in rates)
+
+
+def _registration_key(vocabulary: seqio.Vocabulary) -> tuple:
+    return (vocabulary, paths.math_splits_dir(), paths.math_dir(),
+            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates())
+
+
+def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:
+    """(Re-)registers every task and the `math_ssft_mix` mixture with the gin-bound data
+    paths and rates. `vocabulary` defaults to the gin-configured `get_vocabulary()`."""
+    global _registered_with
     vocabulary = vocabulary or vocab.get_vocabulary()
     for name, loaders in _task_loaders().items():
         with_metric = name in GENERATION_EVAL_TASKS or name in SYNTHETIC_TASKS
-        _add_task(name, loaders, vocabulary, with_metric)
+        _add_task(name, loaders, vocabulary, with_metric,
+                  add_eos=name not in EVALUATOR_LABEL_TASKS)
     seqio.MixtureRegistry.remove(SSFT_MIXTURE)
-    seqio.MixtureRegistry.add(SSFT_MIXTURE, list(zip(("math_ssft_math", "math_ssft_prm800k"), mix_rates)))
+    seqio.MixtureRegistry.add(SSFT_MIXTURE, list(zip(("math_ssft_math", "math_ssft_prm800k"),
+                                                     ssft_mix_rates())))
+    _registered_with = _registration_key(vocabulary)
 
 
-register_tasks()
+def ensure_registered() -> None:
+    """Register the tasks from the gin configuration as it is now (current scope included),
+    unless the current registration was built from the same vocabulary, paths and rates:
+    re-registering drops the tokenised-example cache, so it happens only on a change."""
+    vocabulary = vocab.get_vocabulary()
+    if _registered_with != _registration_key(vocabulary):
+        register_tasks(vocabulary)

@@ -80,8 +80,10 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        def encode(text: np.ndarray) -> np.ndarray:  # a 0-d bytes array
-            return np.asarray(self._encode(text.item().decode("utf-8")), dtype=np.int32)
+        def encode(text) -> np.ndarray:
+            # Eagerly a 0-d object array; inside tf.data / tf.function plain `bytes`.
+            raw = text.item() if isinstance(text, np.ndarray) else text
+            return np.asarray(self._encode(raw.decode("utf-8")), dtype=np.int32)
 
         ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
         ids.set_shape([None])
