@@ -12,7 +12,7 @@ import json
 import logging
 import math
 
-from mathft_jax import atomic
+from mathft_jax import atomic, storage
 from mathft_jax.grading import extract_answer, is_equiv
 from mathft_jax.parallel import parallel_map
 
@@ -58,7 +58,7 @@ def validate_record(record: object) -> None:
 def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[list[dict], list[BadLine]]:
     """(records, skipped bad lines). Without `skip_bad_lines` the first bad line raises."""
     records, bad, seen = [], [], set()
-    with open(path, encoding="utf-8") as file:
+    with storage.path(path).open("r", encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue

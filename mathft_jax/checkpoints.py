@@ -12,21 +12,20 @@ targets carrying NamedShardings, so a checkpoint saved on one mesh loads onto an
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mathft_jax import partitioning
+from mathft_jax import partitioning, storage
 from mathft_jax.models.config import DecoderConfig
 
 
 def manager(model_dir: str, keep: Optional[int] = 3, async_save: bool = True) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-    return ocp.CheckpointManager(os.path.abspath(model_dir), options=options,
+    return ocp.CheckpointManager(storage.path(model_dir), options=options,
                                  item_names=("params", "opt_state", "meta"))
 
 
@@ -47,19 +46,19 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
 
 
 def resolve_params_dir(path: str) -> str:
-    """A model_dir (latest step), a step directory, or a params directory -> params dir."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(os.path.join(path, "params")):
-        return os.path.join(path, "params")
-    latest = any_complete(path)
+    """A model_dir (latest step), a step directory, or a params directory -> params dir
+    (local or `gs://`)."""
+    p = storage.path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    if (p / "params").is_dir():
+        return str(p / "params")
+    latest = any_complete(str(p))
     if latest is not None:
-        return os.path.join(path, str(latest), "params")
-    if os.path.exists(os.path.join(path, "_METADATA")) or os.path.exists(
-            os.path.join(path, "_CHECKPOINT_METADATA")):
-        return path
-    raise FileNotFoundError(f"no complete checkpoint (no params item) under {path}")
+        return str(p / str(latest) / "params")
+    if (p / "_METADATA").exists() or (p / "_CHECKPOINT_METADATA").exists():
+        return str(p)
+    raise FileNotFoundError(f"no complete checkpoint (no params item) under {p}")
 
 
 def load_params(path: str, cfg: DecoderConfig, mesh=None, rules=None):
@@ -79,7 +78,7 @@ def load_params(path: str, cfg: DecoderConfig, mesh=None, rules=None):
 
 def save_params(path: str, params) -> None:
     """A params-only checkpoint as step 0 of a model_dir (what HF import writes)."""
-    mngr = ocp.CheckpointManager(os.path.abspath(path), options=ocp.CheckpointManagerOptions(
+    mngr = ocp.CheckpointManager(storage.path(path), options=ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False), item_names=("params",))
     mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     mngr.wait_until_finished()
@@ -88,10 +87,13 @@ def save_params(path: str, params) -> None:
 
 def any_complete(model_dir: str) -> Optional[int]:
     """Latest complete step under model_dir, or None."""
-    if not os.path.isdir(model_dir):
+    root = storage.path(model_dir)
+    if not root.is_dir():
         return None
-    steps = [int(d) for d in os.listdir(model_dir) if d.isdigit()
-             and os.path.isdir(os.path.join(model_dir, d, "params"))]
+    # Orbax's own step listing knows which steps are committed (a rename locally, a commit
+    # marker on gs://); a bare directory named like a step may be an unfinished save.
+    steps = [s for s in ocp.path.step.checkpoint_steps(root)
+             if (root / str(s) / "params").is_dir()]
     return max(steps) if steps else None
 
 

@@ -232,3 +232,28 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def check_shared_dir(directory: str) -> None:
+    """With several processes, fail at once unless every process sees the same `directory`
+    (a `gs://` bucket, or a shared file system): process 0 writes a token there and each
+    process reads it back. A per-host local path would otherwise hang at a later barrier,
+    on a stage marker only process 0 can see. A collective; no-op for one process."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    from mathft_jax import atomic, storage
+    token_path = storage.join(directory, ".shared_dir_check")
+    token = np.asarray([time.time_ns() % (2 ** 31)], np.int32)
+    token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+    if is_main_process():
+        atomic.write_text(token_path, str(int(token[0])))
+    barrier("check_shared_dir")
+    try:
+        seen = storage.read_text(token_path).strip() == str(int(token[0]))
+    except OSError:
+        seen = False
+    if any_process(not seen):
+        raise RuntimeError(f"{directory} is not shared by all {jax.process_count()} processes "
+                           "(use a gs:// path or a shared file system for a multi-host run)")

@@ -18,10 +18,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
     run_module("mathft_jax.infer")
 
 
-import glob
 import logging
-import os
-import shutil
 import time
 from typing import Optional, Sequence
 
@@ -30,7 +27,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax import candidates, checkpoints, decoding, distributed, partitioning, scoring
+from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning, scoring,
+                        storage)
 from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -81,8 +79,10 @@ def read_done(output_path: str) -> dict[str, dict]:
     that cannot be read (never from a crash: chunks are renamed into place) is removed
     and its problems are redone; a final file that cannot be read is an error."""
     done = {}
-    sources = [output_path] if os.path.exists(output_path) else []
-    sources += sorted(glob.glob(os.path.join(parts_dir(output_path), "*.jsonl")))
+    sources = [output_path] if storage.exists(output_path) else []
+    parts = storage.path(parts_dir(output_path))
+    if parts.is_dir():
+        sources += sorted(str(p) for p in parts.glob("*.jsonl"))
     for path in sources:
         try:
             records = candidates.read_candidates(path)
@@ -90,21 +90,23 @@ def read_done(output_path: str) -> dict[str, dict]:
             if path == output_path:
                 raise
             logging.warning("discarding unreadable chunk %s: %s", path, e)
-            os.remove(path)
+            storage.path(path).unlink()
             continue
         done.update((r["problem_id"], r) for r in records)
     return done
 
 
 def write_chunk(output_path: str, first_index: int, records: list[dict]) -> None:
-    candidates.write_candidates(os.path.join(parts_dir(output_path), f"{first_index:08d}.jsonl"),
+    candidates.write_candidates(storage.join(parts_dir(output_path), f"{first_index:08d}.jsonl"),
                                 records)
 
 
 def merge(output_path: str, problems: list[dict], done: dict[str, dict]) -> None:
     """The final file in problem order (atomic), then the chunks go."""
     candidates.write_candidates(output_path, [done[p["problem_id"]] for p in problems])
-    shutil.rmtree(parts_dir(output_path), ignore_errors=True)
+    parts = storage.path(parts_dir(output_path))
+    if parts.exists():
+        parts.rmtree()
 
 
 def done_mask(problems: list[dict], output_path: str) -> np.ndarray:

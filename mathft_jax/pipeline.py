@@ -29,14 +29,14 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 
 
 import json
-import os
 import time
 from typing import Optional, Sequence
 
 import gin
 from absl import logging
 
-from mathft_jax import atomic, candidates, distributed, evaluate, report
+from mathft_jax import (atomic, candidates, distributed, evaluate, provenance, report,
+                        storage)
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -45,6 +45,10 @@ VARIANTS = {
     "mtsf_control": ("ssft", "mtsf", "sample_eval", "evaluate"),
 }
 DONE = "DONE.json"
+SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval")  # gin scopes
+# Bindings that change where or how fast, not what a stage computes.
+NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
+                "pipeline.ignore_config_changes")
 
 
 class Preempted(RuntimeError):
@@ -52,35 +56,38 @@ class Preempted(RuntimeError):
 
 
 class Run:
-    """Paths of one pipeline run and its per-stage completion markers."""
+    """Paths of one pipeline run (local or `gs://`) and its per-stage completion markers."""
 
     def __init__(self, run_dir: str):
-        self.root = os.path.abspath(run_dir)
+        self.root = str(storage.path(run_dir))
 
     def stage_dir(self, stage: str) -> str:
-        return os.path.join(self.root, stage)
+        return storage.join(self.root, stage)
 
     def done(self, stage: str) -> bool:
-        return os.path.exists(os.path.join(self.stage_dir(stage), DONE))
+        return storage.exists(storage.join(self.stage_dir(stage), DONE))
 
     def mark_done(self, stage: str, info: dict) -> None:
         if not distributed.is_main_process():
             return
-        atomic.write_json(os.path.join(self.stage_dir(stage), DONE), info, indent=1)
+        atomic.write_json(storage.join(self.stage_dir(stage), DONE), info, indent=1)
 
     # artefacts
     def checkpoint(self, stage: str) -> str:
-        return os.path.join(self.stage_dir(stage), "checkpoints")
+        return storage.join(self.stage_dir(stage), "checkpoints")
 
     def train_candidates(self) -> str:
-        return os.path.join(self.stage_dir("sample_train"), "candidates.jsonl")
+        return storage.join(self.stage_dir("sample_train"), "candidates.jsonl")
 
     def graded_train_candidates(self) -> str:
-        return os.path.join(self.stage_dir("scr_data"), "graded.jsonl")
+        return storage.join(self.stage_dir("scr_data"), "graded.jsonl")
 
     def eval_candidates(self, generator: str, scored: bool = False) -> str:
         stage = "score" if scored else "sample_eval"
-        return os.path.join(self.stage_dir(stage), f"{generator}.jsonl")
+        return storage.join(self.stage_dir(stage), f"{generator}.jsonl")
+
+    def results(self) -> str:
+        return storage.join(self.stage_dir("evaluate"), "results.json")
 
 
 @gin.configurable
@@ -90,7 +97,8 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
              scr_task: str = "scr_pairwise",
              sample_task: str = "synthetic_arith_steps", train_split: str = "train",
              eval_split: str = "test", k: int = 8, bootstrap_resamples: int = 1000,
-             processes: Optional[int] = None, stop_after: Optional[str] = None) -> dict:
+             processes: Optional[int] = None, stop_after: Optional[str] = None,
+             ignore_config_changes: bool = False) -> dict:
     """Run (or resume) the recipe; returns the evaluation results.
 
     ssft_task: the SSFT seqio task (MATH: math_ssft_math, math_ssft_prm800k, math_ssft_mix).
@@ -99,6 +107,9 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
     sample_task / *_split: the problems `infer` samples (infer.load_problems's names).
     stop_after: stop after this stage (e.g. 'ssft', to look at the SSFT model first); a
     later run on the same run_dir goes on from there.
+    ignore_config_changes: reuse finished stages even when their recorded gin bindings
+    (`<stage>/bindings.json`) differ from this run's; by default such a rerun stops before
+    any compute and names the bindings that differ.
     """
     if variant not in VARIANTS:
         raise ValueError(f"pipeline.variant={variant!r}; expected one of {sorted(VARIANTS)}")
@@ -106,13 +117,21 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
     stages = VARIANTS[variant]
     generators = ["ssft", "mtsf"] if "mtsf" in stages else ["ssft"]
     logging.info("pipeline %s in %s: %s", variant, run.root, " -> ".join(stages))
+    distributed.check_shared_dir(run.root)
+    if "scr" in stages:  # the scr tasks read it (bound before the check: it is a setting)
+        with gin.unlock_config():
+            gin.bind_parameter("scr_candidates_file.path", run.graded_train_candidates())
+    if not ignore_config_changes:
+        for stage in stages:
+            if run.done(stage):
+                provenance.check_unchanged(run.stage_dir(stage), f"stage {stage} in {run.root}",
+                                           "pipeline.ignore_config_changes", NOT_SETTINGS)
     steps = {
         "ssft": lambda: _train_stage(run, "ssft", ssft_task, init_checkpoint),
         "sample_train": lambda: _sample_stage(run, "sample_train", "ssft", sample_task,
                                               train_split, run.train_candidates()),
         "scr_data": lambda: _scr_data_stage(run, processes),
-        "scr": lambda: _train_stage(run, "scr", scr_task, run.checkpoint("ssft"),
-                                    candidates_file=run.graded_train_candidates()),
+        "scr": lambda: _train_stage(run, "scr", scr_task, run.checkpoint("ssft")),
         "mtsf": lambda: _train_stage(run, "mtsf", ssft_task,
                                      run.checkpoint("scr" if "scr" in stages else "ssft")),
         "sample_eval": lambda: {g: _sample_stage(run, "sample_eval", g, sample_task, eval_split,
@@ -129,12 +148,12 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
             t0 = time.time()
             info = steps[stage]() or {}
             distributed.barrier(f"pipeline_{stage}")
+            provenance.record(run.stage_dir(stage), provenance.binding_record(
+                [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
         if stage == stop_after:
             return {}
-    with open(os.path.join(run.stage_dir("evaluate"), "results.json")) as f:
-        results = json.load(f)
-    return results
+    return json.loads(storage.read_text(run.results()))
 
 
 def _announce(line: str) -> None:
@@ -148,12 +167,8 @@ def _jsonable(info):
     return json.loads(json.dumps(info, default=str))
 
 
-def _train_stage(run: Run, stage: str, task: str, init_checkpoint: Optional[str],
-                 candidates_file: Optional[str] = None) -> dict:
+def _train_stage(run: Run, stage: str, task: str, init_checkpoint: Optional[str]) -> dict:
     from mathft_jax import train as train_lib
-    if candidates_file:  # the scr tasks read it when next registered (tasks.ensure_registered)
-        with gin.unlock_config():
-            gin.bind_parameter("scr_candidates_file.path", candidates_file)
     with gin.config_scope(stage):
         result = train_lib.train(model_dir=run.checkpoint(stage), task=task,
                                  init_checkpoint=init_checkpoint)
@@ -218,12 +233,11 @@ def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
     if not distributed.is_main_process():
         return {"generators": list(generators)}
     out_dir = run.stage_dir("evaluate")
-    os.makedirs(out_dir, exist_ok=True)
     graded = {g: evaluate.grade_records(candidates.read_candidates(run.eval_candidates(g, scored)),
                                         processes) for g in generators}
     results = {g: evaluate.summarize_problems(problems, k, resamples) for g, problems in graded.items()}
     report.write_report(out_dir, results, graded, k)
-    atomic.write_json(os.path.join(out_dir, "results.json"), results, indent=1)
+    atomic.write_json(run.results(), results, indent=1)
     return {"generators": list(generators)}
 
 
@@ -234,5 +248,5 @@ def main(argv):
     results = pipeline()
     if results and distributed.is_main_process():
         print(report.results_table(results), flush=True)
-        run_dir = gin.query_parameter("pipeline.run_dir")
-        print(f"\nreport: {os.path.join(run_dir, 'evaluate', 'report.md')}", flush=True)
+        run = Run(gin.query_parameter("pipeline.run_dir"))
+        print(f"\nreport: {storage.join(run.stage_dir('evaluate'), 'report.md')}", flush=True)

@@ -66,8 +66,7 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "accuracy_vs_n.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out_dir, "accuracy_vs_n.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [m for m in voting.METRICS if all(results[g]["metrics"][m]["value"] is not None
@@ -85,11 +84,21 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     ax.set_title("SSFT against MTSF" if len(results) > 1 else "Metrics")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "ssft_vs_mtsf.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out_dir, "ssft_vs_mtsf.png"))
 
     text = ["# mathft_jax pipeline report", "", results_table(results), "",
             "![accuracy against N](accuracy_vs_n.png)", "", "![SSFT against MTSF](ssft_vs_mtsf.png)", ""]
     path = os.path.join(out_dir, "report.md")
     atomic.write_text(path, "\n".join(text))
     return path
+
+
+def save_figure(fig, path: str) -> None:
+    """A PNG, whole or absent, locally or on gs:// (matplotlib writes local files only)."""
+    import io
+
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic.write_bytes(path, buffer.getvalue())

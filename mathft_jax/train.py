@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mathft_jax import checkpoints, distributed, entry, hardware, partitioning, preemption
+from mathft_jax import (checkpoints, distributed, entry, hardware, partitioning, preemption,
+                        provenance)
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
@@ -116,7 +117,9 @@ def train(model_dir: str = gin.REQUIRED,
     abstract, shardings = abstract_state(cfg, optimizer, mesh, rules)
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
-    logging.info("model_dir %s: checkpoints in <step>/, metrics in metrics.jsonl and tb/", model_dir)
+    provenance.record(model_dir)  # config.gin: the operative config, as T5X keeps it
+    logging.info("model_dir %s: checkpoints in <step>/, metrics in metrics.jsonl and tb/, "
+                 "operative config in config.gin", model_dir)
 
     flops = sizes.flops_per_token(cfg, sequence_length)
     peak = hardware.peak_flops_per_device() * jax.device_count()
@@ -175,6 +178,7 @@ def train(model_dir: str = gin.REQUIRED,
                 if saving:
                     last, pending = report(*pending), None
                     _save(mngr, step, state, data_iterator)
+                    writer.flush()
                 if preempted:
                     break
             if pending is not None:

@@ -14,7 +14,7 @@ import pathlib
 import re
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from mathft_jax import grading
+from mathft_jax import grading, storage
 
 PathLike = Union[str, pathlib.Path]
 
@@ -40,7 +40,7 @@ class Problem:
 
 def iter_jsonl(path: PathLike) -> Iterator[tuple[str, dict]]:
     """Yields (`file:line`, record) for each non-blank line; errors name `file:line`."""
-    path = pathlib.Path(path)
+    path = storage.path(path)  # local or gs://
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     seen = False

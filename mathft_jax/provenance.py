@@ -1,0 +1,90 @@
+"""What configuration produced a directory's outputs, and whether a rerun still matches it.
+
+  config.gin     gin's operative config (every parameter of every configurable used so
+                 far, defaults included), as T5X writes it: for people, and to rerun
+  bindings.json  the explicit gin bindings that can affect the outputs: the configurables
+                 used and the gin scopes in force, and {"scope/configurable.param":
+                 repr(value)} of their bindings, for the comparison on a rerun
+
+`train` writes both into its model_dir; the pipeline writes them into each stage directory
+when the stage completes and, on a rerun, compares every finished stage's bindings.json with
+the bindings now in force before any stage runs (`check_unchanged`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterable, Optional
+
+import gin
+
+from mathft_jax import atomic, distributed, storage
+
+OPERATIVE = "config.gin"
+BINDINGS = "bindings.json"
+_CONFIGURABLE = re.compile(r"^(?:[\w./]+/)?([\w.]+)\.\w+\s*=", re.M)
+
+
+class ConfigChangedError(ValueError):
+    """A finished stage was run with other settings than a rerun asks for."""
+
+
+def used_configurables() -> set[str]:
+    """Names of the configurables called so far in this process (gin's operative config)."""
+    return set(_CONFIGURABLE.findall(gin.operative_config_str()))
+
+
+def explicit_bindings(configurables: Iterable[str], scopes: Iterable[str] = ("",),
+                      ignore: Iterable[str] = ()) -> dict[str, str]:
+    """{"scope/name.param": repr(value)} of the bindings made in gin files and flags for
+    these configurables, unscoped or in one of `scopes`."""
+    configurables, scopes, ignore = set(configurables), set(scopes), set(ignore)
+    out = {}
+    for (scope, selector), params in gin.config._CONFIG.items():  # noqa: SLF001 (no public view)
+        name = selector.rsplit(".", 1)[-1]
+        if name not in configurables or (scope or "") not in scopes:
+            continue
+        for param, value in params.items():
+            key = f"{scope + '/' if scope else ''}{name}.{param}"
+            if f"{name}.{param}" not in ignore:
+                out[key] = repr(value)
+    return out
+
+
+def binding_record(scopes: Iterable[str], ignore: Iterable[str] = ()) -> dict:
+    """What bindings.json holds: the configurables used so far, the scopes, their bindings."""
+    configurables, scopes = sorted(used_configurables()), sorted(set(scopes) | {""})
+    return {"configurables": configurables, "scopes": scopes,
+            "bindings": explicit_bindings(configurables, scopes, ignore)}
+
+
+def record(directory: str, bindings: Optional[dict] = None) -> None:
+    """Write config.gin (and bindings.json, when given) into directory, on process 0."""
+    if not distributed.is_main_process():
+        return
+    atomic.write_text(storage.join(directory, OPERATIVE), gin.operative_config_str())
+    if bindings is not None:
+        atomic.write_json(storage.join(directory, BINDINGS), bindings, indent=1, sort_keys=True)
+
+
+def check_unchanged(directory: str, what: str, override: str, ignore: Iterable[str] = ()) -> None:
+    """Raise ConfigChangedError if the bindings recorded in directory differ from those in
+    force now (for the same configurables and scopes), naming each; no record, no check."""
+    path = storage.join(directory, BINDINGS)
+    if not storage.exists(path):
+        return
+    recorded = json.loads(storage.read_text(path))
+    current = explicit_bindings(recorded["configurables"], recorded["scopes"], ignore)
+    diff = differences(recorded["bindings"], current)
+    if diff:
+        raise ConfigChangedError(
+            f"{what} finished with other settings than this run asks for: {'; '.join(diff)}. "
+            f"Use a new run directory, delete the stage's directory to redo it, or bind "
+            f"{override} = True to reuse its outputs anyway")
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """'key: old -> new' for each binding that differs (absent = the default)."""
+    keys = sorted(set(recorded) | set(current))
+    return [f"{k}: {recorded.get(k, '<default>')} -> {current.get(k, '<default>')}"
+            for k in keys if recorded.get(k) != current.get(k)]

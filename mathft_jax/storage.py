@@ -1,0 +1,56 @@
+"""Paths that may be local or remote (`gs://...`): the one place that tells them apart.
+
+Every file the project writes or reads under a run (checkpoints, stage markers, candidates,
+metrics, reports, plots) goes through `path()`, an etils `epath.Path`, the path library that
+Orbax itself uses; local paths are made absolute, URLs are left as they are
+(`os.path.abspath("gs://b/x")` would make `<cwd>/gs:/b/x`).
+
+Object stores have no rename and no append. What holds where:
+  - local: `atomic.write_text` writes a temporary file and renames it over the target, so a
+    reader sees the old file or the new one;
+  - `gs://`: an object becomes visible only once its upload completes, so a reader sees the
+    old object or the new one (write-once semantics, same guarantee, no temporary file);
+  - Orbax checkpoints on `gs://` commit with a marker file instead of a rename.
+Appending (metrics.jsonl) is emulated remotely by rewriting the whole object
+(`metrics_writer`).
+
+Testing against a GCS emulator: etils picks `tf.io.gfile` for `gs://` when TensorFlow is
+installed, which talks to the real endpoint; `EPATH_USE_TF=false` makes it use gcsfs, which
+honours `STORAGE_EMULATOR_HOST` (tests/gcs_emulator.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike]
+_SCHEMES = ("gs://", "s3://", "gcs://")
+
+
+def is_remote(p: PathLike) -> bool:
+    return str(p).startswith(_SCHEMES)
+
+
+def path(p: PathLike) -> epath.Path:
+    """`p` as an epath.Path: absolute if local, untouched if a URL."""
+    text = os.fspath(p)
+    return epath.Path(text if is_remote(text) else os.path.abspath(text))
+
+
+def join(base: PathLike, *parts: str) -> str:
+    """`base/parts...` as a string (local absolute, or a URL)."""
+    return str(path(base).joinpath(*parts))
+
+
+def exists(p: PathLike) -> bool:
+    return path(p).exists()
+
+
+def read_text(p: PathLike) -> str:
+    return path(p).read_text(encoding="utf-8")
+
+
+def makedirs(p: PathLike) -> None:
+    path(p).mkdir(parents=True, exist_ok=True)
