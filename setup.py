@@ -12,7 +12,7 @@ CORE = [
     "gin-config>=0.5.0",
     "absl-py>=2.1.0",
     "sympy>=1.13",
-    "ml-collections>=1.0.0",
+    "etils[epath]>=1.7",  # local and gs:// paths (mathft_jax/storage.py); Orbax uses it too
     "numpy>=1.26",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
@@ -27,16 +27,24 @@ DATA = [
 ]
 # The CPU build of torch 2.13.0 is pinned: an unpinned torch pulls a multi-GB CUDA build.
 HF = ["transformers>=4.50", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13.0"]
-TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"] + HF
+# Remote storage: gcsfs backs etils.epath for gs:// where TensorFlow's gfile is not used.
+GCS = ["gcsfs>=2024.2"]
+# The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py).
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
+        "gcp-storage-emulator>=2024.8"] + HF + GCS
 BENCH = ["math-verify>=0.7"]
 
 setup(
     name="mathft_jax",
     version="0.1.0",
     description="T5X-style JAX/Flax fine-tuning of LLMs for competition math (Liu et al., 2023).",
-    packages=find_packages(include=["mathft_jax", "mathft_jax.*"]),
+    # gin_configs/ ships inside the package as mathft_jax/gin_configs, so gin `include`s
+    # resolve in a non-editable install too (gin_utils.gin_configs_root).
+    packages=find_packages(include=["mathft_jax", "mathft_jax.*"]) + ["mathft_jax.gin_configs"],
+    package_dir={"mathft_jax.gin_configs": "gin_configs"},
+    package_data={"mathft_jax.gin_configs": ["*.gin", "*/*.gin"]},
     python_requires=">=3.11",
     install_requires=CORE + DATA,
-    extras_require={"test": TEST, "hf": HF, "bench": BENCH + HF},
+    extras_require={"test": TEST, "hf": HF, "gcs": GCS, "bench": BENCH + HF},
     include_package_data=True,
 )

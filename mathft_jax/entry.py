@@ -20,6 +20,9 @@ from absl import flags
 GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (model, data, stages).")
 GIN_BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings", [], "Gin bindings, e.g. train.total_steps=10 or ssft/train.total_steps=10.")
+GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
+    "gin_search_paths", [], "Folders where --gin_file and gin `include`s are looked up "
+    "(after the working directory; gin_configs/ is always searched).")
 
 
 def run_module(name: str) -> None:
@@ -33,4 +36,4 @@ def parse_gin_flags() -> None:
     """Bring up jax.distributed (multi-host), then parse --gin_file / --gin_bindings."""
     from mathft_jax import distributed, gin_utils
     distributed.initialize()
-    gin_utils.parse_gin(GIN_FILES.value, GIN_BINDINGS.value)
+    gin_utils.parse_gin(GIN_FILES.value, GIN_BINDINGS.value, GIN_SEARCH_PATHS.value)

@@ -9,6 +9,14 @@ import gin
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def gin_configs_root() -> str:
+    """The folder that holds `gin_configs/`: the checkout, or the installed package, where
+    setup.py ships gin_configs/ as `mathft_jax/gin_configs` (so `include` works in a
+    non-editable install too)."""
+    packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
+    return os.path.dirname(packaged) if os.path.isdir(packaged) else REPO_ROOT
+
+
 # Every module that defines gin configurables; imported before parsing so that a gin file
 # may bind any of them, and an unknown name is an error rather than silently ignored.
 CONFIGURABLE_MODULES = (
@@ -31,30 +39,51 @@ def register_configurables() -> None:
                 raise
 
 
-def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
+def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (),
+              search_paths: Sequence[str] = ()) -> None:
     """Parse gin files and bindings; unknown configurables raise before any compile.
 
-    Files are looked up as given, then relative to the repository root, so
-    `--gin_file=gin_configs/models/tiny.gin` works from anywhere in a checkout.
+    Files (and their `include`s) are looked up as given, then in each of `search_paths`
+    (`--gin_search_paths`, as in T5X), then where `gin_configs/` lives, so
+    `--gin_file=gin_configs/models/tiny.gin` works from any working directory.
     """
     register_configurables()
-    gin.add_config_file_search_path(REPO_ROOT)
-    gin.add_config_file_search_path(os.path.join(REPO_ROOT, "gin_configs"))
-    files = [_resolve(f) for f in files]
+    _guard_gin_resource_reader()
+    roots = [*search_paths, gin_configs_root(), os.path.join(gin_configs_root(), "gin_configs")]
+    for root in roots:
+        gin.add_config_file_search_path(root)
+    files = [_resolve(f, roots) for f in files]
     try:
         gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, KeyError, IOError) as e:
         raise ValueError(f"bad gin configuration: {e}") from e
 
 
-def _resolve(path: str) -> str:
+def _resolve(path: str, roots: Sequence[str]) -> str:
     if os.path.exists(path) or os.path.isabs(path):
         return path
-    for root in (REPO_ROOT, os.path.join(REPO_ROOT, "gin_configs")):
+    for root in roots:
         if os.path.exists(os.path.join(root, path)):
             return os.path.join(root, path)
     raise ValueError(f"bad gin configuration: gin file {path!r} not found (looked in the "
-                     f"working directory and {REPO_ROOT})")
+                     f"working directory and {', '.join(roots)})")
+
+
+def _guard_gin_resource_reader() -> None:
+    """gin's package-resource lookup raises TypeError, instead of answering "no", when the
+    folder of an `include` is importable as a namespace package (gin_configs/ on
+    PYTHONPATH); make it answer "no" so the search paths are tried."""
+    from gin import config, resource_reader
+
+    def exists(path: str) -> bool:
+        try:
+            return resource_reader.system_path_file_exists(path)
+        except TypeError:
+            return False
+
+    config._FILE_READERS[:] = [  # noqa: SLF001 (gin has no API to replace a reader)
+        (reader, exists if check is resource_reader.system_path_file_exists else check)
+        for reader, check in config._FILE_READERS]
 
 
 def model_config():

@@ -140,16 +140,15 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
           max_problems: Optional[int] = None, num_samples: int = 64, max_decode_len: int = 512,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
           batch_size: int = 8, share_prefill: bool = True, truncate_prompts: bool = False,
-          evaluator_checkpoint: Optional[str] = None, evaluator_batch_size: int = 64,
-          vocabulary=None, mesh_data: int = -1, mesh_fsdp: int = 1, mesh_tensor: int = 1,
+          evaluator_checkpoint: Optional[str] = None, vocabulary=None,
           progress: bool = True) -> str:
     """Sample `num_samples` solutions for each problem of `task`/`split`; returns output_path.
 
-    batch_size: problems per step (batch_size * num_samples sequences), a multiple of
-    mesh_data * mesh_fsdp. The default mesh replicates the weights and splits the batch
-    over every device (fastest decoding when the model fits); raise mesh_tensor to split
-    heads and the cache of a larger model. evaluator_checkpoint (same DecoderConfig) fills
-    each sample's `score` with S(X|P). vocabulary defaults to gin's `get_vocabulary()`.
+    batch_size: problems per step (batch_size * num_samples sequences). The mesh is the one
+    every entry point builds (`make_mesh.*` in gin); decoding splits the sequences over its
+    data and fsdp axes. evaluator_checkpoint (same DecoderConfig) fills each sample's
+    `score` with S(X|P) (batch size: `score_records.batch_size`). vocabulary defaults to
+    gin's `get_vocabulary()`.
     """
     from mathft_jax.data import vocab as vocab_lib
     cfg = DecoderConfig().validate()
@@ -157,7 +156,7 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     start_id = vocab_lib.decoder_start_id(vocab)
     sampling = decoding.SamplingParams(num_samples, max_decode_len, temperature, top_k, top_p,
                                        int(vocab.eos_id), share_prefill).validate()
-    mesh = partitioning.make_mesh(data=mesh_data, fsdp=mesh_fsdp, tensor=mesh_tensor)
+    mesh = partitioning.make_mesh()
     partitioning.check_batch_divisible(batch_size, mesh, "infer.batch_size")
     rules = partitioning.rules_for(cfg, mesh)
     problems = load_problems(task, split, problems_file)[:max_problems]
@@ -181,8 +180,8 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
                                     pad_to=batch_size)
         records = make_records(batch, samples, vocab, sampling.eos_id)
         if evaluator is not None:  # every process: scoring is collective on a mesh
-            scoring.score_records(evaluator, cfg, vocab, records, batch_size=evaluator_batch_size,
-                                  mesh=mesh, rules=rules, start_id=start_id)
+            scoring.score_records(evaluator, cfg, vocab, records, mesh=mesh, rules=rules,
+                                  start_id=start_id)
         if writer:
             write_chunk(output_path, index[0], records)
         tokens += int(samples.lengths.sum())

@@ -15,10 +15,17 @@ import jax.numpy as jnp
 import optax
 
 
-@gin.configurable
+@gin.configurable(denylist=["train_steps"])
 def learning_rate_schedule(peak: float = 1e-3, warmup_steps: int = 0, decay: str = "constant",
-                           total_steps: int = 1000, end_factor: float = 0.0) -> optax.Schedule:
-    """Linear warm-up from 0 to `peak`, then `decay`: constant | cosine | rsqrt | linear."""
+                           total_steps: int | None = None, end_factor: float = 0.0,
+                           train_steps: int | None = None) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak`, then `decay`: constant | cosine | rsqrt | linear.
+
+    The decay ends at `total_steps` when it is bound on purpose, else at `train_steps`, the
+    length of the training run the trainer passes (`train.total_steps`): one home for a
+    stage's length.
+    """
+    total_steps = total_steps if total_steps is not None else (train_steps or 1000)
     if decay not in ("constant", "cosine", "rsqrt", "linear"):
         raise ValueError(f"learning_rate_schedule.decay={decay!r}; expected constant, cosine, "
                          "rsqrt or linear")

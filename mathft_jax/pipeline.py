@@ -205,8 +205,7 @@ def _scr_data_stage(run: Run, processes: Optional[int]) -> dict:
     return stats
 
 
-@gin.configurable
-def score_stage(run: Run, generator: str, batch_size: int = 64) -> dict:
+def score_stage(run: Run, generator: str) -> dict:
     """Fill every evaluation sample's `score` with the SCR evaluator's S(X|P)."""
     from mathft_jax import checkpoints, partitioning, scoring
     from mathft_jax.data import vocab as vocab_lib
@@ -217,7 +216,7 @@ def score_stage(run: Run, generator: str, batch_size: int = 64) -> dict:
     rules = partitioning.rules_for(cfg, mesh)
     params = checkpoints.load_params(run.checkpoint("scr"), cfg, mesh, rules)
     scored = scoring.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
-                                   batch_size=batch_size, mesh=mesh, rules=rules)
+                                   mesh=mesh, rules=rules)
     if distributed.is_main_process():
         candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
     return {"scored": scored}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,11 +120,16 @@ def score_groups(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     return [flat[end - len(group):end] for group, end in zip(solutions, ends)]
 
 
-def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict], **kwargs) -> int:
+@gin.configurable(denylist=["params", "cfg", "vocab", "records"])
+def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
+                  batch_size: int = 64, **kwargs) -> int:
     """Set every sample's `score` to S(X|P), in place, for candidates records
-    (docs/formats.md); returns how many were scored. Keyword arguments as `score_solutions`."""
+    (docs/formats.md); returns how many were scored. `batch_size` (gin
+    `score_records.batch_size`, the one setting for infer's and the pipeline's scoring) and
+    the keyword arguments as `score_solutions`."""
     groups = score_groups(params, cfg, vocab, [r["problem"] for r in records],
-                          [[s["text"] for s in r["samples"]] for r in records], **kwargs)
+                          [[s["text"] for s in r["samples"]] for r in records],
+                          batch_size=batch_size, **kwargs)
     for record, group in zip(records, groups):
         for sample, score in zip(record["samples"], group):
             sample["score"] = float(score)

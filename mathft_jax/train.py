@@ -112,7 +112,7 @@ def train(model_dir: str = gin.REQUIRED,
             eval_iterator_fn = lambda: _dataset(task, eval_split, sequence_length, batch_size,  # noqa: E731
                                                 seed, pack, shuffle=False, num_epochs=1)
 
-    schedule = learning_rate_schedule()
+    schedule = learning_rate_schedule(train_steps=total_steps)
     optimizer = make_optimizer(schedule=schedule)
     abstract, shardings = abstract_state(cfg, optimizer, mesh, rules)
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)

@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
 def run(setup, output, **kw):
     args = dict(checkpoint=str(setup / "ckpt"), output_path=str(output),
                 problems_file=str(setup / "problems.jsonl"), num_samples=2, max_decode_len=6,
-                batch_size=BATCH, evaluator_checkpoint=str(setup / "ckpt"), evaluator_batch_size=8,
+                batch_size=BATCH, evaluator_checkpoint=str(setup / "ckpt"),
                 vocabulary=seqio.ByteVocabulary(), progress=False)
     return infer_lib.infer(**{**args, **kw})
 

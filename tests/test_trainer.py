@@ -240,3 +240,20 @@ def test_held_out_loss_every_eval_every_steps(tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
     assert all(np.isfinite(r["eval/loss"]) and 0 <= r["eval/correct"] <= 1 for r in rows)
     assert os.listdir(os.path.join(run.model_dir, "tb"))  # TensorBoard event files
+
+
+def test_stage_schedule_ends_where_its_training_ends_unless_set_apart():
+    import gin
+    gin.clear_config()
+    try:
+        gin.parse_config(["learning_rate_schedule.decay = 'linear'",
+                          "learning_rate_schedule.peak = 1.0"])
+        with gin.config_scope("scr"):  # no length bound: the run's own length
+            sched = learning_rate_schedule(train_steps=40)
+        assert float(sched(20)) == pytest.approx(0.5) and float(sched(40)) == 0.0
+        gin.parse_config(["scr/learning_rate_schedule.total_steps = 10"])  # set apart
+        with gin.config_scope("scr"):
+            sched = learning_rate_schedule(train_steps=40)
+        assert float(sched(10)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
+    finally:
+        gin.clear_config()
