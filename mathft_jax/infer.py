@@ -19,6 +19,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 
 
 import logging
+import math
 import time
 from typing import Optional, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning, scoring,
-                        storage)
+                        settings, storage)
 from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -150,6 +151,10 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     `score` with S(X|P) (batch size: `score_records.batch_size`). vocabulary defaults to
     gin's `get_vocabulary()`.
     """
+    settings.check("infer", num_samples=num_samples, max_decode_len=max_decode_len,
+                   top_k=(top_k, 0), batch_size=batch_size, max_problems=max_problems)
+    settings.check_real("infer", "temperature", temperature, 0.0, math.inf)
+    settings.check_real("infer", "top_p", top_p, 0.0, 1.0, low_open=True)
     from mathft_jax.data import vocab as vocab_lib
     cfg = DecoderConfig().validate()
     vocab = vocabulary or vocab_lib.get_vocabulary()

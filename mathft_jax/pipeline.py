@@ -36,7 +36,7 @@ import gin
 from absl import logging
 
 from mathft_jax import (atomic, candidates, distributed, evaluate, provenance, report,
-                        storage)
+                        settings, storage)
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -112,7 +112,12 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
     any compute and names the bindings that differ.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"pipeline.variant={variant!r}; expected one of {sorted(VARIANTS)}")
+        raise settings.SettingError(f"pipeline.variant={variant!r}; expected one of "
+                                    f"{sorted(VARIANTS)}")
+    settings.check("pipeline", k=k, bootstrap_resamples=bootstrap_resamples, processes=processes)
+    if stop_after is not None and stop_after not in VARIANTS[variant]:
+        raise settings.SettingError(f"pipeline.stop_after={stop_after!r} is not a stage of "
+                                    f"variant {variant!r}: {', '.join(VARIANTS[variant])}")
     run = Run(run_dir)
     stages = VARIANTS[variant]
     generators = ["ssft", "mtsf"] if "mtsf" in stages else ["ssft"]

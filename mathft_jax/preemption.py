@@ -18,10 +18,16 @@ def _handler(signum, frame):
 
 
 def install() -> None:
-    """Install the SIGTERM handler (main thread only; elsewhere it is a no-op)."""
-    _requested.clear()
+    """Install the SIGTERM handler (main thread only; elsewhere it is a no-op). Entry
+    points call it first thing, before any slow import, so a SIGTERM during start-up is
+    kept (not cleared) and honoured when the train loop begins."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _handler)
+
+
+def reset() -> None:
+    """Forget an earlier SIGTERM (tests that preempt several runs in one process)."""
+    _requested.clear()
 
 
 def requested() -> bool:

