@@ -43,23 +43,19 @@ PARTS_SUFFIX = ".parts"
 def load_problems(task: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
     """[{"problem_id", "problem", "gold"}]: the one adapter over `mathft_jax.data` readers.
 
-    task: "math500" (PRM800K math_splits/<split>.jsonl, split test = MATH500, train = its
-    12,000), "math" (MATH 5k test / 7.5k train), "synthetic_arith_steps" or
-    "synthetic_arith_terse" (the curriculum, gin-configured); or a `problems_file` (MATH-style
-    JSON lines or folder), which wins over task.
+    task: a problem source of `mathft_jax.data.sources` (the registry the seqio tasks use
+    too): "math500" (PRM800K math_splits, test = MATH500, train = its 12,000), "math" (MATH
+    5k test / 7.5k train), "synthetic_arith_steps" or "synthetic_arith_terse"; or a
+    `problems_file` (MATH-style JSON lines or folder), which wins over task.
     """
-    from mathft_jax.data import paths, readers, synthetic
+    from mathft_jax.data import readers, sources
     if problems_file:
         problems = readers.read_math(problems_file, split)
-    elif task == "math500":
-        problems = readers.read_math_splits(paths.math_splits_dir() / f"{split}.jsonl")
-    elif task == "math":
-        problems = readers.read_math(paths.math_dir(), split)
-    elif task.startswith("synthetic_arith_"):
-        problems = synthetic.synthetic_problems(split, style=task[len("synthetic_arith_"):])
     else:
-        raise ValueError(f"infer.task={task!r}: expected math500, math, synthetic_arith_steps, "
-                         "synthetic_arith_terse, or set infer.problems_file")
+        try:
+            problems = sources.problems(task, split)
+        except ValueError as e:
+            raise ValueError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
     records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer or ""}
                for p in problems]
     ids = [r["problem_id"] for r in records]
