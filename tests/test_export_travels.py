@@ -162,6 +162,21 @@ def hf_greedy(model, prompt, max_new_tokens):
     return new[:new.index(eos) + 1] if eos in new else new
 
 
+def infer_greedy_text(checkpoint, vocab, tmp_path, max_decode_len):
+    """`mathft_jax.infer` greedy on PROBLEM with the model_dir's model.gin: the sample's text."""
+    from mathft_jax import candidates, gin_utils, infer
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"problem": PROBLEM, "solution": r"$\boxed{63}$"}) + "\n")
+    try:
+        gin_utils.parse_gin([str(model_files.find_model_dir(checkpoint) / "model.gin")])
+        out = infer.infer(checkpoint=str(checkpoint), output_path=str(tmp_path / "c.jsonl"),
+                          problems_file=str(problems), num_samples=1, temperature=0.0,
+                          max_decode_len=max_decode_len, vocabulary=vocab, progress=False)
+    finally:
+        gin.clear_config()
+    return candidates.read_candidates(out)[0]["samples"][0]["text"]
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_tokens(
         hf_dirs, tmp_path, family):
@@ -186,7 +201,8 @@ def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_t
     model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     assert type(model) is type(original)
     assert model.config.tie_word_embeddings == (family == "qwen2")
-    assert (tok.eos_token_id, tok.pad_token_id) == (eos, pad)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (
+        start if family == "llama" else None, eos, pad)  # Qwen2 tokenizers have no BOS token
 
     text = formats.generation_prompt(PROBLEM)
     ids = list(vocab.encode(text))
@@ -198,6 +214,9 @@ def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_t
     theirs = hf_greedy(model, prompt, max_new_tokens=8)
     assert theirs == ours and len(ours) >= 1
     assert tok.decode(theirs, skip_special_tokens=True) == vocab.decode(ours)
+    if family == "qwen2":  # and mathft_jax.infer itself, from the problem's text
+        assert infer_greedy_text(model_dir / str(STEP), vocab, tmp_path, 8) == \
+            tok.decode(theirs[:-1] if theirs[-1] == eos else theirs, skip_special_tokens=True)
     # The export is the fine-tuned step, not the imported model it started from.
     with torch.no_grad():
         x = torch.tensor([prompt])
