@@ -110,7 +110,8 @@ def hf_dirs(tmp_path_factory, tokenizer_json):
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                 pad_token_id=EXPECTED_IDS[family][2], **ids)
             torch.manual_seed(0)
-            model = getattr(transformers, model_cls)._from_config(config, attn_implementation="eager")
+            model = getattr(transformers, model_cls)._from_config(
+                config, attn_implementation="eager")
             with torch.no_grad():
                 for p in model.parameters():
                     p.normal_(0.0, 0.2)
@@ -144,7 +145,8 @@ def fine_tuned_model_dir(ckpt, model_dir, step=STEP):
                                   hf_side_dir=model_files.inherited_hf_dir(ckpt))
     params = checkpoints.load_params(str(ckpt), cfg)
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
-    params = jax.tree_util.tree_map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape), params)
+    params = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape), params)
     mngr = checkpoints.manager(str(model_dir), async_save=False)
     checkpoints.save(mngr, step, params, {"count": jnp.zeros((), jnp.int32)}, {"step": step})
     mngr.wait_until_finished()
@@ -155,7 +157,8 @@ def fine_tuned_model_dir(ckpt, model_dir, step=STEP):
 def hf_greedy(model, prompt, max_new_tokens):
     """transformers' greedy continuation, cut after its first EOS (it pads after it)."""
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        out = model.generate(torch.tensor([prompt]),
+                             attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, len(prompt):].tolist()
     eos = model.generation_config.eos_token_id
@@ -188,7 +191,8 @@ def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_t
     if family == "qwen2":  # the command a user runs, with no flag but --checkpoint and --out
         subprocess.run([sys.executable, "-m", "mathft_jax.convert.export_hf",
                         f"--checkpoint={model_dir / str(STEP)}", f"--out={out}"], check=True,
-                       cwd=REPO, timeout=180, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                       cwd=REPO, timeout=180,
+                       env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
     else:
         assert export_checkpoint(model_dir / str(STEP), out).endswith(f"{STEP}/params")
 
@@ -198,7 +202,8 @@ def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_t
         config = json.loads((out / name).read_text())
         assert [config[f"{k}_token_id"] for k in ("bos", "eos", "pad")] == [start, eos, pad], name
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        out, attn_implementation="eager").eval()
     assert type(model) is type(original)
     assert model.config.tie_word_embeddings == (family == "qwen2")
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (
@@ -236,7 +241,8 @@ def test_export_takes_a_model_dir_or_params_dir_and_uses_the_latest_step(hf_dirs
         assert (tmp_path / out / "generation_config.json").exists()
 
 
-def test_export_makes_a_tokenizer_config_when_the_source_has_none(hf_dirs, tokenizer_json, tmp_path):
+def test_export_makes_a_tokenizer_config_when_the_source_has_none(hf_dirs, tokenizer_json,
+                                                                  tmp_path):
     """An HF directory with only tokenizer.json (what `tokenizers` saves) and ids in
     config.json: the export's tokenizer_config.json names BOS, EOS and PAD."""
     src_dir, _ = hf_dirs("llama")
@@ -248,7 +254,8 @@ def test_export_makes_a_tokenizer_config_when_the_source_has_none(hf_dirs, token
     import_checkpoint(hf_dir, tmp_path / "ckpt", dtype="float32")
     export_checkpoint(tmp_path / "ckpt", tmp_path / "export")  # the import is a model_dir too
     config = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
-    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == ("<s>", "</s>", "</s>")
+    tokens = (config["bos_token"], config["eos_token"], config["pad_token"])
+    assert tokens == ("<s>", "</s>", "</s>")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2)  # no pad: EOS
     assert tok("x = 12", add_special_tokens=False).input_ids == \
@@ -294,8 +301,9 @@ def test_model_files_on_gcs_are_written_once_and_read_back(tokenizer_json, tmp_p
     from mathft_jax.models.config import DecoderConfig
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
-    transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), bos_token="<s>",
-                                         eos_token="</s>", pad_token="<pad>").save_pretrained(hf_dir)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_json), bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>").save_pretrained(hf_dir)
     (hf_dir / "config.json").write_text(json.dumps({"model_type": "llama"}))
     vocab = vocab_lib.HfTokenizerVocabulary(str(hf_dir / "tokenizer.json"), eos_id=2, bos_id=1)
     cfg = DecoderConfig(family="llama", vocab_size=VOCAB)
@@ -319,3 +327,19 @@ def test_model_files_on_gcs_are_written_once_and_read_back(tokenizer_json, tmp_p
     files = model_files.read_model_files(found)
     assert files.config == cfg and str(files.tokenizer_dir) == f"{url}/tokenizer"
     assert files.ids == {"kind": "hf", "bos_id": 1, "eos_id": 2, "pad_id": 0, "decoder_start_id": 1}
+
+
+def test_byte_vocabulary_model_dir_records_its_ids_and_vocab_gin(tmp_path):
+    """The synthetic task's set-up (byte vocabulary, our own family): model.gin and vocab.gin
+    that reproduce config and vocabulary, and no tokenizer to export."""
+    import seqio
+    from mathft_jax.convert import model_gin
+    from mathft_jax.models.config import DecoderConfig
+    cfg = DecoderConfig(vocab_size=259, num_layers=1)
+    model_files.write_model_files(tmp_path / "m", cfg, seqio.ByteVocabulary())
+    files = model_files.read_model_files(tmp_path / "m")
+    assert files.config == cfg == model_gin.read_model_gin(tmp_path / "m" / "model.gin")
+    assert files.ids == {"kind": "byte", "bos_id": None, "eos_id": 1, "pad_id": 0,
+                         "decoder_start_id": 0}
+    assert files.tokenizer_dir is None and files.hf_dir is None
+    assert isinstance(vocabulary_of(tmp_path / "m" / "vocab.gin"), seqio.ByteVocabulary)

@@ -43,7 +43,8 @@ def pad_token_id(tokenizer_dir) -> Optional[int]:
     """The pad id the tokenizer files name: tokenizer_config.json's `pad_token`, else
     tokenizer.json's padding settings; None where neither does."""
     tokenizer_dir = epath.Path(tokenizer_dir)
-    value = _token_to_id(tokenizer_dir, _read_json(tokenizer_dir / TOKENIZER_CONFIG).get("pad_token"))
+    pad_token = _read_json(tokenizer_dir / TOKENIZER_CONFIG).get("pad_token")
+    value = _token_to_id(tokenizer_dir, pad_token)
     if value is None:
         value = (_read_json(tokenizer_dir / TOKENIZER_JSON).get("padding") or {}).get("pad_id")
     return None if value is None else int(value)
@@ -71,7 +72,8 @@ def vocab_gin_text(name_or_path, bos_id: Optional[int] = None, eos_id: Optional[
     return "\n".join(lines) + "\n"
 
 
-def tokenizer_config(tokenizer_dir, ids: Mapping[str, Optional[int]], model_max_length: int) -> dict:
+def tokenizer_config(tokenizer_dir, ids: Mapping[str, Optional[int]],
+                     model_max_length: int) -> dict:
     """tokenizer_config.json for an export: the source's own, with the BOS/EOS/PAD tokens it
     does not name filled in from `ids` ({"bos_id", "eos_id", "pad_id"}); without one, a
     minimal config that makes `AutoTokenizer` a `PreTrainedTokenizerFast` over tokenizer.json.
