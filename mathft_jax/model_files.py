@@ -27,7 +27,7 @@ from typing import Optional
 from absl import logging
 from etils import epath
 
-from mathft_jax import distributed
+from mathft_jax import atomic, distributed, storage
 from mathft_jax.convert import model_gin, tokenizer
 from mathft_jax.models.config import DecoderConfig
 
@@ -85,7 +85,7 @@ def write_model_files(model_dir, cfg: DecoderConfig, vocabulary=None, hf_side_di
     if not distributed.is_main_process():
         return
     model_dir = epath.Path(model_dir)
-    final_dir = _absolute(final_dir if final_dir is not None else model_dir)
+    final_dir = storage.path(final_dir if final_dir is not None else model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     _write(model_dir / MODEL_GIN, model_gin.model_gin_text(cfg, comment))
     if hf_side_dir is not None:
@@ -189,12 +189,6 @@ def _optional_int(value) -> Optional[int]:
     return None if value is None else int(value)
 
 
-def _absolute(path) -> epath.Path:
-    # epath's absolute() would make gs://b/x into <cwd>/gs:/b/x; URLs are absolute already.
-    path = epath.Path(path)
-    return path if path.is_absolute() else path.absolute()
-
-
 def _copy_files(src: epath.Path, dst: epath.Path, names) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -203,14 +197,12 @@ def _copy_files(src: epath.Path, dst: epath.Path, names) -> None:
 
 
 def _write(path: epath.Path, data) -> None:
-    """Write `data` unless the file already holds it (a resumed run changes nothing), via a
-    temporary file and a rename, so a reader never sees part of a file."""
+    """Write `data` unless the file already holds it (a resumed run changes nothing), whole
+    or not at all (atomic.py)."""
     data = data.encode() if isinstance(data, str) else data
     if path.exists():
         if path.read_bytes() == data:
             return
         logging.warning("%s changes (the model_dir was written with another model or "
                         "vocabulary before); rewriting it", path)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic.write_bytes(str(path), data)

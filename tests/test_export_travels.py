@@ -21,6 +21,7 @@ tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("seqio")
 
 import gin  # noqa: E402
+from etils import epath  # noqa: E402
 
 from mathft_jax import checkpoints, decoding, model_files  # noqa: E402
 from mathft_jax.convert.export_hf import export_checkpoint  # noqa: E402
@@ -139,7 +140,7 @@ def fine_tuned_model_dir(ckpt, model_dir, step=STEP):
     """A training model_dir as train leaves it: the model files (the call train makes at
     start) and an Orbax step from checkpoints.save, with parameters moved off the import's
     so that an export of the import would not pass for it."""
-    ckpt_files = model_files.read_model_files(ckpt)
+    ckpt_files = model_files.read_model_files(ckpt)  # model_dir: a path or a gs:// URL
     cfg, vocab = ckpt_files.config, vocabulary_of(ckpt / model_files.VOCAB_GIN)
     model_files.write_model_files(model_dir, cfg, vocab,
                                   hf_side_dir=model_files.inherited_hf_dir(ckpt))
@@ -343,3 +344,39 @@ def test_byte_vocabulary_model_dir_records_its_ids_and_vocab_gin(tmp_path):
                          "decoder_start_id": 0}
     assert files.tokenizer_dir is None and files.hf_dir is None
     assert isinstance(vocabulary_of(tmp_path / "m" / "vocab.gin"), seqio.ByteVocabulary)
+
+
+def test_a_step_on_gcs_exports_with_no_other_flag(hf_dirs, tmp_path, monkeypatch):
+    """The model_dir in a bucket (a GCS emulator on 127.0.0.1, tests/gcs_emulator.py): the
+    model files and the step go there, and `export_hf --checkpoint=gs://.../<step>` alone
+    writes the tokenizer, the ids and the step's weights."""
+    pytest.importorskip("gcp_storage_emulator")
+    pytest.importorskip("gcsfs")
+    sys.path.insert(0, str(REPO / "tests"))
+    from gcs_emulator import gcs_emulator
+    from etils.epath import gpath
+    from mathft_jax.convert import hf
+
+    hf_dir, _ = hf_dirs("qwen2")
+    import_checkpoint(hf_dir, tmp_path / "ckpt", dtype="float32")
+    # gcsfs, which honours the emulator (tf.io.gfile, epath's choice with TF, does not)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    with gcs_emulator("travels", str(tmp_path / "gcs.log")):
+        model_dir = "gs://travels/run/ssft/checkpoints"
+        _, _, params = fine_tuned_model_dir(tmp_path / "ckpt", model_dir)
+        assert "gs://travels/run/ssft/checkpoints/tokenizer/tokenizer.json" in \
+            epath.Path(f"{model_dir}/vocab.gin").read_text()
+        subprocess.run([sys.executable, "-m", "mathft_jax.convert.export_hf",
+                        f"--checkpoint={model_dir}/{STEP}", f"--out={tmp_path / 'export'}"],
+                       check=True, cwd=REPO, timeout=180,
+                       env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+    assert not (REPO / "gs:").exists() and not (pathlib.Path.cwd() / "gs:").exists()
+    generation = json.loads((tmp_path / "export" / "generation_config.json").read_text())
+    ids = [generation[f"{k}_token_id"] for k in ("bos", "eos", "pad")]
+    assert ids == list(EXPECTED_IDS["qwen2"])
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert (tok.eos_token_id, tok.pad_token_id) == EXPECTED_IDS["qwen2"][1:]
+    _, exported = hf.load_hf(tmp_path / "export", dtype="float32")
+    exported, params = jax.tree_util.tree_leaves(exported), jax.tree_util.tree_leaves(params)
+    assert len(exported) == len(params) and all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(exported, params))
