@@ -27,8 +27,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mathft_jax import (checkpoints, distributed, entry, hardware, partitioning, preemption,
-                        provenance, settings)
+from mathft_jax import (checkpoints, distributed, entry, hardware, model_files, partitioning,
+                        preemption, provenance, settings)
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
@@ -163,6 +163,9 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
     provenance.record(model_dir)  # config.gin: the operative config, as T5X keeps it
+    # model.gin, vocab.gin, tokenizer/ (and an import's hf/): export needs nothing else
+    model_files.write_model_files(model_dir, cfg, _task_vocabulary(task) if task else None,
+                                  hf_side_dir=model_files.inherited_hf_dir(init_checkpoint))
     logging.info("model_dir %s: checkpoints in <step>/, metrics in metrics.jsonl and tb/, "
                  "operative config in config.gin", model_dir)
 
@@ -241,6 +244,11 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
                 bar.close()
     logging.info("finished at step %d (preempted=%s); checkpoints in %s", step, preempted, model_dir)
     return TrainResult(model_dir, start, step, preempted, last)
+
+
+def _task_vocabulary(task: str):
+    from mathft_jax.data import dataset
+    return dataset.get_provider(task).output_features["targets"].vocabulary
 
 
 def _poll_preemption(step: int, every: int) -> bool:
