@@ -183,7 +183,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     `fields` replace some of them. vocabulary (default gin's `get_vocabulary()`) and the
     progress bar are hooks, not configuration.
     """
-    run = (dataclasses.replace(config, **fields) if config else InferConfig(**fields)).validate()
+    run = settings.resolve(InferConfig, config, **fields)
     (checkpoint, output_path, task, split, problems_file, max_problems, num_samples,
      max_decode_len, temperature, top_k, top_p, seed, batch_size, share_prefill,
      truncate_prompts, evaluator_checkpoint) = operator.attrgetter(

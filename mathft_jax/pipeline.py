@@ -151,7 +151,7 @@ class PipelineConfig:
 def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
     """Run (or resume) the recipe; returns the evaluation results. config defaults to
     `PipelineConfig()` from gin; `fields` replace some of its settings."""
-    cfg = (dataclasses.replace(config, **fields) if config else PipelineConfig(**fields)).validate()
+    cfg = settings.resolve(PipelineConfig, config, **fields)
     run = Run(cfg.run_dir)
     stages, generators = cfg.stages, cfg.generators
     logging.info("pipeline %s in %s: %s", cfg.variant, run.root, " -> ".join(stages))

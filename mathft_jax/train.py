@@ -128,7 +128,7 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
     arguments are hooks, not configuration: the model config (default `DecoderConfig()`),
     the mesh, a data iterator in place of the task's, the progress bar.
     """
-    run = (dataclasses.replace(config, **fields) if config else TrainConfig(**fields)).validate()
+    run = settings.resolve(TrainConfig, config, **fields)
     (model_dir, task, total_steps, batch_size, sequence_length, init_checkpoint, eval_every,
      eval_steps, checkpoint_every, keep_checkpoints, log_every, seed, pack, micro_batches,
      train_split, eval_split, objective, async_checkpoints, preemption_check_every) = \
