@@ -107,8 +107,9 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
     def generation(read: Callable, *args, **kwargs) -> Callable[[], list[dict]]:
         return lambda: generation_examples(read(*args, **kwargs))
 
-    def evaluator(build: Callable) -> Callable[[], list[dict]]:
-        return lambda: build(_candidates(candidates_file))[0]
+    def evaluator(build: Callable) -> dict[str, Callable[[], list[dict]]]:
+        return {split: (lambda split=split: build(formats.evaluator_heldout(
+            _candidates(candidates_file), split))[0]) for split in ("train", "validation")}
 
     loaders = {
         "math_ssft_math": {"train": generation(sources.problems, "math500", "train",
@@ -116,9 +117,9 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
         "math_ssft_prm800k": {"train": generation(_prm800k_problems, label_files)},
         "math500": {"test": generation(sources.problems, "math500", "test")},
         "math_test5k": {"test": generation(sources.problems, "math", "test")},
-        "scr_pairwise": {"train": evaluator(formats.pairwise_examples)},
-        "scr_pointwise": {"train": evaluator(formats.pointwise_examples)},
-        "scr_sequence_pairwise": {"train": evaluator(formats.sequence_pair_examples)},
+        "scr_pairwise": evaluator(formats.pairwise_examples),
+        "scr_pointwise": evaluator(formats.pointwise_examples),
+        "scr_sequence_pairwise": evaluator(formats.sequence_pair_examples),
     }
     for name in SYNTHETIC_TASKS:  # the task and its source share the name
         # Knobs are read from gin when the split is first loaded.
@@ -137,8 +138,11 @@ def ssft_mix_rates(rates: Sequence[float] = (1.0, 1.0)) -> tuple:
 
 
 def _registration_key(vocabulary: seqio.Vocabulary) -> tuple:
+    # The bindings as a whole too: loaders read knobs (formats, held-out fraction, synthetic
+    # difficulty) when they run, so any change of them must drop the cached examples.
     return (vocabulary, paths.math_splits_dir(), paths.math_dir(),
-            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates())
+            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates(),
+            gin.config_str())
 
 
 def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:
