@@ -51,6 +51,16 @@ def validate_record(record: object) -> None:
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
                                   or not math.isfinite(score)):
             raise ValueError(f"{where}.score must be a finite number")
+        if score is not None and score < 0:  # W.RR sums scores: a negative one flips its sign
+            raise ValueError(f"{where}.score is {score}: scores must be >= 0 (the weighted "
+                             "metrics sum them)")
+        for field, kind in (("logprob", (int, float)), ("num_tokens", int)):
+            value = sample.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{where}.{field} must be a finite number")
+        if sample.get("num_tokens") is not None and sample["num_tokens"] < 0:
+            raise ValueError(f"{where}.num_tokens must be >= 0")
         if "correct" in sample and not isinstance(sample["correct"], bool):
             raise ValueError(f"{where}.correct must be a boolean")
 
@@ -58,11 +68,12 @@ def validate_record(record: object) -> None:
 def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[list[dict], list[BadLine]]:
     """(records, skipped bad lines). Without `skip_bad_lines` the first bad line raises."""
     records, bad, seen = [], [], set()
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
+    with open(path, "rb") as file:  # bytes: a non-UTF-8 line is an error naming its line
+        for number, raw in enumerate(file, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = _decode(raw)
                 record = json.loads(line)
                 validate_record(record)
                 if record["problem_id"] in seen:
@@ -78,6 +89,14 @@ def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[lis
         logging.warning("%s: skipped %d bad line(s), first at line %d: %s",
                         path, len(bad), bad[0].line, bad[0].reason)
     return records, bad
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte offset "
+                         f"{error.start})") from None
 
 
 def read_candidates(path: str, skip_bad_lines: bool = False) -> list[dict]:
