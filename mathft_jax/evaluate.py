@@ -1,4 +1,5 @@
-"""Evaluate a candidates file: grade, cluster, and report the paper's metrics with 95% CIs.
+"""Evaluate a candidates file: grade, cluster, and report the paper's metrics with 95% CIs,
+the evaluator's diagnostics and the baselines it must beat (mathft_jax/diagnostics.py).
 
     python -m mathft_jax.evaluate --candidates=FILE [--k=8] [--out=JSON] [--skip_bad_lines]
 
@@ -21,7 +22,7 @@ import os
 
 from absl import app, flags
 
-from mathft_jax import atomic, voting
+from mathft_jax import atomic, diagnostics, voting
 from mathft_jax.candidates import CandidatesError, read_candidates_report
 from mathft_jax.cli_errors import DataError, UsageError
 from mathft_jax.parallel import parallel_map
@@ -45,6 +46,7 @@ def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
         "n_samples": {"total": sum(sizes), "min": min(sizes, default=0), "max": max(sizes, default=0)},
         "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95},
         "metrics": voting.evaluate_problems(problems, k, n_resamples, seed),
+        "diagnostics": diagnostics.summarize(problems, k, n_resamples, seed),
     }
 
 
@@ -73,8 +75,8 @@ def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes
     """`evaluate_records` over a candidates file, with its skipped lines reported."""
     records, bad = read_candidates_report(path, skip_bad_lines)
     if not records:  # a table of n/a would look like a result
-        raise CandidatesError(f"{path}: no candidates records "
-                              f"({f'all {len(bad)} non-blank lines were bad' if bad else 'empty file'})")
+        why = f"all {len(bad)} non-blank lines were bad" if bad else "empty file"
+        raise CandidatesError(f"{path}: no candidates records ({why})")
     result = {"candidates": path}
     result |= evaluate_records(records, k, processes, progress=progress)
     result["skipped_lines"] = {"count": len(bad), "lines": [[b.line, b.reason] for b in bad]}
@@ -115,6 +117,7 @@ def main(argv) -> None:
     except OSError as error:  # unreadable (permissions, I/O): the file's fault, not a flag's
         raise DataError(f"{path}: {error.strerror or error}") from error
     print(markdown_table(result))
+    print("\n" + diagnostics.markdown(result["diagnostics"], result["k"]))
     skipped = result["skipped_lines"]["count"]
     if skipped:
         print(f"\nskipped {skipped} bad line(s): see skipped_lines in the JSON")
