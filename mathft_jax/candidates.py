@@ -1,7 +1,8 @@
 """The candidates file: N sampled solutions per problem, as JSON lines (docs/formats.md).
 
 One object per line: {"problem_id": str, "problem": str, "gold": str,
-"samples": [{"text": str, "answer": str | null, "score"?: float, "correct"?: bool}], ...}.
+"samples": [{"text": str, "answer": str | null, "score"?: float >= 0, "correct"?: bool,
+"logprob"?: float, "num_tokens"?: int}], ...}.
 Extra keys are kept. Blank lines are ignored; any other unreadable line is an error naming
 file:line, or is skipped and counted with `skip_bad_lines`.
 """
