@@ -11,6 +11,11 @@ and run under `cli_errors.run(main)` (what `entry.run_module` does), which print
 errors (a bad integer, a value below a flag's `lower_bound`) are usage errors too. With
 `--debug` or `--verbosity=1` (or higher) the traceback is printed as well. Any other
 exception is a bug and keeps its traceback.
+
+Validating a setting, before anything is built or written:
+
+    if batch_size < 1:
+        raise cli_errors.UsageError(f"train.batch_size={batch_size}: must be >= 1")
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ DATA_EXIT = 1
 _DEBUG = flags.DEFINE_bool("debug", False, "Print the traceback of a usage or data error.")
 
 
-class CliError(Exception):
-    """An error meant for the user: printed as one line, exits with `exit_code`."""
+class CliError(ValueError):
+    """An error meant for the user: printed as one line, exits with `exit_code`. A
+    ValueError, so a setting check can raise it where callers (and tests) catch ValueError."""
 
     exit_code = DATA_EXIT
 
@@ -45,9 +51,14 @@ class DataError(CliError):
     exit_code = DATA_EXIT
 
 
+GIN_SUFFIX = "\n  In call to configurable"
+
+
 def one_line(message: object) -> str:
-    """The message with its line breaks folded, so the error is exactly one line."""
-    return " ".join(str(message).split("\n")).strip()
+    """The message with its line breaks folded, so the error is exactly one line. gin's
+    "In call to configurable 'train' (<function ...>)" suffix goes: the message names the
+    binding already."""
+    return " ".join(str(message).split(GIN_SUFFIX)[0].split("\n")).strip()
 
 
 def _prog() -> str:

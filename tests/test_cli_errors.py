@@ -35,5 +35,22 @@ def test_main_result_passes_through():
     assert cli_errors.wrap(lambda argv: len(argv))(["tool", "x"]) == 2
 
 
+def test_user_errors_are_value_errors():  # existing `except ValueError` callers still work
+    assert issubclass(cli_errors.UsageError, ValueError) and issubclass(cli_errors.DataError, ValueError)
+
+
 def test_one_line_folds_line_breaks():
     assert cli_errors.one_line("a\nb\n") == "a b"
+
+
+def test_errors_raised_inside_a_gin_configurable_keep_their_code_and_message(capsys):
+    import gin
+
+    @gin.configurable("cli_errors_test_fn")
+    def configured(batch_size=0):
+        raise cli_errors.UsageError(f"train.batch_size={batch_size}: must be >= 1")
+
+    with pytest.raises(SystemExit) as exited:
+        cli_errors.wrap(lambda argv: configured(), prog="train")(["train"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "train: error: train.batch_size=0: must be >= 1\n"
