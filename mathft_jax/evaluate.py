@@ -2,6 +2,7 @@
 the evaluator's diagnostics and the baselines it must beat (mathft_jax/diagnostics.py).
 
     python -m mathft_jax.evaluate --candidates=FILE [--k=8] [--out=JSON] [--skip_bad_lines]
+                                  [--plot=PNG]
 
 Grading and clustering run in a process pool over all cores; the printed markdown table and
 the JSON are deterministic (seeded bootstrap, ordered pool map).
@@ -90,9 +91,11 @@ _OUT = flags.DEFINE_string("out", None, "Where to write the JSON (default: FILE.
 _SKIP = flags.DEFINE_bool("skip_bad_lines", False, "Skip and count malformed lines instead of failing.")
 _PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default: all cores).",
                                   lower_bound=1)
+_PLOT = flags.DEFINE_string("plot", None, "Also draw the evaluator's reliability diagram and "
+                            "score histograms (scored candidates) to this PNG.")
 
 
-def check_paths(candidates: str | None, out: str) -> None:
+def check_paths(candidates: str | None, out: str, plot: str | None = None) -> None:
     """Usage errors, before any work: the input must be a file, the output not a directory."""
     if not candidates:
         raise UsageError("--candidates=FILE is required")
@@ -102,6 +105,8 @@ def check_paths(candidates: str | None, out: str) -> None:
         raise UsageError(f"--candidates={candidates}: is a directory, not a candidates file")
     if os.path.isdir(out):
         raise UsageError(f"--out={out}: is a directory")
+    if plot and os.path.isdir(plot):
+        raise UsageError(f"--plot={plot}: is a directory")
 
 
 def main(argv) -> None:
@@ -109,7 +114,7 @@ def main(argv) -> None:
         raise UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
     path = _CANDIDATES.value
     out = _OUT.value or os.path.splitext(path or "")[0] + ".metrics.json"
-    check_paths(path, out)
+    check_paths(path, out, _PLOT.value)
     try:
         result = evaluate_file(path, _K.value, _SKIP.value, _PROCESSES.value)
     except CandidatesError as error:
@@ -123,3 +128,10 @@ def main(argv) -> None:
         print(f"\nskipped {skipped} bad line(s): see skipped_lines in the JSON")
     atomic.write_json(out, result, indent=2, sort_keys=True)
     print(f"\nwrote {out}")
+    evaluator = result["diagnostics"]["evaluator"]
+    if _PLOT.value and evaluator is not None:
+        from mathft_jax import report  # matplotlib: only when a plot is asked for
+        report.plot_evaluator(_PLOT.value, evaluator, f"Evaluator scores in {path}")
+        print(f"wrote {_PLOT.value}")
+    elif _PLOT.value:
+        print(f"no scores in {path}: no evaluator plot")

@@ -148,5 +148,6 @@ def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
     hist.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -111,9 +111,13 @@ def test_command_line(tmp_path):
                f"--out={out}", "--processes=1"]
     failed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert failed.returncode != 0 and f"{path}:4" in failed.stderr
-    done = subprocess.run(command + ["--skip_bad_lines"], cwd=REPO, capture_output=True, text=True)
+    plot = tmp_path / "evaluator.png"
+    done = subprocess.run(command + ["--skip_bad_lines", f"--plot={plot}"], cwd=REPO,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| Pass@1 |" in done.stdout and "skipped 1 bad line" in done.stdout
+    assert "| evaluator S |" in done.stdout and "| RR.Top-2 − Maj1@N |" in done.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
     result = json.loads(out.read_text())
     assert result["skipped_lines"]["count"] == 1 and result["n_problems"] == 3
     assert result["metrics"]["maj1_at_n"]["value"] == pytest.approx(2 / 3)
