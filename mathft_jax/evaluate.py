@@ -21,7 +21,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from mathft_jax import atomic, diagnostics, voting
 from mathft_jax.candidates import CandidatesError, read_candidates_report
@@ -120,6 +120,8 @@ def main(argv) -> None:
     except CandidatesError as error:
         raise DataError(str(error)) from error
     except OSError as error:  # unreadable (permissions, I/O): the file's fault, not a flag's
+        if error.filename != path:
+            raise
         raise DataError(f"{path}: {error.strerror or error}") from error
     print(markdown_table(result))
     print("\n" + diagnostics.markdown(result["diagnostics"], result["k"]))
