@@ -1,13 +1,15 @@
 """The candidates file: N sampled solutions per problem, as JSON lines (docs/formats.md).
 
 One object per line: {"problem_id": str, "problem": str, "gold": str,
-"samples": [{"text": str, "answer": str | null, "score"?: float, "correct"?: bool}], ...}.
+"samples": [{"text": str, "answer": str | null, "score"?: float >= 0, "correct"?: bool,
+"logprob"?: float, "num_tokens"?: int}], ...}.
 Extra keys are kept. Blank lines are ignored; any other unreadable line is an error naming
 file:line, or is skipped and counted with `skip_bad_lines`.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -51,6 +53,16 @@ def validate_record(record: object) -> None:
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
                                   or not math.isfinite(score)):
             raise ValueError(f"{where}.score must be a finite number")
+        if score is not None and score < 0:  # W.RR sums scores: a negative one flips its sign
+            raise ValueError(f"{where}.score is {score}: scores must be >= 0 (the weighted "
+                             "metrics sum them)")
+        for field, kind in (("logprob", (int, float)), ("num_tokens", int)):
+            value = sample.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{where}.{field} must be a finite number")
+        if sample.get("num_tokens") is not None and sample["num_tokens"] < 0:
+            raise ValueError(f"{where}.num_tokens must be >= 0")
         if "correct" in sample and not isinstance(sample["correct"], bool):
             raise ValueError(f"{where}.correct must be a boolean")
 
@@ -58,11 +70,13 @@ def validate_record(record: object) -> None:
 def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[list[dict], list[BadLine]]:
     """(records, skipped bad lines). Without `skip_bad_lines` the first bad line raises."""
     records, bad, seen = [], [], set()
-    with storage.path(path).open("r", encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
+    # bytes: a non-UTF-8 line is an error naming its line; local or gs://
+    with storage.path(path).open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = _decode(raw)
                 record = json.loads(line)
                 validate_record(record)
                 if record["problem_id"] in seen:
@@ -80,6 +94,14 @@ def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[lis
     return records, bad
 
 
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte offset "
+                         f"{error.start})") from None
+
+
 def read_candidates(path: str, skip_bad_lines: bool = False) -> list[dict]:
     """The records of a candidates file (bad lines raise, or are skipped with a warning)."""
     return read_candidates_report(path, skip_bad_lines)[0]
@@ -93,6 +115,22 @@ def write_candidates(path: str, records: list[dict]) -> None:
         except ValueError as error:
             raise CandidatesError(f"record {index}: {error}") from error
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def held_out(problem_id: str, fraction: float, salt: str = "held_out") -> bool:
+    """Whether a problem belongs to the held-out `fraction`: by a hash of its id, so the
+    split is the same in any order, in any subset of the records and on every host."""
+    digest = hashlib.sha256(f"{salt}\0{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+
+
+def split_held_out(records: list[dict], fraction: float,
+                   salt: str = "held_out") -> tuple[list[dict], list[dict]]:
+    """(kept, held out) records, whole problems apart (e.g. held-out evaluator pairs)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1], got {fraction!r}")
+    out = [held_out(r["problem_id"], fraction, salt) for r in records]
+    return ([r for r, o in zip(records, out) if not o], [r for r, o in zip(records, out) if o])
 
 
 def sample_answer(sample: dict) -> str | None:

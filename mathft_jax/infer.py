@@ -128,7 +128,9 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
     records = []
     for i, problem in enumerate(batch):
         texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
-        entries = [{"text": text, "answer": extract_answer(text)} for text in texts]
+        entries = [{"text": text, "answer": extract_answer(text), "logprob": float(logprob),
+                    "num_tokens": int(n)}
+                   for text, logprob, n in zip(texts, samples.logprobs[i], samples.lengths[i])]
         records.append({**problem, "samples": entries})
     return records
 

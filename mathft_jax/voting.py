@@ -74,12 +74,15 @@ class GradedProblem:
 
     `labels[i]` is sample i's cluster index in `cluster()` order (-1: no answer);
     `cluster_correct[j]` is c(C_j); `scores` is None unless every sample has one.
+    `mean_logprobs[i]` is sample i's mean token log-probability under its generator
+    (`logprob / num_tokens`; -inf for no tokens), None unless every sample has both fields.
     """
 
     correct: tuple[bool, ...]
     labels: tuple[int, ...]
     cluster_correct: tuple[bool, ...]
     scores: tuple[float, ...] | None
+    mean_logprobs: tuple[float, ...] | None = None
 
 
 def grade_problem(record: dict) -> GradedProblem:
@@ -92,11 +95,19 @@ def grade_problem(record: dict) -> GradedProblem:
         for member in found.members:
             labels[member] = index
     scores = [s.get("score") for s in record["samples"]]
+    scores = None if any(s is None for s in scores) else tuple(float(s) for s in scores)
     return GradedProblem(correct, tuple(labels), tuple(correct[c.representative] for c in clusters),
-                         None if any(s is None for s in scores) else tuple(float(s) for s in scores))
+                         scores, _mean_logprobs(record["samples"]))
 
 
-def _ranked_clusters(problem: GradedProblem, subset: Sequence[int]) -> list[tuple[int, list[int]]]:
+def _mean_logprobs(samples: Sequence[dict]) -> tuple[float, ...] | None:
+    if any(s.get("logprob") is None or s.get("num_tokens") is None for s in samples):
+        return None
+    return tuple(s["logprob"] / s["num_tokens"] if s["num_tokens"] else float("-inf")
+                 for s in samples)
+
+
+def ranked_clusters(problem: GradedProblem, subset: Sequence[int]) -> list[tuple[int, list[int]]]:
     """(cluster index, member samples) restricted to `subset`, ranked by size then first index."""
     members: dict[int, list[int]] = {}
     for sample in subset:
@@ -129,7 +140,7 @@ def problem_metrics(problem: GradedProblem, k: int, subset: Sequence[int] | None
     The scored metrics are None when the problem has no scores. Max over nothing is 0.
     """
     subset = list(range(len(problem.correct))) if subset is None else list(subset)
-    ranked = _ranked_clusters(problem, subset)
+    ranked = ranked_clusters(problem, subset)
     top = ranked[:k]
     values = {
         "pass_at_1": float(np.mean([problem.correct[i] for i in subset])) if subset else 0.0,
