@@ -23,7 +23,7 @@ import os
 
 from absl import flags
 
-from mathft_jax import atomic, diagnostics, voting
+from mathft_jax import atomic, diagnostics, storage, voting
 from mathft_jax.candidates import CandidatesError, read_candidates_report
 from mathft_jax.cli_errors import DataError, UsageError
 from mathft_jax.parallel import parallel_map
@@ -99,13 +99,13 @@ def check_paths(candidates: str | None, out: str, plot: str | None = None) -> No
     """Usage errors, before any work: the input must be a file, the output not a directory."""
     if not candidates:
         raise UsageError("--candidates=FILE is required")
-    if not os.path.exists(candidates):
+    if not storage.exists(candidates):  # local or gs://
         raise UsageError(f"--candidates={candidates}: no such file")
-    if os.path.isdir(candidates):
+    if storage.path(candidates).is_dir():
         raise UsageError(f"--candidates={candidates}: is a directory, not a candidates file")
-    if os.path.isdir(out):
+    if storage.path(out).is_dir():
         raise UsageError(f"--out={out}: is a directory")
-    if plot and os.path.isdir(plot):
+    if plot and storage.path(plot).is_dir():
         raise UsageError(f"--plot={plot}: is a directory")
 
 

@@ -56,7 +56,8 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (),
     try:
         gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, KeyError, IOError) as e:
-        raise ValueError(f"bad gin configuration: {e}") from e
+        from mathft_jax.cli_errors import UsageError
+        raise UsageError(f"bad gin configuration: {e}") from e
 
 
 def _resolve(path: str, roots: Sequence[str]) -> str:
@@ -65,7 +66,8 @@ def _resolve(path: str, roots: Sequence[str]) -> str:
     for root in roots:
         if os.path.exists(os.path.join(root, path)):
             return os.path.join(root, path)
-    raise ValueError(f"bad gin configuration: gin file {path!r} not found (looked in the "
+    from mathft_jax.cli_errors import UsageError
+    raise UsageError(f"bad gin configuration: gin file {path!r} not found (looked in the "
                      f"working directory and {', '.join(roots)})")
 
 

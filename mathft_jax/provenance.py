@@ -20,14 +20,15 @@ from typing import Iterable, Optional
 import gin
 
 from mathft_jax import atomic, distributed, storage
+from mathft_jax.cli_errors import UsageError
 
 OPERATIVE = "config.gin"
 BINDINGS = "bindings.json"
 _CONFIGURABLE = re.compile(r"^(?:[\w./]+/)?([\w.]+)\.\w+\s*=", re.M)
 
 
-class ConfigChangedError(ValueError):
-    """A finished stage was run with other settings than a rerun asks for."""
+class ConfigChangedError(UsageError):
+    """A finished stage was run with other settings than a rerun asks for (one line, exit 2)."""
 
 
 @contextlib.contextmanager
