@@ -252,3 +252,14 @@ def test_only_the_pipeline_imports_entry_points():
         return None
     found = _violations(rule)
     assert not found, "\n".join(found)
+
+
+def test_optional_packages_only_inside_functions():
+    """tokenizers and safetensors (HF files), matplotlib (report plots) and tensorboardX
+    (metrics) are imported where they are used, so a module works without them until then."""
+    def rule(name, target, top):
+        if top and _in(target, ("tokenizers", "safetensors", "matplotlib", "tensorboardX")):
+            return "optional packages are imported inside the function that needs them"
+        return None
+    found = _violations(rule)
+    assert not found, "\n".join(found)
