@@ -5,7 +5,7 @@
     samples.tokens [num_prompts, N, max_decode_len], samples.lengths [num_prompts, N],
     samples.logprobs [num_prompts, N] (each sample's log-likelihood under the model)
 
-Design (see BUILD.md, "Decoding"):
+Design (see docs/ARCHITECTURE.md, "Decoding"; figures in docs/PERFORMANCE.md):
 - Prompts of different lengths share a batch right-padded; each sequence then continues at
   its own cache slot (its length), and a query only sees slots <= its own, so the padding's
   garbage keys are never attended to and are overwritten as the sequence grows.
@@ -183,7 +183,7 @@ def unroll_layers(params, cfg: DecoderConfig):
     """Scanned-layer params as per-layer `layers_i`, with the unscanned config.
 
     Decoding a scanned model threads the whole KV cache through nn.scan at every step, which
-    copies it: palm_1b decodes 2.3x slower on an H200 (BUILD.md, "Decoding"). Inside jit
+    copies it: palm_1b decodes 2.3x slower on an H200 (docs/PERFORMANCE.md). Inside jit
     the slices are taken once per call, outside the decode loop.
     """
     if not cfg.scan_layers:

@@ -29,9 +29,11 @@ DATA_MODULES = ("mathft_jax.data.vocab", "mathft_jax.data.tasks", "mathft_jax.da
                 "mathft_jax.data.synthetic", "mathft_jax.data.paths", "mathft_jax.data.dataset")
 
 
-def register_configurables() -> None:
+def register_configurables(data: bool = True) -> None:
+    """Import every module that defines configurables; the data modules (seqio, TensorFlow:
+    seconds to import) only with `data`, and only where seqio is installed."""
     import importlib
-    for name in CONFIGURABLE_MODULES + DATA_MODULES:
+    for name in CONFIGURABLE_MODULES + (DATA_MODULES if data else ()):
         try:
             importlib.import_module(name)
         except ImportError as e:
@@ -47,14 +49,23 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (),
     (`--gin_search_paths`, as in T5X), then where `gin_configs/` lives, so
     `--gin_file=gin_configs/models/tiny.gin` works from any working directory.
     """
-    register_configurables()
     _guard_gin_resource_reader()
     roots = [*search_paths, gin_configs_root(), os.path.join(gin_configs_root(), "gin_configs")]
     for root in roots:
         gin.add_config_file_search_path(root)
     files = [_resolve(f, roots) for f in files]
+    # The data modules (TensorFlow) only when the configuration names one of their
+    # configurables: `models`, `evaluate` and model-only configs start without TensorFlow.
+    register_configurables(data=False)
     try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        try:
+            gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        except ValueError as e:
+            if "No configurable matching" not in str(e):
+                raise
+            gin.clear_config()
+            register_configurables(data=True)
+            gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, KeyError, IOError) as e:
         from mathft_jax.cli_errors import UsageError
         raise UsageError(f"bad gin configuration: {e}") from e

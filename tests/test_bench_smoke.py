@@ -1,5 +1,5 @@
 """The CPU benchmark scripts run end to end at toy sizes and write their JSON (the figures
-themselves are in BUILD.md; timings are never asserted)."""
+themselves are in docs/PERFORMANCE.md; timings are never asserted)."""
 import json
 import os
 import pathlib

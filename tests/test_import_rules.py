@@ -35,8 +35,8 @@ class _Spy:
         return None
 sys.meta_path.insert(0, _Spy())
 mode, name = sys.argv[1], sys.argv[2]
-if mode == "help":
-    sys.argv = [name, "--help"]
+if mode in ("help", "run"):  # run: a real model-only run, with a gin file
+    sys.argv = [name, "--help" if mode == "help" else "--gin_file=gin_configs/models/tiny.gin"]
     try:
         runpy.run_module(name, run_name="__main__", alter_sys=True)
     except SystemExit:
@@ -56,6 +56,7 @@ JAX = ("jax", "jaxlib", "flax", "optax", "orbax")
 CASES = [
     ("help", "mathft_jax.evaluate", TF + JAX, "--candidates"),
     ("help", "mathft_jax.models", TF, "--seq_len"),
+    ("run", "mathft_jax.models", TF, '"params"'),
     ("help", "mathft_jax.convert.export_hf", TF, "--checkpoint"),
     ("import", "mathft_jax.convert.export_hf", TF, None),
     ("import", "mathft_jax.train", TF, None),
