@@ -9,7 +9,6 @@ file:line, or is skipped and counted with `skip_bad_lines`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -115,22 +114,6 @@ def write_candidates(path: str, records: list[dict]) -> None:
         except ValueError as error:
             raise CandidatesError(f"record {index}: {error}") from error
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def held_out(problem_id: str, fraction: float, salt: str = "held_out") -> bool:
-    """Whether a problem belongs to the held-out `fraction`: by a hash of its id, so the
-    split is the same in any order, in any subset of the records and on every host."""
-    digest = hashlib.sha256(f"{salt}\0{problem_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
-
-
-def split_held_out(records: list[dict], fraction: float,
-                   salt: str = "held_out") -> tuple[list[dict], list[dict]]:
-    """(kept, held out) records, whole problems apart (e.g. held-out evaluator pairs)."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"held-out fraction must be in [0, 1], got {fraction!r}")
-    out = [held_out(r["problem_id"], fraction, salt) for r in records]
-    return ([r for r, o in zip(records, out) if not o], [r for r, o in zip(records, out) if o])
 
 
 def sample_answer(sample: dict) -> str | None:

@@ -196,17 +196,3 @@ def test_all_lines_skipped_is_bad_data(tmp_path):
     path = _bad_candidates(tmp_path, [b"{not json", b"[]"])
     with pytest.raises(candidates.CandidatesError, match="all 2 non-blank lines were bad"):
         evaluate.evaluate_file(path, skip_bad_lines=True, processes=1, progress=False)
-
-
-def test_held_out_split_is_by_problem_and_stable():
-    records = [{"problem_id": f"train/{i}"} for i in range(1000)]
-    kept, out = candidates.split_held_out(records, 0.2)
-    assert len(kept) + len(out) == 1000 and 150 < len(out) < 250
-    assert {r["problem_id"] for r in kept}.isdisjoint(r["problem_id"] for r in out)
-    again_kept, again_out = candidates.split_held_out(records[::-1][:500], 0.2)  # any order, subset
-    assert {r["problem_id"] for r in again_out} == {r["problem_id"] for r in out} & {
-        r["problem_id"] for r in records[500:]}
-    assert candidates.split_held_out(records, 0.0)[1] == [] and candidates.split_held_out(records, 1.0)[0] == []
-    assert candidates.split_held_out(records, 0.2, salt="other")[1] != out
-    with pytest.raises(ValueError, match="fraction"):
-        candidates.split_held_out(records, 1.5)
