@@ -5,5 +5,6 @@ See docs/grading.md for the policies (decimals, percentages, bases, units) and t
 from mathft_jax.grading.equiv import answer_key, is_equiv
 from mathft_jax.grading.extract import extract_answer
 from mathft_jax.grading.normalize import normalize
+from mathft_jax.grading.timeout import warm_up
 
-__all__ = ["extract_answer", "normalize", "is_equiv", "answer_key"]
+__all__ = ["extract_answer", "normalize", "is_equiv", "answer_key", "warm_up"]
