@@ -10,7 +10,8 @@ import random
 import re
 
 _NUMBERS = ["2", "10", "3", "7", "99", "0", "1", "-1", "0.5", "\\pi", "e", "x", "i"]
-_FUNCTIONS = ["\\sin", "\\cos", "\\tan", "\\exp", "\\log", "\\ln", "\\sqrt", "\\sinh", "\\arctan", "\\cot"]
+_FUNCTIONS = ["\\sin", "\\cos", "\\tan", "\\exp", "\\log", "\\ln", "\\sqrt", "\\sinh", "\\arctan",
+              "\\cot"]
 _PIECES = ["1", "2", "-", "+", "x", "y", "i", "\\pi", "\\frac{1}{2}", "\\frac", "{", "}", "(", ")",
            "[", "]", ",", "\\sqrt{3}", "^", ".5", "0", "\\%", "^\\circ", "\\text{ cm}", "\\cup",
            "\\infty", "=", "<", "\\le", "\\pm", "_8", "\\text{(A)}", "!", "/", " ", "\\cdot",
@@ -19,7 +20,8 @@ _PIECES = ["1", "2", "-", "+", "x", "y", "i", "\\pi", "\\frac{1}{2}", "\\frac", 
 
 
 def _huge(rng: random.Random) -> str:
-    return str(rng.choice([10, 2, 3, 7, 99, 12345])) + "^{" + str(rng.choice([1000, 5000, 10000, 99999])) + "}"
+    base, exponent = rng.choice([10, 2, 3, 7, 99, 12345]), rng.choice([1000, 5000, 10000, 99999])
+    return f"{base}^{{{exponent}}}"
 
 
 def deep_nesting(rng):
@@ -47,7 +49,8 @@ def power_towers(rng):
 
 
 def factorials(rng):
-    argument = rng.choice([_huge(rng), "10^{100}", "100000", "501", "(2^{100})!", "x", "\\pi", "-1"])
+    argument = rng.choice([_huge(rng), "10^{100}", "100000", "501", "(2^{100})!", "x", "\\pi",
+                           "-1"])
     return argument + "!" * rng.randrange(1, 4) if rng.random() < 0.5 else f"({argument})!"
 
 
@@ -79,8 +82,10 @@ def unclosed_groups(rng):
 
 def garbage(rng):
     data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4000)))
-    return data.decode(rng.choice(["latin-1", "utf-8"]), errors=rng.choice(["surrogateescape", "replace"])) \
-        if rng.random() < 0.7 else "\x00" * rng.randrange(1, 100) + "\ud800\udfff\ufffe"
+    errors = rng.choice(["surrogateescape", "replace"])
+    if rng.random() < 0.7:
+        return data.decode(rng.choice(["latin-1", "utf-8"]), errors=errors)
+    return "\x00" * rng.randrange(1, 100) + "\ud800\udfff\ufffe"
 
 
 # Harmless if ever executed, except for the marker file: the fuzz test asserts it never appears.
@@ -94,7 +99,8 @@ def injections(rng):
         "().__class__.__bases__[0].__subclasses__()",
         "Symbol('x')); __import__('os')._exit(3) #",
         "Rational(1,0)", "lambda: 0", "eval('1+1')", "exec('x=1')", "[x for x in range(10**9)]",
-        "\\input{/etc/passwd}", "\\def\\x{\\x}\\x", "\\write18{rm -rf /}", "\\csname relax\\endcsname",
+        "\\input{/etc/passwd}", "\\def\\x{\\x}\\x", "\\write18{rm -rf /}",
+        "\\csname relax\\endcsname",
         "\\immediate\\write18{ls}", "\\begin{verbatim}\\end{verbatim}", "\\catcode`\\{=12",
         "$$\\boxed{$}$$", "\\newcommand{\\a}{\\a\\a}\\a", "'; DROP TABLE answers; --",
         "{\"a\": \"b\"}\n", "\\\\\\\\\\\\", "\\u0000", "%s%s%s%n",
@@ -112,7 +118,8 @@ def long_tuples(rng):
 
 def matrices(rng):
     rows, cols = rng.randrange(1, 40), rng.randrange(1, 40)
-    cell = rng.choice(["1", "x", "\\frac{1}{2}", "(x+1)^{30}", _huge(rng), "", "\\begin{pmatrix}1\\end{pmatrix}"])
+    cell = rng.choice(["1", "x", "\\frac{1}{2}", "(x+1)^{30}", _huge(rng), "",
+                       "\\begin{pmatrix}1\\end{pmatrix}"])
     body = " \\\\ ".join(" & ".join(cell for _ in range(cols)) for _ in range(rows))
     return rng.choice(["\\begin{pmatrix}", "\\begin{bmatrix}", "\\begin{matrix}"]) + body + \
         rng.choice(["\\end{pmatrix}", "\\end{bmatrix}", "\\end{matrix}", ""])
@@ -121,7 +128,8 @@ def matrices(rng):
 def plus_minus_chains(rng):
     answer = "1"
     for _ in range(rng.randrange(5, 30)):
-        answer = rng.choice(["({a})\\pm1", "{a}\\pm{a}", "({a})\\mp2", "\\{{{a}\\}}\\cup\\{{1\\}}"]).format(a=answer)
+        step = rng.choice(["({a})\\pm1", "{a}\\pm{a}", "({a})\\mp2", "\\{{{a}\\}}\\cup\\{{1\\}}"])
+        answer = step.format(a=answer)
         answer = answer[:1990]
     return answer
 
@@ -153,7 +161,8 @@ def _rewrite(answer: str, rng: random.Random) -> str:
     """A spelling of the same answer (usually), so equal keys and the contract get exercised."""
     if _EXPANDED_POWER.search(answer) and rng.random() < 0.5:  # same value, other key: sympy
         return _EXPANDED_POWER.sub(r"2^{\1}(x+y+z+1)^{\1}", answer)
-    return rng.choice([answer + " ", f"${answer}$", f"\\boxed{{{answer}}}", answer.replace("\\frac", "\\dfrac"),
+    return rng.choice([answer + " ", f"${answer}$", f"\\boxed{{{answer}}}",
+                       answer.replace("\\frac", "\\dfrac"),
                        answer.replace("(", "\\left(").replace(")", "\\right)"), answer + "."])
 
 
@@ -165,6 +174,7 @@ def pairs(seed: int = 0, count: int = 1000) -> list[tuple[str, str]]:
     for answer in inputs:
         roll = rng.random()
         other = (_rewrite(answer, rng) if roll < 0.5 else rng.choice(inputs) if roll < 0.75 else
-                 rng.choice(["4", "x+1", "\\frac{1}{2}", "(1, 2)", "\\text{(C)}", "2^{10000}", "0"]))
+                 rng.choice(["4", "x+1", "\\frac{1}{2}", "(1, 2)", "\\text{(C)}", "2^{10000}",
+                             "0"]))
         result.append((answer, other))
     return result

@@ -70,7 +70,8 @@ class SympyHelper:
             self._process.wait()
         self._process, self._ready = None, False
 
-    def equal(self, a_source: str, b_source: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
+    def equal(self, a_source: str, b_source: str,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
         deadline = time.monotonic() + timeout_s
         try:
             if not self.wait_ready(deadline):
@@ -121,7 +122,8 @@ class HelperPool:
                 self._idle.append(helper)
                 self._available.notify()
 
-    def equal(self, a_source: str, b_source: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
+    def equal(self, a_source: str, b_source: str,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
         """Like `SympyHelper.equal`; waiting for a free helper counts against `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         helper = self._acquire(deadline)
@@ -140,7 +142,8 @@ class HelperPool:
         try:
             for helper in helpers:
                 helper.start()
-            return all([helper.wait_ready(deadline) for helper in helpers]) and len(helpers) == count
+            ready = [helper.wait_ready(deadline) for helper in helpers]
+            return all(ready) and len(helpers) == count
         finally:
             for helper in helpers:
                 self._release(helper)

@@ -168,7 +168,8 @@ def _numeric_node(node, point, deadline):
     if kind == "div":
         return _numeric(node[1], point, deadline) / _numeric(node[2], point, deadline)
     if kind == "pow":
-        return _numeric_power(_numeric(node[1], point, deadline), _numeric(node[2], point, deadline))
+        base = _numeric(node[1], point, deadline)
+        return _numeric_power(base, _numeric(node[2], point, deadline))
     if kind == "root":
         index = _numeric(node[2], point, deadline)
         radicand = _numeric(node[1], point, deadline)
@@ -185,7 +186,8 @@ def _numeric_node(node, point, deadline):
     if kind == "abs":
         return abs(_numeric(node[1], point, deadline))
     if kind == "binom":
-        return mpmath.binomial(_numeric(node[1], point, deadline), _numeric(node[2], point, deadline))
+        top = _numeric(node[1], point, deadline)
+        return mpmath.binomial(top, _numeric(node[2], point, deadline))
     if kind == "log":
         value = mpmath.log(_numeric(node[1], point, deadline))
         return value if node[2] is None else value / mpmath.log(_numeric(node[2], point, deadline))
