@@ -28,7 +28,9 @@ DATA = [
 # The CPU build of torch 2.13.0 is pinned: an unpinned torch pulls a multi-GB CUDA build.
 HF = ["transformers>=4.50", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13.0"]
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"] + HF
-BENCH = ["math-verify>=0.7"]
+# The optional `math_verify` grader (mathft_jax.grading.graders), run in helper processes.
+GRADERS = ["math-verify>=0.7"]
+BENCH = GRADERS
 
 setup(
     name="mathft_jax",
@@ -37,6 +39,6 @@ setup(
     packages=find_packages(include=["mathft_jax", "mathft_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE + DATA,
-    extras_require={"test": TEST, "hf": HF, "bench": BENCH + HF},
+    extras_require={"test": TEST, "hf": HF, "graders": GRADERS, "bench": BENCH + HF},
     include_package_data=True,
 )

@@ -159,7 +159,8 @@ _EXPANDED_POWER = re.compile(r"\(2x\+2y\+2z\+2\)\^\{(\d+)\}")
 
 def _rewrite(answer: str, rng: random.Random) -> str:
     """A spelling of the same answer (usually), so equal keys and the contract get exercised."""
-    if _EXPANDED_POWER.search(answer) and rng.random() < 0.5:  # same value, other key: sympy
+    # Same value, other key: reaches sympy. Rarer in long tuples, which then run to the deadline.
+    if _EXPANDED_POWER.search(answer) and rng.random() < (0.5 if len(answer) < 200 else 0.15):
         return _EXPANDED_POWER.sub(r"2^{\1}(x+y+z+1)^{\1}", answer)
     return rng.choice([answer + " ", f"${answer}$", f"\\boxed{{{answer}}}",
                        answer.replace("\\frac", "\\dfrac"),

@@ -1,5 +1,8 @@
 """Fuzz: seeded hostile inputs (tests/hostile_answers.py) against the grader's promises.
 
+The calls: extraction (strict and lenient), `normalize`, `answer_key`, `is_equiv`, and `grade`
+with the lenient policy and with the `prm800k` grader.
+
 Every call returns within the documented per-call bound plus a margin, never raises, and equal
 `answer_key`s imply `is_equiv`. The margin is generous (a loaded CI machine): the bound is the
 deadline, the margin only absorbs one guarded step and scheduling; the calls this used to
@@ -10,7 +13,8 @@ import threading
 import time
 
 import hostile_answers
-from mathft_jax.grading import answer_key, deadline, extract_answer, is_equiv, normalize, warm_up
+from mathft_jax.grading import (answer_key, deadline, extract_answer, grade, is_equiv, normalize,
+                                warm_up)
 
 SEED = 20261201
 COUNT = 1200
@@ -27,7 +31,10 @@ def check_pair(a: str, b: str) -> list[str]:
              ("answer_key a", lambda: answer_key(a)),
              ("answer_key b", lambda: answer_key(b)),
              ("is_equiv", lambda: is_equiv(a, b)),
-             ("is_equiv reflexive", lambda: is_equiv(a, a)))
+             ("is_equiv reflexive", lambda: is_equiv(a, a)),
+             ("extract_answer lenient", lambda: extract_answer(a, policy="lenient")),
+             ("grade lenient", lambda: grade(a, b, policy="lenient")),
+             ("grade prm800k", lambda: grade(f"\\boxed{{{a}}}", b, grader="prm800k")))
     results = {}
     for name, call in calls:
         start = time.monotonic()

@@ -2,12 +2,17 @@
 
 Order of preference: the last `\\boxed{...}` / `\\fbox{...}` (nested braces matched, also the
 brace-less `\\boxed 5` form), PRM800K's "# Answer" section, a "The final answer is X" sentence.
-Anything else returns None: guessing the last number is opt-in (`fallback_last_number`).
+Anything else returns None under the default `strict` policy; the `lenient` policy adds answer
+sentences and closing math (`lenient.py`). Guessing the last number is opt-in
+(`fallback_last_number`).
 """
 from __future__ import annotations
 
 import re
 
+from mathft_jax.grading.lenient import extract_lenient
+
+POLICIES = ("strict", "lenient")
 _ANSWER_SECTION = re.compile(r"^#+[ \t]*Answer[ \t]*\n+(.+?)(?:\n[ \t]*\n|\Z)", re.MULTILINE | re.DOTALL)
 _FINAL_SENTENCE = re.compile(r"[Tt]he final answer is[:\s]*(.+?)(?:\.\s*I hope it is correct|\n|$)",
                              re.DOTALL)
@@ -56,8 +61,12 @@ def _strip_math_delimiters(answer: str) -> str:
     return answer.rstrip(".").strip()
 
 
-def extract_answer(text: str | None, fallback_last_number: bool = False) -> str | None:
-    """The final answer of a solution, or None when it states none."""
+def extract_answer(text: str | None, fallback_last_number: bool = False,
+                   policy: str = "strict") -> str | None:
+    """The final answer of a solution, or None when it states none. `policy` is "strict"
+    (the rules above) or "lenient" (then also `lenient.extract_lenient`'s rules)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown extraction policy {policy!r}; expected one of {POLICIES}")
     if not isinstance(text, str) or not text:
         return None
     boxed = last_boxed(text)
@@ -69,6 +78,10 @@ def extract_answer(text: str | None, fallback_last_number: bool = False) -> str 
             answer = _strip_math_delimiters(matches[-1])
             if answer:
                 return answer
+    if policy == "lenient":
+        answer = extract_lenient(text)
+        if answer is not None:
+            return answer
     if fallback_last_number:
         numbers = _LAST_NUMBER.findall(text)
         if numbers:

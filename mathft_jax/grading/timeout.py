@@ -1,4 +1,5 @@
-"""Hard time bounds for sympy: a pool of helper processes, each killed and replaced on timeout.
+"""Hard time bounds for sympy (and math-verify): pools of helper processes, killed and replaced
+on timeout.
 
 Signals (SIGALRM) only work in the main thread of the main interpreter; a subprocess works
 from any thread and inside pool workers (it is a plain `subprocess.Popen`, which daemonic
@@ -6,6 +7,8 @@ multiprocessing workers may start). Each process has its own pool, which lends o
 one caller at a time and starts another (up to `MAX_HELPERS`) when all are busy, so threads
 never queue behind one helper; a forked child notices the pid change and starts its own.
 Every wait (for a free helper, for start-up, for the answer) ends at the caller's deadline.
+A helper is any script that prints "ready", then answers each `{"a": ..., "b": ...}` line with
+one line, "1", "0" or "e" (`sympy_worker.py`, `math_verify_worker.py`).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ class SympyHelper:
 
     `equal` returns True, False, or None (timed out, still starting, or failed)."""
 
-    def __init__(self):
+    def __init__(self, worker: pathlib.Path = _WORKER):
+        self._worker = worker
         self._process: subprocess.Popen | None = None
         self._ready = False
         self._owner_pid = os.getpid()
@@ -51,7 +55,7 @@ class SympyHelper:
             return
         self._ready = False
         self._process = subprocess.Popen(
-            [sys.executable, "-u", str(_WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-u", str(self._worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def wait_ready(self, deadline: float) -> bool:
@@ -91,8 +95,9 @@ class SympyHelper:
 class HelperPool:
     """Helpers of this process, lent one per caller; grows on demand up to `size`."""
 
-    def __init__(self, size: int = MAX_HELPERS):
+    def __init__(self, size: int = MAX_HELPERS, worker: pathlib.Path = _WORKER):
         self._size = size
+        self._worker = worker
         self._available = threading.Condition()
         self._idle: list[SympyHelper] = []
         self._all: list[SympyHelper] = []
@@ -112,7 +117,7 @@ class HelperPool:
                 self._available.wait(remaining)
             if self._idle:
                 return self._idle.pop()
-            helper = SympyHelper()
+            helper = SympyHelper(self._worker)
             self._all.append(helper)
             return helper
 
