@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import multiprocessing
 import os
 import pathlib
 import platform
@@ -25,9 +24,10 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))  # hostile_answers: one generator for test and bench
+sys.path.insert(0, str(REPO / "tests"))  # hostile_answers: one generator, test and bench
 
 import hostile_answers  # noqa: E402
+from warm_pool import warm_pool  # noqa: E402
 from mathft_jax.grading import (answer_key, deadline, equiv, extract_answer, is_equiv,  # noqa: E402
                                 warm_up)
 
@@ -51,10 +51,6 @@ def clear_caches() -> None:
     equiv._scalar_info.cache_clear()
 
 
-def _worker_init() -> None:
-    warm_up()
-
-
 def run_mode(name: str, pairs, workers: int, kind: str) -> dict:
     clear_caches()
     if kind == "serial":
@@ -66,8 +62,7 @@ def run_mode(name: str, pairs, workers: int, kind: str) -> dict:
             start = time.perf_counter()
             per_pair = list(pool.map(timed_calls, pairs))
     else:
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-            pool.map(abs, range(workers * 4))  # every worker up (imports, helper) before the clock
+        with warm_pool(workers, warm_up) as pool:  # imports and helpers up before the clock
             start = time.perf_counter()
             per_pair = pool.map(timed_calls, pairs, chunksize=4)
     wall = time.perf_counter() - start
