@@ -70,7 +70,8 @@ def big_integers(rng):
 
 def long_strings(rng):
     unit = rng.choice(["1+", "\\frac{", "x^", "a", "\\boxed{", "\\fbox{", "{", "((", "$", "\\\\",
-                       "The final answer is ", "# Answer\n", " ", "\n", "\\left(", "0,", "\\pm"])
+                       "The final answer is ", "# Answer\n", " ", "\n", "\\left(", "0,", "\\pm",
+                       "Answer: ", "答案是", "\\[", "$$", "\\(", "1 234 ", "**"])
     return unit * (rng.randrange(50_000, 100_001) // len(unit))
 
 
@@ -167,11 +168,23 @@ def _rewrite(answer: str, rng: random.Random) -> str:
                        answer.replace("(", "\\left(").replace(")", "\\right)"), answer + "."])
 
 
-def pairs(seed: int = 0, count: int = 1000) -> list[tuple[str, str]]:
-    """(hostile, other): other is a rewrite of it, another hostile input, or a plain answer."""
-    rng = random.Random(seed + 1)
-    inputs = hostile_inputs(seed, count)
+def deadline_bound(rng: random.Random, count: int = 2) -> list[tuple[str, str]]:
+    """Pairs that run to the per-call deadline: tuples of 40-75 equal polynomial powers, each
+    element a sympy step of about half a second, so no call can finish within the bound."""
     result = []
+    for _ in range(count):
+        powers = [rng.randrange(20, 30) for _ in range(rng.randrange(40, 76))]
+        left = "(" + ", ".join(f"(2x+2y+2z+2)^{{{k}}}" for k in powers) + ")"
+        result.append((left, _EXPANDED_POWER.sub(r"2^{\1}(x+y+z+1)^{\1}", left)))
+    return result
+
+
+def pairs(seed: int = 0, count: int = 1000, to_deadline: int = 2) -> list[tuple[str, str]]:
+    """(hostile, other): other is a rewrite of it, another hostile input, or a plain answer;
+    the first `to_deadline` pairs run to the deadline (`deadline_bound`)."""
+    rng = random.Random(seed + 1)
+    inputs = hostile_inputs(seed, count - to_deadline)
+    result = deadline_bound(rng, to_deadline)
     for answer in inputs:
         roll = rng.random()
         other = (_rewrite(answer, rng) if roll < 0.5 else rng.choice(inputs) if roll < 0.75 else
