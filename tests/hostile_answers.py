@@ -145,9 +145,18 @@ def polynomial_powers(rng):
                        f"\\sin(x)^{{{k}}}+\\cos(x)^{{{k}}}", f"((2x+2y+2z+2)^{{{k}}}, x)"])
 
 
+def whitespace_runs(rng):
+    """A long run inside an answer sentence: regexes that try every position of a run are
+    quadratic in it."""
+    head = rng.choice(["Answer: x", "the answer is 5", "The final answer is 1", "$", "\\boxed 5",
+                       "# Answer\n\n2", "答案是 3", "Answer: 5,", "so $x$"])
+    run = rng.choice([" ", "\t", "*_ ", "\u3000", " \n", ". "]) * rng.randrange(5_000, 30_000)
+    return head + run + rng.choice(["y", "y.", "becausex", "dollarsx", "percent", "$", "\\]", "whichx"])
+
+
 FAMILIES = (deep_nesting, nested_powers, power_towers, factorials, binomials, big_integers,
             long_strings, unclosed_groups, garbage, injections, long_tuples, matrices,
-            plus_minus_chains, random_pieces, polynomial_powers)
+            plus_minus_chains, random_pieces, polynomial_powers, whitespace_runs)
 
 
 def hostile_inputs(seed: int = 0, count: int = 1000) -> list[str]:

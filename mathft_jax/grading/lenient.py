@@ -11,6 +11,7 @@ Everything is one pass or a bounded number of `rfind`s over the text: linear tim
 from __future__ import annotations
 
 import re
+import string
 
 _PHRASES = (
     # English
@@ -33,11 +34,15 @@ _VARIANTS = {p for phrase in _PHRASES for p in (phrase, phrase.replace(":", "：
 _PHRASE = re.compile("|".join(re.escape(p) + (r"(?![\w'’])" if p[-1].isascii() and p[-1].isalpha() else "")
                               for p in sorted(_VARIANTS, key=len, reverse=True)), re.IGNORECASE)
 _LONE_DOLLAR = re.compile(r"(?<![\\$])\$(?!\$)")
-_SENTENCE_END = re.compile(r"[.。!?！？;；](?=\s|$)|,\s+(?:which|so|since|because|as)\b|\s+(?:because|since)\s")
-_MARKDOWN = re.compile(r"^[\s*_#>:：]+|[\s*_]+$")
+# A whitespace run is entered at its start only (`(?<!\s)`): trying every position inside a
+# long run made one search quadratic in it.
+_SENTENCE_END = re.compile(
+    r"[.。!?！？;；](?=\s|$)|,\s+(?:which|so|since|because|as)\b|(?<!\s)\s+(?:because|since)\s")
+_LEADING_MARKS = string.whitespace + "\u00a0\u3000*_#>:："  # markdown and a colon left over
+_TRAILING_MARKS = string.whitespace + "\u00a0\u3000*_"
 _TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mbox|textrm)\{([^{}]*)\}$")
-_CURRENCY = re.compile(r"^(?:US\$|USD\s*|\\\$|\$|€|£|¥|₹|Rs\.?\s*)(?=[\d.])|\s*(?:USD|EUR|dollars?|euros?)$",
-                       re.IGNORECASE)
+_CURRENCY = re.compile(r"^(?:US\$|USD\s*|\\\$|\$|€|£|¥|₹|Rs\.?\s*)(?=[\d.])|"
+                       r"(?<!\s)\s*(?:USD|EUR|dollars?|euros?)$", re.IGNORECASE)
 _PERCENT_WORDS = re.compile(r"(?<=\d)\s*(?:percent|per\s+cent|pct|por\s+ciento|pour\s+cent|prozent|"
                             r"per\s+cento|por\s+cento|процент(?:а|ов)?|%)$", re.IGNORECASE)
 _SPACED_THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:\s|\\,|\u202f|\u2009)\d{3})+(?:\.\d+)?$")
@@ -48,12 +53,16 @@ _CONNECTIVES = frozenset(("or", "and", "to", "of", "times", "over", "plus", "min
                           "und", "oder", "или", "и"))
 
 
+def _strip_marks(text: str) -> str:
+    return text.lstrip(_LEADING_MARKS).rstrip(_TRAILING_MARKS)
+
+
 def _rest_of_sentence(text: str, start: int) -> str:
     """From `start` to the end of the sentence; the next non-empty line if the phrase ends one
     ("Answer:\\n\\n9")."""
     end = text.find("\n", start)
     line = text[start:] if end < 0 else text[start:end]
-    while not _MARKDOWN.sub("", line) and end >= 0:
+    while not _strip_marks(line) and end >= 0:
         start = end + 1
         end = text.find("\n", start)
         line = text[start:] if end < 0 else text[start:end]
@@ -97,7 +106,7 @@ def answer_sentence(text: str) -> str | None:
     if last is None:
         return None
     answer = _rest_of_sentence(text, last.end())
-    return answer if _MARKDOWN.sub("", answer) else None
+    return answer if _strip_marks(answer) else None
 
 
 def closing_math(text: str) -> str | None:
@@ -115,7 +124,7 @@ def closing_math(text: str) -> str | None:
 def clean(answer: str) -> str:
     """Markdown, `\\text{}` around the whole answer, currency, percent words, thousands
     separators and unit words after a number."""
-    answer = _MARKDOWN.sub("", answer.strip()).rstrip(".。").strip()
+    answer = _strip_marks(answer).rstrip(".。").strip()
     if answer.startswith("$") and answer.endswith("$") and len(answer) > 1 and not _CURRENCY.match(answer):
         answer = answer.strip("$").strip()
     wrapped = _TEXT_WRAPPER.match(answer)
