@@ -190,8 +190,8 @@ def main() -> None:
     clustering = bench_clustering(args.processes)
     theirs = rows[-1]
     per_s = f"pairs_per_s_{args.workers}_processes"
-    print(f"| grader | equivalence rows | lenient rows | pairs/s, 1 process | pairs/s, {args.workers} "
-          f"processes |\n| --- | ---: | ---: | ---: | ---: |")
+    print(f"| grader | equivalence rows | lenient rows | pairs/s, 1 process | "
+          f"pairs/s, {args.workers} processes |\n| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
         print(f"| {row['grader']} | {100 * row['accuracy_equivalence']:.2f}% | "
               f"{100 * row['accuracy_lenient']:.2f}% | {row['pairs_per_s_1_process']:.0f} | "

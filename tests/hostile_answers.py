@@ -151,7 +151,8 @@ def whitespace_runs(rng):
     head = rng.choice(["Answer: x", "the answer is 5", "The final answer is 1", "$", "\\boxed 5",
                        "# Answer\n\n2", "答案是 3", "Answer: 5,", "so $x$"])
     run = rng.choice([" ", "\t", "*_ ", "\u3000", " \n", ". "]) * rng.randrange(5_000, 30_000)
-    return head + run + rng.choice(["y", "y.", "becausex", "dollarsx", "percent", "$", "\\]", "whichx"])
+    tail = rng.choice(["y", "y.", "becausex", "dollarsx", "percent", "$", "\\]", "whichx"])
+    return head + run + tail
 
 
 FAMILIES = (deep_nesting, nested_powers, power_towers, factorials, binomials, big_integers,

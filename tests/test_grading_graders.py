@@ -107,9 +107,10 @@ def _record(problem_id, gold, answers):
 
 
 def test_agreement_report_counts_and_lists_disagreements():
-    records = [_record("p1", "\\frac{1}{2}", ["\\frac{2}{4}", "0.5", "3"]),   # mathft only, both, neither
-               _record("p2", "1024", ["2^{10}", "1024"]),                      # mathft only, both
-               _record("p3", "\\frac{31}{4}", ["7 3/4"])]                      # prm800k only
+    # Verdicts (mathft, prm800k): p1 (T, F), (T, T), (F, F); p2 (T, F), (T, T); p3 (F, T).
+    records = [_record("p1", "\\frac{1}{2}", ["\\frac{2}{4}", "0.5", "3"]),
+               _record("p2", "1024", ["2^{10}", "1024"]),
+               _record("p3", "\\frac{31}{4}", ["7 3/4"])]
     summary, disagreements = agreement_report(records, ["mathft", "prm800k"])
     assert summary["samples"] == 6 and summary["agree"] == 3
     assert summary["correct"] == {"mathft": 4, "prm800k": 3}
@@ -118,6 +119,7 @@ def test_agreement_report_counts_and_lists_disagreements():
         ("p1", 0, "\\frac{2}{4}", {"mathft": True, "prm800k": False}),
         ("p2", 0, "2^{10}", {"mathft": True, "prm800k": False}),
         ("p3", 0, "7 3/4", {"mathft": False, "prm800k": True})]
-    assert grade_record(records[0], "mathft") == [("\\frac{2}{4}", True), ("0.5", True), ("3", False)]
+    assert grade_record(records[0], "mathft") == [
+        ("\\frac{2}{4}", True), ("0.5", True), ("3", False)]
     with pytest.raises(ValueError):
         agreement_report(records, ["mathft"])

@@ -14,7 +14,8 @@ PAIRS_FILE = pathlib.Path(__file__).parent / "data" / "equiv_pairs.tsv"
 CATEGORIES = {"integer", "fraction", "decimal", "radical", "pi", "exponent", "scientific", "thousands",
               "degrees", "units", "percent", "tuple", "list", "interval", "union", "matrix", "equation",
               "inequality", "complex", "base", "choice", "text", "expression", "mixed", "knownbug",
-              "lenient-sentence", "lenient-language", "lenient-closing", "lenient-number", "lenient-text"}
+              "lenient-sentence", "lenient-language", "lenient-closing", "lenient-number",
+              "lenient-text"}
 
 
 def load_pairs():

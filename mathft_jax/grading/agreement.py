@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from mathft_jax.grading.graders import get_grader, grade
 
 
-def grade_record(record: dict, grader: str, policy: str = "strict") -> list[tuple[str | None, bool]]:
+def grade_record(record: dict, grader: str,
+                 policy: str = "strict") -> list[tuple[str | None, bool]]:
     """(answer, correct) per sample. A sample's text is re-extracted under `policy`; a sample
     without text is judged on its stored answer."""
     verdicts = []

@@ -82,7 +82,8 @@ def get_grader(name: str) -> Grader:
     if grader is None:
         raise ValueError(f"unknown grader {name!r}; expected one of {', '.join(GRADERS)}")
     if not grader.available():
-        raise ValueError(f"grader {name!r} needs the optional extra: pip install -e '.[{grader.extra}]'")
+        raise ValueError(f"grader {name!r} needs the optional extra: "
+                         f"pip install -e '.[{grader.extra}]'")
     return grader
 
 

@@ -23,16 +23,19 @@ _PHRASES = (
     # Spanish, Portuguese, Italian, French, German
     "la respuesta final es", "la respuesta es", "respuesta final:", "respuesta:", "a resposta é",
     "resposta:", "la risposta è", "risposta:", "la réponse finale est", "la réponse est",
-    "réponse :", "réponse:", "die endgültige antwort ist", "die antwort ist", "antwort:", "ergebnis:",
+    "réponse :", "réponse:", "die endgültige antwort ist", "die antwort ist", "antwort:",
+    "ergebnis:",
     # Russian, Vietnamese, Indonesian
     "окончательный ответ:", "ответ равен", "ответ:", "ответ —", "đáp án là", "đáp án:",
     "jawabannya adalah", "jawaban:",
 )
-_VARIANTS = {p for phrase in _PHRASES for p in (phrase, phrase.replace(":", "："), phrase.replace(":", " :"))}
+_VARIANTS = {variant for phrase in _PHRASES
+             for variant in (phrase, phrase.replace(":", "："), phrase.replace(":", " :"))}
 # Longest first, so "the final answer is" wins over "answer is" at the same position; a phrase
 # ending in a Latin letter must end a word ("the answer isn't" is no answer sentence).
-_PHRASE = re.compile("|".join(re.escape(p) + (r"(?![\w'’])" if p[-1].isascii() and p[-1].isalpha() else "")
-                              for p in sorted(_VARIANTS, key=len, reverse=True)), re.IGNORECASE)
+_PHRASE = re.compile("|".join(
+    re.escape(p) + (r"(?![\w'’])" if p[-1].isascii() and p[-1].isalpha() else "")
+    for p in sorted(_VARIANTS, key=len, reverse=True)), re.IGNORECASE)
 _LONE_DOLLAR = re.compile(r"(?<![\\$])\$(?!\$)")
 # A whitespace run is entered at its start only (`(?<!\s)`): trying every position inside a
 # long run made one search quadratic in it.
@@ -125,7 +128,7 @@ def clean(answer: str) -> str:
     """Markdown, `\\text{}` around the whole answer, currency, percent words, thousands
     separators and unit words after a number."""
     answer = _strip_marks(answer).rstrip(".。").strip()
-    if answer.startswith("$") and answer.endswith("$") and len(answer) > 1 and not _CURRENCY.match(answer):
+    if len(answer) > 1 and answer[0] == answer[-1] == "$" and not _CURRENCY.match(answer):
         answer = answer.strip("$").strip()
     wrapped = _TEXT_WRAPPER.match(answer)
     if wrapped:

@@ -81,7 +81,8 @@ def _prm_normalize(answer: str) -> tuple[str, str]:
             answer = str(int(number))
     except (ValueError, OverflowError):
         pass
-    answer = _braced_short_arguments(answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
+    answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    answer = _braced_short_arguments(answer)
     answer = re.sub(r"\\frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", answer)  # as printed text
     answer = re.sub(r"- *", "-", answer)
     math = re.sub(r"([0-9]) +([0-9])", r"\1+\2", answer)  # mixed number `7 3/4`
@@ -102,8 +103,9 @@ def _is_integer(text: str) -> bool:
 def _elements(text: str) -> list[str]:
     """The elements of a bracketed tuple or interval (no nested brackets), else [text]."""
     text = _THOUSANDS.sub("", text)
-    if len(text) > 2 and text[0] in "([" and text[-1] in ")]" and not any(c in text[1:-1] for c in "()[]"):
-        return [element.strip() for element in text[1:-1].split(",")]
+    inner = text[1:-1]
+    if len(text) > 2 and text[0] in "([" and text[-1] in ")]" and not set("()[]") & set(inner):
+        return [element.strip() for element in inner.split(",")]
     return [text]
 
 

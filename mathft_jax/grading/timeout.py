@@ -55,8 +55,8 @@ class SympyHelper:
             return
         self._ready = False
         self._process = subprocess.Popen(
-            [sys.executable, "-u", str(self._worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            [sys.executable, "-u", str(self._worker)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def wait_ready(self, deadline: float) -> bool:
         """Whether the helper is up by `deadline`; one still starting is left to start."""
