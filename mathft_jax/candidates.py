@@ -14,7 +14,8 @@ import logging
 import math
 
 from mathft_jax import atomic, storage
-from mathft_jax.grading import extract_answer, is_equiv
+from mathft_jax import grading
+from mathft_jax.grading import extract_answer
 from mathft_jax.parallel import parallel_map
 
 
@@ -116,15 +117,27 @@ def write_candidates(path: str, records: list[dict]) -> None:
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def sample_answer(sample: dict) -> str | None:
-    """A sample's answer: its "answer" field, or extracted from "text" when the key is absent."""
-    if "answer" in sample:
+def sample_answer(sample: dict, policy: str | None = None) -> str | None:
+    """A sample's answer: its recorded "answer" field (else strict extraction of its
+    "text"); with a `policy`, extracted again from the text under it."""
+    if policy is None and "answer" in sample:
         return sample["answer"]
-    return extract_answer(sample.get("text"))
+    return extract_answer(sample.get("text"), policy=policy or "strict")
+
+
+def grade_sample(sample: dict, gold: str, policy: str | None = None,
+                 grader: str = "mathft") -> bool:
+    """The one judgment of a sample against its gold answer, used by the pipeline's grading
+    (`grade_candidates`), by `voting.grade_problem` and by the data readers: `grader`
+    (grading.GRADERS) on the sample's answer (`sample_answer(sample, policy)`), within the
+    grader's per-call bound."""
+    verdict = grading.grade(sample.get("text"), gold, policy or "strict", grader,
+                            answer=sample_answer(sample, policy))
+    return verdict.correct
 
 
 def _grade_record(record: dict) -> list[bool]:
-    return [is_equiv(sample_answer(sample), record["gold"]) for sample in record["samples"]]
+    return [grade_sample(sample, record["gold"]) for sample in record["samples"]]
 
 
 def grade_candidates(records: list[dict], processes: int | None = None, progress: bool = True) -> list[dict]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mathft_jax.candidates import sample_answer
+from mathft_jax.candidates import grade_sample, sample_answer
 from mathft_jax.grading import answer_key, is_equiv
 
 METRICS = ("pass_at_1", "pass_at_n", "maj1_at_n", "majk_at_n", "rr_all", "rr_topk", "wrr", "wrr_majk")
@@ -88,7 +88,7 @@ class GradedProblem:
 def grade_problem(record: dict) -> GradedProblem:
     """Grade every sample of a candidates record against its gold answer and cluster them."""
     answers = [sample_answer(s) for s in record["samples"]]
-    correct = tuple(is_equiv(answer, record["gold"]) for answer in answers)
+    correct = tuple(grade_sample(s, record["gold"]) for s in record["samples"])
     clusters = cluster(answers)
     labels = [-1] * len(answers)
     for index, found in enumerate(clusters):
