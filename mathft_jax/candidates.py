@@ -145,7 +145,8 @@ def grade_candidates(records: list[dict], processes: int | None = None, progress
                      grader: str = "mathft") -> list[dict]:
     """Set `correct` on every sample (in place) with a process pool; returns `records`."""
     grade = functools.partial(_grade_record, grader=grader)
-    for record, grades in zip(records, parallel_map(grade, records, processes, "grading", progress)):
+    graded = parallel_map(grade, records, processes, "grading", progress, grading.warm_up)
+    for record, grades in zip(records, graded):
         for sample, correct in zip(record["samples"], grades):
             sample["correct"] = correct
     return records

@@ -39,7 +39,7 @@ def grade_records(records: list[dict], processes: int | None = None, progress: b
                   policy: str | None = None, grader: str = "mathft") -> list[voting.GradedProblem]:
     """Grade and cluster every problem once, in a process pool over all cores."""
     grade = functools.partial(voting.grade_problem, policy=policy, grader=grader)
-    return parallel_map(grade, records, processes, "grading", progress)
+    return parallel_map(grade, records, processes, "grading", progress, grading.warm_up)
 
 
 def grading_info(records: list[dict], policy: str | None, grader: str) -> dict:
