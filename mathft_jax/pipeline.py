@@ -52,8 +52,10 @@ TRAIN_STAGES = ("ssft", "scr", "mtsf")
 SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
                  "sample_eval": lambda generators: generators}
 # Bindings that change where or how fast, not what a stage computes.
+# `variant` picks the stages, not what one computes: each stage's own inputs are compared
+# as its resolved TrainConfig/InferConfig (so one SSFT can serve several variants).
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
-                "pipeline.ignore_config_changes")
+                "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path")
 
 
 class Preempted(RuntimeError):
@@ -164,17 +166,14 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         with gin.unlock_config():
             gin.bind_parameter("scr_candidates_file.path", run.graded_train_candidates())
     with provenance.unrecorded():  # every stage's settings, checked before anything runs
-        for stage in stages:
-            if stage in TRAIN_STAGES:
-                _train_config(cfg, run, stage)
-            for generator in SAMPLE_STAGES.get(stage, lambda g: [])(generators):
-                _infer_config(cfg, run, stage, generator)
+        resolved = {stage: _resolved(cfg, run, stage) for stage in stages}
     distributed.check_shared_dir(run.root)
     if not cfg.ignore_config_changes:
         for stage in stages:
             if run.done(stage):
                 provenance.check_unchanged(run.stage_dir(stage), f"stage {stage} in {run.root}",
-                                           "pipeline.ignore_config_changes", NOT_SETTINGS)
+                                           "pipeline.ignore_config_changes", NOT_SETTINGS,
+                                           resolved[stage])
     steps = {
         "ssft": lambda: _train_stage(cfg, run, "ssft"),
         "sample_train": lambda: _sample_stage(cfg, run, "sample_train", "ssft"),
@@ -195,7 +194,8 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
             info = steps[stage]() or {}
             distributed.barrier(f"pipeline_{stage}")
             provenance.record(run.stage_dir(stage), provenance.binding_record(
-                [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS))
+                [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS,
+                resolved[stage]))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
         if stage == cfg.stop_after:
             return {}
@@ -223,6 +223,18 @@ def _train_config(cfg: PipelineConfig, run: Run, stage: str):
     with gin.config_scope(stage):
         return train_lib.TrainConfig(model_dir=run.checkpoint(stage), task=task,
                                      init_checkpoint=init).validate()
+
+
+def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
+    """A stage's settings as this run resolves them (validated), for the rerun check:
+    {"train.task": repr, "infer[mtsf].num_samples": repr, ...}, paths inside the run written
+    relative to it (a stage shared with another run directory compares equal)."""
+    configs = {"train": _train_config(cfg, run, stage)} if stage in TRAIN_STAGES else {}
+    for generator in SAMPLE_STAGES.get(stage, lambda generators: [])(cfg.generators):
+        configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
+    return {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
+            .replace(run.root, "<run_dir>")
+            for name, config in configs.items() for field in dataclasses.fields(config)}
 
 
 def _infer_config(cfg: PipelineConfig, run: Run, stage: str, generator: str):

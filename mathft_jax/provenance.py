@@ -65,11 +65,22 @@ def explicit_bindings(configurables: Iterable[str], scopes: Iterable[str] = ("",
     return out
 
 
-def binding_record(scopes: Iterable[str], ignore: Iterable[str] = ()) -> dict:
-    """What bindings.json holds: the configurables used so far, the scopes, their bindings."""
+def stable_repr(value) -> str:
+    """repr, but a function by its name (its repr holds a per-process address)."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"@{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def binding_record(scopes: Iterable[str], ignore: Iterable[str] = (),
+                   resolved: Optional[dict] = None) -> dict:
+    """What bindings.json holds: the configurables used so far, the scopes, their bindings,
+    and `resolved`, the stage's own settings as the pipeline derived them ({"train.task":
+    repr}: what comes from pipeline settings rather than from a binding of its own)."""
     configurables, scopes = sorted(used_configurables()), sorted(set(scopes) | {""})
     return {"configurables": configurables, "scopes": scopes,
-            "bindings": explicit_bindings(configurables, scopes, ignore)}
+            "bindings": explicit_bindings(configurables, scopes, ignore),
+            "resolved": dict(resolved or {})}
 
 
 def write_operative(path: str) -> None:
@@ -87,15 +98,18 @@ def record(directory: str, bindings: Optional[dict] = None) -> None:
         atomic.write_json(storage.join(directory, BINDINGS), bindings, indent=1, sort_keys=True)
 
 
-def check_unchanged(directory: str, what: str, override: str, ignore: Iterable[str] = ()) -> None:
+def check_unchanged(directory: str, what: str, override: str, ignore: Iterable[str] = (),
+                    resolved: Optional[dict] = None) -> None:
     """Raise ConfigChangedError if the bindings recorded in directory differ from those in
-    force now (for the same configurables and scopes), naming each; no record, no check."""
+    force now (for the same configurables and scopes), or the stage's resolved settings from
+    `resolved`, naming each; no record, no check."""
     path = storage.join(directory, BINDINGS)
     if not storage.exists(path):
         return
     recorded = json.loads(storage.read_text(path))
     current = explicit_bindings(recorded["configurables"], recorded["scopes"], ignore)
     diff = differences(recorded["bindings"], current)
+    diff += differences(recorded.get("resolved", {}), dict(resolved or {}))
     if diff:
         raise ConfigChangedError(
             f"{what} finished with other settings than this run asks for: {'; '.join(diff)}. "

@@ -171,8 +171,7 @@ def _train_cli(model_dir, steps):
             "--gin_bindings=train.task='synthetic_arith_steps'",
             f"--gin_bindings=train.model_dir='{model_dir}'",
             f"--gin_bindings=train.total_steps={steps}", "--gin_bindings=train.batch_size=8",
-            "--gin_bindings=train.sequence_length=64", "--gin_bindings=train.checkpoint_every=1000",
-            "--gin_bindings=train.progress=False"]
+            "--gin_bindings=train.sequence_length=64", "--gin_bindings=train.checkpoint_every=1000"]
 
 
 def test_two_processes_give_the_one_process_loss_curve(launcher, tmp_path):
@@ -272,8 +271,7 @@ def test_two_process_infer_writes_the_one_process_candidates(launcher, tmp_path)
                 f"--gin_bindings=infer.checkpoint='{tmp_path / 'ckpt'}'",
                 f"--gin_bindings=infer.output_path='{out}'", "--gin_bindings=infer.max_problems=8",
                 "--gin_bindings=infer.num_samples=2", "--gin_bindings=infer.max_decode_len=16",
-                "--gin_bindings=infer.batch_size=8", "--gin_bindings=infer.seed=3",
-                "--gin_bindings=infer.progress=False"]
+                "--gin_bindings=infer.batch_size=8", "--gin_bindings=infer.seed=3"]
 
     one = launcher(["local", "--processes=1", "--devices_per_process=8", "--",
                     *cli(tmp_path / "one.jsonl")])

@@ -61,7 +61,8 @@ def test_writes_the_candidates_schema_with_scores(setup, uninterrupted):
     records = candidates.read_candidates(str(setup / "full.jsonl"))
     assert [r["problem_id"] for r in records] == [f"p{i}" for i in range(NUM_PROBLEMS)]
     for i, record in enumerate(records):
-        assert set(record) == {"problem_id", "problem", "gold", "samples"}
+        assert set(record) == {"problem_id", "problem", "gold", "extraction_policy", "samples"}
+        assert record["extraction_policy"] == "strict"
         assert record["problem"] == f"What is {i}+{i}?" and record["gold"] == str(2 * i)
         assert len(record["samples"]) == 2
         for sample in record["samples"]:
@@ -135,8 +136,7 @@ def test_cli_runs_from_gin_files(setup, tmp_path):
     cmd = [sys.executable, "-m", "mathft_jax.infer", "--gin_file=gin_configs/infer/synthetic.gin"]
     cmd += [f"--gin_bindings={b}" for b in MODEL_BINDINGS + [
         f"infer.checkpoint='{setup / 'ckpt'}'", f"infer.output_path='{output}'",
-        "infer.max_problems=3", "infer.num_samples=2", "infer.max_decode_len=4",
-        "infer.progress=False"]]
+        "infer.max_problems=3", "infer.num_samples=2", "infer.max_decode_len=4"]]
     subprocess.run(cmd, check=True, cwd=gin_utils.REPO_ROOT, capture_output=True, text=True)
     records = candidates.read_candidates(str(output))
     assert len(records) == 3 and all(len(r["samples"]) == 2 for r in records)

@@ -119,6 +119,6 @@ def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.evaluate, "grade_records", no_grading)
     monkeypatch.setattr(pipeline.candidates, "read_candidates", no_grading)
     run = pipeline.Run(str(tmp_path))
-    info = pipeline._evaluate_stage(run, ["ssft", "mtsf"], True, 8, 10, None)
+    info = pipeline._evaluate_stage(run, ["ssft", "mtsf"], True, 8, 10, None, "mathft")
     assert info == {"generators": ["ssft", "mtsf"]}
     assert not os.path.exists(run.stage_dir("evaluate"))
