@@ -34,7 +34,7 @@ SSFT_MIXTURE = "math_ssft_mix"
 EVALUATOR_LABEL_TASKS = ("scr_pairwise", "scr_pointwise")
 TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
               *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise",
-              "scr_sequence_pairwise")
+              "scr_sequence_pairwise", "dpo_pairs")
 
 
 # ----------------------------------------------------------------------------- examples
@@ -63,6 +63,14 @@ def _candidates(path) -> list[dict]:
         raise ValueError("scr_pairwise / scr_pointwise / scr_sequence_pairwise need a graded candidates file: bind "
                          "scr_candidates_file.path = '...'.")
     return readers.read_candidates(path)
+
+
+def _preference_examples(path) -> list[dict]:
+    from mathft_jax import preferences  # noqa: PLC0415
+    if path is None:
+        raise ValueError("dpo_pairs needs a preference file with reference log-likelihoods: "
+                         "bind preference_file.path = '...' (python -m mathft_jax.preferences)")
+    return preferences.preference_examples(preferences.read_preferences(str(path)))
 
 
 def examples_to_dataset(examples: list[dict], name: str) -> tf.data.Dataset:
@@ -103,6 +111,7 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
     """Per task, per split: a zero-argument loader with every data path resolved now."""
     splits_dir, math_dir = paths.math_splits_dir(), paths.math_dir()
     label_files, candidates_file = paths.prm800k_label_files(), paths.scr_candidates_file()
+    preference_file = paths.preference_file()
 
     def generation(read: Callable, *args, **kwargs) -> Callable[[], list[dict]]:
         return lambda: generation_examples(read(*args, **kwargs))
@@ -119,6 +128,7 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
         "scr_pairwise": {"train": evaluator(formats.pairwise_examples)},
         "scr_pointwise": {"train": evaluator(formats.pointwise_examples)},
         "scr_sequence_pairwise": {"train": evaluator(formats.sequence_pair_examples)},
+        "dpo_pairs": {"train": lambda: _preference_examples(preference_file)},
     }
     for name, style in SYNTHETIC_TASKS.items():
         # Knobs are read from gin when the split is first loaded.
@@ -138,7 +148,8 @@ def ssft_mix_rates(rates: Sequence[float] = (1.0, 1.0)) -> tuple:
 
 def _registration_key(vocabulary: seqio.Vocabulary) -> tuple:
     return (vocabulary, paths.math_splits_dir(), paths.math_dir(),
-            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates())
+            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates(),
+            paths.preference_file())
 
 
 def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:
