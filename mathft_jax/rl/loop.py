@@ -31,6 +31,7 @@ from typing import Callable, Optional, Sequence
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -123,11 +124,8 @@ def grpo(model_dir: str = gin.REQUIRED,
     provenance.record(model_dir)
     state, start = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
                                     seed, mesh, rules)
-    reference = None
-    if kl_coef:
-        ref_path = reference_checkpoint or init_checkpoint
-        reference = (checkpoints.load_params(ref_path, cfg, mesh, rules) if ref_path
-                     else init_state(cfg, optimizer, shardings, seed).params)
+    reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
+                           cfg, optimizer, shardings, seed, mesh, rules)
     evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, mesh, rules)
                  if evaluator_checkpoint and evaluator_weight else None)
 
@@ -268,6 +266,21 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
         params = checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
         return init_state(cfg, optimizer, shardings, seed, params=params), 0
     return init_state(cfg, optimizer, shardings, seed), 0
+
+
+def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg, optimizer,
+               shardings, seed, mesh, rules):
+    """The frozen KL anchor: reference_checkpoint, else the policy's start (init_checkpoint
+    or the seed's init), copied from the fresh state or, on a resumed run, made again."""
+    if not kl_coef:
+        return None
+    if reference_checkpoint:
+        return checkpoints.load_params(reference_checkpoint, cfg, mesh, rules)
+    if start == 0:  # a copy: the train step donates the state's buffers
+        return jax.tree_util.tree_map(jnp.copy, state.params)
+    if init_checkpoint:
+        return checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+    return init_state(cfg, optimizer, shardings, seed).params
 
 
 def _progress_bar(enabled: bool, start: int, total: int):
