@@ -18,7 +18,11 @@ themselves too):
 `pipeline.variant` picks the paper's variants: "ssft" (1, 6, 8), "ssft_scr" (1-4, 6-8) or
 "mtsf" (all); and MTSF's control, "mtsf_control" (1, 5, 6, 8): stage 5 continues SSFT from
 the SSFT checkpoint with no evaluator stage between, so MTSF's gain can be told apart from
-that of its extra SSFT steps. Per-stage trainer and sampler settings are gin scopes, e.g.
+that of its extra SSFT steps. Beyond the paper (issue #17), each from the SSFT checkpoint:
+"dpo" (1-3, then `dpo_data`: preference pairs of the graded training candidates with the SSFT
+model's reference log-likelihoods, then `dpo`: DPO on them, gin scope `dpo`; 6, 8) and
+"grpo" (1, then `grpo`: `mathft_jax.rl` on the training problems, gin scope `grpo`; 6, 8).
+Per-stage trainer and sampler settings are gin scopes, e.g.
 `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
 """
 from __future__ import annotations
@@ -43,9 +47,12 @@ VARIANTS = {
     "ssft_scr": ("ssft", "sample_train", "scr_data", "scr", "sample_eval", "score", "evaluate"),
     "mtsf": ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score", "evaluate"),
     "mtsf_control": ("ssft", "mtsf", "sample_eval", "evaluate"),
+    "dpo": ("ssft", "sample_train", "scr_data", "dpo_data", "dpo", "sample_eval", "evaluate"),
+    "grpo": ("ssft", "grpo", "sample_eval", "evaluate"),
 }
+GENERATORS = ("ssft", "mtsf", "dpo", "grpo")  # stages whose checkpoint is sampled and evaluated
 DONE = "DONE.json"
-SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval")  # gin scopes
+SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval", "dpo", "grpo")  # gin scopes
 # Bindings that change where or how fast, not what a stage computes.
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes")
@@ -86,6 +93,9 @@ class Run:
         stage = "score" if scored else "sample_eval"
         return storage.join(self.stage_dir(stage), f"{generator}.jsonl")
 
+    def preferences(self) -> str:
+        return storage.join(self.stage_dir("dpo_data"), "preferences.jsonl")
+
     def results(self) -> str:
         return storage.join(self.stage_dir("evaluate"), "results.json")
 
@@ -120,12 +130,15 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
                                     f"variant {variant!r}: {', '.join(VARIANTS[variant])}")
     run = Run(run_dir)
     stages = VARIANTS[variant]
-    generators = ["ssft", "mtsf"] if "mtsf" in stages else ["ssft"]
+    generators = [g for g in GENERATORS if g in stages]
     logging.info("pipeline %s in %s: %s", variant, run.root, " -> ".join(stages))
     distributed.check_shared_dir(run.root)
     if "scr" in stages:  # the scr tasks read it (bound before the check: it is a setting)
         with gin.unlock_config():
             gin.bind_parameter("scr_candidates_file.path", run.graded_train_candidates())
+    if "dpo" in stages:  # the dpo_pairs task reads it
+        with gin.unlock_config():
+            gin.bind_parameter("preference_file.path", run.preferences())
     if not ignore_config_changes:
         for stage in stages:
             if run.done(stage):
@@ -139,6 +152,9 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
         "scr": lambda: _train_stage(run, "scr", scr_task, run.checkpoint("ssft")),
         "mtsf": lambda: _train_stage(run, "mtsf", ssft_task,
                                      run.checkpoint("scr" if "scr" in stages else "ssft")),
+        "dpo_data": lambda: _dpo_data_stage(run),
+        "dpo": lambda: _train_stage(run, "dpo", "dpo_pairs", run.checkpoint("ssft")),
+        "grpo": lambda: _grpo_stage(run, sample_task, train_split),
         "sample_eval": lambda: {g: _sample_stage(run, "sample_eval", g, sample_task, eval_split,
                                                  run.eval_candidates(g)) for g in generators},
         "score": lambda: {g: score_stage(run, g) for g in generators},
@@ -208,6 +224,32 @@ def _scr_data_stage(run: Run, processes: Optional[int]) -> dict:
                          f"model is always right or always wrong ({stats}); train longer or "
                          "sample more")
     return stats
+
+
+def _dpo_data_stage(run: Run) -> dict:
+    """Preference pairs of the graded training candidates, with the SSFT checkpoint's
+    log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
+    import inspect
+
+    from mathft_jax import preferences
+    from mathft_jax import train as train_lib
+    with gin.config_scope("dpo"):
+        length = gin.get_bindings("train").get(
+            "sequence_length", inspect.signature(train_lib.train).parameters["sequence_length"].default)
+    return preferences.make_preferences(output_path=run.preferences(),
+                                        reference_checkpoint=run.checkpoint("ssft"),
+                                        candidates_path=run.graded_train_candidates(),
+                                        sequence_length=length)
+
+
+def _grpo_stage(run: Run, task: str, split: str) -> dict:
+    from mathft_jax.rl import loop
+    with gin.config_scope("grpo"):
+        result = loop.grpo(model_dir=run.checkpoint("grpo"), init_checkpoint=run.checkpoint("ssft"),
+                           task=task, split=split)
+    if result.preempted:
+        raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; rerun to resume")
+    return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
 
 
 def score_stage(run: Run, generator: str) -> dict:

@@ -294,7 +294,8 @@ def main(argv):
     del argv
     from mathft_jax import entry  # noqa: PLC0415
     entry.parse_gin_flags()
-    result = grpo()
+    with gin.config_scope("grpo"):  # the scope the pipeline's grpo stage runs in
+        result = grpo()
     if result.preempted:
         logging.warning("preempted at iteration %d; rerun the same command to resume",
                         result.final_iteration)
