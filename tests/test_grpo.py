@@ -112,6 +112,16 @@ def test_clipped_token_loss_by_hand():
     np.testing.assert_allclose(with_kl["loss"], np.asarray(out["loss"]) + 0.1 * k3, rtol=1e-5)
 
 
+def test_token_log_probs_are_of_the_tempered_distribution():
+    logits = jnp.log(jnp.array([[[1.0, 3.0]]]))  # p = (1/4, 3/4)
+    logp, entropy = grpo.token_log_probs(logits, jnp.array([[1]]))
+    assert float(logp[0, 0]) == pytest.approx(math.log(0.75), rel=1e-6)
+    assert float(entropy[0, 0]) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)),
+                                                 rel=1e-6)
+    cold, _ = grpo.token_log_probs(logits, jnp.array([[1]]), temperature=0.5)  # p ~ (1, 9)
+    assert float(cold[0, 0]) == pytest.approx(math.log(0.9), rel=1e-6)
+
+
 def _rows(rng, b=4, t=10):
     tokens = rng.integers(3, TINY.vocab_size, (b, t + 1)).astype(np.int32)
     mask = np.zeros((b, t), np.float32)
@@ -129,10 +139,12 @@ def test_objective_normalisations_by_hand(normalization):
     batch = _rows(rng)
     params = nn.unbox(init_params(TINY, jax.random.PRNGKey(0)))
     model = Decoder(TINY)
-    logp, _ = grpo.policy_token_stats(model, params, batch)
+    # at a temperature, as the loop samples: the objective tempers its log-probs alike
+    logp, _ = grpo.policy_token_stats(model, params, batch, temperature=0.7)
     adv = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
     batch.update(old_log_probs=logp, ref_log_probs=logp, advantages=adv)
-    out = grpo.grpo_objective(model, params, batch, kl_coef=0.5, normalization=normalization)
+    out = grpo.grpo_objective(model, params, batch, kl_coef=0.5, normalization=normalization,
+                              temperature=0.7)
     n = batch["decoder_loss_weights"].sum(-1)  # 2, 5, 7, 0
     want = {"token": (-(adv * n).sum(), n.sum()),
             "sequence": (-(adv[:3]).sum(), 3.0),  # the empty row counts for nothing

@@ -48,20 +48,24 @@ def k3_kl(log_p: jax.Array, ref_log_p: jax.Array) -> jax.Array:
     return jnp.exp(q) - q - 1.0
 
 
-def token_log_probs(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log p(target), entropy of the distribution), each [batch, length], in float32."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+def token_log_probs(logits: jax.Array, targets: jax.Array,
+                    temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """(log p(target), entropy of the distribution), each [batch, length], in float32, for
+    p = softmax(logits / temperature): the distribution the sampler draws from."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     target = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     return target, entropy
 
 
-def policy_token_stats(model, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def policy_token_stats(model, params, batch: Batch,
+                       temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced (log p, entropy) of the batch's target tokens, zero off the completion.
-    The sampling policy's log-probs are these under the parameters that sampled (at
-    temperature 1), so the sampler need not record them."""
+    The sampling policy's log-probs are these under the parameters that sampled, at the
+    sampler's temperature, so the sampler need not record them (top-k / top-p truncation is
+    not modelled: keep them off for GRPO)."""
     logits = model.apply({"params": params}, **model_inputs(batch))
-    logp, entropy = token_log_probs(logits, batch["decoder_target_tokens"])
+    logp, entropy = token_log_probs(logits, batch["decoder_target_tokens"], temperature)
     mask = batch["decoder_loss_weights"].astype(jnp.float32)
     return logp * mask, entropy * mask
 
@@ -82,10 +86,11 @@ def clipped_token_loss(log_p, old_log_p, ref_log_p, advantages, clip_eps: float,
 @gin.configurable
 def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
                    clip_eps_high: float | None = None, kl_coef: float = 0.0,
-                   normalization: str = "token"):
+                   normalization: str = "token", temperature: float = 1.0):
     """GRPO on rollout batches (`rl.rollout.rollout_batch`): the model's rows plus float32
     `advantages` [batch], `old_log_probs` and, when kl_coef > 0, `ref_log_probs` [batch,
-    length]. clip_eps_high (default clip_eps) > clip_eps is DAPO's clip-higher.
+    length]. clip_eps_high (default clip_eps) > clip_eps is DAPO's clip-higher. temperature:
+    the sampler's (the loop passes it), so ratios and KL are of the sampled distribution.
 
     Besides the loss, sums whose ratios are the per-token metrics whatever the normaliser:
     token_kl / tokens, token_clipped / tokens, token_entropy / tokens.
@@ -96,7 +101,7 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
     if kl_coef and "ref_log_probs" not in batch:
         raise KeyError("grpo_objective.kl_coef > 0 needs the batch feature 'ref_log_probs'")
     logits = model.apply({"params": params}, **model_inputs(batch))
-    log_p, entropy = token_log_probs(logits, batch["decoder_target_tokens"])
+    log_p, entropy = token_log_probs(logits, batch["decoder_target_tokens"], temperature)
     mask = batch["decoder_loss_weights"].astype(jnp.float32)
     per = clipped_token_loss(log_p, batch["old_log_probs"], batch.get("ref_log_probs"),
                              batch["advantages"], clip_eps,

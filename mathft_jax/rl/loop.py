@@ -80,7 +80,8 @@ def grpo(model_dir: str = gin.REQUIRED,
     init_checkpoint: the policy's start (the SSFT checkpoint); reference_checkpoint: the KL
     anchor (default: init_checkpoint; with neither, both are the seed's fresh init, for tests).
     Problems: `infer.load_problems(task, split, problems_file)[:max_problems]`, or `problems`.
-    Temperature 1 makes the sampler's policy the one whose log-probs the loss uses.
+    Log-probs, ratios, KL and entropy are those of softmax(logits / temperature), the
+    distribution sampled; top_k / top_p truncate it unmodelled (keep them off).
     Dr. GRPO: scale_std=False and `grpo_objective.normalization = 'constant'`.
     """
     settings.check("grpo", iterations=(iterations, 0), prompts_per_iteration=prompts_per_iteration,
@@ -130,13 +131,14 @@ def grpo(model_dir: str = gin.REQUIRED,
                  if evaluator_checkpoint and evaluator_weight else None)
 
     model = Decoder(cfg)
-    loss = functools.partial(objective, kl_coef=kl_coef)
+    loss = functools.partial(objective, kl_coef=kl_coef, temperature=temperature)
     with partitioning.mesh_context(mesh, rules):
         step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches, mesh),
                           in_shardings=(shardings, None),
                           out_shardings=(shardings, partitioning.replicated(mesh)),
                           donate_argnums=0)
-        stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model))
+        stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
+                                             temperature=temperature))
     preemption.install()
     bar = _progress_bar(progress, start, iterations)
     last, preempted, iteration = {}, False, start
