@@ -122,6 +122,30 @@ def test_token_log_probs_are_of_the_tempered_distribution():
     assert float(cold[0, 0]) == pytest.approx(math.log(0.9), rel=1e-6)
 
 
+def test_rewards_by_name_and_weights():
+    problems = [{"problem_id": "a", "problem": "2+2?", "gold": "4"}]
+    texts = [["so \\boxed{4}", "so \\boxed{4.0}", "so \\boxed{5}", "four"]]
+    total, parts = rewards.compute_rewards(problems, texts, {"boxed": 0.5, "digits": 1.0})
+    np.testing.assert_array_equal(parts["correct"], [[1, 1, 0, 0]])  # always graded
+    np.testing.assert_array_equal(parts["boxed"], [[1, 1, 1, 0]])
+    want = 0.5 * parts["boxed"] + np.array([[digits(None, t) for t in texts[0]]])
+    np.testing.assert_allclose(total, want)
+    assert rewards.reward_weights() == {"correct": 1.0}
+    with pytest.raises(ValueError, match="unknown rewards \\['nope'\\]"):
+        rewards.reward_weights({"nope": 1.0})
+    with pytest.raises(ValueError, match="already registered"):
+        rewards.register_reward("correct")(lambda p, t: 0.0)
+
+
+def test_prompt_order_is_arithmetic_on_the_position():
+    first = rollout.problem_indices(5, seed=3, first=0, count=5)
+    assert sorted(first) == list(range(5))  # an epoch is a permutation
+    again = rollout.problem_indices(5, seed=3, first=3, count=6)  # across the epoch boundary
+    np.testing.assert_array_equal(again[:2], first[3:])
+    np.testing.assert_array_equal(again[2:], rollout.problem_indices(5, 3, 5, 4))
+    assert sorted(rollout.problem_indices(5, 3, 5, 5)) == list(range(5))
+
+
 def _rows(rng, b=4, t=10):
     tokens = rng.integers(3, TINY.vocab_size, (b, t + 1)).astype(np.int32)
     mask = np.zeros((b, t), np.float32)
