@@ -18,8 +18,10 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
     run_module("mathft_jax.infer")
 
 
+import dataclasses
 import logging
 import math
+import operator
 import time
 from typing import Optional, Sequence
 
@@ -43,23 +45,19 @@ PARTS_SUFFIX = ".parts"
 def load_problems(task: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
     """[{"problem_id", "problem", "gold"}]: the one adapter over `mathft_jax.data` readers.
 
-    task: "math500" (PRM800K math_splits/<split>.jsonl, split test = MATH500, train = its
-    12,000), "math" (MATH 5k test / 7.5k train), "synthetic_arith_steps" or
-    "synthetic_arith_terse" (the curriculum, gin-configured); or a `problems_file` (MATH-style
-    JSON lines or folder), which wins over task.
+    task: a problem source of `mathft_jax.data.sources` (the registry the seqio tasks use
+    too): "math500" (PRM800K math_splits, test = MATH500, train = its 12,000), "math" (MATH
+    5k test / 7.5k train), "synthetic_arith_steps" or "synthetic_arith_terse"; or a
+    `problems_file` (MATH-style JSON lines or folder), which wins over task.
     """
-    from mathft_jax.data import paths, readers, synthetic
+    from mathft_jax.data import readers, sources
     if problems_file:
         problems = readers.read_math(problems_file, split)
-    elif task == "math500":
-        problems = readers.read_math_splits(paths.math_splits_dir() / f"{split}.jsonl")
-    elif task == "math":
-        problems = readers.read_math(paths.math_dir(), split)
-    elif task.startswith("synthetic_arith_"):
-        problems = synthetic.synthetic_problems(split, style=task[len("synthetic_arith_"):])
     else:
-        raise ValueError(f"infer.task={task!r}: expected math500, math, synthetic_arith_steps, "
-                         "synthetic_arith_terse, or set infer.problems_file")
+        try:
+            problems = sources.problems(task, split)
+        except ValueError as e:
+            raise ValueError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
     records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer or ""}
                for p in problems]
     ids = [r["problem_id"] for r in records]
@@ -135,26 +133,63 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
     return records
 
 
-@gin.configurable
-def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
-          task: str = "math500", split: str = "test", problems_file: Optional[str] = None,
-          max_problems: Optional[int] = None, num_samples: int = 64, max_decode_len: int = 512,
-          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-          batch_size: int = 8, share_prefill: bool = True, truncate_prompts: bool = False,
-          evaluator_checkpoint: Optional[str] = None, vocabulary=None,
-          progress: bool = True) -> str:
-    """Sample `num_samples` solutions for each problem of `task`/`split`; returns output_path.
+@gin.configurable("infer")
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """One sampling run's settings, bound in gin as `infer.<field>` (scoped per pipeline
+    stage: `sample_eval/infer.max_problems`).
 
     batch_size: problems per step (batch_size * num_samples sequences). The mesh is the one
     every entry point builds (`make_mesh.*` in gin); decoding splits the sequences over its
     data and fsdp axes. evaluator_checkpoint (same DecoderConfig) fills each sample's
-    `score` with S(X|P) (batch size: `score_records.batch_size`). vocabulary defaults to
-    gin's `get_vocabulary()`.
+    `score` with S(X|P) (batch size: `score_records.batch_size`).
     """
-    settings.check("infer", num_samples=num_samples, max_decode_len=max_decode_len,
-                   top_k=(top_k, 0), batch_size=batch_size, max_problems=max_problems)
-    settings.check_real("infer", "temperature", temperature, 0.0, math.inf)
-    settings.check_real("infer", "top_p", top_p, 0.0, 1.0, low_open=True)
+
+    checkpoint: Optional[str] = None
+    output_path: Optional[str] = None
+    task: str = "math500"  # a problem source (mathft_jax.data.sources)
+    split: str = "test"
+    problems_file: Optional[str] = None  # MATH-style JSON lines or folder; wins over task
+    max_problems: Optional[int] = None
+    num_samples: int = 64
+    max_decode_len: int = 512
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    share_prefill: bool = True
+    truncate_prompts: bool = False
+    evaluator_checkpoint: Optional[str] = None
+
+    def validate(self) -> "InferConfig":
+        """Raise SettingError naming the binding; needs no model, mesh or data."""
+        settings.check("infer", num_samples=self.num_samples, max_decode_len=self.max_decode_len,
+                       top_k=(self.top_k, 0), batch_size=self.batch_size,
+                       max_problems=self.max_problems, seed=(self.seed, 0))
+        settings.check_real("infer", "temperature", self.temperature, 0.0, math.inf)
+        settings.check_real("infer", "top_p", self.top_p, 0.0, 1.0, low_open=True)
+        for name in ("checkpoint", "output_path"):
+            if not getattr(self, name):
+                raise settings.SettingError(f"infer.{name} is not set")
+        return self
+
+
+def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bool = True,
+          **fields) -> str:
+    """Sample `num_samples` solutions for each problem of `task`/`split`; returns output_path.
+
+    config: the run's settings (default: `InferConfig()` from gin, in the current gin scope);
+    `fields` replace some of them. vocabulary (default gin's `get_vocabulary()`) and the
+    progress bar are hooks, not configuration.
+    """
+    run = settings.resolve(InferConfig, config, **fields)
+    (checkpoint, output_path, task, split, problems_file, max_problems, num_samples,
+     max_decode_len, temperature, top_k, top_p, seed, batch_size, share_prefill,
+     truncate_prompts, evaluator_checkpoint) = operator.attrgetter(
+        "checkpoint", "output_path", "task", "split", "problems_file", "max_problems",
+        "num_samples", "max_decode_len", "temperature", "top_k", "top_p", "seed", "batch_size",
+        "share_prefill", "truncate_prompts", "evaluator_checkpoint")(run)
     from mathft_jax.data import vocab as vocab_lib
     cfg = DecoderConfig().validate()
     vocab = vocabulary or vocab_lib.get_vocabulary()
@@ -207,4 +242,4 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from mathft_jax import entry
     entry.parse_gin_flags()
-    infer()
+    infer(InferConfig())

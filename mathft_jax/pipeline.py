@@ -18,11 +18,11 @@ themselves too):
 `pipeline.variant` picks the paper's variants: "ssft" (1, 6, 8), "ssft_scr" (1-4, 6-8) or
 "mtsf" (all); and MTSF's control, "mtsf_control" (1, 5, 6, 8): stage 5 continues SSFT from
 the SSFT checkpoint with no evaluator stage between, so MTSF's gain can be told apart from
-that of its extra SSFT steps. Beyond the paper (issue #17), each from the SSFT checkpoint:
-"dpo" (1-3, then `dpo_data`: preference pairs of the graded training candidates with the SSFT
-model's reference log-likelihoods, then `dpo`: DPO on them, gin scope `dpo`; 6, 8) and
-"grpo" (1, then `grpo`: `mathft_jax.rl` on the training problems, gin scope `grpo`; 6, 8).
-Per-stage trainer and sampler settings are gin scopes, e.g.
+that of its extra SSFT steps. Beyond the paper (issue #17, docs/rl.md), each from the SSFT
+checkpoint: "dpo" (1-3, then `dpo_data`: preference pairs of the graded training candidates
+with the SSFT model's reference log-likelihoods, then `dpo`: DPO on them, gin scope `dpo`;
+6, 8) and "grpo" (1, then `grpo`: `mathft_jax.rl` on the training problems, gin scope
+`grpo`; 6, 8). Per-stage trainer and sampler settings are gin scopes, e.g.
 `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
     run_module("mathft_jax.pipeline")
 
 
+import dataclasses
 import json
 import time
 from typing import Optional, Sequence
@@ -53,6 +54,10 @@ VARIANTS = {
 GENERATORS = ("ssft", "mtsf", "dpo", "grpo")  # stages whose checkpoint is sampled and evaluated
 DONE = "DONE.json"
 SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval", "dpo", "grpo")  # gin scopes
+TRAIN_STAGES = ("ssft", "scr", "mtsf", "dpo")
+# Sampling stages and the generators each samples from.
+SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
+                 "sample_eval": lambda generators: generators}
 # Bindings that change where or how fast, not what a stage computes.
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes")
@@ -100,66 +105,97 @@ class Run:
         return storage.join(self.stage_dir("evaluate"), "results.json")
 
 
-@gin.configurable
-def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
-             ssft_task: str = "synthetic_arith_steps",
-             init_checkpoint: Optional[str] = None,
-             scr_task: str = "scr_pairwise",
-             sample_task: str = "synthetic_arith_steps", train_split: str = "train",
-             eval_split: str = "test", k: int = 8, bootstrap_resamples: int = 1000,
-             processes: Optional[int] = None, stop_after: Optional[str] = None,
-             ignore_config_changes: bool = False) -> dict:
-    """Run (or resume) the recipe; returns the evaluation results.
+@gin.configurable("pipeline")
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The recipe's settings, bound in gin as `pipeline.<field>`.
 
     ssft_task: the SSFT seqio task (MATH: math_ssft_math, math_ssft_prm800k, math_ssft_mix).
     scr_task: scr_pairwise (margin, `evaluator_objective`) or scr_pointwise (xent,
     `lm_objective`), built from the graded training candidates.
-    sample_task / *_split: the problems `infer` samples (infer.load_problems's names).
+    sample_task / *_split: the problems `infer` samples (a source of mathft_jax.data.sources).
     stop_after: stop after this stage (e.g. 'ssft', to look at the SSFT model first); a
     later run on the same run_dir goes on from there.
     ignore_config_changes: reuse finished stages even when their recorded gin bindings
     (`<stage>/bindings.json`) differ from this run's; by default such a rerun stops before
     any compute and names the bindings that differ.
     """
-    if variant not in VARIANTS:
-        raise settings.SettingError(f"pipeline.variant={variant!r}; expected one of "
-                                    f"{sorted(VARIANTS)}")
-    settings.check("pipeline", k=k, bootstrap_resamples=bootstrap_resamples, processes=processes)
-    if stop_after is not None and stop_after not in VARIANTS[variant]:
-        raise settings.SettingError(f"pipeline.stop_after={stop_after!r} is not a stage of "
-                                    f"variant {variant!r}: {', '.join(VARIANTS[variant])}")
-    run = Run(run_dir)
-    stages = VARIANTS[variant]
-    generators = [g for g in GENERATORS if g in stages]
-    logging.info("pipeline %s in %s: %s", variant, run.root, " -> ".join(stages))
-    distributed.check_shared_dir(run.root)
+
+    run_dir: Optional[str] = None
+    variant: str = "mtsf"
+    ssft_task: str = "synthetic_arith_steps"
+    init_checkpoint: Optional[str] = None
+    scr_task: str = "scr_pairwise"
+    sample_task: str = "synthetic_arith_steps"
+    train_split: str = "train"
+    eval_split: str = "test"
+    k: int = 8
+    bootstrap_resamples: int = 1000
+    processes: Optional[int] = None
+    stop_after: Optional[str] = None
+    ignore_config_changes: bool = False
+
+    def validate(self) -> "PipelineConfig":
+        if not self.run_dir:
+            raise settings.SettingError("pipeline.run_dir is not set")
+        if self.variant not in VARIANTS:
+            raise settings.SettingError(f"pipeline.variant={self.variant!r}; expected one of "
+                                        f"{sorted(VARIANTS)}")
+        settings.check("pipeline", k=self.k, bootstrap_resamples=self.bootstrap_resamples,
+                       processes=self.processes)
+        if self.stop_after is not None and self.stop_after not in self.stages:
+            raise settings.SettingError(
+                f"pipeline.stop_after={self.stop_after!r} is not a stage of variant "
+                f"{self.variant!r}: {', '.join(self.stages)}")
+        return self
+
+    @property
+    def stages(self) -> tuple:
+        return VARIANTS[self.variant]
+
+    @property
+    def generators(self) -> list:
+        return [g for g in GENERATORS if g in self.stages]
+
+
+def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
+    """Run (or resume) the recipe; returns the evaluation results. config defaults to
+    `PipelineConfig()` from gin; `fields` replace some of its settings."""
+    cfg = settings.resolve(PipelineConfig, config, **fields)
+    run = Run(cfg.run_dir)
+    stages, generators = cfg.stages, cfg.generators
+    logging.info("pipeline %s in %s: %s", cfg.variant, run.root, " -> ".join(stages))
     if "scr" in stages:  # the scr tasks read it (bound before the check: it is a setting)
         with gin.unlock_config():
             gin.bind_parameter("scr_candidates_file.path", run.graded_train_candidates())
     if "dpo" in stages:  # the dpo_pairs task reads it
         with gin.unlock_config():
             gin.bind_parameter("preference_file.path", run.preferences())
-    if not ignore_config_changes:
+    with provenance.unrecorded():  # every stage's settings, checked before anything runs
+        for stage in stages:
+            if stage in TRAIN_STAGES:
+                _train_config(cfg, run, stage)
+            for generator in SAMPLE_STAGES.get(stage, lambda g: [])(generators):
+                _infer_config(cfg, run, stage, generator)
+    distributed.check_shared_dir(run.root)
+    if not cfg.ignore_config_changes:
         for stage in stages:
             if run.done(stage):
                 provenance.check_unchanged(run.stage_dir(stage), f"stage {stage} in {run.root}",
                                            "pipeline.ignore_config_changes", NOT_SETTINGS)
     steps = {
-        "ssft": lambda: _train_stage(run, "ssft", ssft_task, init_checkpoint),
-        "sample_train": lambda: _sample_stage(run, "sample_train", "ssft", sample_task,
-                                              train_split, run.train_candidates()),
-        "scr_data": lambda: _scr_data_stage(run, processes),
-        "scr": lambda: _train_stage(run, "scr", scr_task, run.checkpoint("ssft")),
-        "mtsf": lambda: _train_stage(run, "mtsf", ssft_task,
-                                     run.checkpoint("scr" if "scr" in stages else "ssft")),
-        "dpo_data": lambda: _dpo_data_stage(run),
-        "dpo": lambda: _train_stage(run, "dpo", "dpo_pairs", run.checkpoint("ssft")),
-        "grpo": lambda: _grpo_stage(run, sample_task, train_split),
-        "sample_eval": lambda: {g: _sample_stage(run, "sample_eval", g, sample_task, eval_split,
-                                                 run.eval_candidates(g)) for g in generators},
+        "ssft": lambda: _train_stage(cfg, run, "ssft"),
+        "sample_train": lambda: _sample_stage(cfg, run, "sample_train", "ssft"),
+        "scr_data": lambda: _scr_data_stage(run, cfg.processes),
+        "scr": lambda: _train_stage(cfg, run, "scr"),
+        "mtsf": lambda: _train_stage(cfg, run, "mtsf"),
+        "dpo_data": lambda: _dpo_data_stage(cfg, run),
+        "dpo": lambda: _train_stage(cfg, run, "dpo"),
+        "grpo": lambda: _grpo_stage(cfg, run),
+        "sample_eval": lambda: {g: _sample_stage(cfg, run, "sample_eval", g) for g in generators},
         "score": lambda: {g: score_stage(run, g) for g in generators},
-        "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, k,
-                                            bootstrap_resamples, processes),
+        "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, cfg.k,
+                                            cfg.bootstrap_resamples, cfg.processes),
     }
     for index, stage in enumerate(stages, 1):
         if run.done(stage):
@@ -172,7 +208,7 @@ def pipeline(run_dir: str = gin.REQUIRED, variant: str = "mtsf",
             provenance.record(run.stage_dir(stage), provenance.binding_record(
                 [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
-        if stage == stop_after:
+        if stage == cfg.stop_after:
             return {}
     return json.loads(storage.read_text(run.results()))
 
@@ -188,21 +224,44 @@ def _jsonable(info):
     return json.loads(json.dumps(info, default=str))
 
 
-def _train_stage(run: Run, stage: str, task: str, init_checkpoint: Optional[str]) -> dict:
+def _train_config(cfg: PipelineConfig, run: Run, stage: str):
+    """A training stage's TrainConfig: its gin scope's settings plus where it reads and
+    writes (SSFT from the imported checkpoint, SCR from SSFT, MTSF from SCR)."""
     from mathft_jax import train as train_lib
+    task = {"scr": cfg.scr_task, "dpo": "dpo_pairs"}.get(stage, cfg.ssft_task)
+    init = {"ssft": cfg.init_checkpoint, "scr": run.checkpoint("ssft"),
+            "mtsf": run.checkpoint("scr" if "scr" in cfg.stages else "ssft"),
+            "dpo": run.checkpoint("ssft")}[stage]
     with gin.config_scope(stage):
-        result = train_lib.train(model_dir=run.checkpoint(stage), task=task,
-                                 init_checkpoint=init_checkpoint)
+        return train_lib.TrainConfig(model_dir=run.checkpoint(stage), task=task,
+                                     init_checkpoint=init).validate()
+
+
+def _infer_config(cfg: PipelineConfig, run: Run, stage: str, generator: str):
+    from mathft_jax import infer
+    split, output = ((cfg.train_split, run.train_candidates()) if stage == "sample_train"
+                     else (cfg.eval_split, run.eval_candidates(generator)))
+    with gin.config_scope(stage):
+        return infer.InferConfig(checkpoint=run.checkpoint(generator), output_path=output,
+                                 task=cfg.sample_task, split=split).validate()
+
+
+def _train_stage(cfg: PipelineConfig, run: Run, stage: str) -> dict:
+    from mathft_jax import train as train_lib
+    config = _train_config(cfg, run, stage)
+    with gin.config_scope(stage):  # the optimizer, schedule and objective are scoped too
+        result = train_lib.train(config)
     if result.preempted:
         raise Preempted(f"stage {stage} preempted at step {result.final_step}; rerun to resume")
     return {"final_step": result.final_step, "last_metrics": result.last_metrics}
 
 
-def _sample_stage(run: Run, scope: str, generator: str, task: str, split: str, output: str) -> dict:
+def _sample_stage(cfg: PipelineConfig, run: Run, stage: str, generator: str) -> dict:
     from mathft_jax import infer
-    with gin.config_scope(scope):
-        infer.infer(checkpoint=run.checkpoint(generator), output_path=output, task=task, split=split)
-    return {"output": output}
+    config = _infer_config(cfg, run, stage, generator)
+    with gin.config_scope(stage):
+        infer.infer(config)
+    return {"output": config.output_path}
 
 
 def _scr_data_stage(run: Run, processes: Optional[int]) -> dict:
@@ -226,27 +285,21 @@ def _scr_data_stage(run: Run, processes: Optional[int]) -> dict:
     return stats
 
 
-def _dpo_data_stage(run: Run) -> dict:
+def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
     """Preference pairs of the graded training candidates, with the SSFT checkpoint's
     log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
-    import inspect
-
     from mathft_jax import preferences
-    from mathft_jax import train as train_lib
-    with gin.config_scope("dpo"):
-        length = gin.get_bindings("train").get(
-            "sequence_length", inspect.signature(train_lib.train).parameters["sequence_length"].default)
-    return preferences.make_preferences(output_path=run.preferences(),
-                                        reference_checkpoint=run.checkpoint("ssft"),
-                                        candidates_path=run.graded_train_candidates(),
-                                        sequence_length=length)
+    return preferences.make_preferences(
+        output_path=run.preferences(), reference_checkpoint=run.checkpoint("ssft"),
+        candidates_path=run.graded_train_candidates(),
+        sequence_length=_train_config(cfg, run, "dpo").sequence_length)
 
 
-def _grpo_stage(run: Run, task: str, split: str) -> dict:
+def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
     from mathft_jax.rl import loop
     with gin.config_scope("grpo"):
         result = loop.grpo(model_dir=run.checkpoint("grpo"), init_checkpoint=run.checkpoint("ssft"),
-                           task=task, split=split)
+                           task=cfg.sample_task, split=cfg.train_split)
     if result.preempted:
         raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; rerun to resume")
     return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
@@ -294,5 +347,5 @@ def main(argv):
     results = pipeline()
     if results and distributed.is_main_process():
         print(report.results_table(results), flush=True)
-        run = Run(gin.query_parameter("pipeline.run_dir"))
+        run = Run(PipelineConfig().run_dir)
         print(f"\nreport: {storage.join(run.stage_dir('evaluate'), 'report.md')}", flush=True)

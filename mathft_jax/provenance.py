@@ -12,6 +12,7 @@ the bindings now in force before any stage runs (`check_unchanged`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Iterable, Optional
@@ -27,6 +28,18 @@ _CONFIGURABLE = re.compile(r"^(?:[\w./]+/)?([\w.]+)\.\w+\s*=", re.M)
 
 class ConfigChangedError(ValueError):
     """A finished stage was run with other settings than a rerun asks for."""
+
+
+@contextlib.contextmanager
+def unrecorded():
+    """Calls inside do not count as used in gin's operative config (checking every stage's
+    settings up front must not make a stage look as if it used the later stages' ones)."""
+    saved = {key: dict(params) for key, params in gin.config._OPERATIVE_CONFIG.items()}  # noqa: SLF001
+    try:
+        yield
+    finally:
+        gin.config._OPERATIVE_CONFIG.clear()  # noqa: SLF001
+        gin.config._OPERATIVE_CONFIG.update(saved)  # noqa: SLF001
 
 
 def used_configurables() -> set[str]:

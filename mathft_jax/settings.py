@@ -32,3 +32,10 @@ def check_real(configurable: str, name: str, value: Number, low: float, high: fl
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}]"
         raise SettingError(f"{configurable}.{name}={value!r} must be a number in {interval}")
+
+
+def resolve(cls, config=None, **fields):
+    """`config` (default: `cls()`, i.e. from gin in the current scope) with `fields`
+    replaced, validated: how every entry point turns its arguments into its typed config."""
+    import dataclasses
+    return (dataclasses.replace(config, **fields) if config is not None else cls(**fields)).validate()

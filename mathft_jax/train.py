@@ -18,6 +18,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 
 import dataclasses
 import math
+import operator
 import time
 from typing import Callable, Iterator, Optional
 
@@ -26,8 +27,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mathft_jax import (checkpoints, distributed, entry, hardware, partitioning, preemption,
-                        provenance, settings)
+from mathft_jax import (checkpoints, distributed, entry, hardware, model_files, partitioning,
+                        preemption, provenance, settings)
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
@@ -66,47 +67,84 @@ def _dataset(task: str, split: str, sequence_length: int, batch_size: int, seed:
                                seed=seed, pack=pack, num_epochs=num_epochs)
 
 
-@gin.configurable
-def train(model_dir: str = gin.REQUIRED,
-          task: Optional[str] = None,
-          total_steps: int = 100,
-          batch_size: int = 8,
-          sequence_length: int = 256,
-          init_checkpoint: Optional[str] = None,
-          eval_every: int = 0,
-          eval_steps: int = 4,
-          checkpoint_every: int = 100,
-          keep_checkpoints: int = 3,
-          log_every: int = 1,
-          seed: int = 0,
-          pack: bool = True,
-          micro_batches: int = 1,
-          train_split: str = "train",
-          eval_split: str = "validation",
-          objective: Callable = lm_objective,
-          async_checkpoints: bool = True,
+@gin.configurable("train")
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run's settings, bound in gin as `train.<field>` (scoped per pipeline
+    stage: `ssft/train.total_steps`). The learning-rate schedule and optimizer are their own
+    configurables (optim.py); the schedule's length defaults to `total_steps`."""
+
+    model_dir: Optional[str] = None
+    task: Optional[str] = None  # a seqio task or mixture
+    total_steps: int = 100
+    batch_size: int = 8
+    sequence_length: int = 256
+    init_checkpoint: Optional[str] = None  # parameters only; a fresh optimizer
+    eval_every: int = 0
+    eval_steps: int = 4
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    seed: int = 0
+    pack: bool = True
+    micro_batches: int = 1
+    train_split: str = "train"
+    eval_split: str = "validation"
+    objective: Callable = lm_objective
+    async_checkpoints: bool = True
+    preemption_check_every: int = 10
+
+    def validate(self) -> "TrainConfig":
+        """Raise SettingError naming the binding; needs no model, mesh or data."""
+        settings.check("train", total_steps=(self.total_steps, 0), batch_size=self.batch_size,
+                       sequence_length=self.sequence_length, checkpoint_every=self.checkpoint_every,
+                       keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
+                       micro_batches=self.micro_batches, eval_every=(self.eval_every, 0),
+                       eval_steps=self.eval_steps,
+                       preemption_check_every=self.preemption_check_every)
+        if not self.model_dir:
+            raise settings.SettingError("train.model_dir is not set")
+        if self.batch_size % (self.micro_batches * self.rows_per_group):
+            raise settings.SettingError(
+                f"train.micro_batches={self.micro_batches} must split train.batch_size="
+                f"{self.batch_size} into micro-batches of whole {self.rows_per_group}-row groups "
+                "(the objective's unit)")
+        return self
+
+    @property
+    def rows_per_group(self) -> int:
+        return rows_per_group(self.objective)
+
+
+def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig] = None,
           mesh_fn: Callable = partitioning.make_mesh,
-          config: Optional[DecoderConfig] = None,
           data_iterator: Optional[Iterator] = None,
           eval_iterator_fn: Optional[Callable[[], Iterator]] = None,
-          progress: bool = True,
-          preemption_check_every: int = 10) -> TrainResult:
-    """Train (or resume) a model in `model_dir`. See the module docstring."""
-    settings.check("train", total_steps=(total_steps, 0), batch_size=batch_size,
-                   sequence_length=sequence_length, checkpoint_every=checkpoint_every,
-                   keep_checkpoints=keep_checkpoints, log_every=log_every,
-                   micro_batches=micro_batches, eval_every=(eval_every, 0),
-                   eval_steps=eval_steps, preemption_check_every=preemption_check_every)
-    cfg = config or DecoderConfig()
+          progress: bool = True, **fields) -> TrainResult:
+    """Train (or resume) a model in `config.model_dir`. See the module docstring.
+
+    config: the run's settings (default: `TrainConfig()` from gin, in the current gin scope);
+    `fields` replace some of them (`train(model_dir=..., task=...)`). The keyword-only
+    arguments are hooks, not configuration: the model config (default `DecoderConfig()`),
+    the mesh, a data iterator in place of the task's, the progress bar.
+    """
+    run = settings.resolve(TrainConfig, config, **fields)
+    (model_dir, task, total_steps, batch_size, sequence_length, init_checkpoint, eval_every,
+     eval_steps, checkpoint_every, keep_checkpoints, log_every, seed, pack, micro_batches,
+     train_split, eval_split, objective, async_checkpoints, preemption_check_every) = \
+        operator.attrgetter(
+            "model_dir", "task", "total_steps", "batch_size", "sequence_length",
+            "init_checkpoint", "eval_every", "eval_steps", "checkpoint_every", "keep_checkpoints",
+            "log_every", "seed", "pack", "micro_batches", "train_split", "eval_split",
+            "objective", "async_checkpoints", "preemption_check_every")(run)
+    cfg = model or DecoderConfig()
     mesh = mesh_fn()
     rules = partitioning.rules_for(cfg, mesh)
     partitioning.check_batch_divisible(batch_size, mesh, "train.batch_size")
-    group = rows_per_group(objective)
-    if micro_batches < 1 or batch_size % (micro_batches * group) or \
-            (batch_size // micro_batches) % partitioning.batch_shards(mesh):
-        raise ValueError(f"train.micro_batches={micro_batches} must divide batch_size={batch_size} "
-                         f"into micro-batches of whole {group}-row groups (the objective's unit) "
-                         "that still divide the data axes")
+    if (batch_size // micro_batches) % partitioning.batch_shards(mesh):
+        raise settings.SettingError(
+            f"train.micro_batches={micro_batches}: micro-batches of {batch_size // micro_batches} "
+            f"rows do not divide the mesh's {partitioning.batch_shards(mesh)} data shards")
     if sequence_length > cfg.max_seq_len:
         raise ValueError(f"train.sequence_length={sequence_length} exceeds "
                          f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
@@ -125,6 +163,9 @@ def train(model_dir: str = gin.REQUIRED,
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
     provenance.record(model_dir)  # config.gin: the operative config, as T5X keeps it
+    # model.gin, vocab.gin, tokenizer/ (and an import's hf/): export needs nothing else
+    model_files.write_model_files(model_dir, cfg, _task_vocabulary(task) if task else None,
+                                  hf_side_dir=model_files.inherited_hf_dir(init_checkpoint))
     logging.info("model_dir %s: checkpoints in <step>/, metrics in metrics.jsonl and tb/, "
                  "operative config in config.gin", model_dir)
 
@@ -205,6 +246,11 @@ def train(model_dir: str = gin.REQUIRED,
     return TrainResult(model_dir, start, step, preempted, last)
 
 
+def _task_vocabulary(task: str):
+    from mathft_jax.data import dataset
+    return dataset.get_provider(task).output_features["targets"].vocabulary
+
+
 def _poll_preemption(step: int, every: int) -> bool:
     """Whether any process got SIGTERM. One process checks every step (a flag read); several
     check every `every` steps, all at the same steps, since agreeing is a collective that
@@ -260,6 +306,6 @@ def _progress_bar(enabled: bool, start: int, total: int):
 def main(argv):
     del argv
     entry.parse_gin_flags()
-    result = train()
+    result = train(TrainConfig())
     if result.preempted:
         logging.warning("preempted at step %d; rerun the same command to resume", result.final_step)

@@ -10,6 +10,9 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# gs:// through gcsfs, which honours STORAGE_EMULATOR_HOST (tests/gcs_emulator.py): etils
+# caches its choice of tf.io.gfile on first use, so it is made before any test runs.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 import pathlib  # noqa: E402
 

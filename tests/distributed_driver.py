@@ -33,7 +33,7 @@ def main():
             return super().__next__()
 
     r = train.train(model_dir=a.model_dir, total_steps=a.total_steps, batch_size=8,
-                    sequence_length=16, config=TINY, data_iterator=SlowIterator(),
+                    sequence_length=16, model=TINY, data_iterator=SlowIterator(),
                     checkpoint_every=a.checkpoint_every, keep_checkpoints=2, progress=False)
     print(f"DONE process={jax.process_index()} start_step={r.start_step} "
           f"final_step={r.final_step} preempted={r.preempted}", flush=True)

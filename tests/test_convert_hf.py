@@ -346,7 +346,7 @@ def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
     import_checkpoint(d, tmp_path / "ckpt", dtype="float32")
     text = (tmp_path / "ckpt" / "vocab.gin").read_text()
     assert "get_vocabulary.bos_id = 1" in text and "get_vocabulary.eos_id = 2" in text
-    assert str(tmp_path / "ckpt" / "hf" / "tokenizer.json") in text
+    assert str(tmp_path / "ckpt" / "tokenizer" / "tokenizer.json") in text
     pytest.importorskip("seqio")
     vocabulary = tokenizer.hf_vocabulary(tmp_path / "ckpt" / "hf")
     assert (vocabulary.bos_id, vocabulary.eos_id) == (1, 2)

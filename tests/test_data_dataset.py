@@ -296,3 +296,36 @@ def test_ssft_mixture_draws_both_tasks_by_rate(bound_tasks, data_dir):
     keys = _example_keys(_batches(it, 100))
     from_prm = sum(any(k[-len(t):] == t for t in prm_targets) for k in keys)
     assert 0.4 < from_prm / len(keys) < 0.6  # equal rates by default
+
+
+def test_evaluator_heldout_split_is_disjoint_by_problem(bound_tasks):
+    whole = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "train")}
+    with gin.unlock_config():
+        gin.bind_parameter("evaluator_heldout.fraction", 0.3)
+    try:
+        train = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "train")}
+        held = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "validation")}
+    finally:
+        with gin.unlock_config():
+            gin.bind_parameter("evaluator_heldout.fraction", 0.0)
+        tasks.register_tasks()
+    assert train and held and not train & held and train | held == whole
+
+
+def test_scr_training_reports_heldout_pair_accuracy(bound_tasks, tmp_path):
+    from mathft_jax import metrics_writer, objectives, train
+    from mathft_jax.models import DecoderConfig
+    with gin.unlock_config():
+        gin.bind_parameter("evaluator_heldout.fraction", 0.3)
+    try:
+        model = DecoderConfig(vocab_size=384, num_layers=1, d_model=32, num_heads=2,
+                              num_kv_heads=1, head_dim=16, mlp_dim=64, max_seq_len=512)
+        train.train(model_dir=str(tmp_path / "scr"), task="scr_pairwise", total_steps=2,
+                    batch_size=8, sequence_length=512, pack=False, eval_every=1, eval_steps=2,
+                    objective=objectives.evaluator_objective, model=model, progress=False)
+    finally:
+        with gin.unlock_config():
+            gin.bind_parameter("evaluator_heldout.fraction", 0.0)
+    rows = [r for r in metrics_writer.read_metrics(str(tmp_path / "scr")) if "eval/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["eval/pair_accuracy"] <= 1.0 for r in rows)

@@ -302,6 +302,19 @@ def test_two_process_pipeline_completes(launcher, tmp_path):
     assert set(results) == {"ssft", "mtsf"}
 
 
+def test_pipeline_on_a_run_dir_not_shared_by_all_processes_fails_at_start(launcher, tmp_path):
+    """Each process given its own local run_dir (as hosts without a shared disk would see a
+    local path): an error before any stage, not a hang at a later barrier."""
+    command = (f"exec {PY} -m mathft_jax.pipeline --gin_file=gin_configs/runs/smoke.gin "
+               f"\"--gin_bindings=pipeline.run_dir='{tmp_path}/pipe_$MATHFT_PROCESS_ID'\"")
+    run = launcher(["local", "--processes=2", "--devices_per_process=1", "--",
+                    "bash", "-c", command])
+    assert run.wait() != 0
+    out = run.output()
+    assert "is not shared by all 2 processes" in out, out[-4000:]
+    assert "[1/8] ssft" not in out
+
+
 # ----------------------------------------------------------------------------- launcher
 
 

@@ -119,8 +119,11 @@ def test_an_unreadable_chunk_is_redone_but_an_unreadable_final_file_is_an_error(
 def test_bad_settings_raise(setup):
     with pytest.raises(ValueError, match="infer.batch_size=3 must be divisible"):
         run(setup, setup / "x.jsonl", batch_size=3)
-    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+    with pytest.raises(ValueError, match="infer.num_samples=0 must be an integer >= 1"):
         run(setup, setup / "x.jsonl", num_samples=0)
+    with pytest.raises(ValueError, match=r"infer.top_p=1.5 must be a number in \(0.0, 1.0\]"):
+        run(setup, setup / "x.jsonl", top_p=1.5)
+    assert not os.path.exists(setup / "x.jsonl") and not os.path.exists(setup / "x.jsonl.parts")
     with pytest.raises(ValueError, match="infer.task='nope'"):
         infer_lib.load_problems("nope", "test")
 

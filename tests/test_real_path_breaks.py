@@ -119,3 +119,13 @@ def test_micro_batches_keep_objective_row_groups_whole(objective, group):
     _, two = jax.jit(trainer.make_train_step(cfg, opt, sched, objective, micro_batches=2))(state, batch)
     for key in ("loss", "pair_accuracy", "grad_norm"):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
+
+
+def test_run_paths_keep_gs_urls():
+    """`os.path.abspath('gs://b/x')` is `<cwd>/gs:/b/x`: run paths must stay URLs."""
+    from mathft_jax import pipeline, storage
+    run = pipeline.Run("gs://bucket/runs/x")
+    assert run.checkpoint("ssft") == "gs://bucket/runs/x/ssft/checkpoints"
+    assert run.eval_candidates("mtsf", scored=True) == "gs://bucket/runs/x/score/mtsf.jsonl"
+    assert str(storage.path("gs://bucket/a")) == "gs://bucket/a"
+    assert storage.path("rel").is_absolute()

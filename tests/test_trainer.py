@@ -31,7 +31,7 @@ def _clean_gin():
 def _train(tmp_path, name, steps=6, mesh=None, **kw):
     kw.setdefault("data_iterator", ArrayIterator())
     return train.train(model_dir=str(tmp_path / name), total_steps=steps, batch_size=8,
-                       sequence_length=16, config=kw.pop("config", TINY), progress=False,
+                       sequence_length=16, model=kw.pop("model", TINY), progress=False,
                        mesh_fn=mesh or (lambda: partitioning.make_mesh(devices=jax.devices()[:1])),
                        **kw)
 

@@ -46,7 +46,7 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
         checkpoints.save = save_then_die
     r = train.train(model_dir=a.model_dir, total_steps=a.total_steps, batch_size=8,
-                    sequence_length=16, config=TINY, data_iterator=SlowIterator(a.sleep),
+                    sequence_length=16, model=TINY, data_iterator=SlowIterator(a.sleep),
                     checkpoint_every=a.checkpoint_every, keep_checkpoints=2, progress=False)
     print(f"DONE final_step={r.final_step} preempted={r.preempted}", flush=True)
 

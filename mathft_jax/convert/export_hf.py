@@ -1,9 +1,15 @@
 """`python -m mathft_jax.convert.export_hf --checkpoint=CKPT --out=DIR`: our checkpoint
-as an HF directory that `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads.
+as an HF directory that `transformers.AutoTokenizer` and `AutoModelForCausalLM` load.
 
-The model config comes from `CKPT/model.gin` (written by import_hf) or `--gin_file`; an
-imported checkpoint's `hf/` directory supplies the token ids and tokenizer files. DIR
-appears only once config.json and every safetensors shard are written.
+CKPT is any model_dir (import_hf's output or a training stage's checkpoints, local or
+`gs://`), one of its `<step>` directories or a `<step>/params` directory; a model_dir
+exports its latest step. The model config, vocabulary and special ids come from the
+model_dir's files (`mathft_jax.model_files`), and the imported model's `hf/` adds its
+config.json fields and generation settings. DIR gets config.json and
+generation_config.json with our BOS/EOS/PAD ids, the tokenizer files (tokenizer_config.json
+completed or made up), and the safetensors shards. `--gin_file` overrides the model
+config (the only way to export a model_dir from before model files were recorded, which
+then has no tokenizer). DIR appears only once everything is written.
 """
 from __future__ import annotations
 
@@ -12,40 +18,84 @@ import json
 import pathlib
 from typing import Optional, Sequence
 
-from mathft_jax import partitioning
-from mathft_jax import checkpoints
-from mathft_jax.convert import hf, model_gin
-from mathft_jax.convert.import_hf import HF_SUBDIR
+from absl import logging
+
+from mathft_jax import checkpoints, model_files, partitioning
+from mathft_jax.convert import hf, model_gin, tokenizer
 from mathft_jax.convert.staging import staged_dir
 
 
 def export_checkpoint(checkpoint, out, *, gin_file=None, dtype: Optional[str] = None,
-                      max_shard_bytes: int = hf.DEFAULT_SHARD_BYTES, mesh=None) -> None:
-    checkpoint = pathlib.Path(checkpoint)
-    cfg = model_gin.read_model_gin(gin_file or checkpoint / model_gin.MODEL_GIN)
-    side = checkpoint / HF_SUBDIR
-    extra = hf.read_hf_config(side) if (side / hf.CONFIG_FILE).exists() else None
+                      max_shard_bytes: int = hf.DEFAULT_SHARD_BYTES, mesh=None) -> str:
+    """Export `checkpoint` to the HF directory `out`; returns the params directory read."""
+    files = _model_files(checkpoint, gin_file)
+    cfg = model_gin.read_model_gin(gin_file) if gin_file else files.config
+    hf_dir = files.hf_dir if files else None
+    extra = hf.read_hf_config(hf_dir) if hf_dir and (hf_dir / hf.CONFIG_FILE).exists() else {}
+    if files and files.ids:
+        extra = {**extra, **tokenizer.hf_token_ids(files.ids)}
     # default: the imported checkpoint's own dtype (params are float32 for training)
-    dtype = dtype or (hf.checkpoint_dtype(extra) if extra else None)
+    dtype = dtype or hf.checkpoint_dtype(extra)
+    params_dir = checkpoints.resolve_params_dir(str(checkpoint))
     with staged_dir(out) as tmp:
         mesh = mesh if mesh is not None else partitioning.make_mesh()
-        params = checkpoints.load_params(str(checkpoint), cfg, mesh)
-        hf.save_hf(tmp, cfg, params, extra=extra, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                   side_files_from=side if side.is_dir() else None)
+        params = checkpoints.load_params(params_dir, cfg, mesh)
+        hf.save_hf(tmp, cfg, params, extra=extra, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        if files:
+            write_tokenizer_files(tmp, files, cfg.max_seq_len)
+    return params_dir
+
+
+def write_tokenizer_files(out: pathlib.Path, files: model_files.ModelFiles,
+                          model_max_length: int) -> None:
+    """The tokenizer files and generation_config.json of an export (into `out`, local)."""
+    if files.tokenizer_dir is not None:
+        for name in tokenizer.TOKENIZER_FILES:
+            if name != tokenizer.TOKENIZER_CONFIG and (files.tokenizer_dir / name).exists():
+                (out / name).write_bytes((files.tokenizer_dir / name).read_bytes())
+        config = tokenizer.tokenizer_config(files.tokenizer_dir, files.ids, model_max_length)
+        _write_json(out / tokenizer.TOKENIZER_CONFIG, config)
+    else:
+        logging.warning("%s has no HuggingFace tokenizer (vocabulary %r): the export holds "
+                        "none", files.model_dir, files.ids.get("kind"))
+    generation = files.hf_dir / tokenizer.GENERATION_CONFIG if files.hf_dir else None
+    base = json.loads(generation.read_text()) if generation and generation.exists() else {}
+    if files.ids:
+        base = {**base, **tokenizer.hf_token_ids(files.ids)}
+    if base:
+        _write_json(out / tokenizer.GENERATION_CONFIG, base)
+
+
+def _model_files(checkpoint, gin_file) -> Optional[model_files.ModelFiles]:
+    try:
+        return model_files.read_model_files(model_files.find_model_dir(checkpoint))
+    except FileNotFoundError:
+        if not gin_file:
+            raise
+        logging.warning("%s: no model files (model.gin, tokenizer/); exporting the weights "
+                        "with --gin_file's config, without a tokenizer", checkpoint)
+        return None
+
+
+def _write_json(path: pathlib.Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint (import_hf output or model_dir)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a model_dir (import_hf output or a stage's checkpoints), a step "
+                             "directory or a params directory")
     parser.add_argument("--out", required=True, help="HF directory to create")
-    parser.add_argument("--gin_file", default=None, help="model config (default CKPT/model.gin)")
+    parser.add_argument("--gin_file", default=None,
+                        help="model config override (default: the model_dir's model.gin)")
     parser.add_argument("--dtype", default=None,
                         help="tensor dtype (default: the imported checkpoint's, else the params')")
     parser.add_argument("--max_shard_bytes", type=int, default=hf.DEFAULT_SHARD_BYTES)
     args = parser.parse_args(argv)
-    export_checkpoint(args.checkpoint, args.out, gin_file=args.gin_file, dtype=args.dtype,
-                      max_shard_bytes=args.max_shard_bytes)
-    print(json.dumps({"wrote": args.out}))
+    params_dir = export_checkpoint(args.checkpoint, args.out, gin_file=args.gin_file,
+                                   dtype=args.dtype, max_shard_bytes=args.max_shard_bytes)
+    print(json.dumps({"wrote": args.out, "params": params_dir}))
 
 
 if __name__ == "__main__":

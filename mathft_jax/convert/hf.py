@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from mathft_jax import partitioning
@@ -28,14 +28,11 @@ from mathft_jax.convert.safetensors_io import ShardedReader, write_sharded
 from mathft_jax.models.config import DecoderConfig
 
 CONFIG_FILE = "config.json"
-# Non-weight files of an HF directory that travel with the model (tokenizer, generation).
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "generation_config.json", "tokenizer.model")
 DEFAULT_SHARD_BYTES = 2 * 1024 ** 3
 
 
 def read_hf_config(hf_dir) -> Dict[str, Any]:
-    path = pathlib.Path(hf_dir) / CONFIG_FILE
+    path = epath.Path(hf_dir) / CONFIG_FILE  # local or gs:// (a model_dir's hf/)
     if not path.exists():
         raise ConversionError(f"{path}: missing (not a HuggingFace model directory?)")
     try:
@@ -127,12 +124,12 @@ def _check_tensors(reader: ShardedReader, table, targets, cfg: DecoderConfig) ->
 
 
 def save_hf(out_dir, cfg: DecoderConfig, params, *, extra: Optional[Mapping[str, Any]] = None,
-            dtype=None, max_shard_bytes: int = DEFAULT_SHARD_BYTES, side_files_from=None) -> None:
+            dtype=None, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
     """Write config.json and sharded safetensors that transformers loads.
 
     extra: the original config.json (its token ids are kept). dtype: of the written
-    tensors (default the params'). side_files_from: a directory whose tokenizer and
-    generation files are copied along. Tensors are fetched to the host one at a time.
+    tensors (default the params'). Tensors are fetched to the host one at a time. The
+    tokenizer and generation files are export_hf's (from the model_dir).
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,14 +146,6 @@ def save_hf(out_dir, cfg: DecoderConfig, params, *, extra: Optional[Mapping[str,
         specs.append((entry.hf_name, param_map.hf_shape(entry, shape), dtype.name, produce))
     write_sharded(out_dir, specs, max_shard_bytes)
     (out_dir / CONFIG_FILE).write_text(json.dumps(hf_cfg, indent=2) + "\n")
-    if side_files_from is not None:
-        copy_side_files(side_files_from, out_dir)
-
-
-def copy_side_files(src, dst) -> None:
-    for name in SIDE_FILES:
-        if (pathlib.Path(src) / name).exists():
-            shutil.copy2(pathlib.Path(src) / name, pathlib.Path(dst) / name)
 
 
 def _get(tree, path):

@@ -2,28 +2,24 @@
 checkpoint.
 
 CKPT holds the parameters (`checkpoints.save_params`, read by `train.init_checkpoint`,
-`infer` and `export_hf`), stored in the checkpoint's own dtype (exact, compact),
-`model.gin` (the DecoderConfig: float32 parameters, so fine-tuning keeps float32 master
-weights and optimizer state, and the checkpoint's dtype as the compute dtype;
-`load_params` casts), `vocab.gin` (the tokenizer as
-`get_vocabulary`, when the HF directory has a tokenizer.json) and `hf/` (config.json and
-the tokenizer files, which export carries back). CKPT appears only once all of it is
-written.
+`infer` and `export_hf`), stored in the checkpoint's own dtype (exact, compact), and the
+model files every model_dir has (`mathft_jax.model_files`): `model.gin` (the
+DecoderConfig: float32 parameters, so fine-tuning keeps float32 master weights and
+optimizer state, and the checkpoint's dtype as the compute dtype; `load_params` casts),
+`vocab.gin` and `tokenizer/` (the tokenizer as `get_vocabulary`, with its special ids,
+when the HF directory has a tokenizer.json) and `hf/` (config.json and the tokenizer and
+generation files, which export carries back). CKPT appears only once all of it is written.
 """
 from __future__ import annotations
 
 import argparse
 import pathlib
-import shutil
 import sys
 from typing import Optional, Sequence
 
-from mathft_jax import checkpoints, partitioning
-from mathft_jax.convert import hf, model_gin, tokenizer
+from mathft_jax import checkpoints, model_files, partitioning
+from mathft_jax.convert import hf, tokenizer
 from mathft_jax.convert.staging import staged_dir
-
-HF_SUBDIR = "hf"
-VOCAB_GIN = "vocab.gin"
 
 
 def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: bool = False,
@@ -44,14 +40,10 @@ def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: 
         comment = (f"Imported from {hf_dir.absolute()} by mathft_jax.convert.import_hf.\n"
                    "Parameters are float32 for fine-tuning (bind DecoderConfig.param_dtype to "
                    "the compute dtype to halve inference memory).")
-        (tmp / model_gin.MODEL_GIN).write_text(model_gin.model_gin_text(cfg, comment))
-        (tmp / HF_SUBDIR).mkdir()
-        shutil.copy2(hf_dir / hf.CONFIG_FILE, tmp / HF_SUBDIR / hf.CONFIG_FILE)
-        hf.copy_side_files(hf_dir, tmp / HF_SUBDIR)
-        if (hf_dir / tokenizer.TOKENIZER_JSON).exists():
-            bos, eos = tokenizer.special_token_ids(hf_dir)
-            final_json = out / HF_SUBDIR / tokenizer.TOKENIZER_JSON  # where it will live
-            (tmp / VOCAB_GIN).write_text(tokenizer.vocab_gin_text(final_json, bos, eos))
+        has_tokenizer = (hf_dir / tokenizer.TOKENIZER_JSON).exists()
+        vocabulary = tokenizer.hf_vocabulary(hf_dir) if has_tokenizer else None
+        model_files.write_model_files(tmp, cfg, vocabulary, hf_side_dir=hf_dir, comment=comment,
+                                      final_dir=out)
     return cfg
 
 

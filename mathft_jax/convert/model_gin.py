@@ -1,14 +1,16 @@
 """The model config as a gin file (`DecoderConfig.field = value` lines) and back.
 
 The file is plain gin, so `--gin_file=<ckpt>/model.gin` configures train and infer;
-`read_model_gin` reads it back without touching gin's global state (export uses it).
+`read_model_gin` reads it back without touching gin's global state (export uses it),
+from a local or `gs://` path.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
-import pathlib
 import re
+
+from etils import epath
 
 from mathft_jax.convert.errors import ConversionError
 from mathft_jax.models.config import DecoderConfig
@@ -26,7 +28,7 @@ def model_gin_text(cfg: DecoderConfig, comment: str = "") -> str:
 def read_model_gin(path) -> DecoderConfig:
     """DecoderConfig from a file of one-line `DecoderConfig.x = literal` bindings; other
     lines (comments, other configurables) are skipped."""
-    path = pathlib.Path(path)
+    path = epath.Path(path)  # local or gs://
     if not path.exists():
         raise ConversionError(f"{path}: missing (the model config of the checkpoint)")
     names = {f.name for f in dataclasses.fields(DecoderConfig)}

@@ -49,6 +49,21 @@ def evaluator_target(correct: bool, positive: str = CORRECT_TARGET,
 # ----------------------------------------------------------------------------- SCR examples
 
 
+@gin.configurable
+def evaluator_heldout(records: Iterable[dict], split: str, fraction: float = 0.0) -> list[dict]:
+    """The graded records of an evaluator split: "validation" holds about `fraction` of the
+    problems (chosen by a hash of the problem id, so it is stable as the file grows),
+    "train" the rest. The trainer's `eval_every` then reports the evaluator's held-out pair
+    accuracy and loss. fraction 0 (the default): everything trains."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"evaluator_heldout.fraction={fraction!r} must be in [0, 1)")
+    if split not in ("train", "validation"):
+        raise ValueError(f"evaluator tasks have splits train and validation, not {split!r}")
+    cut = int(round(fraction * 10_000))
+    held = lambda r: zlib.crc32(str(r["problem_id"]).encode("utf-8")) % 10_000 < cut  # noqa: E731
+    return [r for r in records if held(r) == (split == "validation")]
+
+
 def problem_rng(seed: int, problem_id: str) -> np.random.Generator:
     """Per-problem generator: a problem's sample does not depend on the other problems."""
     return np.random.default_rng([seed, zlib.crc32(problem_id.encode("utf-8"))])

@@ -13,45 +13,48 @@ from typing import Optional, Sequence
 
 import gin
 
+from mathft_jax import storage
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @gin.configurable
 def data_root(path: Optional[str] = None) -> pathlib.Path:
+    """Every path here is local or `gs://` (storage.path: an etils epath.Path)."""
     if path:
-        return pathlib.Path(path)
+        return storage.path(path)
     env = os.environ.get("MATHFT_DATA_DIR")
-    return pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return storage.path(env) if env else storage.path(REPO_ROOT.parent / "shared" / "data")
 
 
 @gin.configurable
 def math_dir(path: Optional[str] = None) -> pathlib.Path:
     """MATH as `{train,test}.jsonl` or the original `{train,test}/<subject>/<n>.json`."""
-    return pathlib.Path(path) if path else data_root() / "math"
+    return storage.path(path) if path else data_root() / "math"
 
 
 @gin.configurable
 def math_splits_dir(path: Optional[str] = None) -> pathlib.Path:
     """PRM800K's `math_splits` folder: `train.jsonl` (12,000) and `test.jsonl` (MATH500)."""
-    return pathlib.Path(path) if path else data_root() / "prm800k" / "math_splits"
+    return storage.path(path) if path else data_root() / "prm800k" / "math_splits"
 
 
 @gin.configurable
 def prm800k_label_files(paths: Optional[Sequence[str]] = None) -> list[pathlib.Path]:
     """PRM800K step-level label files (not shipped in ../shared/data: users bring them)."""
     if paths:
-        return [pathlib.Path(p) for p in paths]
+        return [storage.path(p) for p in paths]
     return [data_root() / "prm800k" / "data" / f"phase{i}_train.jsonl" for i in (1, 2)]
 
 
 @gin.configurable
 def scr_candidates_file(path: Optional[str] = None) -> Optional[pathlib.Path]:
     """Graded candidates file (docs/formats.md) for the evaluator tasks; no default."""
-    return pathlib.Path(path) if path else None
+    return storage.path(path) if path else None
 
 
 @gin.configurable
 def preference_file(path: Optional[str] = None) -> Optional[pathlib.Path]:
     """Preference file with reference log-likelihoods (docs/formats.md, written by
     `python -m mathft_jax.preferences`) for the `dpo_pairs` task; no default."""
-    return pathlib.Path(path) if path else None
+    return storage.path(path) if path else None

@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import re
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -109,7 +110,7 @@ def _problem_file_order(path: pathlib.Path) -> tuple:
 
 def read_math_folder(split_dir: PathLike, require_answer: bool = False) -> list[Problem]:
     """The original MATH release: `split_dir/<subject>/<n>.json`, one problem per file."""
-    split_dir = pathlib.Path(split_dir)
+    split_dir = storage.path(split_dir)
     files = sorted(split_dir.glob("*/*.json"), key=_problem_file_order)
     if not files:
         raise DataFormatError(f"{split_dir}: no <subject>/<n>.json problem files in it")
@@ -127,7 +128,7 @@ def read_math_folder(split_dir: PathLike, require_answer: bool = False) -> list[
 def read_math(path: PathLike, split: Optional[str] = None, require_answer: bool = False) -> list[Problem]:
     """MATH in either layout. `path` is a `.jsonl` file; or a directory holding `<split>.jsonl`
     or the per-problem folders `<split>/<subject>/<n>.json`; or a split folder itself."""
-    path = pathlib.Path(path)
+    path = storage.path(path)
     if path.is_file():
         return read_jsonl_problems(path, require_answer)
     if split is not None and (path / f"{split}.jsonl").is_file():
@@ -200,7 +201,7 @@ def read_prm800k_labels(paths: Union[PathLike, Sequence[PathLike]],
     `finish_reason == "solution"` and its "# Answer" grades equal to `ground_truth_answer`.
     Skip reasons are counted into `stats` (if given) and logged.
     """
-    paths = [paths] if isinstance(paths, (str, pathlib.Path)) else list(paths)
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     counts = stats if stats is not None else collections.Counter()
     problems = []
     for path in paths:
@@ -211,7 +212,7 @@ def read_prm800k_labels(paths: Union[PathLike, Sequence[PathLike]],
                 continue
             question = record["question"]
             problems.append(Problem(
-                problem_id=f"{pathlib.Path(path).name}:{where.rsplit(':', 1)[1]}",
+                problem_id=f"{storage.path(path).name}:{where.rsplit(':', 1)[1]}",
                 problem=question["problem"],
                 solution=solution,
                 answer=str(question["ground_truth_answer"]),

@@ -23,7 +23,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from mathft_jax.data import formats, metrics, paths, readers, synthetic, vocab
+from mathft_jax.data import formats, metrics, paths, readers, sources, synthetic, vocab
 
 GENERATION_EVAL_TASKS = ("math500", "math_test5k")
 SYNTHETIC_TASKS = {"synthetic_arith_steps": "steps", "synthetic_arith_terse": "terse"}
@@ -108,31 +108,32 @@ def _add_task(name: str, loaders: dict, vocabulary: seqio.Vocabulary, with_metri
 
 
 def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
-    """Per task, per split: a zero-argument loader with every data path resolved now."""
-    splits_dir, math_dir = paths.math_splits_dir(), paths.math_dir()
+    """Per task, per split: a zero-argument loader (sources read their paths from gin when
+    it runs; ensure_registered re-registers, dropping cached examples, when they change)."""
     label_files, candidates_file = paths.prm800k_label_files(), paths.scr_candidates_file()
     preference_file = paths.preference_file()
 
     def generation(read: Callable, *args, **kwargs) -> Callable[[], list[dict]]:
         return lambda: generation_examples(read(*args, **kwargs))
 
-    def evaluator(build: Callable) -> Callable[[], list[dict]]:
-        return lambda: build(_candidates(candidates_file))[0]
+    def evaluator(build: Callable) -> dict[str, Callable[[], list[dict]]]:
+        return {split: (lambda split=split: build(formats.evaluator_heldout(
+            _candidates(candidates_file), split))[0]) for split in ("train", "validation")}
 
     loaders = {
-        "math_ssft_math": {"train": generation(
-            readers.read_math_splits, splits_dir / "train.jsonl", require_answer=True)},
+        "math_ssft_math": {"train": generation(sources.problems, "math500", "train",
+                                               require_answer=True)},
         "math_ssft_prm800k": {"train": generation(_prm800k_problems, label_files)},
-        "math500": {"test": generation(readers.read_math_splits, splits_dir / "test.jsonl")},
-        "math_test5k": {"test": generation(readers.read_math, math_dir, "test")},
-        "scr_pairwise": {"train": evaluator(formats.pairwise_examples)},
-        "scr_pointwise": {"train": evaluator(formats.pointwise_examples)},
-        "scr_sequence_pairwise": {"train": evaluator(formats.sequence_pair_examples)},
+        "math500": {"test": generation(sources.problems, "math500", "test")},
+        "math_test5k": {"test": generation(sources.problems, "math", "test")},
+        "scr_pairwise": evaluator(formats.pairwise_examples),
+        "scr_pointwise": evaluator(formats.pointwise_examples),
+        "scr_sequence_pairwise": evaluator(formats.sequence_pair_examples),
         "dpo_pairs": {"train": lambda: _preference_examples(preference_file)},
     }
-    for name, style in SYNTHETIC_TASKS.items():
+    for name in SYNTHETIC_TASKS:  # the task and its source share the name
         # Knobs are read from gin when the split is first loaded.
-        loaders[name] = {split: generation(synthetic.synthetic_problems, split, style=style)
+        loaders[name] = {split: generation(sources.problems, name, split)
                          for split in synthetic.SPLITS}
     return loaders
 
@@ -147,9 +148,11 @@ def ssft_mix_rates(rates: Sequence[float] = (1.0, 1.0)) -> tuple:
 
 
 def _registration_key(vocabulary: seqio.Vocabulary) -> tuple:
+    # The bindings as a whole too: loaders read knobs (formats, held-out fraction, synthetic
+    # difficulty) when they run, so any change of them must drop the cached examples.
     return (vocabulary, paths.math_splits_dir(), paths.math_dir(),
             tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates(),
-            paths.preference_file())
+            gin.config_str())
 
 
 def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:

@@ -5,13 +5,13 @@
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Optional, Sequence
 
 import gin
 import numpy as np
 import seqio
 import tensorflow as tf
+from etils import epath
 
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
@@ -43,8 +43,15 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         if self._tokenizer is None:
             import tokenizers  # noqa: PLC0415 (optional dependency of the data extra)
 
-            self._tokenizer = tokenizers.Tokenizer.from_file(self._path)
+            # from_str on epath's text, not from_file: the path may be gs:// (a model_dir's copy)
+            self._tokenizer = tokenizers.Tokenizer.from_str(epath.Path(self._path).read_text())
         return self._tokenizer
+
+    @property
+    def path(self) -> str:
+        """The tokenizer.json this vocabulary reads (its siblings hold the tokenizer's other
+        files, see `mathft_jax.model_files`)."""
+        return self._path
 
     def _token_id(self, token: Optional[str]) -> Optional[int]:
         if token is None:
@@ -118,7 +125,7 @@ def get_vocabulary(name_or_path: str = "byte", **kwargs) -> seqio.Vocabulary:
     directory holding one -> HfTokenizerVocabulary (kwargs such as eos_id/bos_id go to it)."""
     if name_or_path == "byte":
         return seqio.ByteVocabulary(**kwargs)
-    path = pathlib.Path(name_or_path)
+    path = epath.Path(name_or_path)  # local or gs://
     if path.is_dir() and (path / "tokenizer.json").exists():
         path = path / "tokenizer.json"
     if path.suffix == ".json" and path.exists():

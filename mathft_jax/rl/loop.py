@@ -106,7 +106,8 @@ def grpo(model_dir: str = gin.REQUIRED,
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
     if problems is None:
         from mathft_jax import infer  # noqa: PLC0415
-        problems = infer.load_problems(task, split, problems_file)[:max_problems]
+        problems = infer.load_problems(task, split, problems_file)
+        problems = [p for p in problems if p["gold"]][:max_problems]  # gradable ones only
     if not problems:
         raise ValueError("grpo: no problems to train on")
     weights = rewards_lib.reward_weights()

@@ -1,0 +1,54 @@
+"""Problem sources by name: the one registry that the seqio tasks and `infer` both read.
+
+A source maps a split to a list of `readers.Problem` (problem, solution, answer, id), with
+every path and knob resolved from gin when it is read. Light: no TensorFlow.
+
+  math500                 PRM800K's MATH splits: train = its 12,000, test = MATH500
+  math                    MATH itself: train 7,500, test 5,000
+  synthetic_arith_steps   the synthetic curriculum, step-by-step solutions
+  synthetic_arith_terse   the same problems, terse solutions
+
+Register another with `@register("name")` on a function `(split, require_answer) -> list`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from mathft_jax.data import paths, readers, synthetic
+
+Source = Callable[[str, bool], list]
+_SOURCES: dict[str, Source] = {}
+
+
+def register(name: str) -> Callable[[Source], Source]:
+    def add(fn: Source) -> Source:
+        _SOURCES[name] = fn
+        return fn
+    return add
+
+
+def names() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def problems(name: str, split: str, require_answer: bool = False) -> list[readers.Problem]:
+    """The problems of source `name`'s `split`."""
+    if name not in _SOURCES:
+        raise ValueError(f"unknown problem source {name!r}; known: {', '.join(names())}")
+    return _SOURCES[name](split, require_answer)
+
+
+@register("math500")
+def _math500(split: str, require_answer: bool) -> list[readers.Problem]:
+    return readers.read_math_splits(paths.math_splits_dir() / f"{split}.jsonl",
+                                    require_answer=require_answer)
+
+
+@register("math")
+def _math(split: str, require_answer: bool) -> list[readers.Problem]:
+    return readers.read_math(paths.math_dir(), split, require_answer=require_answer)
+
+
+for _style in synthetic.STYLES:
+    register(f"synthetic_arith_{_style}")(
+        lambda split, require_answer, style=_style: synthetic.synthetic_problems(split, style=style))
