@@ -175,6 +175,8 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         for stage in stages:
             if stage in TRAIN_STAGES:
                 _train_config(cfg, run, stage)
+            if stage == "grpo":
+                _grpo_config(cfg, run)
             for generator in SAMPLE_STAGES.get(stage, lambda g: [])(generators):
                 _infer_config(cfg, run, stage, generator)
     distributed.check_shared_dir(run.root)
@@ -295,11 +297,21 @@ def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
         sequence_length=_train_config(cfg, run, "dpo").sequence_length)
 
 
-def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
+def _grpo_config(cfg: PipelineConfig, run: Run):
+    """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
+    training split of the sampled task."""
     from mathft_jax.rl import loop
     with gin.config_scope("grpo"):
-        result = loop.grpo(model_dir=run.checkpoint("grpo"), init_checkpoint=run.checkpoint("ssft"),
-                           task=cfg.sample_task, split=cfg.train_split)
+        return loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
+                               init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
+                               split=cfg.train_split).validate()
+
+
+def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
+    from mathft_jax.rl import loop
+    config = _grpo_config(cfg, run)
+    with gin.config_scope("grpo"):  # the optimizer, schedule, objective and rewards too
+        result = loop.grpo(config)
     if result.preempted:
         raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; rerun to resume")
     return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}

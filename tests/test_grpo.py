@@ -219,9 +219,23 @@ def _run(tmp_path, name, mesh=None, iterations=2, **kw):
     return loop.grpo(model_dir=str(tmp_path / name), problems=PROBLEMS, iterations=iterations,
                      prompts_per_iteration=2, num_generations=4, max_decode_len=12,
                      sequence_length=48, steps_per_iteration=2, checkpoint_every=1,
-                     async_checkpoints=False, config=TINY, vocabulary=CharVocab(),
+                     async_checkpoints=False, model=TINY, vocabulary=CharVocab(),
                      mesh_fn=mesh or (lambda: partitioning.make_mesh(devices=jax.devices()[:1])),
                      progress=False, seed=1, **kw)
+
+
+def test_settings_fail_early_naming_the_binding(tmp_path):
+    from mathft_jax import settings
+    with pytest.raises(settings.SettingError, match="grpo.model_dir is not set"):
+        loop.grpo(problems=PROBLEMS)
+    with pytest.raises(settings.SettingError, match="grpo.num_generations=0"):
+        loop.grpo(model_dir=str(tmp_path), num_generations=0)
+    with pytest.raises(settings.SettingError, match="grpo.sequence_length=16 leaves no room"):
+        loop.grpo(model_dir=str(tmp_path), sequence_length=16, max_decode_len=16)
+    gin.parse_config("grpo.kl_coef = -1.0")
+    with pytest.raises(settings.SettingError, match="grpo.kl_coef=-1.0"):
+        loop.grpo(model_dir=str(tmp_path))
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def _params(model_dir):

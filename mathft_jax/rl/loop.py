@@ -1,4 +1,4 @@
-"""The GRPO loop: `python -m mathft_jax.rl --gin_file=gin_configs/runs/grpo_synthetic.gin`.
+"""The GRPO loop: `python -m mathft_jax.rl --gin_file=gin_configs/runs/grpo.gin ...`.
 
 Each iteration k (1, 2, ...):
   1 rollout   the problems at prompt positions (k-1)P .. kP-1 (epoch-seeded permutations),
@@ -59,39 +59,93 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] % (2 ** 31))
 
 
-@gin.configurable
-def grpo(model_dir: str = gin.REQUIRED,
-         init_checkpoint: Optional[str] = None,
-         reference_checkpoint: Optional[str] = None,
-         task: str = "synthetic_arith_steps", split: str = "train",
-         problems_file: Optional[str] = None, max_problems: Optional[int] = None,
-         iterations: int = 100, prompts_per_iteration: int = 8, num_generations: int = 8,
-         max_decode_len: int = 256, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-         sequence_length: int = 512, steps_per_iteration: int = 1, micro_batches: int = 1,
-         kl_coef: float = 0.04, scale_std: bool = True,
-         evaluator_checkpoint: Optional[str] = None, evaluator_weight: float = 0.0,
-         objective: Callable = grpo_lib.grpo_objective, seed: int = 0,
-         checkpoint_every: int = 10, keep_checkpoints: int = 2, async_checkpoints: bool = True,
-         log_every: int = 1, mesh_fn: Callable = partitioning.make_mesh,
-         config: Optional[DecoderConfig] = None, vocabulary=None,
-         problems: Optional[Sequence[dict]] = None, progress: bool = True) -> GrpoResult:
-    """Run (or resume) GRPO in `model_dir`; see the module docstring.
+@gin.configurable("grpo")
+@dataclasses.dataclass(frozen=True)
+class GrpoConfig:
+    """One GRPO run's settings, bound in gin as `grpo.<field>` (the pipeline's grpo stage and
+    `python -m mathft_jax.rl` run in gin scope `grpo`, so `grpo/learning_rate_schedule.*`
+    and `grpo/make_optimizer.*` set its optimizer).
 
     init_checkpoint: the policy's start (the SSFT checkpoint); reference_checkpoint: the KL
     anchor (default: init_checkpoint; with neither, both are the seed's fresh init, for tests).
-    Problems: `infer.load_problems(task, split, problems_file)[:max_problems]`, or `problems`.
-    Log-probs, ratios, KL and entropy are those of softmax(logits / temperature), the
-    distribution sampled; top_k / top_p truncate it unmodelled (keep them off).
-    Dr. GRPO: scale_std=False and `grpo_objective.normalization = 'constant'`.
+    Problems: `infer.load_problems(task, split, problems_file)`, those with a gold answer,
+    the first `max_problems`. Log-probs, ratios, KL and entropy are those of
+    softmax(logits / temperature), the distribution sampled; top_k / top_p truncate it
+    unmodelled (keep them off). Dr. GRPO: scale_std=False and
+    `grpo_objective.normalization = 'constant'`.
     """
-    settings.check("grpo", iterations=(iterations, 0), prompts_per_iteration=prompts_per_iteration,
-                   num_generations=num_generations, max_decode_len=max_decode_len,
-                   sequence_length=sequence_length, steps_per_iteration=steps_per_iteration,
-                   micro_batches=micro_batches, checkpoint_every=checkpoint_every,
-                   keep_checkpoints=keep_checkpoints, log_every=log_every, top_k=(top_k, 0))
-    settings.check_real("grpo", "kl_coef", kl_coef, 0.0, math.inf)
-    settings.check_real("grpo", "temperature", temperature, 0.0, math.inf, low_open=True)
-    cfg = config or DecoderConfig()
+
+    model_dir: Optional[str] = None
+    init_checkpoint: Optional[str] = None
+    reference_checkpoint: Optional[str] = None
+    task: str = "synthetic_arith_steps"
+    split: str = "train"
+    problems_file: Optional[str] = None
+    max_problems: Optional[int] = None
+    iterations: int = 100
+    prompts_per_iteration: int = 8
+    num_generations: int = 8
+    max_decode_len: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sequence_length: int = 512
+    steps_per_iteration: int = 1
+    micro_batches: int = 1
+    kl_coef: float = 0.04
+    scale_std: bool = True
+    evaluator_checkpoint: Optional[str] = None
+    evaluator_weight: float = 0.0
+    objective: Callable = grpo_lib.grpo_objective
+    seed: int = 0
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    async_checkpoints: bool = True
+    log_every: int = 1
+
+    def validate(self) -> "GrpoConfig":
+        """Raise SettingError naming the binding; needs no model, mesh or data."""
+        settings.check("grpo", iterations=(self.iterations, 0),
+                       prompts_per_iteration=self.prompts_per_iteration,
+                       num_generations=self.num_generations, max_decode_len=self.max_decode_len,
+                       sequence_length=self.sequence_length,
+                       steps_per_iteration=self.steps_per_iteration,
+                       micro_batches=self.micro_batches, checkpoint_every=self.checkpoint_every,
+                       keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
+                       top_k=(self.top_k, 0), max_problems=self.max_problems)
+        settings.check_real("grpo", "kl_coef", self.kl_coef, 0.0, math.inf)
+        settings.check_real("grpo", "temperature", self.temperature, 0.0, math.inf,
+                            low_open=True)
+        settings.check_real("grpo", "evaluator_weight", self.evaluator_weight, -math.inf,
+                            math.inf)
+        if not self.model_dir:
+            raise settings.SettingError("grpo.model_dir is not set")
+        if self.sequence_length <= self.max_decode_len:
+            raise settings.SettingError(
+                f"grpo.sequence_length={self.sequence_length} leaves no room for a prompt "
+                f"beside grpo.max_decode_len={self.max_decode_len}")
+        return self
+
+
+def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] = None,
+         mesh_fn: Callable = partitioning.make_mesh, vocabulary=None,
+         problems: Optional[Sequence[dict]] = None, progress: bool = True,
+         **fields) -> GrpoResult:
+    """Run (or resume) GRPO in `config.model_dir`; see the module docstring.
+
+    config: the run's settings (default: `GrpoConfig()` from gin, in the current gin scope);
+    `fields` replace some of them. The keyword-only arguments are hooks, not configuration:
+    the model config (default `DecoderConfig()`), the mesh, the vocabulary (default gin's
+    `get_vocabulary()`), the problems in place of the task's, the progress bar.
+    """
+    c = settings.resolve(GrpoConfig, config, **fields)
+    (model_dir, init_checkpoint, reference_checkpoint, task, split, problems_file, max_problems,
+     iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
+     top_p, sequence_length, steps_per_iteration, micro_batches, kl_coef, scale_std,
+     evaluator_checkpoint, evaluator_weight, objective, seed, checkpoint_every,
+     keep_checkpoints, async_checkpoints, log_every) = (  # every field, in field order
+        getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
+    cfg = model or DecoderConfig()
     cfg.validate()
     mesh = mesh_fn()
     rules = partitioning.rules_for(cfg, mesh)
