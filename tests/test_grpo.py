@@ -1,6 +1,7 @@
 """GRPO: advantages, the k3 KL estimator and the clipped loss against hand-computed values;
 one update raises the log-probability of rewarded completions; the loop resumes
 bit-identical after a crash mid-iteration; 8 devices give the iteration of one."""
+import functools
 import math
 
 import flax.linen as nn
@@ -212,7 +213,7 @@ def test_one_update_raises_rewarded_completions_log_probability():
 # ----------------------------------------------------------------------------- the loop
 
 
-def _run(tmp_path, name, mesh=None, iterations=2, **kw):
+def _run_loop(tmp_path, name, mesh=None, iterations=2, **kw):
     kw.setdefault("kl_coef", 0.05)
     gin.bind_parameter("reward_weights.weights", {"digits": 1.0, "crash_test": 1.0, "boxed": 0.1})
     gin.bind_parameter("learning_rate_schedule.peak", 3e-3)
@@ -249,6 +250,10 @@ def _rows_without_time(model_dir):
 
 
 def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
+    # every run also adds 0.5 * S(X|P) of an "evaluator" (a random TINY model)
+    evaluator = str(tmp_path / "evaluator")
+    checkpoints.save_params(evaluator, nn.unbox(init_params(TINY, jax.random.PRNGKey(7))))
+    _run = functools.partial(_run_loop, evaluator_checkpoint=evaluator, evaluator_weight=0.5)
     whole = _run(tmp_path, "whole")
     assert whole.final_iteration == 2
     rows = _rows_without_time(whole.model_dir)
@@ -257,6 +262,10 @@ def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
         assert f"grpo/{key}" in rows[0]
     assert rows[0]["grpo/kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts at the reference
     assert rows[1]["grpo/kl"] > 0 and rows[0]["grpo/clip_fraction"] >= 0
+    assert 0 < rows[0]["grpo/reward_evaluator"] < 1
+    assert rows[0]["grpo/reward"] == pytest.approx(
+        rows[0]["grpo/reward_digits"] + 0.1 * rows[0]["grpo/reward_boxed"]
+        + 0.5 * rows[0]["grpo/reward_evaluator"])
 
     CRASH["after"] = 8 + 3  # all of iteration 1's 8 completions, then 3 into iteration 2
     with pytest.raises(KeyboardInterrupt):
@@ -272,8 +281,10 @@ def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
     sharded = _run(tmp_path, "sharded", iterations=1,
                    mesh=lambda: partitioning.make_mesh(data=2, fsdp=2, tensor=2))
     got = _rows_without_time(sharded.model_dir)[0]
-    for key in ("grpo/reward", "grpo/response_length", "grpo/accuracy"):
+    for key in ("grpo/reward_digits", "grpo/response_length", "grpo/accuracy"):
         assert got[key] == rows[0][key], key  # the same samples
+    # the evaluator's scores, computed on 8 devices, agree up to float round-off
+    assert got["grpo/reward"] == pytest.approx(rows[0]["grpo/reward"], rel=1e-6)
     assert got["grpo/loss"] == pytest.approx(rows[0]["grpo/loss"], rel=1e-4, abs=1e-6)
     after_one = _params(str(tmp_path / "whole" / "1"))  # the uninterrupted run's iteration 1
     for a, b in zip(jax.tree_util.tree_leaves(_params(sharded.model_dir)),
