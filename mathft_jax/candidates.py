@@ -1,7 +1,8 @@
 """The candidates file: N sampled solutions per problem, as JSON lines (docs/formats.md).
 
 One object per line: {"problem_id": str, "problem": str, "gold": str,
-"samples": [{"text": str, "answer": str | null, "score"?: float, "correct"?: bool}], ...}.
+"samples": [{"text": str, "answer": str | null, "score"?: float >= 0, "correct"?: bool,
+"logprob"?: float, "num_tokens"?: int}], ...}.
 Extra keys are kept. Blank lines are ignored; any other unreadable line is an error naming
 file:line, or is skipped and counted with `skip_bad_lines`.
 """
@@ -13,7 +14,8 @@ import logging
 import math
 
 from mathft_jax import atomic, storage
-from mathft_jax.grading import extract_answer, is_equiv
+from mathft_jax import grading
+from mathft_jax.grading import extract_answer
 from mathft_jax.parallel import parallel_map
 
 
@@ -51,6 +53,16 @@ def validate_record(record: object) -> None:
         if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
                                   or not math.isfinite(score)):
             raise ValueError(f"{where}.score must be a finite number")
+        if score is not None and score < 0:  # W.RR sums scores: a negative one flips its sign
+            raise ValueError(f"{where}.score is {score}: scores must be >= 0 (the weighted "
+                             "metrics sum them)")
+        for field, kind in (("logprob", (int, float)), ("num_tokens", int)):
+            value = sample.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{where}.{field} must be a finite number")
+        if sample.get("num_tokens") is not None and sample["num_tokens"] < 0:
+            raise ValueError(f"{where}.num_tokens must be >= 0")
         if "correct" in sample and not isinstance(sample["correct"], bool):
             raise ValueError(f"{where}.correct must be a boolean")
 
@@ -58,11 +70,13 @@ def validate_record(record: object) -> None:
 def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[list[dict], list[BadLine]]:
     """(records, skipped bad lines). Without `skip_bad_lines` the first bad line raises."""
     records, bad, seen = [], [], set()
-    with storage.path(path).open("r", encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
+    # bytes: a non-UTF-8 line is an error naming its line; local or gs://
+    with storage.path(path).open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = _decode(raw)
                 record = json.loads(line)
                 validate_record(record)
                 if record["problem_id"] in seen:
@@ -80,6 +94,14 @@ def read_candidates_report(path: str, skip_bad_lines: bool = False) -> tuple[lis
     return records, bad
 
 
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte offset "
+                         f"{error.start})") from None
+
+
 def read_candidates(path: str, skip_bad_lines: bool = False) -> list[dict]:
     """The records of a candidates file (bad lines raise, or are skipped with a warning)."""
     return read_candidates_report(path, skip_bad_lines)[0]
@@ -95,15 +117,27 @@ def write_candidates(path: str, records: list[dict]) -> None:
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def sample_answer(sample: dict) -> str | None:
-    """A sample's answer: its "answer" field, or extracted from "text" when the key is absent."""
-    if "answer" in sample:
+def sample_answer(sample: dict, policy: str | None = None) -> str | None:
+    """A sample's answer: its recorded "answer" field (else strict extraction of its
+    "text"); with a `policy`, extracted again from the text under it."""
+    if policy is None and "answer" in sample:
         return sample["answer"]
-    return extract_answer(sample.get("text"))
+    return extract_answer(sample.get("text"), policy=policy or "strict")
+
+
+def grade_sample(sample: dict, gold: str, policy: str | None = None,
+                 grader: str = "mathft") -> bool:
+    """The one judgment of a sample against its gold answer, used by the pipeline's grading
+    (`grade_candidates`), by `voting.grade_problem` and by the data readers: `grader`
+    (grading.GRADERS) on the sample's answer (`sample_answer(sample, policy)`), within the
+    grader's per-call bound."""
+    verdict = grading.grade(sample.get("text"), gold, policy or "strict", grader,
+                            answer=sample_answer(sample, policy))
+    return verdict.correct
 
 
 def _grade_record(record: dict) -> list[bool]:
-    return [is_equiv(sample_answer(sample), record["gold"]) for sample in record["samples"]]
+    return [grade_sample(sample, record["gold"]) for sample in record["samples"]]
 
 
 def grade_candidates(records: list[dict], processes: int | None = None, progress: bool = True) -> list[dict]:

@@ -2,9 +2,10 @@
 
     samples = generate(params, cfg, prompts, SamplingParams(num_samples=64, temperature=0.7,
                        eos_id=vocab.eos_id), seed=0, prompt_ids=global_indices, mesh=mesh)
-    samples.tokens [num_prompts, N, max_decode_len], samples.lengths [num_prompts, N]
+    samples.tokens [num_prompts, N, max_decode_len], samples.lengths [num_prompts, N],
+    samples.logprobs [num_prompts, N] (each sample's log-likelihood under the model)
 
-Design (see BUILD.md, "Decoding"):
+Design (see docs/ARCHITECTURE.md, "Decoding"; figures in docs/PERFORMANCE.md):
 - Prompts of different lengths share a batch right-padded; each sequence then continues at
   its own cache slot (its length), and a query only sees slots <= its own, so the padding's
   garbage keys are never attended to and are overwritten as the sequence grows.
@@ -85,9 +86,12 @@ class DecodeStatic(NamedTuple):
 @dataclasses.dataclass
 class Samples:
     """tokens [num_prompts, N, max_decode_len] (PAD_ID after the end) and lengths
-    [num_prompts, N]: tokens generated, the EOS included where one was emitted."""
+    [num_prompts, N]: tokens generated, the EOS included where one was emitted. logprobs
+    [num_prompts, N] float32: the sum of log softmax(logits) of those tokens, the model's own
+    distribution (temperature 1, no top-k/top-p), whatever the sampling settings."""
     tokens: np.ndarray
     lengths: np.ndarray
+    logprobs: Optional[np.ndarray] = None
 
     def sequences(self, i: int, eos_id: Optional[int] = None) -> list[list[int]]:
         """Prompt i's N samples as token lists, without the EOS when `eos_id` is given."""
@@ -179,7 +183,7 @@ def unroll_layers(params, cfg: DecoderConfig):
     """Scanned-layer params as per-layer `layers_i`, with the unscanned config.
 
     Decoding a scanned model threads the whole KV cache through nn.scan at every step, which
-    copies it: palm_1b decodes 2.3x slower on an H200 (BUILD.md, "Decoding"). Inside jit
+    copies it: palm_1b decodes 2.3x slower on an H200 (docs/PERFORMANCE.md). Inside jit
     the slices are taken once per call, outside the decode loop.
     """
     if not cfg.scan_layers:
@@ -220,7 +224,8 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
                     cfg: DecoderConfig, sp: DecodeStatic):
     """The jit-able sampler: prompts [B, P] right-padded, lengths [B] >= 1, sample_ids [B*N]
     (global ids, prompt-major), seed int32, temperature and top_p float32 scalars
-    -> (tokens [B*N, L], num_tokens [B*N])."""
+    -> (tokens [B*N, L], num_tokens [B*N], logprob [B*N]: sum of the model's log-probability
+    of each sampled token, at temperature 1)."""
     params, cfg = unroll_layers(params, cfg)
     n, max_len = sp.num_samples, sp.max_decode_len
     cache_len = prompts.shape[1] + max_len
@@ -237,11 +242,11 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
     batch_axes = ("batch", "length")
 
     def cond(state):
-        step, _, _, _, done, _ = state
+        step, _, _, _, done, _, _ = state
         return (step < max_len) & ~jnp.all(done)
 
     def body(state):
-        step, token, cache, out, done, count = state
+        step, token, cache, out, done, count, logprob = state
         logits, cache = extend(params, cfg, token[:, None], cache, lengths - 1 + step)
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
         new = sample_logits(logits[:, 0], step_keys, temperature, top_p, top_k=sp.top_k,
@@ -249,13 +254,18 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
         new = jnp.where(done, PAD_ID, new)
         out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
         count = count + (~done).astype(jnp.int32)
+        # the sample's log-likelihood under the model (a baseline re-ranker, diagnostics.py)
+        token_logp = jnp.take_along_axis(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)),
+                                         new[:, None], axis=-1)[:, 0]
+        logprob = logprob + jnp.where(done, 0.0, token_logp)
         done = done | (new == sp.eos_id) | (step + 1 >= budget)
-        return step + 1, new, cache, out, done, count
+        return step + 1, new, cache, out, done, count, logprob
 
     out = nn.with_logical_constraint(jnp.full((rows, max_len), PAD_ID, jnp.int32), batch_axes)
-    state = (jnp.int32(0), first_input, cache, out, budget <= 0, jnp.zeros((rows,), jnp.int32))
-    _, _, _, out, _, count = jax.lax.while_loop(cond, body, state)
-    return out, count
+    state = (jnp.int32(0), first_input, cache, out, budget <= 0, jnp.zeros((rows,), jnp.int32),
+             jnp.zeros((rows,), jnp.float32))
+    _, _, _, out, _, count, logprob = jax.lax.while_loop(cond, body, state)
+    return out, count, logprob
 
 
 # ----------------------------------------------------------------------------- host side
@@ -370,11 +380,12 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
         raise ValueError("prompt_ids * num_samples must stay below 2**31")
     rules = resolve_rules(cfg, mesh, rules)
     with run_context(mesh, rules):
-        out, count = _compiled_generate(cfg, sampling.static())(
+        out, count, logprob = _compiled_generate(cfg, sampling.static())(
             params, partitioning.to_global(tokens, mesh, split),
             partitioning.to_global(lengths, mesh, split),
             partitioning.to_global(sample_ids.astype(np.int32), mesh), jnp.int32(seed),
             jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))
     out = to_host(out).reshape(rows, n, -1)[:len(prompts)]
     count = to_host(count).reshape(rows, n)[:len(prompts)]
-    return Samples(tokens=out, lengths=count)
+    logprob = to_host(logprob).reshape(rows, n)[:len(prompts)]
+    return Samples(tokens=out, lengths=count, logprobs=logprob)

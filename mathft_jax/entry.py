@@ -26,9 +26,9 @@ GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
 
 
 def run_module(name: str) -> None:
-    from absl import app
+    from mathft_jax import cli_errors  # one-line usage (exit 2) and data (exit 1) errors
     module = importlib.import_module(name)
-    app.run(module.main)
+    cli_errors.run(module.main, prog=name.rsplit(".", 1)[-1])
     sys.exit(0)
 
 

@@ -1,9 +1,16 @@
-"""Evaluate a candidates file: grade, cluster, and report the paper's metrics with 95% CIs.
+"""Evaluate a candidates file: grade, cluster, and report the paper's metrics with 95% CIs,
+the evaluator's diagnostics and the baselines it must beat (mathft_jax/diagnostics.py).
 
     python -m mathft_jax.evaluate --candidates=FILE [--k=8] [--out=JSON] [--skip_bad_lines]
+                                  [--plot=PNG]
 
 Grading and clustering run in a process pool over all cores; the printed markdown table and
 the JSON are deterministic (seeded bootstrap, ordered pool map).
+
+Errors are one line on stderr (mathft_jax/cli_errors.py; `--debug` adds the traceback) and
+write nothing: exit 2 for a usage error (a missing --candidates, a path that is missing or a
+directory, --k or --processes below 1), exit 1 for bad data (an empty file, a line that is
+not UTF-8, not JSON or breaks the schema, a negative score: FILE:LINE in the message).
 """
 from __future__ import annotations
 
@@ -14,10 +21,11 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from mathft_jax import atomic, voting
-from mathft_jax.candidates import read_candidates_report
+from mathft_jax import atomic, diagnostics, storage, voting
+from mathft_jax.candidates import CandidatesError, read_candidates_report
+from mathft_jax.cli_errors import DataError, UsageError
 from mathft_jax.parallel import parallel_map
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -39,6 +47,7 @@ def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
         "n_samples": {"total": sum(sizes), "min": min(sizes, default=0), "max": max(sizes, default=0)},
         "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95},
         "metrics": voting.evaluate_problems(problems, k, n_resamples, seed),
+        "diagnostics": diagnostics.summarize(problems, k, n_resamples, seed),
     }
 
 
@@ -66,6 +75,9 @@ def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes
                   progress: bool = True) -> dict:
     """`evaluate_records` over a candidates file, with its skipped lines reported."""
     records, bad = read_candidates_report(path, skip_bad_lines)
+    if not records:  # a table of n/a would look like a result
+        why = f"all {len(bad)} non-blank lines were bad" if bad else "empty file"
+        raise CandidatesError(f"{path}: no candidates records ({why})")
     result = {"candidates": path}
     result |= evaluate_records(records, k, processes, progress=progress)
     result["skipped_lines"] = {"count": len(bad), "lines": [[b.line, b.reason] for b in bad]}
@@ -73,22 +85,55 @@ def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes
 
 
 _CANDIDATES = flags.DEFINE_string("candidates", None, "Candidates JSON-lines file (required).")
-_K = flags.DEFINE_integer("k", 8, "K for the top-K cluster metrics (the paper: 8 of N=64).")
+_K = flags.DEFINE_integer("k", 8, "K for the top-K cluster metrics (the paper: 8 of N=64).",
+                          lower_bound=1)
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON (default: FILE.metrics.json).")
 _SKIP = flags.DEFINE_bool("skip_bad_lines", False, "Skip and count malformed lines instead of failing.")
-_PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default: all cores).")
+_PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default: all cores).",
+                                  lower_bound=1)
+_PLOT = flags.DEFINE_string("plot", None, "Also draw the evaluator's reliability diagram and "
+                            "score histograms (scored candidates) to this PNG.")
+
+
+def check_paths(candidates: str | None, out: str, plot: str | None = None) -> None:
+    """Usage errors, before any work: the input must be a file, the output not a directory."""
+    if not candidates:
+        raise UsageError("--candidates=FILE is required")
+    if not storage.exists(candidates):  # local or gs://
+        raise UsageError(f"--candidates={candidates}: no such file")
+    if storage.path(candidates).is_dir():
+        raise UsageError(f"--candidates={candidates}: is a directory, not a candidates file")
+    if storage.path(out).is_dir():
+        raise UsageError(f"--out={out}: is a directory")
+    if plot and storage.path(plot).is_dir():
+        raise UsageError(f"--plot={plot}: is a directory")
 
 
 def main(argv) -> None:
-    del argv
-    if not _CANDIDATES.value:
-        raise app.UsageError("--candidates=FILE is required")
-    result = evaluate_file(_CANDIDATES.value, _K.value, _SKIP.value, _PROCESSES.value)
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    path = _CANDIDATES.value
+    out = _OUT.value or os.path.splitext(path or "")[0] + ".metrics.json"
+    check_paths(path, out, _PLOT.value)
+    try:
+        result = evaluate_file(path, _K.value, _SKIP.value, _PROCESSES.value)
+    except CandidatesError as error:
+        raise DataError(str(error)) from error
+    except OSError as error:  # unreadable (permissions, I/O): the file's fault, not a flag's
+        if error.filename != path:
+            raise
+        raise DataError(f"{path}: {error.strerror or error}") from error
     print(markdown_table(result))
+    print("\n" + diagnostics.markdown(result["diagnostics"], result["k"]))
     skipped = result["skipped_lines"]["count"]
     if skipped:
         print(f"\nskipped {skipped} bad line(s): see skipped_lines in the JSON")
-    out = _OUT.value or os.path.splitext(_CANDIDATES.value)[0] + ".metrics.json"
     atomic.write_json(out, result, indent=2, sort_keys=True)
     print(f"\nwrote {out}")
-
+    evaluator = result["diagnostics"]["evaluator"]
+    if _PLOT.value and evaluator is not None:
+        from mathft_jax import report  # matplotlib: only when a plot is asked for
+        report.plot_evaluator(_PLOT.value, evaluator, f"Evaluator scores in {path}")
+        print(f"wrote {_PLOT.value}")
+    elif _PLOT.value:
+        print(f"no scores in {path}: no evaluator plot")

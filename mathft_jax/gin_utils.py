@@ -30,9 +30,11 @@ DATA_MODULES = ("mathft_jax.data.vocab", "mathft_jax.data.tasks", "mathft_jax.da
                 "mathft_jax.data.synthetic", "mathft_jax.data.paths", "mathft_jax.data.dataset")
 
 
-def register_configurables() -> None:
+def register_configurables(data: bool = True) -> None:
+    """Import every module that defines configurables; the data modules (seqio, TensorFlow:
+    seconds to import) only with `data`, and only where seqio is installed."""
     import importlib
-    for name in CONFIGURABLE_MODULES + DATA_MODULES:
+    for name in CONFIGURABLE_MODULES + (DATA_MODULES if data else ()):
         try:
             importlib.import_module(name)
         except ImportError as e:
@@ -48,16 +50,26 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (),
     (`--gin_search_paths`, as in T5X), then where `gin_configs/` lives, so
     `--gin_file=gin_configs/models/tiny.gin` works from any working directory.
     """
-    register_configurables()
     _guard_gin_resource_reader()
     roots = [*search_paths, gin_configs_root(), os.path.join(gin_configs_root(), "gin_configs")]
     for root in roots:
         gin.add_config_file_search_path(root)
     files = [_resolve(f, roots) for f in files]
+    # The data modules (TensorFlow) only when the configuration names one of their
+    # configurables: `models`, `evaluate` and model-only configs start without TensorFlow.
+    register_configurables(data=False)
     try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        try:
+            gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+        except ValueError as e:
+            if "No configurable matching" not in str(e):
+                raise
+            gin.clear_config()
+            register_configurables(data=True)
+            gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, KeyError, IOError) as e:
-        raise ValueError(f"bad gin configuration: {e}") from e
+        from mathft_jax.cli_errors import UsageError
+        raise UsageError(f"bad gin configuration: {e}") from e
 
 
 def _resolve(path: str, roots: Sequence[str]) -> str:
@@ -66,7 +78,8 @@ def _resolve(path: str, roots: Sequence[str]) -> str:
     for root in roots:
         if os.path.exists(os.path.join(root, path)):
             return os.path.join(root, path)
-    raise ValueError(f"bad gin configuration: gin file {path!r} not found (looked in the "
+    from mathft_jax.cli_errors import UsageError
+    raise UsageError(f"bad gin configuration: gin file {path!r} not found (looked in the "
                      f"working directory and {', '.join(roots)})")
 
 

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning, scoring,
-                        settings, storage)
+from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning,
+                        provenance, scoring, settings, storage)
 from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -128,7 +128,9 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
     records = []
     for i, problem in enumerate(batch):
         texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
-        entries = [{"text": text, "answer": extract_answer(text)} for text in texts]
+        entries = [{"text": text, "answer": extract_answer(text), "logprob": float(logprob),
+                    "num_tokens": int(n)}
+                   for text, logprob, n in zip(texts, samples.logprobs[i], samples.lengths[i])]
         records.append({**problem, "samples": entries})
     return records
 
@@ -231,7 +233,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     bar.close()
     if writer:
         merge(output_path, problems, read_done(output_path))
-        logging.info("infer: wrote %s", output_path)
+        provenance.write_operative(output_path + ".config.gin")  # the run's operative config
+        logging.info("infer: wrote %s (and its operative config, .config.gin)", output_path)
     return output_path
 
 

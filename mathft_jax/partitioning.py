@@ -107,11 +107,10 @@ def logical_to_shardings(logical_tree, mesh: Mesh, rules):
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def abstract_params(cfg: DecoderConfig, seq_len: int = 1):
+def abstract_params(cfg: DecoderConfig):
     """Boxed ShapeDtypeStructs of the parameters (nothing allocated)."""
-    from mathft_jax.models.decoder import Decoder
-    tokens = jax.ShapeDtypeStruct((1, seq_len), np.int32)
-    return jax.eval_shape(lambda t: Decoder(cfg).init(jax.random.PRNGKey(0), t)["params"], tokens)
+    from mathft_jax.models.decoder import init_params
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
 
 
 def param_shardings(cfg: DecoderConfig, mesh: Mesh, rules):

@@ -20,14 +20,15 @@ from typing import Iterable, Optional
 import gin
 
 from mathft_jax import atomic, distributed, storage
+from mathft_jax.cli_errors import UsageError
 
 OPERATIVE = "config.gin"
 BINDINGS = "bindings.json"
 _CONFIGURABLE = re.compile(r"^(?:[\w./]+/)?([\w.]+)\.\w+\s*=", re.M)
 
 
-class ConfigChangedError(ValueError):
-    """A finished stage was run with other settings than a rerun asks for."""
+class ConfigChangedError(UsageError):
+    """A finished stage was run with other settings than a rerun asks for (one line, exit 2)."""
 
 
 @contextlib.contextmanager
@@ -71,11 +72,17 @@ def binding_record(scopes: Iterable[str], ignore: Iterable[str] = ()) -> dict:
             "bindings": explicit_bindings(configurables, scopes, ignore)}
 
 
+def write_operative(path: str) -> None:
+    """gin's operative config to `path` (process 0): what `infer` keeps beside its output."""
+    if distributed.is_main_process():
+        atomic.write_text(path, gin.operative_config_str())
+
+
 def record(directory: str, bindings: Optional[dict] = None) -> None:
     """Write config.gin (and bindings.json, when given) into directory, on process 0."""
     if not distributed.is_main_process():
         return
-    atomic.write_text(storage.join(directory, OPERATIVE), gin.operative_config_str())
+    write_operative(storage.join(directory, OPERATIVE))
     if bindings is not None:
         atomic.write_json(storage.join(directory, BINDINGS), bindings, indent=1, sort_keys=True)
 

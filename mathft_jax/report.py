@@ -3,13 +3,17 @@
   report.md             the table (every metric, 95% bootstrap CI, per generator)
   accuracy_vs_n.png     Maj1, RR.Top-K and W.RR.MajK against N (N subsampled 1..max)
   ssft_vs_mtsf.png      every metric, SSFT generator against MTSF generator
+  evaluator_<gen>.png   the evaluator's reliability diagram and its score histograms by
+                        correctness, on that generator's candidates (diagnostics.py; the
+                        report also tabulates AUC, pair accuracy, ECE, the baselines and
+                        RR.Top-K - Maj1@N with a paired bootstrap interval)
 """
 from __future__ import annotations
 
 import os
 from typing import Mapping, Sequence
 
-from mathft_jax import atomic, voting
+from mathft_jax import atomic, diagnostics, voting
 
 CURVE_METRICS = ("maj1_at_n", "rr_topk", "wrr_majk")
 NAMES = {"ssft": "SSFT", "mtsf": "MTSF"}
@@ -88,6 +92,17 @@ def write_report(out_dir: str, results: Mapping[str, dict],
 
     text = ["# mathft_jax pipeline report", "", results_table(results), "",
             "![accuracy against N](accuracy_vs_n.png)", "", "![SSFT against MTSF](ssft_vs_mtsf.png)", ""]
+    for g, result in results.items():
+        if "diagnostics" not in result:  # results.json of an older run
+            continue
+        name = NAMES.get(g, g)
+        text += [f"## Evaluator diagnostics and baselines ({name} generator's candidates)", "",
+                 diagnostics.markdown(result["diagnostics"], k), ""]
+        if result["diagnostics"]["evaluator"] is not None:
+            png = f"evaluator_{g}.png"
+            plot_evaluator(os.path.join(out_dir, png), result["diagnostics"]["evaluator"],
+                           f"Evaluator on the {name} generator's candidates")
+            text += [f"![evaluator diagnostics, {name}]({png})", ""]
     path = os.path.join(out_dir, "report.md")
     atomic.write_text(path, "\n".join(text))
     return path
@@ -102,3 +117,44 @@ def save_figure(fig, path: str) -> None:
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     atomic.write_bytes(path, buffer.getvalue())
+
+
+def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
+    """Reliability diagram (accuracy and mean S per bin against the diagonal) beside the
+    histograms of S for correct and incorrect samples."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rel, hist) = plt.subplots(1, 2, figsize=(10, 4))
+    calib = evaluator.get("calibration")
+    if calib:
+        bins = [b for b in calib["bins"] if b["count"]]
+        width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
+        rel.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width, align="edge",
+                alpha=0.6, edgecolor="k", label="accuracy")
+        rel.plot([b["mean_score"] for b in bins], [b["accuracy"] for b in bins], "o",
+                 color="C3", label="(mean S, accuracy)")
+        rel.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+        rel.set_title(f"Reliability (ECE {calib['ece']:.3f})")
+    else:
+        rel.text(0.5, 0.5, "scores outside [0, 1]: no calibration", ha="center")
+    rel.set_xlabel("S (evaluator score)")
+    rel.set_ylabel("fraction correct")
+    rel.set_xlim(0, 1)
+    rel.set_ylim(0, 1)
+    rel.legend(loc="upper left")
+    h = evaluator["histogram"]
+    edges = h["edges"]
+    hist.stairs(h["correct"], edges, lw=2, label="correct")
+    hist.stairs(h["incorrect"], edges, lw=2, label="incorrect")
+    pairs = evaluator["pair_accuracy"]["value"]
+    auc = evaluator["auc"]
+    hist.set_title(f"S by correctness (AUC {'n/a' if auc is None else f'{auc:.3f}'}, "
+                   f"pair acc. {'n/a' if pairs is None else f'{pairs:.3f}'})")
+    hist.set_xlabel("S (evaluator score)")
+    hist.set_ylabel("samples")
+    hist.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

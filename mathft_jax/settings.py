@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 from typing import Union
 
+from mathft_jax.cli_errors import UsageError
+
 Number = Union[int, float]
 
 
-class SettingError(ValueError):
-    """A setting out of its range; the message names the gin binding."""
+class SettingError(UsageError):
+    """A setting out of its range; the message names the gin binding. A usage error: the
+    entry points print it as one line and exit 2."""
 
 
 def check(configurable: str, **values) -> None:

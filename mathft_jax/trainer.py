@@ -18,7 +18,7 @@ import optax
 
 from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
-from mathft_jax.models.decoder import Decoder
+from mathft_jax.models.decoder import Decoder, init_params
 from mathft_jax.objectives import lm_objective, rows_per_group
 
 Batch = Dict[str, jax.Array]
@@ -121,7 +121,7 @@ def init_state(cfg: DecoderConfig, optimizer, shardings: TrainState, seed: int,
     """Fresh state, created directly in its sharded layout (nothing replicated first).
     With `params` (a fine-tuning start), only the optimizer state is fresh."""
     def make(rng):
-        p = nn.unbox(Decoder(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"])
+        p = nn.unbox(init_params(cfg, rng))
         return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
 
     if params is None:

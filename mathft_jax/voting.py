@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mathft_jax.candidates import sample_answer
+from mathft_jax.candidates import grade_sample, sample_answer
 from mathft_jax.grading import answer_key, is_equiv
 
 METRICS = ("pass_at_1", "pass_at_n", "maj1_at_n", "majk_at_n", "rr_all", "rr_topk", "wrr", "wrr_majk")
@@ -74,29 +74,40 @@ class GradedProblem:
 
     `labels[i]` is sample i's cluster index in `cluster()` order (-1: no answer);
     `cluster_correct[j]` is c(C_j); `scores` is None unless every sample has one.
+    `mean_logprobs[i]` is sample i's mean token log-probability under its generator
+    (`logprob / num_tokens`; -inf for no tokens), None unless every sample has both fields.
     """
 
     correct: tuple[bool, ...]
     labels: tuple[int, ...]
     cluster_correct: tuple[bool, ...]
     scores: tuple[float, ...] | None
+    mean_logprobs: tuple[float, ...] | None = None
 
 
 def grade_problem(record: dict) -> GradedProblem:
     """Grade every sample of a candidates record against its gold answer and cluster them."""
     answers = [sample_answer(s) for s in record["samples"]]
-    correct = tuple(is_equiv(answer, record["gold"]) for answer in answers)
+    correct = tuple(grade_sample(s, record["gold"]) for s in record["samples"])
     clusters = cluster(answers)
     labels = [-1] * len(answers)
     for index, found in enumerate(clusters):
         for member in found.members:
             labels[member] = index
     scores = [s.get("score") for s in record["samples"]]
+    scores = None if any(s is None for s in scores) else tuple(float(s) for s in scores)
     return GradedProblem(correct, tuple(labels), tuple(correct[c.representative] for c in clusters),
-                         None if any(s is None for s in scores) else tuple(float(s) for s in scores))
+                         scores, _mean_logprobs(record["samples"]))
 
 
-def _ranked_clusters(problem: GradedProblem, subset: Sequence[int]) -> list[tuple[int, list[int]]]:
+def _mean_logprobs(samples: Sequence[dict]) -> tuple[float, ...] | None:
+    if any(s.get("logprob") is None or s.get("num_tokens") is None for s in samples):
+        return None
+    return tuple(s["logprob"] / s["num_tokens"] if s["num_tokens"] else float("-inf")
+                 for s in samples)
+
+
+def ranked_clusters(problem: GradedProblem, subset: Sequence[int]) -> list[tuple[int, list[int]]]:
     """(cluster index, member samples) restricted to `subset`, ranked by size then first index."""
     members: dict[int, list[int]] = {}
     for sample in subset:
@@ -129,7 +140,7 @@ def problem_metrics(problem: GradedProblem, k: int, subset: Sequence[int] | None
     The scored metrics are None when the problem has no scores. Max over nothing is 0.
     """
     subset = list(range(len(problem.correct))) if subset is None else list(subset)
-    ranked = _ranked_clusters(problem, subset)
+    ranked = ranked_clusters(problem, subset)
     top = ranked[:k]
     values = {
         "pass_at_1": float(np.mean([problem.correct[i] for i in subset])) if subset else 0.0,

@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from waiting import HANG_LIMIT_S
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -13,7 +14,7 @@ def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
     out, profiles = tmp_path / "mfu.json", tmp_path / "profiles"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "mfu.py"), "--smoke", f"--out={out}",
                         f"--profile_dir={profiles}"],
-                       capture_output=True, text=True, env=env, timeout=300)
+                       capture_output=True, text=True, env=env, timeout=HANG_LIMIT_S)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(out.read_text())
     last_line = json.loads(r.stdout.strip().splitlines()[-1])

@@ -23,6 +23,7 @@ from mathft_jax.convert.errors import ConversionError  # noqa: E402
 from mathft_jax.convert.export_hf import export_checkpoint  # noqa: E402
 from mathft_jax.convert.import_hf import import_checkpoint  # noqa: E402
 from mathft_jax.models import Decoder, count_params  # noqa: E402
+from waiting import HANG_LIMIT_S  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 128
@@ -210,7 +211,8 @@ def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
     out = tmp_path / "ckpt"
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     subprocess.run([sys.executable, "-m", "mathft_jax.convert.import_hf", f"--hf_dir={hf_dir}",
-                    f"--out={out}", "--dtype=float32"], check=True, env=env, cwd=REPO, timeout=120)
+                    f"--out={out}", "--dtype=float32"], check=True, env=env, cwd=REPO,
+                   timeout=HANG_LIMIT_S)
     cfg, params = hf.load_hf(hf_dir, dtype="float32")
     from mathft_jax import checkpoints  # train.init_checkpoint's reader
     assert tree_equal(checkpoints.load_params(str(out), cfg), params)
@@ -229,7 +231,7 @@ def test_converters_do_not_import_torch_or_transformers():
             "mathft_jax.convert.export_hf; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120,
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=HANG_LIMIT_S,
                    env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 

@@ -151,3 +151,17 @@ def test_sequence_pairs_use_the_generation_prompt():
         assert pos["inputs"] == neg["inputs"] == formats.generation_prompt(
             f"Problem {pos['problem_id'][1:]}")
         assert "good" in pos["targets"] and "bad" in neg["targets"]
+
+
+def test_evaluator_heldout_is_by_problem_and_stable():
+    records = [{"problem_id": f"train/{i}"} for i in range(1000)]
+    out = formats.evaluator_heldout(records, "validation", fraction=0.2)
+    kept = formats.evaluator_heldout(records, "train", fraction=0.2)
+    assert len(kept) + len(out) == 1000 and 150 < len(out) < 250
+    assert {r["problem_id"] for r in kept}.isdisjoint(r["problem_id"] for r in out)
+    again = formats.evaluator_heldout(records[::-1][:500], "validation", fraction=0.2)
+    assert {r["problem_id"] for r in again} == {r["problem_id"] for r in out} & {
+        r["problem_id"] for r in records[500:]}  # any order, any subset: the same problems
+    assert formats.evaluator_heldout(records, "validation") == []  # default: all train
+    with pytest.raises(ValueError, match="fraction"):
+        formats.evaluator_heldout(records, "train", fraction=1.5)

@@ -276,3 +276,26 @@ def test_categorical_at_the_ends_of_the_cdf_stays_in_the_support(monkeypatch, u,
     monkeypatch.setattr(jax.random, "uniform", lambda key: jnp.float32(u))
     keys = decoding.sample_keys(jnp.int32(0), jnp.arange(2))
     np.testing.assert_array_equal(decoding.categorical(keys, jnp.asarray(logits)), [expected] * 2)
+
+
+def test_recorded_log_likelihood_is_the_teacher_forced_one(params):
+    """Samples.logprobs = sum over the generated tokens (the EOS included) of the model's own
+    log softmax, as a full forward over prompt + sample computes it: at temperature 1 and
+    without top-p, although the samples were drawn at 0.7 with top-p 0.9."""
+    opts = dict(num_samples=4, max_decode_len=8, temperature=0.7, top_p=0.9, seed=1)
+    eos = int(sample(params, eos_id=-1, **opts).tokens[0, 0, 2])  # sample (0, 0) stops by 3
+    out = sample(params, eos_id=eos, **opts)
+    stopped = 0
+    for i, prompt in enumerate(PROMPTS):
+        for j in range(4):
+            n = int(out.lengths[i, j])
+            generated = out.tokens[i, j, :n].tolist()
+            stopped += generated[-1] == eos
+            padded = np.zeros((1, CFG.max_seq_len), np.int32)
+            padded[0, :len(prompt) + n] = prompt + generated
+            logp = jax.nn.log_softmax(_forward(params, padded)[0].astype(jnp.float32), axis=-1)
+            positions = np.arange(len(prompt) - 1, len(prompt) - 1 + n)
+            expected = float(np.asarray(logp)[positions, generated].sum())
+            assert out.logprobs[i, j] == pytest.approx(expected, rel=1e-4, abs=1e-4), (i, j)
+    assert out.logprobs.dtype == np.float32 and (out.logprobs < 0).all()
+    assert stopped > 0  # some samples ended on the EOS: its log-probability counts too

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from waiting import HANG_LIMIT_S
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_SH = str(REPO / "launch" / "run.sh")
@@ -25,9 +26,10 @@ DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; "
 DRIVER = str(REPO / "tests" / "distributed_driver.py")
 PY = sys.executable
 TINY_GIN = "gin_configs/models/tiny.gin"
-# Generous bounds: only there so that a hang fails instead of blocking the suite.
-RUN_TIMEOUT_S = 400
-BAD_INPUT_TIMEOUT_S = 90
+# Only there so that a hang fails instead of blocking the suite (tests/waiting.py); no
+# test asserts how long anything took.
+RUN_TIMEOUT_S = HANG_LIMIT_S
+BAD_INPUT_TIMEOUT_S = HANG_LIMIT_S
 
 
 def _env(**extra) -> dict:
@@ -95,7 +97,7 @@ class Launch:
         self._log.flush()
         return self.proc.returncode
 
-    def leftovers(self, settle_s: float = 15.0) -> list[psutil.Process]:
+    def leftovers(self, settle_s: float = 120.0) -> list[psutil.Process]:
         """Descendants still alive (zombies included) once run.sh has exited. Waits a
         little: a grandchild orphaned by its parent's exit is reaped by init, not at once."""
         deadline = time.monotonic() + settle_s
@@ -321,11 +323,9 @@ def test_pipeline_on_a_run_dir_not_shared_by_all_processes_fails_at_start(launch
 def test_launcher_stops_the_others_when_one_fails(launcher, tmp_path):
     script = ('if [ "$MATHFT_PROCESS_ID" = 1 ]; then sleep 1; exit 7; fi; '
               'trap "echo got-TERM; exit 0" TERM; echo started; sleep 60 & wait')
-    t0 = time.monotonic()
     run = launcher(["local", "--processes=3", "--grace=5", "--", "bash", "-c", script])
     assert run.wait() == 7
-    assert time.monotonic() - t0 < 50  # not the children's 60 s
-    out = run.output()
+    out = run.output()  # the others were stopped (got-TERM), not waited out
     assert "p1 (pid" in out and "exited with status 7: stopping the others" in out
     assert "[p0] got-TERM" in out and "[p2] got-TERM" in out
     assert run.leftovers() == []  # the background `sleep 60`s went with their groups
@@ -344,11 +344,13 @@ def test_launcher_forwards_sigterm_and_kills_on_a_second_signal(launcher, tmp_pa
     run = _two_children_ignoring_sigterm(launcher)
     run.proc.send_signal(signal.SIGTERM)
     run.wait_until(lambda: "got-TERM-0" in run.output() and "got-TERM-1" in run.output(),
-                   timeout=30, what="SIGTERM forwarded")
+                   what="SIGTERM forwarded")
     assert run.proc.poll() is None  # the children ignore it, so run.sh keeps waiting
     run.proc.send_signal(signal.SIGINT)
-    assert run.wait(timeout=30) == 128 + signal.SIGKILL
+    assert run.wait() == 128 + signal.SIGKILL
+    # killed on the second signal, not at the end of the grace period
     assert "second INT: killing every process" in run.output()
+    assert "still running after" not in run.output()
     assert run.leftovers() == []
 
 
@@ -362,8 +364,9 @@ def test_a_second_signal_soon_after_the_first_is_not_lost(launcher, gap_s):
     run.proc.send_signal(signal.SIGTERM)
     time.sleep(gap_s)
     run.proc.send_signal(signal.SIGINT)
-    assert run.wait(timeout=30) == 128 + signal.SIGKILL
-    assert "second " in run.output() and run.leftovers() == []
+    assert run.wait() == 128 + signal.SIGKILL
+    assert "second " in run.output() and "still running after" not in run.output()
+    assert run.leftovers() == []
 
 
 def test_local_sets_coordinator_env_and_device_count(launcher):
@@ -378,7 +381,7 @@ def test_local_sets_coordinator_env_and_device_count(launcher):
 
 
 def _dry(*args) -> list[list[str]]:
-    r = subprocess.run([RUN_SH, *args], capture_output=True, text=True, cwd=REPO, timeout=30)
+    r = subprocess.run([RUN_SH, *args], capture_output=True, text=True, cwd=REPO, timeout=HANG_LIMIT_S)
     assert r.returncode == 0, r.stderr
     return [shlex.split(line) for line in r.stdout.splitlines() if line and not line.startswith("#")]
 
@@ -412,7 +415,7 @@ def test_tpu_dry_run_prints_the_gcloud_commands():
 def test_tpu_refuses_a_local_model_dir():
     r = subprocess.run([RUN_SH, "tpu", "--tpu=t", "--zone=z", "--dry_run", "--", "python3", "-m",
                         "mathft_jax.train", "--gin_bindings=train.model_dir='/tmp/run'"],
-                       capture_output=True, text=True, cwd=REPO, timeout=30)
+                       capture_output=True, text=True, cwd=REPO, timeout=HANG_LIMIT_S)
     assert r.returncode == 2 and "model_dir must be a gs:// path" in r.stderr
 
 
@@ -425,7 +428,7 @@ def test_gpu_dry_run_prints_one_command_per_node():
 
 
 def test_help_documents_every_mode():
-    r = subprocess.run([RUN_SH, "--help"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([RUN_SH, "--help"], capture_output=True, text=True, timeout=HANG_LIMIT_S)
     assert r.returncode == 0
     for word in ("local", "tpu", "gpu", "--processes", "--devices_per_process", "--setup",
                  "--dry_run", "--node_rank", "gs://", "SIGTERM"):
@@ -438,10 +441,9 @@ INIT = [PY, "-c", "from mathft_jax import distributed; distributed.initialize()"
 
 
 def _init_alone(**env):
-    t0 = time.monotonic()
-    r = subprocess.run(INIT, capture_output=True, text=True, timeout=BAD_INPUT_TIMEOUT_S,
-                       env=_env(MATHFT_NUM_PROCESSES="2", MATHFT_INIT_TIMEOUT="5", **env))
-    return r, time.monotonic() - t0
+    """Bounded time: it exits by itself (its 5 s init timeout); the limit only catches a hang."""
+    return subprocess.run(INIT, capture_output=True, text=True, timeout=BAD_INPUT_TIMEOUT_S,
+                          env=_env(MATHFT_NUM_PROCESSES="2", MATHFT_INIT_TIMEOUT="5", **env))
 
 
 def test_initialize_rejects_inconsistent_arguments_before_touching_jax():
@@ -454,17 +456,16 @@ def test_initialize_rejects_inconsistent_arguments_before_touching_jax():
 
 
 def test_wrong_coordinator_address_fails_clearly_in_bounded_time():
-    r, took = _init_alone(MATHFT_COORDINATOR=f"127.0.0.1:{_free_port()}", MATHFT_PROCESS_ID="1")
+    r = _init_alone(MATHFT_COORDINATOR=f"127.0.0.1:{_free_port()}", MATHFT_PROCESS_ID="1")
     assert r.returncode != 0 and "nothing accepted connections at the coordinator" in r.stderr
-    assert took < BAD_INPUT_TIMEOUT_S
-    r, _ = _init_alone(MATHFT_COORDINATOR="no-such-host.invalid:1234", MATHFT_PROCESS_ID="1")
+    r = _init_alone(MATHFT_COORDINATOR="no-such-host.invalid:1234", MATHFT_PROCESS_ID="1")
     assert r.returncode != 0 and "does not resolve" in r.stderr
-    r, _ = _init_alone(MATHFT_COORDINATOR="localhost", MATHFT_PROCESS_ID="1")
+    r = _init_alone(MATHFT_COORDINATOR="localhost", MATHFT_PROCESS_ID="1")
     assert r.returncode != 0 and "is not host:port" in r.stderr
 
 
 def test_missing_peer_fails_clearly_in_bounded_time():
-    r, _ = _init_alone(MATHFT_COORDINATOR=f"127.0.0.1:{_free_port()}", MATHFT_PROCESS_ID="0")
+    r = _init_alone(MATHFT_COORDINATOR=f"127.0.0.1:{_free_port()}", MATHFT_PROCESS_ID="0")
     assert r.returncode == 3, r.stderr[-2000:]
     assert "not all processes joined the coordinator" in r.stderr
 

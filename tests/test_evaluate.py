@@ -111,9 +111,88 @@ def test_command_line(tmp_path):
                f"--out={out}", "--processes=1"]
     failed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert failed.returncode != 0 and f"{path}:4" in failed.stderr
-    done = subprocess.run(command + ["--skip_bad_lines"], cwd=REPO, capture_output=True, text=True)
+    plot = tmp_path / "evaluator.png"
+    done = subprocess.run(command + ["--skip_bad_lines", f"--plot={plot}"], cwd=REPO,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| Pass@1 |" in done.stdout and "skipped 1 bad line" in done.stdout
+    assert "| evaluator S |" in done.stdout and "| RR.Top-2 − Maj1@N |" in done.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
     result = json.loads(out.read_text())
     assert result["skipped_lines"]["count"] == 1 and result["n_problems"] == 3
     assert result["metrics"]["maj1_at_n"]["value"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+GOOD_LINE = json.dumps(record("ok", "1", ["1", "2"], [0.5, 0.5]))
+
+
+def _bad_candidates(tmp_path, lines: list[bytes]) -> str:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+def _line_two(text: str):
+    return lambda tmp_path: _bad_candidates(tmp_path, [GOOD_LINE.encode(), text.encode()])
+
+
+NEGATIVE = json.dumps(record("neg", "1", ["1", "2"], [0.5, -1]))
+BAD_INPUTS = {  # name: (make the --candidates path, extra flags, exit code, message)
+    "missing file": (lambda t: str(t / "nope.jsonl"), [], 2, "--candidates={path}: no such file"),
+    "directory": (lambda t: str(t), [], 2, "--candidates={path}: is a directory"),
+    "empty file": (lambda t: _bad_candidates(t, [b""]), [], 1, "{path}: no candidates records (empty"),
+    "not UTF-8": (lambda t: _bad_candidates(t, [GOOD_LINE.encode(), b'{"problem_id": "\xff\xfe"}']),
+                  [], 1, "{path}:2: not UTF-8 text (byte 0xff"),
+    "malformed": (_line_two("{not json"), [], 1, "{path}:2: Expecting property name"),
+    "negative score": (_line_two(NEGATIVE), [], 1, "{path}:2: samples[1].score is -1: scores must be >= 0"),
+    "k=0": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--k=0"], 2, "flag --k=0: 0 is not a positive"),
+    "k<0": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--k=-3"], 2, "flag --k=-3: -3 is not a positive"),
+    "k not int": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--k=two"], 2, "flag --k=two:"),
+    "processes=0": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--processes=0"], 2, "flag --processes=0"),
+}
+
+
+def _evaluate_cli(*args):
+    # The environment passes on (PYTHONPATH included), so the subprocess runs this checkout.
+    return subprocess.run([sys.executable, "-m", "mathft_jax.evaluate", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _snapshot(directory):
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_file_or_flag_is_one_line_with_its_exit_code_and_writes_nothing(tmp_path, name):
+    make, flags, code, message = BAD_INPUTS[name]
+    path = make(tmp_path)
+    before = _snapshot(tmp_path)
+    one_process = [] if any(f.startswith("--processes") for f in flags) else ["--processes=1"]
+    out = _evaluate_cli(f"--candidates={path}", *flags, *one_process)
+    assert out.returncode == code, out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("evaluate: error: "), out.stderr
+    assert message.format(path=path) in errors[0]
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    assert _snapshot(tmp_path) == before  # no metrics JSON, no temporary file
+
+
+def test_missing_candidates_flag_is_a_usage_error():
+    out = _evaluate_cli()
+    assert out.returncode == 2 and out.stderr.strip().endswith("--candidates=FILE is required")
+
+
+@pytest.mark.parametrize("flag", ["--debug", "--verbosity=1"])
+def test_debug_or_verbosity_adds_the_traceback(tmp_path, flag):
+    path = _line_two("{not json")(tmp_path)
+    out = _evaluate_cli(f"--candidates={path}", flag)
+    assert out.returncode == 1 and "Traceback" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"evaluate: error: {path}:2: ")
+
+
+def test_all_lines_skipped_is_bad_data(tmp_path):
+    path = _bad_candidates(tmp_path, [b"{not json", b"[]"])
+    with pytest.raises(candidates.CandidatesError, match="all 2 non-blank lines were bad"):
+        evaluate.evaluate_file(path, skip_bad_lines=True, processes=1, progress=False)

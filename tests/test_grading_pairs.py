@@ -1,15 +1,21 @@
-"""The labelled pair set (tests/data/equiv_pairs.tsv): the grader gets every pair right."""
+"""The labelled pair set (tests/data/equiv_pairs.tsv): the grader gets every pair right.
+
+`lenient-*` rows hold a whole solution in column a (⏎ for a line break), graded with the
+lenient extraction policy; the strict policy finds no answer in any of them.
+"""
 import collections
 import pathlib
 
 import pytest
 
-from mathft_jax.grading import answer_key, is_equiv
+from mathft_jax.grading import answer_key, extract_answer, grade, is_equiv
 
 PAIRS_FILE = pathlib.Path(__file__).parent / "data" / "equiv_pairs.tsv"
 CATEGORIES = {"integer", "fraction", "decimal", "radical", "pi", "exponent", "scientific", "thousands",
               "degrees", "units", "percent", "tuple", "list", "interval", "union", "matrix", "equation",
-              "inequality", "complex", "base", "choice", "text", "expression", "mixed", "knownbug"}
+              "inequality", "complex", "base", "choice", "text", "expression", "mixed", "knownbug",
+              "lenient-sentence", "lenient-language", "lenient-closing", "lenient-number",
+              "lenient-text"}
 
 
 def load_pairs():
@@ -17,6 +23,7 @@ def load_pairs():
     for number, line in enumerate(PAIRS_FILE.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip() and not line.startswith("#"):
             category, label, a, b = line.split("\t")
+            a = a.replace("⏎", "\n")
             pairs.append(pytest.param(category, label == "1", a, b, id=f"{number}-{category}"))
     return pairs
 
@@ -37,6 +44,10 @@ def test_pair_set_size_balance_and_coverage():
 
 @pytest.mark.parametrize("category, equivalent, a, b", PAIRS)
 def test_pair(category, equivalent, a, b):
+    if category.startswith("lenient"):
+        assert grade(a, b, policy="lenient").correct is equivalent
+        assert extract_answer(a) is None  # strict, the default, does not guess
+        return
     assert is_equiv(a, b) is equivalent
     assert is_equiv(b, a) is equivalent
     if not equivalent:

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from mathft_jax.grading import answer_key, extract_answer, is_equiv
-from mathft_jax.grading.timeout import SympyHelper
+from mathft_jax.grading import answer_key, extract_answer, is_equiv, warm_up
+from mathft_jax.grading.timeout import HelperPool, SympyHelper
 
 BOUND_S = 2.0  # generous: the guards answer in milliseconds; CI machines are slow
 
@@ -61,6 +61,7 @@ def test_other_thread():
 
 def _worker_check(_):
     assert_all_false_and_fast()
+    warm_up()  # the helper's start-up would otherwise count against the call's bound
     return is_equiv("(x+1)^2", "x^2+2x+1")  # reaches the sympy helper inside the worker
 
 
@@ -78,7 +79,8 @@ def test_hung_sympy_step_is_killed_and_the_helper_restarts(in_thread):
     result = {}
 
     def run():
-        result["warm"] = helper.equal("Symbol('x')", "Symbol('x')")  # start-up is not timed
+        helper.wait_ready(time.monotonic() + 120)  # start-up is not timed
+        result["warm"] = helper.equal("Symbol('x')", "Symbol('x')")
         start = time.monotonic()
         result["slow"] = helper.equal(SLOW, "Symbol('x')", timeout_s=0.5)
         result["elapsed"] = time.monotonic() - start
@@ -97,3 +99,34 @@ def test_hung_sympy_step_is_killed_and_the_helper_restarts(in_thread):
     assert result["slow"] is None
     assert result["elapsed"] < 0.5 + BOUND_S
     assert result["after"] is True
+
+
+def _wait_for(condition, limit_s=120.0):
+    """Poll `condition` until it holds; generous, for a loaded machine."""
+    end = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < end, "condition never held"
+        time.sleep(0.02)
+
+
+def test_pool_serves_threads_at_once_and_bounds_the_wait():
+    """Slow requests from 3 threads are in flight together (no global lock); a caller finding
+    every helper busy gives up at its own deadline."""
+    pool = HelperPool(size=3)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(pool.equal(SLOW, "Symbol('x')", 300)))
+               for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: len(pool._all) == 3 and not pool._idle)  # three helpers busy at once
+        start = time.monotonic()
+        assert pool.equal("Symbol('x')", "Symbol('x')", timeout_s=0.5) is None
+        assert time.monotonic() - start < 0.5 + BOUND_S
+    finally:
+        pool.stop()  # the slow requests end as "cannot decide"
+        for thread in threads:
+            thread.join(timeout=120)
+    assert results == [None, None, None]
+    assert pool.equal("Symbol('x')*2", "Symbol('x')+Symbol('x')", timeout_s=120) is True
+    pool.stop()

@@ -64,9 +64,10 @@ def test_writes_the_candidates_schema_with_scores(setup, uninterrupted):
         assert record["problem"] == f"What is {i}+{i}?" and record["gold"] == str(2 * i)
         assert len(record["samples"]) == 2
         for sample in record["samples"]:
-            assert set(sample) == {"text", "answer", "score"}
+            assert set(sample) == {"text", "answer", "score", "logprob", "num_tokens"}
             assert isinstance(sample["text"], str)
             assert 0.0 < sample["score"] < 1.0
+            assert sample["logprob"] < 0 and 1 <= sample["num_tokens"] <= 8
     assert not os.path.exists(infer_lib.parts_dir(str(setup / "full.jsonl")))
 
 

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import gin
 import jax
@@ -16,6 +15,7 @@ from mathft_jax import checkpoints, losses, partitioning, train
 from mathft_jax.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.trainer import abstract_state, init_state, make_train_step
 from train_utils import TINY, ArrayIterator
+from waiting import HANG_LIMIT_S, wait_for
 
 HERE = os.path.dirname(__file__)
 DRIVER = os.path.join(HERE, "train_driver.py")
@@ -155,22 +155,24 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
 def _run_driver(model_dir, steps, every, *extra, wait=True, **popen):
     cmd = [sys.executable, DRIVER, str(model_dir), str(steps), str(every), *extra]
     if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        return subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=HANG_LIMIT_S)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def _wait_for_step(model_dir, step, proc, timeout=240):
+def _wait_for_step(model_dir, step, proc):
     path = os.path.join(model_dir, "metrics.jsonl")
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        assert proc.poll() is None, proc.stdout.read()
-        if os.path.exists(path):
-            with open(path) as f:
-                lines = [l for l in f if l.strip()]
-            if lines and json.loads(lines[-1])["step"] >= step:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"step {step} not reached")
+
+    def reached():
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            lines = [l for l in f if l.strip()]
+        try:
+            return bool(lines) and json.loads(lines[-1])["step"] >= step
+        except ValueError:  # the last line is still being written
+            return False
+    wait_for(reached, f"step {step}", proc, output=proc.stdout.read)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,7 @@ def test_sigterm_saves_at_that_step_and_resumes_bit_identical(tmp_path, referenc
     proc = _run_driver(d, 12, 100, "--sleep", "0.1", wait=False)
     _wait_for_step(str(d), 5, proc)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=HANG_LIMIT_S)
     assert proc.returncode == 0, out[-3000:]
     m = __import__("re").search(r"DONE final_step=(\d+) preempted=True", out)
     assert m, out[-3000:]
@@ -223,10 +225,10 @@ def test_cli_rejects_unknown_binding_and_missing_task(tmp_path):
             f"--gin_bindings=train.model_dir='{tmp_path}'"]
     cwd = os.path.dirname(HERE)
     bad = subprocess.run(base + ["--gin_bindings=train.no_such_arg=3"], capture_output=True,
-                         text=True, cwd=cwd, timeout=120)
+                         text=True, cwd=cwd, timeout=HANG_LIMIT_S)
     assert bad.returncode != 0 and "no_such_arg" in bad.stderr
     missing = subprocess.run(base + ["--gin_bindings=train.task='no_such_task'"],
-                             capture_output=True, text=True, cwd=cwd, timeout=300)
+                             capture_output=True, text=True, cwd=cwd, timeout=HANG_LIMIT_S)
     assert missing.returncode != 0
     assert "train.task='no_such_task' is not a registered" in missing.stderr
     assert not os.path.exists(tmp_path / "0")

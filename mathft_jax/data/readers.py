@@ -230,6 +230,5 @@ def read_candidates(path: PathLike) -> list[dict]:
     for record in records:
         for sample in record["samples"]:
             if "correct" not in sample:
-                sample["correct"] = grading.is_equiv(candidates.sample_answer(sample),
-                                                     record["gold"])
+                sample["correct"] = candidates.grade_sample(sample, record["gold"])
     return records

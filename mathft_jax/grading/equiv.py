@@ -2,15 +2,18 @@
 
 Scalars go through a fast exact path (rationals), then guarded 50-digit numerics, and only
 expressions with free variables that agree numerically reach sympy, in the bounded helper
-process (`timeout.py`). Equal keys imply equivalence by construction: `is_equiv` returns True
-on equal keys before comparing anything.
+process pool (`timeout.py`). Equal keys imply equivalence by construction: `is_equiv` returns
+True on equal keys before comparing anything. Keys are bounded by size guards alone; the
+comparison after them shares one deadline per call (`deadline.py`) and is False when it runs out.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Hashable
+from fractions import Fraction
 
 from mathft_jax.grading import expr, timeout, values
+from mathft_jax.grading.deadline import Deadline, DeadlineExceeded
 from mathft_jax.grading.normalize import MAX_ANSWER_CHARS, normalize
 from mathft_jax.grading.structure import parse_structure
 
@@ -55,18 +58,36 @@ def _key(node) -> Hashable:
     if kind == "seq":
         return ("seq", node[1], node[2], tuple(_key(item) for item in node[3]))
     if kind in ("set", "union"):
-        return (kind, tuple(sorted((_key(item) for item in node[1]), key=repr)))
+        return (kind, tuple(sorted((_key(item) for item in node[1]), key=_sort_text)))
     if kind == "matrix":
         return ("matrix", tuple(tuple(_key(cell) for cell in row) for row in node[1]))
     return ("eq", _key(node[1]), _key(node[2]))
 
 
-def _numeric_at(ast, variables, trial):
+def _sort_text(key) -> str:
+    """A canonical text for ordering keys: like repr, but integers in hex, since Python
+    refuses decimal text for integers over 4,300 digits (`10^{5000}` is a fine answer)."""
+    if isinstance(key, tuple):
+        return "(" + ",".join(map(_sort_text, key)) + ")"
+    if isinstance(key, Fraction):
+        return f"{key.numerator:x}/{key.denominator:x}"
+    return repr(key)
+
+
+def _numeric_at(ast, variables, trial, deadline):
     point = {name: values.variable_point(name, trial) for name in variables}
-    return values.numeric_value(ast, point)
+    return values.numeric_value(ast, point, deadline)
 
 
-def _scalars_equal(a: str, b: str) -> bool:
+def _sympy_equal(ast_a, ast_b, deadline: Deadline) -> bool:
+    timeout_s = min(timeout.DEFAULT_TIMEOUT_S, deadline.remaining())
+    if timeout_s <= 0:
+        raise DeadlineExceeded
+    sources = values.to_sympy_source(ast_a), values.to_sympy_source(ast_b)
+    return timeout.HELPERS.equal(*sources, timeout_s=timeout_s) is True
+
+
+def _scalars_equal(a: str, b: str, deadline: Deadline) -> bool:
     if a == b:
         return True
     ast_a, exact_a, vars_a = _scalar_info(a)
@@ -78,16 +99,19 @@ def _scalars_equal(a: str, b: str) -> bool:
     variables = vars_a | vars_b
     try:
         for trial in range(_TRIALS if variables else 1):
-            if not values.close(_numeric_at(ast_a, variables, trial), _numeric_at(ast_b, variables, trial)):
+            if not values.close(_numeric_at(ast_a, variables, trial, deadline),
+                                _numeric_at(ast_b, variables, trial, deadline)):
                 return False
+    except DeadlineExceeded:
+        raise
     except Exception:  # noqa: BLE001 - TooBig, domain errors: cannot show equality
         return False
     if not variables:
         return True
-    return timeout.HELPER.equal(values.to_sympy_source(ast_a), values.to_sympy_source(ast_b)) is True
+    return _sympy_equal(ast_a, ast_b, deadline)
 
 
-def _equations_equal(a, b) -> bool:
+def _equations_equal(a, b, deadline: Deadline) -> bool:
     """lhs - rhs of one is a constant non-zero multiple of the other's (same plane, line...)."""
     sides = []
     for node in (a, b):
@@ -99,29 +123,32 @@ def _equations_equal(a, b) -> bool:
     try:
         ratios = []
         for trial in range(_TRIALS):
-            d_a, d_b = (_numeric_at(ast, variables, trial) for ast, _ in sides)
+            d_a, d_b = (_numeric_at(ast, variables, trial, deadline) for ast, _ in sides)
             if values.close(d_b, 0) or values.close(d_a, 0):
                 return False
             ratios.append(d_a / d_b)
         return all(values.close(r, ratios[0]) for r in ratios)
+    except DeadlineExceeded:
+        raise
     except Exception:  # noqa: BLE001
         return False
 
 
-def _multisets_equal(items_a, items_b) -> bool:
+def _multisets_equal(items_a, items_b, deadline: Deadline) -> bool:
     if len(items_a) != len(items_b):
         return False
-    unmatched = list(items_b)
+    unmatched = [(_key(item), item) for item in items_b]
     rest = []
     for item in items_a:  # identical keys first, so a loose match cannot steal an exact one
         key = _key(item)
-        match = next((i for i, other in enumerate(unmatched) if _key(other) == key), None)
+        match = next((i for i, (other_key, _) in enumerate(unmatched) if other_key == key), None)
         if match is None:
             rest.append(item)
         else:
             unmatched.pop(match)
     for item in rest:
-        match = next((i for i, other in enumerate(unmatched) if _nodes_equal(item, other)), None)
+        match = next((i for i, (_, other) in enumerate(unmatched)
+                      if _nodes_equal(item, other, deadline)), None)
         if match is None:
             return False
         unmatched.pop(match)
@@ -137,26 +164,33 @@ def _vector_entries(node):
     return None
 
 
-def _nodes_equal(a, b) -> bool:
+def _all_equal(items_a, items_b, deadline: Deadline) -> bool:
+    return len(items_a) == len(items_b) and all(
+        _nodes_equal(x, y, deadline) for x, y in zip(items_a, items_b))
+
+
+def _nodes_equal(a, b, deadline: Deadline) -> bool:
+    """Raises DeadlineExceeded once the call's time is up (checked per element)."""
+    deadline.check()
     if _key(a) == _key(b):
         return True
     if a[0] != b[0]:
         entries_a, entries_b = _vector_entries(a), _vector_entries(b)
         if entries_a is None or entries_b is None:
             return False
-        return len(entries_a) == len(entries_b) and all(map(_nodes_equal, entries_a, entries_b))
+        return _all_equal(entries_a, entries_b, deadline)
     kind = a[0]
     if kind == "scalar":
-        return _scalars_equal(a[1], b[1])
+        return _scalars_equal(a[1], b[1], deadline)
     if kind == "seq":
-        return a[1:3] == b[1:3] and len(a[3]) == len(b[3]) and all(map(_nodes_equal, a[3], b[3]))
+        return a[1:3] == b[1:3] and _all_equal(a[3], b[3], deadline)
     if kind in ("set", "union"):
-        return _multisets_equal(a[1], b[1])
+        return _multisets_equal(a[1], b[1], deadline)
     if kind == "matrix":
-        return [len(r) for r in a[1]] == [len(r) for r in b[1]] and all(
-            _nodes_equal(x, y) for row_a, row_b in zip(a[1], b[1]) for x, y in zip(row_a, row_b))
+        return [len(r) for r in a[1]] == [len(r) for r in b[1]] and _all_equal(
+            [x for row in a[1] for x in row], [y for row in b[1] for y in row], deadline)
     if kind == "eq":
-        return _equations_equal(a, b)
+        return _equations_equal(a, b, deadline)
     return False  # text: equal only with equal keys
 
 
@@ -167,16 +201,22 @@ def answer_key(answer: object) -> Hashable:
     return _analyse(answer)[2]
 
 
-def is_equiv(a: object, b: object) -> bool:
-    """Whether two answers are mathematically equivalent. Symmetric; never raises."""
+def is_equiv(a: object, b: object, timeout_s: float | None = None) -> bool:
+    """Whether two answers are mathematically equivalent. Symmetric; never raises.
+
+    Returns within `timeout_s` (default `deadline.CALL_TIMEOUT_S`) plus one guarded step;
+    a comparison that runs out of time is False (equality not shown)."""
     if not isinstance(a, str) or not isinstance(b, str):
         return False
+    deadline = Deadline(timeout_s)
+    if a == b:
+        return True
+    if b < a:  # canonical order: symmetric even where a greedy match or a timeout is not
+        a, b = b, a
     try:
-        if a == b:
-            return True
-        (_, node_a, key_a), (_, node_b, key_b) = sorted((_analyse(a), _analyse(b)), key=repr)
+        (_, node_a, key_a), (_, node_b, key_b) = _analyse(a), _analyse(b)
         if key_a == key_b:
             return True
-        return bool(_nodes_equal(node_a, node_b))
-    except Exception:  # noqa: BLE001 - a grader must never raise on garbage
+        return bool(_nodes_equal(node_a, node_b, deadline))
+    except Exception:  # noqa: BLE001 - out of time, or garbage: a grader must never raise
         return False

@@ -2,52 +2,54 @@
 
 Order of preference: the last `\\boxed{...}` / `\\fbox{...}` (nested braces matched, also the
 brace-less `\\boxed 5` form), PRM800K's "# Answer" section, a "The final answer is X" sentence.
-Anything else returns None: guessing the last number is opt-in (`fallback_last_number`).
+Anything else returns None under the default `strict` policy; the `lenient` policy adds answer
+sentences and closing math (`lenient.py`). Guessing the last number is opt-in
+(`fallback_last_number`).
 """
 from __future__ import annotations
 
 import re
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+from mathft_jax.grading.lenient import extract_lenient
+
+POLICIES = ("strict", "lenient")
 _ANSWER_SECTION = re.compile(r"^#+[ \t]*Answer[ \t]*\n+(.+?)(?:\n[ \t]*\n|\Z)", re.MULTILINE | re.DOTALL)
 _FINAL_SENTENCE = re.compile(r"[Tt]he final answer is[:\s]*(.+?)(?:\.\s*I hope it is correct|\n|$)",
                              re.DOTALL)
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_BOX = re.compile(r"\\(?:boxed|fbox)")
+_BOXED_SPACE_END = re.compile(r"[$\n]")
+_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
 
 
-def _group_after(text: str, start: int) -> str | None:
-    """The brace group opening at `text[start]`, without its braces; None if unbalanced."""
-    depth, pos = 0, start
-    while pos < len(text):
-        char = text[pos]
-        if char == "\\":  # `\{`, `\}` and `\\` are escapes, not braces
-            pos += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1:pos]
-        pos += 1
-    return None
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each `{` -> position of its matching `}`, in one pass (linear in the text;
+    rescanning from every box made `\\boxed{` * 14,285 take minutes). `\\{`, `\\}` and `\\\\`
+    are escapes, not braces; an unclosed `{` has no entry."""
+    closing, open_at = {}, []
+    for match in _BRACE_OR_ESCAPE.finditer(text):
+        if match.group() == "{":
+            open_at.append(match.start())
+        elif match.group() == "}" and open_at:
+            closing[open_at.pop()] = match.start()
+    return closing
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed`/`\\fbox` in `text`, or None."""
-    start = max(text.rfind(command) for command in _BOX_COMMANDS)
-    while start >= 0:
-        command = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
-        rest = start + len(command)
+    boxes = [match.end() for match in _BOX.finditer(text)]
+    closing = _closing_braces(text) if boxes else {}
+    for rest in reversed(boxes):
         if rest < len(text) and text[rest] == "{":
-            content = _group_after(text, rest)
+            end = closing.get(rest)
+            content = None if end is None else text[rest + 1:end]
         elif rest < len(text) and text[rest] == " ":  # `\boxed 5`: up to `$` or end of line
-            content = re.split(r"[$\n]", text[rest + 1:], maxsplit=1)[0].strip() or None
+            stop = _BOXED_SPACE_END.search(text, rest + 1)
+            content = text[rest + 1:stop.start() if stop else len(text)].strip() or None
         else:  # `\boxedfoo` is another command: look further back
             content = None
         if content is not None:
             return content.strip() or None  # an empty box states no answer
-        start = max(text.rfind(command, 0, start) for command in _BOX_COMMANDS)
     return None
 
 
@@ -59,8 +61,12 @@ def _strip_math_delimiters(answer: str) -> str:
     return answer.rstrip(".").strip()
 
 
-def extract_answer(text: str | None, fallback_last_number: bool = False) -> str | None:
-    """The final answer of a solution, or None when it states none."""
+def extract_answer(text: str | None, fallback_last_number: bool = False,
+                   policy: str = "strict") -> str | None:
+    """The final answer of a solution, or None when it states none. `policy` is "strict"
+    (the rules above) or "lenient" (then also `lenient.extract_lenient`'s rules)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown extraction policy {policy!r}; expected one of {POLICIES}")
     if not isinstance(text, str) or not text:
         return None
     boxed = last_boxed(text)
@@ -72,6 +78,10 @@ def extract_answer(text: str | None, fallback_last_number: bool = False) -> str 
             answer = _strip_math_delimiters(matches[-1])
             if answer:
                 return answer
+    if policy == "lenient":
+        answer = extract_lenient(text)
+        if answer is not None:
+            return answer
     if fallback_last_number:
         numbers = _LAST_NUMBER.findall(text)
         if numbers:

@@ -115,8 +115,8 @@ def parse_structure(source: str, depth: int = 0):
             return ("seq", source[0], source[-1], tuple(parse_structure(i, depth + 1) for i in inner))
         if source[0] == "(":
             return parse_structure(source[1:-1], depth + 1)
-    for sign in ("\\pm", "\\mp"):
-        if sign in source and len(split_top(source, sign)) == 2:
+    for sign in ("\\pm", "\\mp"):  # only a lone sign: expanding nested ones doubles per level
+        if source.count(sign) == 1 and len(split_top(source, sign)) == 2:
             plus, minus = (source.replace(sign, s, 1) for s in ("+", "-"))
             return ("set", (parse_structure(plus, depth + 1), parse_structure(minus, depth + 1)))
     pieces = _RELATION.split(source)

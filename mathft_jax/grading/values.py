@@ -1,7 +1,9 @@
 """Values of an expression AST: exact rationals, guarded high-precision numerics, sympy text.
 
 The guards (`MAX_RESULT_BITS`, `MAX_EXPONENT`, `MAX_FACTORIAL`) bound the cost of every
-operation, so `2^{2^{2^{2^{2^{2}}}}}` raises `TooBig` in microseconds instead of hanging.
+operation, so `2^{2^{2^{2^{2^{2}}}}}` raises `TooBig` in microseconds instead of hanging. The
+numeric path checks every intermediate, not just the literals: `\\sin((2^{10000})^{1000})`
+stops at the power, before sin has to reduce a ten-million-bit argument.
 """
 from __future__ import annotations
 
@@ -135,7 +137,21 @@ _NUMERIC_FUNCTIONS = {
 }
 
 
-def _numeric(node, point):
+def _checked(value):
+    """`value`, unless its binary exponent is past +-MAX_RESULT_BITS (a huge or vanishing
+    intermediate would make the next sin, exp or gamma arbitrarily slow)."""
+    if value and mpmath.isfinite(value) and abs(mpmath.mag(value)) > MAX_RESULT_BITS:
+        raise TooBig("intermediate value too large")
+    return value
+
+
+def _numeric(node, point, deadline):
+    if deadline is not None:
+        deadline.check()
+    return _checked(_numeric_node(node, point, deadline))
+
+
+def _numeric_node(node, point, deadline):
     kind = node[0]
     if kind == "num":
         return mpmath.mpf(node[1].numerator) / node[1].denominator
@@ -144,44 +160,47 @@ def _numeric(node, point):
     if kind == "const":
         return {"pi": mpmath.pi, "i": mpmath.mpc(0, 1), "inf": mpmath.inf}[node[1]] * 1
     if kind == "add":
-        return mpmath.fsum(_numeric(t, point) for t in node[1])
+        return mpmath.fsum(_numeric(t, point, deadline) for t in node[1])
     if kind == "mul":
-        return mpmath.fprod(_numeric(f, point) for f in node[1])
+        return mpmath.fprod(_numeric(f, point, deadline) for f in node[1])
     if kind == "neg":
-        return -_numeric(node[1], point)
+        return -_numeric(node[1], point, deadline)
     if kind == "div":
-        return _numeric(node[1], point) / _numeric(node[2], point)
+        return _numeric(node[1], point, deadline) / _numeric(node[2], point, deadline)
     if kind == "pow":
-        return _numeric_power(_numeric(node[1], point), _numeric(node[2], point))
+        base = _numeric(node[1], point, deadline)
+        return _numeric_power(base, _numeric(node[2], point, deadline))
     if kind == "root":
-        index = _numeric(node[2], point)
-        radicand = _numeric(node[1], point)
+        index = _numeric(node[2], point, deadline)
+        radicand = _numeric(node[1], point, deadline)
         if index == 2:
             return mpmath.sqrt(radicand)
         if index == 3 and mpmath.im(radicand) == 0 and radicand < 0:
             return -mpmath.cbrt(-radicand)  # the real cube root, as competition math means
         return mpmath.root(radicand, index)
     if kind == "fact":
-        value = _numeric(node[1], point)
+        value = _numeric(node[1], point, deadline)
         if abs(value) > MAX_FACTORIAL:
             raise TooBig("factorial too large")
         return mpmath.factorial(value)
     if kind == "abs":
-        return abs(_numeric(node[1], point))
+        return abs(_numeric(node[1], point, deadline))
     if kind == "binom":
-        return mpmath.binomial(_numeric(node[1], point), _numeric(node[2], point))
+        top = _numeric(node[1], point, deadline)
+        return mpmath.binomial(top, _numeric(node[2], point, deadline))
     if kind == "log":
-        value = mpmath.log(_numeric(node[1], point))
-        return value if node[2] is None else value / mpmath.log(_numeric(node[2], point))
+        value = mpmath.log(_numeric(node[1], point, deadline))
+        return value if node[2] is None else value / mpmath.log(_numeric(node[2], point, deadline))
     if kind == "func":
-        return _NUMERIC_FUNCTIONS[node[1]](_numeric(node[2], point))
+        return _NUMERIC_FUNCTIONS[node[1]](_numeric(node[2], point, deadline))
     raise NotRational(kind)
 
 
-def numeric_value(node, point: dict):
-    """A DIGITS-digit value at `point` (variable -> value); raises TooBig, ValueError, ..."""
+def numeric_value(node, point: dict, deadline=None):
+    """A DIGITS-digit value at `point` (variable -> value); raises TooBig, ValueError, ...,
+    and `DeadlineExceeded` once `deadline` (a `deadline.Deadline`) has passed."""
     with mpmath.workdps(DIGITS):
-        value = _numeric(node, point)
+        value = _numeric(node, point, deadline)
         if mpmath.isfinite(value) and abs(value) > _MAGNITUDE_LIMIT:
             raise TooBig("value too large")
         return value
@@ -217,7 +236,8 @@ def _sympy_log(node) -> str:
 
 # kind -> the sympy source of a node of that kind (see the node shapes in `expr`).
 _TO_SYMPY = {
-    "num": lambda node: f"Rational({node[1].numerator},{node[1].denominator})",
+    # hex: decimal text of an integer over 4,300 digits is refused by Python (int_max_str_digits)
+    "num": lambda node: f"Rational({node[1].numerator:#x},{node[1].denominator:#x})",
     "var": _sympy_symbol,
     "const": lambda node: _SYMPY_CONSTANTS[node[1]],
     "add": lambda node: "(" + "+".join(map(to_sympy_source, node[1])) + ")",

@@ -12,10 +12,11 @@ SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length for the attenti
 
 def main(argv):
     del argv
-    gin_utils.parse_gin(entry.GIN_FILES.value, entry.GIN_BINDINGS.value)
+    gin_utils.parse_gin(entry.GIN_FILES.value, entry.GIN_BINDINGS.value,
+                        entry.GIN_SEARCH_PATHS.value)
     cfg = gin_utils.model_config().validate()
     print(json.dumps(sizes.summary(cfg, SEQ_LEN.value)))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m` runs this file once: no second copy to guard against
     app.run(main)

@@ -176,7 +176,9 @@ def cache_logical_axes(cfg: DecoderConfig):
     return [(axes, axes) for _ in range(cfg.num_layers)]
 
 
-def init_params(cfg: DecoderConfig, rng: jax.Array, seq_len: int = 8):
-    """Boxed (nn.Partitioned) parameters; use `flax.linen.unbox` or partitioning helpers."""
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    return Decoder(cfg).init(rng, tokens)["params"]
+def init_params(cfg: DecoderConfig, rng: jax.Array):
+    """Boxed (nn.Partitioned) parameters; use `flax.linen.unbox` or partitioning helpers.
+    The one place the Decoder is initialised on dummy tokens: abstract shapes
+    (`partitioning.abstract_params`, `sizes.param_shapes`) trace this under eval_shape, the
+    trainer runs it under jit with the parameters' shardings."""
+    return Decoder(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]

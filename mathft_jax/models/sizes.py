@@ -12,14 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mathft_jax.models.config import DecoderConfig
-from mathft_jax.models.decoder import Decoder
+from mathft_jax.models.decoder import init_params
 
 
 def param_shapes(cfg: DecoderConfig):
     """Unboxed ShapeDtypeStruct tree of the parameters."""
-    def init():
-        return Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
-    return nn.unbox(jax.eval_shape(init))
+    return nn.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
 
 
 def count_params(cfg: DecoderConfig) -> int:

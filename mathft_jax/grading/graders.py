@@ -1,0 +1,106 @@
+"""The graders, registered in one table, and `grade`: one solution against its gold answer.
+
+    grade(text, gold, policy="strict", grader="mathft") -> Verdict(answer, correct)
+
+`mathft` and `prm800k` read the answer with our extraction under `policy`; `math_verify` reads
+the whole text with math-verify's own extraction (the policy does not apply to its verdict;
+`answer` still shows ours, for reports). One deadline covers the whole call (`deadline.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import pathlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+from mathft_jax.grading import prm800k, timeout
+from mathft_jax.grading.deadline import Deadline
+from mathft_jax.grading.equiv import is_equiv
+from mathft_jax.grading.extract import POLICIES, extract_answer
+
+# Bumped whenever a rule of ours changes a verdict (recorded in metrics next to the grader).
+MATHFT_VERSION = "mathft_jax grading 2"
+
+
+class Verdict(NamedTuple):
+    answer: str | None  # the extracted answer; None where the text states none
+    correct: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Grader:
+    name: str
+    judge: Callable[[str | None, str | None, str, Deadline], bool]  # (text, answer, gold, deadline)
+    version: Callable[[], str]
+    reads_text: bool = False  # its own extraction from the whole text
+    module: str | None = None  # an optional package it needs, installed by the pip `extra`
+    extra: str | None = None
+
+    def available(self) -> bool:
+        return self.module is None or importlib.util.find_spec(self.module) is not None
+
+
+def _mathft(text, answer, gold, deadline: Deadline) -> bool:
+    return is_equiv(answer, gold, timeout_s=max(0.0, deadline.remaining()))
+
+
+def _prm800k(text, answer, gold, deadline: Deadline) -> bool:
+    return prm800k.grade_answer(answer, gold, deadline)
+
+
+_MATH_VERIFY = timeout.HelperPool(worker=pathlib.Path(__file__).with_name("math_verify_worker.py"))
+
+
+def _math_verify(text, answer, gold, deadline: Deadline) -> bool:
+    """In a helper process: math-verify's SIGALRM timeouts need a main thread, and a hung
+    comparison must be killable."""
+    target = text if text else (f"${answer}$" if answer is not None else "")
+    remaining = deadline.remaining()
+    return remaining > 0 and _MATH_VERIFY.equal(f"${gold}$", target, timeout_s=remaining) is True
+
+
+def _math_verify_version() -> str:
+    try:
+        return f"math-verify {importlib.metadata.version('math-verify')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "math-verify (not installed)"
+
+
+GRADERS: dict[str, Grader] = {grader.name: grader for grader in (
+    Grader("mathft", _mathft, lambda: MATHFT_VERSION),
+    Grader("prm800k", _prm800k, lambda: prm800k.VERSION),
+    Grader("math_verify", _math_verify, _math_verify_version, reads_text=True, module="math_verify",
+           extra="graders"),
+)}
+
+
+def get_grader(name: str) -> Grader:
+    """The registered grader `name`; ValueError (a usage error) naming the choices otherwise."""
+    grader = GRADERS.get(name)
+    if grader is None:
+        raise ValueError(f"unknown grader {name!r}; expected one of {', '.join(GRADERS)}")
+    if not grader.available():
+        raise ValueError(f"grader {name!r} needs the optional extra: "
+                         f"pip install -e '.[{grader.extra}]'")
+    return grader
+
+
+def grade(text: str | None, gold: str, policy: str = "strict", grader: str = "mathft",
+          timeout_s: float | None = None, answer: str | None = None) -> Verdict:
+    """Extract the answer of `text` under `policy` (or take `answer` as given) and judge it
+    against `gold` with `grader`, within one deadline. Never raises on the texts; raises
+    ValueError for an unknown policy or grader."""
+    chosen = get_grader(grader)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown extraction policy {policy!r}; expected one of {POLICIES}")
+    deadline = Deadline(timeout_s)
+    if answer is None:
+        answer = extract_answer(text, policy=policy)
+    if not isinstance(gold, str) or (answer is None and not chosen.reads_text):
+        return Verdict(answer, False)
+    try:
+        return Verdict(answer, bool(chosen.judge(text, answer, gold, deadline)))
+    except Exception:  # noqa: BLE001 - a grader must never raise on garbage
+        return Verdict(answer, False)

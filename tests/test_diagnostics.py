@@ -1,0 +1,139 @@
+"""Evaluator diagnostics and baselines against hand-computed values."""
+import itertools
+
+import numpy as np
+import pytest
+
+from mathft_jax import diagnostics, evaluate, voting
+
+
+def test_auc_counts_ties_as_half():
+    # positives 0.9, 0.3 against negatives 0.8, 0.3, 0.1: wins 3 + 0 + 0.5 + 1 = 4.5 of 6
+    assert diagnostics.auc([0.9, 0.8, 0.3, 0.3, 0.1], [True, False, True, False, False]) == 0.75
+    assert diagnostics.auc([1, 2, 3], [False, False, True]) == 1.0
+    assert diagnostics.auc([1, 2, 3], [True, False, False]) == 0.0
+    assert diagnostics.auc([0.5] * 4, [True, False, True, False]) == 0.5
+    assert diagnostics.auc([0.1, 0.2], [True, True]) is None
+
+
+def test_auc_matches_counting_every_pair():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 40) / 4  # many ties
+    labels = rng.random(40) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    brute = ((pos[:, None] > neg).sum() + 0.5 * (pos[:, None] == neg).sum()) / (pos.size * neg.size)
+    assert diagnostics.auc(scores, labels) == pytest.approx(brute)
+
+
+def test_pair_accuracy_pools_pairs_within_problems_only():
+    scores = [[0.9, 0.2, 0.5], [0.1, 0.4, 0.4, 0.7], [0.3, 0.8]]
+    correct = [[True, False, False], [True, True, False, False], [True, True]]
+    # problem 1: 2 of 2 pairs; problem 2: 0.4 = 0.4 is the only half win of 4; problem 3: none
+    assert diagnostics.pair_accuracy(scores, correct) == {"value": 2.5 / 6, "pairs": 6, "problems": 2}
+    # pooled over problems, 0.9 (problem 1, correct) would also beat 0.7 (problem 2): not counted
+    assert diagnostics.pair_accuracy([[0.3, 0.8]], [[True, True]])["value"] is None
+
+
+def test_calibration_ece_and_reliability_bins():
+    out = diagnostics.calibration([0.05, 0.15, 0.15, 0.95, 1.0], [False, True, False, True, True])
+    # bins 0, 1, 9: (1/5)|0 - 0.05| + (2/5)|0.5 - 0.15| + (2/5)|1 - 0.975| = 0.01 + 0.14 + 0.01
+    assert out["ece"] == pytest.approx(0.16)
+    filled = [(b["low"], b["count"], b["mean_score"], b["accuracy"]) for b in out["bins"] if b["count"]]
+    assert filled == [(0.0, 1, 0.05, 0.0), (0.1, 2, pytest.approx(0.15), 0.5),
+                      (0.9, 2, pytest.approx(0.975), 1.0)]
+    assert len(out["bins"]) == 10 and out["bins"][5]["mean_score"] is None
+    assert diagnostics.calibration([0.5, 1.5], [True, False]) is None  # not probabilities
+
+
+def test_histogram_splits_by_correctness():
+    h = diagnostics.histogram([0.05, 0.15, 0.15, 0.95], [False, True, False, True], bins=2)
+    assert h == {"edges": [0.0, 0.5, 1.0], "correct": [1, 1], "incorrect": [2, 0]}
+
+
+# sample:          0     1     2      3      4      5     6
+CORRECT = (True, True, False, False, False, True, False)
+LABELS = (1, 1, 0, 0, 0, 2, -1)  # cluster 0: {2, 3, 4} wrong; 1: {0, 1}; 2: {5}; 6: no answer
+PROBLEM = voting.GradedProblem(CORRECT, LABELS, (False, True, True), None)
+
+
+@pytest.mark.parametrize("k, expected", [(1, 0.0), (2, 2 / 5), (3, 3 / 6)])
+def test_random_topk_is_the_exact_expectation(k, expected):
+    assert diagnostics.random_topk(PROBLEM, k) == pytest.approx(expected)
+    # the same as RR.Top-K averaged over every ordering of distinct random scores
+    values = []
+    for order in itertools.permutations(range(len(CORRECT))):
+        scored = voting.GradedProblem(CORRECT, LABELS, PROBLEM.cluster_correct, tuple(map(float, order)))
+        values.append(voting.problem_metrics(scored, k)["rr_topk"])
+    assert np.mean(values) == pytest.approx(expected)
+
+
+def _record(answers_logprobs, gold="1", scores=None):
+    samples = [{"text": "", "answer": a, "logprob": lp, "num_tokens": n}
+               for a, lp, n in answers_logprobs]
+    for sample, score in zip(samples, scores or []):
+        sample["score"] = score
+    return {"problem_id": "p", "problem": "Q", "gold": gold, "samples": samples}
+
+
+def test_log_likelihood_baselines_rank_by_the_mean_token_log_probability():
+    # "1" (right): sum -6 over 2 tokens, mean -3. "2" (wrong): sum -4 over 1 token, mean -4.
+    # Two "2"s make the wrong answer the majority; the top-1 cluster is "2".
+    problem = voting.grade_problem(_record([("1", -6.0, 2), ("2", -4.0, 1), ("2", -5.0, 1)]))
+    assert problem.mean_logprobs == (-3.0, -4.0, -5.0)
+    base = diagnostics.problem_baselines(problem, k=1)
+    assert base == {"rr_ll_all": 1.0, "rr_ll_topk": 0.0, "random_topk": 0.0}
+    assert diagnostics.problem_baselines(problem, k=2)["rr_ll_topk"] == 1.0
+    no_ll = voting.grade_problem({**_record([("1", 0.0, 1)]), "samples": [{"text": "", "answer": "1"}]})
+    assert no_ll.mean_logprobs is None
+    assert diagnostics.problem_baselines(no_ll, 1)["rr_ll_all"] is None
+    zero = voting.grade_problem(_record([("1", 0.0, 0)]))
+    assert zero.mean_logprobs == (float("-inf"),)  # no tokens: never preferred
+
+
+def test_summary_deltas_are_paired_over_problems():
+    records = [  # gold 1. RR.Top-1 = Maj1@N on both problems: their paired difference is 0
+        _record([("1", -1.0, 1), ("1", -2.0, 1), ("2", -0.5, 1)], scores=[0.9, 0.1, 0.2]),
+        _record([("3", -1.0, 1), ("3", -2.0, 1), ("1", -0.5, 1)], scores=[0.1, 0.2, 0.9]),
+    ]
+    records[1]["problem_id"] = "q"
+    result = evaluate.evaluate_records(records, k=1, processes=1, progress=False, n_resamples=200)
+    diag = result["diagnostics"]
+    assert [result["metrics"][m]["value"] for m in ("maj1_at_n", "rr_topk", "rr_all")] == [0.5, 0.5, 1.0]
+    delta = diag["deltas"]["rr_topk - maj1_at_n"]
+    assert delta == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n_problems": 2}
+    # the best mean log-prob (-0.5) is wrong in problem 1 and right in problem 2
+    assert diag["baselines"]["rr_ll_all"]["value"] == 0.5
+    assert diag["baselines"]["rr_ll_topk"]["value"] == 0.5  # inside the majority: as Maj1
+    assert diag["baselines"]["random_topk"]["value"] == 0.5
+    assert diag["deltas"]["rr_topk - rr_ll_topk"]["value"] == 0.0
+    evaluator = diag["evaluator"]
+    assert evaluator["samples"] == 6 and evaluator["correct"] == 3
+    # right (0.9, 0.1, 0.9) against wrong (0.2, 0.2, 0.1): 3 + (0 + 0 + 0.5) + 3 of 9 pairs
+    assert evaluator["auc"] == pytest.approx(6.5 / 9)
+    # within problems: 0.9 > 0.2 but 0.1 < 0.2; then 0.9 beats 0.1 and 0.2
+    assert evaluator["pair_accuracy"] == {"value": 0.75, "pairs": 4, "problems": 2}
+    assert diag["loglik"]["pair_accuracy"] == {"value": 0.5, "pairs": 4, "problems": 2}
+    text = diagnostics.markdown(diag, k=1)
+    assert "| evaluator S | 0.722 | 0.750 | 4 |" in text
+    assert "| RR.Top-1 − Maj1@N | +0.00 | [+0.00, +0.00] | 2 |" in text
+    assert "| RR.LL.All | 50.00 |" in text
+
+
+def test_no_scores_no_evaluator_diagnostics():
+    result = evaluate.evaluate_records([_record([("1", -1.0, 1)])], k=1, processes=1, progress=False)
+    assert result["diagnostics"]["evaluator"] is None
+    assert result["diagnostics"]["deltas"]["rr_topk - maj1_at_n"]["value"] is None
+    assert "| evaluator S | n/a |" in diagnostics.markdown(result["diagnostics"], 1)
+
+
+def test_report_shows_the_diagnostics_and_plots_them(tmp_path):
+    from mathft_jax import report
+    records = [_record([("1", -1.0, 1), ("2", -0.5, 1), ("1", -2.0, 2)], scores=[0.9, 0.2, 0.4])]
+    graded = evaluate.grade_records(records, processes=1, progress=False)
+    results = {"ssft": evaluate.summarize_problems(graded, k=1, n_resamples=10)}
+    path = report.write_report(str(tmp_path), results, {"ssft": graded}, k=1)
+    text = open(path).read()
+    assert "## Evaluator diagnostics and baselines (SSFT generator's candidates)" in text
+    assert "| evaluator S | 1.000 | 1.000 | 2 |" in text and "RR.LL.Top-1" in text
+    assert "![evaluator diagnostics, SSFT](evaluator_ssft.png)" in text
+    assert (tmp_path / "evaluator_ssft.png").read_bytes()[:4] == b"\x89PNG"
