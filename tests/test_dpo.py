@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mathft_jax import losses, objectives, optim, partitioning, preferences, trainer
+from mathft_jax.data import preferences as preference_file
 from mathft_jax.models import Decoder
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import init_params
@@ -118,20 +119,20 @@ def test_preference_file_round_trip_and_errors(tmp_path):
     path = str(tmp_path / "p.jsonl")
     records = [{"problem": "1+1?", "chosen": "2", "rejected": "3"},
                {"prompt": "Q: 2+2\nA:", "chosen": "4", "rejected": "5", "source": "x"}]
-    preferences.write_preferences(path, records)
-    assert preferences.read_preferences(path) == records
-    examples = preferences.preference_examples(records)
+    preference_file.write_preferences(path, records)
+    assert preference_file.read_preferences(path) == records
+    examples = preference_file.preference_examples(records)
     assert [e["pair_id"] for e in examples] == [0, 0, 1, 1]
     assert [e["is_positive"] for e in examples] == [1, 0, 1, 0]
     assert examples[0]["inputs"] == "Problem:\n1+1?\n\nSolution:\n"  # generation format
     assert examples[2]["inputs"] == "Q: 2+2\nA:" and "ref_log_likelihood" not in examples[0]
-    half = [preferences.with_reference(records[:1], np.array([[-1.0, -2.0]]), 64)[0], records[1]]
+    half = [preference_file.with_reference(records[:1], np.array([[-1.0, -2.0]]), 64)[0], records[1]]
     (tmp_path / "half.jsonl").write_text("".join(json.dumps(r) + "\n" for r in half))
-    with pytest.raises(preferences.PreferenceFormatError, match="1 of 2 pairs"):
-        preferences.read_preferences(str(tmp_path / "half.jsonl"))
+    with pytest.raises(preference_file.PreferenceFormatError, match="1 of 2 pairs"):
+        preference_file.read_preferences(str(tmp_path / "half.jsonl"))
     (tmp_path / "bad.jsonl").write_text(json.dumps({"problem": "q", "chosen": "a"}) + "\n")
-    with pytest.raises(preferences.PreferenceFormatError, match="bad.jsonl:1: 'rejected'"):
-        preferences.read_preferences(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(preference_file.PreferenceFormatError, match="bad.jsonl:1: 'rejected'"):
+        preference_file.read_preferences(str(tmp_path / "bad.jsonl"))
 
 
 def test_pairs_from_graded_candidates():
@@ -141,7 +142,7 @@ def test_pairs_from_graded_candidates():
                             {"text": "so \\boxed{4}", "correct": False}]},
                {"problem_id": "b", "problem": "2+2?", "gold": "4",  # one-sided: no pair
                 "samples": [{"text": "\\boxed{4}", "correct": True}]}]
-    pairs = preferences.from_candidates(records)
+    pairs = preference_file.from_candidates(records)
     assert len(pairs) == 2 and {p["problem_id"] for p in pairs} == {"a"}
     assert all(p["chosen"] == "so \\boxed{2}" and p["rejected"] in ("so \\boxed{3}", "so \\boxed{4}")
                for p in pairs)
@@ -175,7 +176,7 @@ def test_reference_log_likelihoods_reach_the_batches_exactly(tmp_path):
                                         candidates_path=str(tmp_path / "graded.jsonl"),
                                         sequence_length=48, batch_size=8)
     assert info["pairs"] == 5
-    written = preferences.read_preferences(out)
+    written = preference_file.read_preferences(out)
     assert all(r["ref_sequence_length"] == 48 and r["ref_chosen"] < 0 for r in written)
     gin.bind_parameter("preference_file.path", out)
     batch = next(dataset.get_dataset("dpo_pairs", "train", 48, 10, pack=False, shuffle=False))

@@ -66,7 +66,7 @@ def _candidates(path) -> list[dict]:
 
 
 def _preference_examples(path) -> list[dict]:
-    from mathft_jax import preferences  # noqa: PLC0415
+    from mathft_jax.data import preferences  # noqa: PLC0415
     if path is None:
         raise ValueError("dpo_pairs needs a preference file with reference log-likelihoods: "
                          "bind preference_file.path = '...' (python -m mathft_jax.preferences)")

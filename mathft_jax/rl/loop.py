@@ -68,7 +68,7 @@ class GrpoConfig:
 
     init_checkpoint: the policy's start (the SSFT checkpoint); reference_checkpoint: the KL
     anchor (default: init_checkpoint; with neither, both are the seed's fresh init, for tests).
-    Problems: `infer.load_problems(task, split, problems_file)`, those with a gold answer,
+    Problems: `sources.problem_records(task, split, problems_file)`, those with a gold answer,
     the first `max_problems`. Log-probs, ratios, KL and entropy are those of
     softmax(logits / temperature), the distribution sampled; top_k / top_p truncate it
     unmodelled (keep them off). Dr. GRPO: scale_std=False and
@@ -159,8 +159,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         raise settings.SettingError(f"grpo.sequence_length={sequence_length} exceeds "
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
     if problems is None:
-        from mathft_jax import infer  # noqa: PLC0415
-        problems = infer.load_problems(task, split, problems_file)
+        from mathft_jax.data import sources  # noqa: PLC0415
+        problems = sources.problem_records(task, split, problems_file)
         problems = [p for p in problems if p["gold"]][:max_problems]  # gradable ones only
     if not problems:
         raise ValueError("grpo: no problems to train on")

@@ -2,7 +2,7 @@
 
     reward_weights.weights = {"correct": 1.0, "boxed": 0.1}
 
-A reward is `fn(problem, text) -> float`, with `problem` the record of `infer.load_problems`
+A reward is `fn(problem, text) -> float`, with `problem` a record of `data.sources.problem_records`
 ({"problem_id", "problem", "gold"}) and `text` the decoded completion (no EOS). Built in:
 
   correct   1 where the completion's answer grades equal to the gold answer
