@@ -6,7 +6,7 @@ A reward is `fn(problem, text) -> float`, with `problem` a record of `data.sourc
 ({"problem_id", "problem", "gold"}) and `text` the decoded completion (no EOS). Built in:
 
   correct   1 where the completion's answer grades equal to the gold answer
-            (`grading.extract_answer` + `grading.is_equiv`, bounded in time), else 0
+            (`grading.grade`, bounded in time, as the evaluation grades), else 0
   boxed     1 where the completion has a `\\boxed{}` answer at all: a format reward
 
 Register others with `@register_reward("name")`. The SCR evaluator's score, a reward that
@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from mathft_jax.grading import extract_answer, is_equiv
+from mathft_jax.grading import extract_answer, grade
 
 RewardFn = Callable[[dict, str], float]
 REWARDS: dict[str, RewardFn] = {}
@@ -37,7 +37,8 @@ def register_reward(name: str):
 
 @register_reward("correct")
 def correct(problem: dict, text: str) -> float:
-    return float(is_equiv(extract_answer(text), problem["gold"]))
+    # The judgment the pipeline's evaluation makes (candidates.grade_sample's defaults).
+    return float(grade(text, problem["gold"]).correct)
 
 
 @register_reward("boxed")
