@@ -9,6 +9,7 @@ file:line, or is skipped and counted with `skip_bad_lines`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -136,13 +137,16 @@ def grade_sample(sample: dict, gold: str, policy: str | None = None,
     return verdict.correct
 
 
-def _grade_record(record: dict) -> list[bool]:
-    return [grade_sample(sample, record["gold"]) for sample in record["samples"]]
+def _grade_record(record: dict, grader: str = "mathft") -> list[bool]:
+    return [grade_sample(sample, record["gold"], grader=grader) for sample in record["samples"]]
 
 
-def grade_candidates(records: list[dict], processes: int | None = None, progress: bool = True) -> list[dict]:
+def grade_candidates(records: list[dict], processes: int | None = None, progress: bool = True,
+                     grader: str = "mathft") -> list[dict]:
     """Set `correct` on every sample (in place) with a process pool; returns `records`."""
-    for record, grades in zip(records, parallel_map(_grade_record, records, processes, "grading", progress)):
+    grade = functools.partial(_grade_record, grader=grader)
+    graded = parallel_map(grade, records, processes, "grading", progress, grading.warm_up)
+    for record, grades in zip(records, graded):
         for sample, correct in zip(record["samples"], grades):
             sample["correct"] = correct
     return records

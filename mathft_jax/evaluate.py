@@ -19,11 +19,15 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
     run_module("mathft_jax.evaluate")
 
 
+import functools
+import json
 import os
+from collections.abc import Sequence
 
 from absl import flags
 
-from mathft_jax import atomic, diagnostics, storage, voting
+from mathft_jax import atomic, diagnostics, grading, storage, voting
+from mathft_jax.grading import agreement
 from mathft_jax.candidates import CandidatesError, read_candidates_report
 from mathft_jax.cli_errors import DataError, UsageError
 from mathft_jax.parallel import parallel_map
@@ -31,10 +35,19 @@ from mathft_jax.parallel import parallel_map
 BOOTSTRAP_RESAMPLES = 1000
 
 
-def grade_records(records: list[dict], processes: int | None = None,
-                  progress: bool = True) -> list[voting.GradedProblem]:
+def grade_records(records: list[dict], processes: int | None = None, progress: bool = True,
+                  policy: str | None = None, grader: str = "mathft") -> list[voting.GradedProblem]:
     """Grade and cluster every problem once, in a process pool over all cores."""
-    return parallel_map(voting.grade_problem, records, processes, "grading", progress)
+    grade = functools.partial(voting.grade_problem, policy=policy, grader=grader)
+    return parallel_map(grade, records, processes, "grading", progress, grading.warm_up)
+
+
+def grading_info(records: list[dict], policy: str | None, grader: str) -> dict:
+    """What graded the metrics: the grader and its version, and the extraction policy (the
+    candidates file's own, recorded by infer, unless a policy re-extracted the answers)."""
+    recorded = sorted({r.get("extraction_policy", "strict") for r in records})
+    return {"grader": grader, "version": grading.GRADERS[grader].version(),
+            "policy": policy or "/".join(recorded), "re_extracted": policy is not None}
 
 
 def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
@@ -53,9 +66,12 @@ def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
 
 def evaluate_records(records: list[dict], k: int = 8, processes: int | None = None,
                      n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                     progress: bool = True) -> dict:
-    """`summarize_problems` of `grade_records`."""
-    return summarize_problems(grade_records(records, processes, progress), k, n_resamples, seed)
+                     progress: bool = True, policy: str | None = None,
+                     grader: str = "mathft") -> dict:
+    """`summarize_problems` of `grade_records`, and what graded them."""
+    problems = grade_records(records, processes, progress, policy, grader)
+    return {**summarize_problems(problems, k, n_resamples, seed),
+            "grading": grading_info(records, policy, grader)}
 
 
 def markdown_table(result: dict) -> str:
@@ -72,15 +88,26 @@ def markdown_table(result: dict) -> str:
 
 
 def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes: int | None = None,
-                  progress: bool = True) -> dict:
-    """`evaluate_records` over a candidates file, with its skipped lines reported."""
+                  progress: bool = True, policy: str | None = None, grader: str = "mathft",
+                  compare_graders: tuple = ()) -> dict:
+    """`evaluate_records` over a candidates file, with its skipped lines reported. With
+    `compare_graders`, also each metric under each of them and how often they agree
+    (`result["comparison"]`; its disagreements under `result["disagreements"]`)."""
     records, bad = read_candidates_report(path, skip_bad_lines)
     if not records:  # a table of n/a would look like a result
         why = f"all {len(bad)} non-blank lines were bad" if bad else "empty file"
         raise CandidatesError(f"{path}: no candidates records ({why})")
     result = {"candidates": path}
-    result |= evaluate_records(records, k, processes, progress=progress)
+    result |= evaluate_records(records, k, processes, progress=progress, policy=policy,
+                               grader=grader)
     result["skipped_lines"] = {"count": len(bad), "lines": [[b.line, b.reason] for b in bad]}
+    if compare_graders:
+        summary, disagreements = agreement.agreement_report(records, list(compare_graders),
+                                                            policy or "strict")
+        summary["metrics"] = {name: evaluate_records(records, k, processes, progress=progress,
+                                                     policy=policy, grader=name)["metrics"]
+                              for name in compare_graders}
+        result["comparison"], result["disagreements"] = summary, disagreements
     return result
 
 
@@ -93,6 +120,38 @@ _PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default:
                                   lower_bound=1)
 _PLOT = flags.DEFINE_string("plot", None, "Also draw the evaluator's reliability diagram and "
                             "score histograms (scored candidates) to this PNG.")
+_GRADER = flags.DEFINE_string("grader", "mathft", "Who judges an answer against the gold one: "
+                              "mathft, prm800k or math_verify (extra [graders]); docs/grading.md.")
+_POLICY = flags.DEFINE_string("policy", None, "Extract every answer again from its text under "
+                              "this policy (strict | lenient); default: the recorded answers.")
+_COMPARE = flags.DEFINE_list("compare_graders", [], "Graders to compare (e.g. mathft,math_verify): "
+                             "each metric under each, their agreement, and the disagreements "
+                             "in FILE.disagreements.jsonl.")
+
+
+def check_grading(grader: str, policy: str | None, compare: Sequence[str]) -> None:
+    """Usage errors for --grader, --policy and --compare_graders, before any work."""
+    for name in [grader, *compare]:
+        try:
+            grading.get_grader(name)
+        except ValueError as error:
+            raise UsageError(f"--grader/--compare_graders: {error}") from None
+    if policy is not None and policy not in grading.POLICIES:
+        raise UsageError(f"--policy={policy}: expected one of {', '.join(grading.POLICIES)}")
+    if compare and len(compare) < 2:
+        raise UsageError("--compare_graders needs at least two graders")
+
+
+def comparison_table(comparison: dict, k: int) -> str:
+    """Agreement of the compared graders, then each metric under each of them (percent)."""
+    names = comparison["graders"]
+    rows = [f"graders agree on {comparison['agree']} of {comparison['samples']} samples",
+            "", "| metric | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for metric in voting.METRICS:
+        values = [comparison["metrics"][n][metric]["value"] for n in names]
+        rows.append(f"| {voting.metric_label(metric, k)} | " + " | ".join(
+            "n/a" if v is None else f"{100 * v:.2f}" for v in values) + " |")
+    return "\n".join(rows)
 
 
 def check_paths(candidates: str | None, out: str, plot: str | None = None) -> None:
@@ -115,8 +174,10 @@ def main(argv) -> None:
     path = _CANDIDATES.value
     out = _OUT.value or os.path.splitext(path or "")[0] + ".metrics.json"
     check_paths(path, out, _PLOT.value)
+    check_grading(_GRADER.value, _POLICY.value, _COMPARE.value)
     try:
-        result = evaluate_file(path, _K.value, _SKIP.value, _PROCESSES.value)
+        result = evaluate_file(path, _K.value, _SKIP.value, _PROCESSES.value, policy=_POLICY.value,
+                               grader=_GRADER.value, compare_graders=tuple(_COMPARE.value))
     except CandidatesError as error:
         raise DataError(str(error)) from error
     except OSError as error:  # unreadable (permissions, I/O): the file's fault, not a flag's
@@ -125,6 +186,12 @@ def main(argv) -> None:
         raise DataError(f"{path}: {error.strerror or error}") from error
     print(markdown_table(result))
     print("\n" + diagnostics.markdown(result["diagnostics"], result["k"]))
+    if "comparison" in result:
+        disagreements = os.path.splitext(out)[0] + ".disagreements.jsonl"
+        atomic.write_text(disagreements, "".join(json.dumps(d, ensure_ascii=False) + "\n"
+                                                 for d in result.pop("disagreements")))
+        print("\n" + comparison_table(result["comparison"], result["k"]))
+        print(f"\nwrote {disagreements}")
     skipped = result["skipped_lines"]["count"]
     if skipped:
         print(f"\nskipped {skipped} bad line(s): see skipped_lines in the JSON")

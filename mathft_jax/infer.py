@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning,
                         provenance, scoring, settings, storage)
 from mathft_jax.data import formats
-from mathft_jax.grading import extract_answer
+from mathft_jax.grading import POLICIES, extract_answer
 from mathft_jax.models.config import DecoderConfig
 
 PARTS_SUFFIX = ".parts"
@@ -109,14 +109,17 @@ def done_mask(problems: list[dict], output_path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- sampling
 
 
-def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int) -> list[dict]:
+def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int,
+                 policy: str = "strict") -> list[dict]:
+    """Candidates records; each sample's answer extracted under `policy`, which the record
+    keeps (`extraction_policy`) so a later grading knows how its answers were read."""
     records = []
     for i, problem in enumerate(batch):
         texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
-        entries = [{"text": text, "answer": extract_answer(text), "logprob": float(logprob),
-                    "num_tokens": int(n)}
+        entries = [{"text": text, "answer": extract_answer(text, policy=policy),
+                    "logprob": float(logprob), "num_tokens": int(n)}
                    for text, logprob, n in zip(texts, samples.logprobs[i], samples.lengths[i])]
-        records.append({**problem, "samples": entries})
+        records.append({**problem, "extraction_policy": policy, "samples": entries})
     return records
 
 
@@ -148,6 +151,9 @@ class InferConfig:
     share_prefill: bool = True
     truncate_prompts: bool = False
     evaluator_checkpoint: Optional[str] = None
+    # How a sample's answer is read: strict (\boxed{}, models trained to box) or lenient
+    # (answer sentences, closing math, units...: few-shot and instruct models); docs/grading.md
+    extraction_policy: str = "strict"
 
     def validate(self) -> "InferConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -156,6 +162,9 @@ class InferConfig:
                        max_problems=self.max_problems, seed=(self.seed, 0))
         settings.check_real("infer", "temperature", self.temperature, 0.0, math.inf)
         settings.check_real("infer", "top_p", self.top_p, 0.0, 1.0, low_open=True)
+        if self.extraction_policy not in POLICIES:
+            raise settings.SettingError(f"infer.extraction_policy={self.extraction_policy!r}: "
+                                        f"expected one of {', '.join(POLICIES)}")
         for name in ("checkpoint", "output_path"):
             if not getattr(self, name):
                 raise settings.SettingError(f"infer.{name} is not set")
@@ -205,7 +214,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         samples = decoding.generate(params, cfg, prompts, sampling, seed=seed, prompt_ids=index,
                                     mesh=mesh, rules=rules, truncate_prompts=truncate_prompts,
                                     pad_to=batch_size)
-        records = make_records(batch, samples, vocab, sampling.eos_id)
+        records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
         if evaluator is not None:  # every process: scoring is collective on a mesh
             scoring.score_records(evaluator, cfg, vocab, records, mesh=mesh, rules=rules,
                                   start_id=start_id)

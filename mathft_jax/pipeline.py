@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import gin
 from absl import logging
 
-from mathft_jax import (atomic, candidates, distributed, evaluate, provenance, report,
+from mathft_jax import (atomic, candidates, distributed, evaluate, grading, provenance, report,
                         settings, storage)
 
 VARIANTS = {
@@ -132,6 +132,7 @@ class PipelineConfig:
     k: int = 8
     bootstrap_resamples: int = 1000
     processes: Optional[int] = None
+    grader: str = "mathft"  # who judges answers (scr_data, evaluate): grading.GRADERS
     stop_after: Optional[str] = None
     ignore_config_changes: bool = False
 
@@ -143,6 +144,10 @@ class PipelineConfig:
                                         f"{sorted(VARIANTS)}")
         settings.check("pipeline", k=self.k, bootstrap_resamples=self.bootstrap_resamples,
                        processes=self.processes)
+        try:
+            grading.get_grader(self.grader)
+        except ValueError as error:
+            raise settings.SettingError(f"pipeline.grader: {error}") from None
         if self.stop_after is not None and self.stop_after not in self.stages:
             raise settings.SettingError(
                 f"pipeline.stop_after={self.stop_after!r} is not a stage of variant "
@@ -188,7 +193,7 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
     steps = {
         "ssft": lambda: _train_stage(cfg, run, "ssft"),
         "sample_train": lambda: _sample_stage(cfg, run, "sample_train", "ssft"),
-        "scr_data": lambda: _scr_data_stage(run, cfg.processes),
+        "scr_data": lambda: _scr_data_stage(run, cfg.processes, cfg.grader),
         "scr": lambda: _train_stage(cfg, run, "scr"),
         "mtsf": lambda: _train_stage(cfg, run, "mtsf"),
         "dpo_data": lambda: _dpo_data_stage(cfg, run),
@@ -197,7 +202,7 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         "sample_eval": lambda: {g: _sample_stage(cfg, run, "sample_eval", g) for g in generators},
         "score": lambda: {g: score_stage(run, g) for g in generators},
         "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, cfg.k,
-                                            cfg.bootstrap_resamples, cfg.processes),
+                                            cfg.bootstrap_resamples, cfg.processes, cfg.grader),
     }
     for index, stage in enumerate(stages, 1):
         if run.done(stage):
@@ -266,11 +271,11 @@ def _sample_stage(cfg: PipelineConfig, run: Run, stage: str, generator: str) -> 
     return {"output": config.output_path}
 
 
-def _scr_data_stage(run: Run, processes: Optional[int]) -> dict:
+def _scr_data_stage(run: Run, processes: Optional[int], grader: str = "mathft") -> dict:
     """Grade the training candidates and count what the evaluator data will hold."""
     from mathft_jax.data import formats
     records = candidates.read_candidates(run.train_candidates())
-    graded = candidates.grade_candidates(records, processes=processes)
+    graded = candidates.grade_candidates(records, processes=processes, grader=grader)
     if distributed.is_main_process():
         candidates.write_candidates(run.graded_train_candidates(), graded)
     _, pair_stats = formats.pairwise_examples(graded)
@@ -335,7 +340,7 @@ def score_stage(run: Run, generator: str) -> dict:
 
 
 def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
-                    resamples: int, processes: Optional[int]) -> dict:
+                    resamples: int, processes: Optional[int], grader: str) -> dict:
     """Grade, summarise and report on process 0 only: grading is host work with no
     collective, and only process 0 writes. The others wait at the stage's barrier in
     `pipeline` and then read results.json. The barrier here first: on a resumed run it may
@@ -344,9 +349,11 @@ def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
     if not distributed.is_main_process():
         return {"generators": list(generators)}
     out_dir = run.stage_dir("evaluate")
-    graded = {g: evaluate.grade_records(candidates.read_candidates(run.eval_candidates(g, scored)),
-                                        processes) for g in generators}
-    results = {g: evaluate.summarize_problems(problems, k, resamples) for g, problems in graded.items()}
+    records = {g: candidates.read_candidates(run.eval_candidates(g, scored)) for g in generators}
+    graded = {g: evaluate.grade_records(records[g], processes, grader=grader) for g in generators}
+    results = {g: {**evaluate.summarize_problems(problems, k, resamples),
+                   "grading": evaluate.grading_info(records[g], None, grader)}
+               for g, problems in graded.items()}
     report.write_report(out_dir, results, graded, k)
     atomic.write_json(run.results(), results, indent=1)
     return {"generators": list(generators)}

@@ -85,10 +85,11 @@ class GradedProblem:
     mean_logprobs: tuple[float, ...] | None = None
 
 
-def grade_problem(record: dict) -> GradedProblem:
-    """Grade every sample of a candidates record against its gold answer and cluster them."""
-    answers = [sample_answer(s) for s in record["samples"]]
-    correct = tuple(grade_sample(s, record["gold"]) for s in record["samples"])
+def grade_problem(record: dict, policy: str | None = None, grader: str = "mathft") -> GradedProblem:
+    """Grade every sample of a candidates record against its gold answer (`grader`; answers
+    as recorded, or extracted again under `policy`) and cluster them."""
+    answers = [sample_answer(s, policy) for s in record["samples"]]
+    correct = tuple(grade_sample(s, record["gold"], policy, grader) for s in record["samples"])
     clusters = cluster(answers)
     labels = [-1] * len(answers)
     for index, found in enumerate(clusters):

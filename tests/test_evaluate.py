@@ -196,3 +196,52 @@ def test_all_lines_skipped_is_bad_data(tmp_path):
     path = _bad_candidates(tmp_path, [b"{not json", b"[]"])
     with pytest.raises(candidates.CandidatesError, match="all 2 non-blank lines were bad"):
         evaluate.evaluate_file(path, skip_bad_lines=True, processes=1, progress=False)
+
+
+# ----------------------------------------------------------------------------- graders
+
+# Three samples the graders read differently (docs/grading.md's table): a boxed 1/2 (all
+# agree), an unboxed "The answer is 0.5" (only lenient extraction finds it), and an
+# unreduced 2/4 (mathft reduces it; PRM800K's rules do not).
+GRADER_RECORD = {"problem_id": "g", "problem": "?", "gold": "\\frac{1}{2}", "samples": [
+    {"text": "so $\\boxed{\\frac12}$"}, {"text": "The answer is 0.5."},
+    {"text": "the answer is $\\boxed{\\frac{2}{4}}$"}]}
+
+
+def test_policy_reextracts_and_the_json_names_the_grader(tmp_path):
+    strict = evaluate.evaluate_records([GRADER_RECORD], k=1, processes=1, progress=False)
+    lenient = evaluate.evaluate_records([GRADER_RECORD], k=1, processes=1, progress=False,
+                                        policy="lenient")
+    assert strict["metrics"]["pass_at_n"]["value"] == 1.0
+    assert lenient["metrics"]["pass_at_1"]["value"] > strict["metrics"]["pass_at_1"]["value"]
+    assert strict["grading"]["grader"] == "mathft" and strict["grading"]["policy"] == "strict"
+    assert lenient["grading"] == {**lenient["grading"], "policy": "lenient", "re_extracted": True}
+
+
+def test_compare_graders_reports_agreement_and_writes_disagreements(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(GRADER_RECORD) + "\n")
+    out = tmp_path / "m.json"
+    done = subprocess.run([sys.executable, "-m", "mathft_jax.evaluate", f"--candidates={path}",
+                           "--k=1", f"--out={out}", "--processes=1",
+                           "--compare_graders=mathft,prm800k"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    comparison = json.loads(out.read_text())["comparison"]
+    assert comparison["samples"] == 3 and comparison["agree"] == 2
+    lines = (tmp_path / "m.disagreements.jsonl").read_text().splitlines()
+    [row] = [json.loads(line) for line in lines]
+    assert row["sample"] == 2 and row["verdicts"] == {"mathft": True, "prm800k": False}
+    assert "graders agree on 2 of 3 samples" in done.stdout
+
+
+@pytest.mark.parametrize("flag,message", [("--grader=nope", "unknown grader"),
+                                          ("--policy=loose", "--policy=loose"),
+                                          ("--compare_graders=mathft", "at least two")])
+def test_bad_grading_flags_are_usage_errors(tmp_path, flag, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(GRADER_RECORD) + "\n")
+    done = subprocess.run([sys.executable, "-m", "mathft_jax.evaluate", f"--candidates={path}",
+                           flag], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]

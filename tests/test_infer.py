@@ -8,6 +8,7 @@ import flax.linen as nn
 import gin
 import jax
 import pytest
+import numpy as np
 import seqio
 
 from mathft_jax import candidates, checkpoints, decoding, gin_utils
@@ -140,3 +141,21 @@ def test_cli_runs_from_gin_files(setup, tmp_path):
     records = candidates.read_candidates(str(output))
     assert len(records) == 3 and all(len(r["samples"]) == 2 for r in records)
     assert records[0]["problem_id"] == "synthetic/test/0"
+
+
+def test_records_keep_the_extraction_policy_that_read_them():
+    from mathft_jax import decoding
+
+    vocab = seqio.ByteVocabulary()
+    text = "So the answer is 12."
+    ids = np.asarray(vocab.encode(text), np.int32)
+    samples = decoding.Samples(tokens=ids[None, None, :], lengths=np.asarray([[len(ids)]]),
+                               logprobs=np.zeros((1, 1), np.float32))
+    problem = {"problem_id": "p", "problem": "?", "gold": "12"}
+    strict = infer_lib.make_records([problem], samples, vocab, eos_id=1)
+    lenient = infer_lib.make_records([problem], samples, vocab, eos_id=1, policy="lenient")
+    assert strict[0]["extraction_policy"] == "strict" and strict[0]["samples"][0]["answer"] is None
+    assert lenient[0]["extraction_policy"] == "lenient"
+    assert lenient[0]["samples"][0]["answer"] == "12"
+    with pytest.raises(ValueError, match="infer.extraction_policy='loose'"):
+        infer_lib.InferConfig(checkpoint="c", output_path="o", extraction_policy="loose").validate()
