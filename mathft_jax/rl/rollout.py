@@ -9,7 +9,7 @@ tail kept) before sampling, so a row always holds its whole context.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def problem_indices(num_problems: int, seed: int, first: int, count: int) -> np.
 
 
 def sampling_params(num_generations: int, max_decode_len: int, temperature: float,
-                    top_k: int, top_p: float, eos_id: int,
-                    share_prefill: Optional[bool] = True) -> decoding.SamplingParams:
+                    top_k: int, top_p: float, eos_id: int) -> decoding.SamplingParams:
+    """G completions per prompt sharing the prompt's prefill."""
     return decoding.SamplingParams(num_generations, max_decode_len, temperature, top_k, top_p,
-                                   int(eos_id), bool(share_prefill)).validate()
+                                   int(eos_id)).validate()
