@@ -22,7 +22,8 @@ def gin_configs_root() -> str:
 CONFIGURABLE_MODULES = (
     "mathft_jax.models.config", "mathft_jax.partitioning", "mathft_jax.optim",
     "mathft_jax.objectives", "mathft_jax.train", "mathft_jax.infer", "mathft_jax.scoring",
-    "mathft_jax.pipeline",
+    "mathft_jax.pipeline", "mathft_jax.preferences", "mathft_jax.rl.grpo",
+    "mathft_jax.rl.rewards", "mathft_jax.rl.loop",
 )
 # These need seqio/TensorFlow, which accelerator images may lack: skipped when absent.
 DATA_MODULES = ("mathft_jax.data.vocab", "mathft_jax.data.tasks", "mathft_jax.data.formats",

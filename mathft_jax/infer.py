@@ -43,27 +43,12 @@ PARTS_SUFFIX = ".parts"
 
 
 def load_problems(task: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
-    """[{"problem_id", "problem", "gold"}]: the one adapter over `mathft_jax.data` readers.
-
-    task: a problem source of `mathft_jax.data.sources` (the registry the seqio tasks use
-    too): "math500" (PRM800K math_splits, test = MATH500, train = its 12,000), "math" (MATH
-    5k test / 7.5k train), "synthetic_arith_steps" or "synthetic_arith_terse"; or a
-    `problems_file` (MATH-style JSON lines or folder), which wins over task.
-    """
-    from mathft_jax.data import readers, sources
-    if problems_file:
-        problems = readers.read_math(problems_file, split)
-    else:
-        try:
-            problems = sources.problems(task, split)
-        except ValueError as e:
-            raise ValueError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
-    records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer or ""}
-               for p in problems]
-    ids = [r["problem_id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{task}/{split}: problem ids are not unique")
-    return records
+    """[{"problem_id", "problem", "gold"}] of a problem source (`sources.problem_records`)."""
+    from mathft_jax.data import sources
+    try:
+        return sources.problem_records(task, split, problems_file)
+    except sources.UnknownSource as e:
+        raise ValueError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
 
 
 # ----------------------------------------------------------------------------- chunked output

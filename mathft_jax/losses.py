@@ -72,3 +72,31 @@ def contrastive_mle_loss(ll_pos: jax.Array, ll_neg: jax.Array, pos_tokens: jax.A
     per-token negative log-likelihood (-log P(X+|P) / |X+|) so alpha is length-free."""
     mle = -ll_pos / jnp.maximum(pos_tokens.astype(jnp.float32), 1.0)
     return sequence_margin_loss(ll_pos, ll_neg, margin) + alpha * mle
+
+
+# ---- preference optimisation against a frozen reference (objectives.dpo_objective) ----
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def dpo_loss(ll_chosen: jax.Array, ll_rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, beta: float, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> jax.Array:
+    """Per pair, with h = (log P(c) - log Pref(c)) - (log P(r) - log Pref(r)) on whole
+    sequences (c chosen, r rejected):
+
+      sigmoid  DPO (Rafailov et al., 2023): -log sigmoid(beta h); with label_smoothing e
+               the conservative DPO of Mitchell (2023): -(1 - e) log sig(beta h) - e log sig(-beta h),
+               the loss under labels flipped with probability e
+      ipo      IPO (Azar et al., 2023): (h - 1 / (2 beta))^2, a squared loss that stops
+               pushing once the margin reaches 1 / (2 beta) (no label_smoothing)
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"dpo loss_type={loss_type!r}; expected one of {DPO_LOSS_TYPES}")
+    h = (ll_chosen - ref_chosen) - (ll_rejected - ref_rejected)
+    if loss_type == "ipo":
+        if label_smoothing:
+            raise ValueError("label_smoothing is for loss_type='sigmoid' only")
+        return jnp.square(h - 1.0 / (2.0 * beta))
+    return -((1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+             + label_smoothing * jax.nn.log_sigmoid(-beta * h))

@@ -10,6 +10,8 @@ logits never exist; the sums and gradients are the same.
   lm_objective          SSFT: MLE on solution tokens (and xent evaluator on scr_pointwise)
   evaluator_objective   SCR: margin and/or xent on S(X|P), batches of `scr_pairwise`
   sequence_objective    sequence margin / contrastive MLE, batches of `scr_sequence_pairwise`
+  dpo_objective         DPO / IPO / conservative DPO on preference pairs (`dpo_pairs`), the
+                        reference's log-likelihoods read from the batch (`ref_log_likelihood`)
 """
 from __future__ import annotations
 
@@ -112,3 +114,35 @@ def sequence_objective(model, params, batch: Batch, margin: float = 1.0, alpha: 
 
 
 sequence_objective.rows_per_group = 2
+
+
+@gin.configurable
+def dpo_objective(model, params, batch: Batch, beta: float = 0.1, loss_type: str = "sigmoid",
+                  label_smoothing: float = 0.0, loss_chunk: int = 0):
+    """DPO on generation-format pairs: rows 2k, 2k+1 = (P, chosen), (P, rejected), as
+    `scr_sequence_pairwise` and `dpo_pairs` give them. The frozen reference's sequence
+    log-likelihood of each row is the float feature `ref_log_likelihood`, computed once
+    (`mathft_jax.preferences`), so training holds one model. See `losses.dpo_loss`.
+
+    Metrics (per pair): the implicit rewards beta * (log P - log Pref) of chosen and rejected,
+    their margin, and pair_accuracy, the share of pairs whose margin is > 0.
+    """
+    if "ref_log_likelihood" not in batch:
+        raise KeyError("dpo_objective needs the batch feature 'ref_log_likelihood': train on "
+                       "a preference file with reference log-likelihoods (python -m "
+                       "mathft_jax.preferences, task dpo_pairs)")
+    ll = _row_log_likelihoods(model, params, batch, loss_chunk).reshape(-1, 2)
+    ref = batch["ref_log_likelihood"].astype(jnp.float32).reshape(-1, 2)
+    valid = (batch["pair_id"].reshape(-1, 2)[:, 0] >= 0).astype(jnp.float32)
+    loss = losses.dpo_loss(ll[:, 0], ll[:, 1], ref[:, 0], ref[:, 1], beta, loss_type,
+                           label_smoothing)
+    chosen, rejected = beta * (ll[:, 0] - ref[:, 0]), beta * (ll[:, 1] - ref[:, 1])
+    return {"loss": jnp.sum(valid * loss),
+            "chosen_reward": jnp.sum(valid * chosen),
+            "rejected_reward": jnp.sum(valid * rejected),
+            "reward_margin": jnp.sum(valid * (chosen - rejected)),
+            "pair_accuracy": jnp.sum(valid * (chosen > rejected)),
+            "weight": jnp.sum(valid)}
+
+
+dpo_objective.rows_per_group = 2

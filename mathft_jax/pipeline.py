@@ -18,7 +18,11 @@ themselves too):
 `pipeline.variant` picks the paper's variants: "ssft" (1, 6, 8), "ssft_scr" (1-4, 6-8) or
 "mtsf" (all); and MTSF's control, "mtsf_control" (1, 5, 6, 8): stage 5 continues SSFT from
 the SSFT checkpoint with no evaluator stage between, so MTSF's gain can be told apart from
-that of its extra SSFT steps. Per-stage trainer and sampler settings are gin scopes, e.g.
+that of its extra SSFT steps. Beyond the paper (issue #17, docs/rl.md), each from the SSFT
+checkpoint: "dpo" (1-3, then `dpo_data`: preference pairs of the graded training candidates
+with the SSFT model's reference log-likelihoods, then `dpo`: DPO on them, gin scope `dpo`;
+6, 8) and "grpo" (1, then `grpo`: `mathft_jax.rl` on the training problems, gin scope
+`grpo`; 6, 8). Per-stage trainer and sampler settings are gin scopes, e.g.
 `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
 """
 from __future__ import annotations
@@ -44,10 +48,13 @@ VARIANTS = {
     "ssft_scr": ("ssft", "sample_train", "scr_data", "scr", "sample_eval", "score", "evaluate"),
     "mtsf": ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score", "evaluate"),
     "mtsf_control": ("ssft", "mtsf", "sample_eval", "evaluate"),
+    "dpo": ("ssft", "sample_train", "scr_data", "dpo_data", "dpo", "sample_eval", "evaluate"),
+    "grpo": ("ssft", "grpo", "sample_eval", "evaluate"),
 }
+GENERATORS = ("ssft", "mtsf", "dpo", "grpo")  # stages whose checkpoint is sampled and evaluated
 DONE = "DONE.json"
-SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval")  # gin scopes
-TRAIN_STAGES = ("ssft", "scr", "mtsf")
+SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval", "dpo", "grpo")  # gin scopes
+TRAIN_STAGES = ("ssft", "scr", "mtsf", "dpo")
 # Sampling stages and the generators each samples from.
 SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
                  "sample_eval": lambda generators: generators}
@@ -55,7 +62,8 @@ SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
 # `variant` picks the stages, not what one computes: each stage's own inputs are compared
 # as its resolved TrainConfig/InferConfig (so one SSFT can serve several variants).
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
-                "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path")
+                "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
+                "preference_file.path")
 
 
 class Preempted(RuntimeError):
@@ -92,6 +100,9 @@ class Run:
     def eval_candidates(self, generator: str, scored: bool = False) -> str:
         stage = "score" if scored else "sample_eval"
         return storage.join(self.stage_dir(stage), f"{generator}.jsonl")
+
+    def preferences(self) -> str:
+        return storage.join(self.stage_dir("dpo_data"), "preferences.jsonl")
 
     def results(self) -> str:
         return storage.join(self.stage_dir("evaluate"), "results.json")
@@ -152,7 +163,7 @@ class PipelineConfig:
 
     @property
     def generators(self) -> list:
-        return ["ssft", "mtsf"] if "mtsf" in self.stages else ["ssft"]
+        return [g for g in GENERATORS if g in self.stages]
 
 
 def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
@@ -165,6 +176,9 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
     if "scr" in stages:  # the scr tasks read it (bound before the check: it is a setting)
         with gin.unlock_config():
             gin.bind_parameter("scr_candidates_file.path", run.graded_train_candidates())
+    if "dpo" in stages:  # the dpo_pairs task reads it
+        with gin.unlock_config():
+            gin.bind_parameter("preference_file.path", run.preferences())
     with provenance.unrecorded():  # every stage's settings, checked before anything runs
         resolved = {stage: _resolved(cfg, run, stage) for stage in stages}
     distributed.check_shared_dir(run.root)
@@ -180,6 +194,9 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         "scr_data": lambda: _scr_data_stage(run, cfg.processes, cfg.grader),
         "scr": lambda: _train_stage(cfg, run, "scr"),
         "mtsf": lambda: _train_stage(cfg, run, "mtsf"),
+        "dpo_data": lambda: _dpo_data_stage(cfg, run),
+        "dpo": lambda: _train_stage(cfg, run, "dpo"),
+        "grpo": lambda: _grpo_stage(cfg, run),
         "sample_eval": lambda: {g: _sample_stage(cfg, run, "sample_eval", g) for g in generators},
         "score": lambda: {g: score_stage(run, g) for g in generators},
         "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, cfg.k,
@@ -217,9 +234,10 @@ def _train_config(cfg: PipelineConfig, run: Run, stage: str):
     """A training stage's TrainConfig: its gin scope's settings plus where it reads and
     writes (SSFT from the imported checkpoint, SCR from SSFT, MTSF from SCR)."""
     from mathft_jax import train as train_lib
-    task = cfg.scr_task if stage == "scr" else cfg.ssft_task
+    task = {"scr": cfg.scr_task, "dpo": "dpo_pairs"}.get(stage, cfg.ssft_task)
     init = {"ssft": cfg.init_checkpoint, "scr": run.checkpoint("ssft"),
-            "mtsf": run.checkpoint("scr" if "scr" in cfg.stages else "ssft")}[stage]
+            "mtsf": run.checkpoint("scr" if "scr" in cfg.stages else "ssft"),
+            "dpo": run.checkpoint("ssft")}[stage]
     with gin.config_scope(stage):
         return train_lib.TrainConfig(model_dir=run.checkpoint(stage), task=task,
                                      init_checkpoint=init).validate()
@@ -230,6 +248,8 @@ def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
     {"train.task": repr, "infer[mtsf].num_samples": repr, ...}, paths inside the run written
     relative to it (a stage shared with another run directory compares equal)."""
     configs = {"train": _train_config(cfg, run, stage)} if stage in TRAIN_STAGES else {}
+    if stage == "grpo":
+        configs["grpo"] = _grpo_config(cfg, run)
     for generator in SAMPLE_STAGES.get(stage, lambda generators: [])(cfg.generators):
         configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
     return {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
@@ -283,6 +303,36 @@ def _scr_data_stage(run: Run, processes: Optional[int], grader: str = "mathft") 
                          f"model is always right or always wrong ({stats}); train longer or "
                          "sample more")
     return stats
+
+
+def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
+    """Preference pairs of the graded training candidates, with the SSFT checkpoint's
+    log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
+    from mathft_jax import preferences
+    return preferences.make_preferences(
+        output_path=run.preferences(), reference_checkpoint=run.checkpoint("ssft"),
+        candidates_path=run.graded_train_candidates(),
+        sequence_length=_train_config(cfg, run, "dpo").sequence_length)
+
+
+def _grpo_config(cfg: PipelineConfig, run: Run):
+    """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
+    training split of the sampled task."""
+    from mathft_jax.rl import loop
+    with gin.config_scope("grpo"):
+        return loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
+                               init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
+                               split=cfg.train_split).validate()
+
+
+def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
+    from mathft_jax.rl import loop
+    config = _grpo_config(cfg, run)
+    with gin.config_scope("grpo"):  # the optimizer, schedule, objective and rewards too
+        result = loop.grpo(config)
+    if result.preempted:
+        raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; rerun to resume")
+    return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
 
 
 def score_stage(run: Run, generator: str) -> dict:

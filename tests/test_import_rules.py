@@ -141,9 +141,11 @@ LAYERS = {
     "results": ("mathft_jax.candidates", "mathft_jax.voting", "mathft_jax.report",
                 "mathft_jax.evaluate", "mathft_jax.diagnostics"),
     "scoring": ("mathft_jax.scoring",),
+    "rl": ("mathft_jax.rl",),
     "entry": ("mathft_jax.train", "mathft_jax.infer", "mathft_jax.pipeline",
               "mathft_jax.models.__main__", "mathft_jax.convert.import_hf",
-              "mathft_jax.convert.export_hf"),
+              "mathft_jax.convert.export_hf", "mathft_jax.preferences",
+              "mathft_jax.rl.loop", "mathft_jax.rl.__main__"),
     "gin": ("mathft_jax.entry", "mathft_jax.gin_utils"),
 }
 # What a layer's modules may import from mathft_jax at module level.
@@ -155,6 +157,7 @@ MAY_IMPORT = {
     "data": {"data", "grading", "plumbing"},
     "results": {"results", "grading", "plumbing"},
     "scoring": {"model", "data"},
+    "rl": {"model", "data", "grading"},
     "entry": set(LAYERS),
     "gin": set(),
 }

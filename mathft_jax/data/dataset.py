@@ -23,7 +23,9 @@ import seqio
 from mathft_jax.data import packing, vocab
 
 STATE_VERSION = 1
-ROW_FEATURES = {"pair_id": -1, "is_positive": 0, "label_correct": 0}  # per-row integer features, padding value
+# Per-row features and their padding value: int32, or float32 where the padding is a float
+# (a DPO pair's reference log-likelihoods, `preferences.py`).
+ROW_FEATURES = {"pair_id": -1, "is_positive": 0, "label_correct": 0, "ref_log_likelihood": 0.0}
 _EXAMPLE_CACHE: "weakref.WeakKeyDictionary[seqio.Task, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -105,7 +107,8 @@ def _build_units(name: str, split: str, length: int, drop_overlong: bool) -> tup
             first = len(examples)
             for m in members:
                 fitted = packing.fit_to_length(m["inputs"], m["targets"], length)
-                examples.append((*fitted, {k: int(m[k]) for k in ROW_FEATURES if k in m}))
+                examples.append((*fitted, {k: type(pad)(m[k]) for k, pad in ROW_FEATURES.items()
+                                              if k in m}))
             task_units.append(tuple(range(first, len(examples))))
         units.append(task_units)
     logging.info("%s/%s: %d of %d examples longer than %d tokens (%d truncated, %d dropped)",
@@ -121,7 +124,8 @@ class DatasetIterator:
     """Infinite (or `num_epochs`) iterator of batches; see the module docstring.
 
     Batches: dict of int32 [batch, length] arrays (`packing.FEATURES`), plus int32 [batch]
-    `pair_id` / `is_positive` / `label_correct` for unpacked evaluator tasks. Rows past the
+    `pair_id` / `is_positive` / `label_correct` for unpacked evaluator tasks (and float32 [batch]
+    `ref_log_likelihood` for `dpo_pairs`). Rows past the
     end of a finite iteration are all padding (zero loss weight, `pair_id` -1).
     """
 
@@ -219,7 +223,7 @@ class DatasetIterator:
             rows = self._fill_packed(batch, batch_size, length)
         else:
             for key, pad in self._row_feature_pads().items():
-                batch[key] = np.full((batch_size,), pad, np.int32)
+                batch[key] = np.full((batch_size,), pad, _row_dtype(pad))
             rows = self._fill_unpacked(batch, batch_size)
         if rows == 0:
             raise StopIteration
@@ -246,6 +250,10 @@ class DatasetIterator:
                     if saved.get(k) != mine.get(k)}
             raise ValueError(f"data iterator state is for another configuration: {diff}")
         self._epoch, self._cursor = int(state["epoch"]), int(state["cursor"])
+
+
+def _row_dtype(pad) -> type:
+    return np.float32 if isinstance(pad, float) else np.int32
 
 
 def total_length(sequence_length: Union[int, Mapping[str, int]]) -> int:

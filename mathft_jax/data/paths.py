@@ -51,3 +51,10 @@ def prm800k_label_files(paths: Optional[Sequence[str]] = None) -> list[pathlib.P
 def scr_candidates_file(path: Optional[str] = None) -> Optional[pathlib.Path]:
     """Graded candidates file (docs/formats.md) for the evaluator tasks; no default."""
     return storage.path(path) if path else None
+
+
+@gin.configurable
+def preference_file(path: Optional[str] = None) -> Optional[pathlib.Path]:
+    """Preference file with reference log-likelihoods (docs/formats.md, written by
+    `python -m mathft_jax.preferences`) for the `dpo_pairs` task; no default."""
+    return storage.path(path) if path else None

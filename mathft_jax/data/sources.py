@@ -1,4 +1,4 @@
-"""Problem sources by name: the one registry that the seqio tasks and `infer` both read.
+"""Problem sources by name: the one registry that the seqio tasks, `infer` and `rl` read.
 
 A source maps a split to a list of `readers.Problem` (problem, solution, answer, id), with
 every path and knob resolved from gin when it is read. Light: no TensorFlow.
@@ -12,7 +12,7 @@ Register another with `@register("name")` on a function `(split, require_answer)
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from mathft_jax.data import paths, readers, synthetic
 
@@ -31,11 +31,28 @@ def names() -> list[str]:
     return sorted(_SOURCES)
 
 
+class UnknownSource(ValueError):
+    """A problem source name that is not registered."""
+
+
 def problems(name: str, split: str, require_answer: bool = False) -> list[readers.Problem]:
     """The problems of source `name`'s `split`."""
     if name not in _SOURCES:
-        raise ValueError(f"unknown problem source {name!r}; known: {', '.join(names())}")
+        raise UnknownSource(f"unknown problem source {name!r}; known: {', '.join(names())}")
     return _SOURCES[name](split, require_answer)
+
+
+def problem_records(name: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
+    """[{"problem_id", "problem", "gold"}]: what `infer` samples and `rl` trains on. A
+    `problems_file` (MATH-style JSON lines or folder) wins over the source `name`; `gold`
+    is "" where a problem has no answer. Problem ids must be unique."""
+    found = readers.read_math(problems_file, split) if problems_file else problems(name, split)
+    records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer or ""}
+               for p in found]
+    ids = [r["problem_id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{problems_file or name}/{split}: problem ids are not unique")
+    return records
 
 
 @register("math500")

@@ -34,7 +34,7 @@ SSFT_MIXTURE = "math_ssft_mix"
 EVALUATOR_LABEL_TASKS = ("scr_pairwise", "scr_pointwise")
 TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
               *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise",
-              "scr_sequence_pairwise")
+              "scr_sequence_pairwise", "dpo_pairs")
 
 
 # ----------------------------------------------------------------------------- examples
@@ -63,6 +63,14 @@ def _candidates(path) -> list[dict]:
         raise ValueError("scr_pairwise / scr_pointwise / scr_sequence_pairwise need a graded candidates file: bind "
                          "scr_candidates_file.path = '...'.")
     return readers.read_candidates(path)
+
+
+def _preference_examples(path) -> list[dict]:
+    from mathft_jax.data import preferences  # noqa: PLC0415
+    if path is None:
+        raise ValueError("dpo_pairs needs a preference file with reference log-likelihoods: "
+                         "bind preference_file.path = '...' (python -m mathft_jax.preferences)")
+    return preferences.preference_examples(preferences.read_preferences(str(path)))
 
 
 def examples_to_dataset(examples: list[dict], name: str) -> tf.data.Dataset:
@@ -103,6 +111,7 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
     """Per task, per split: a zero-argument loader (sources read their paths from gin when
     it runs; ensure_registered re-registers, dropping cached examples, when they change)."""
     label_files, candidates_file = paths.prm800k_label_files(), paths.scr_candidates_file()
+    preference_file = paths.preference_file()
 
     def generation(read: Callable, *args, **kwargs) -> Callable[[], list[dict]]:
         return lambda: generation_examples(read(*args, **kwargs))
@@ -120,6 +129,7 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
         "scr_pairwise": evaluator(formats.pairwise_examples),
         "scr_pointwise": evaluator(formats.pointwise_examples),
         "scr_sequence_pairwise": evaluator(formats.sequence_pair_examples),
+        "dpo_pairs": {"train": lambda: _preference_examples(preference_file)},
     }
     for name in SYNTHETIC_TASKS:  # the task and its source share the name
         # Knobs are read from gin when the split is first loaded.

@@ -1,0 +1,119 @@
+"""The reference log-likelihoods of a preference file (docs/formats.md, the format in
+`data/preferences.py`): DPO's frozen reference, computed once and stored with the pairs.
+
+    python -m mathft_jax.preferences --gin_file=gin_configs/models/tiny.gin \\
+        --gin_bindings="make_preferences.candidates_path='graded.jsonl'" \\
+        --gin_bindings="make_preferences.reference_checkpoint='runs/x/ssft/checkpoints'" \\
+        --gin_bindings="make_preferences.output_path='prefs.jsonl'"
+
+DPO compares the policy's sequence log-likelihoods with a frozen reference's. The reference's
+never change, so they are computed here once, teacher-forced on exactly the rows training
+will see (the task's tokenisation, EOS and truncation to `sequence_length`), and written into
+the file; the `dpo_pairs` task hands them to `objectives.dpo_objective` as the float feature
+`ref_log_likelihood`, and training holds one model. Pairs come from a graded candidates file
+(the SCR pairs in generation format, `formats.sequence_pair_examples` and its gin settings)
+or from a preference file of one's own.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax.entry import run_module
+    run_module("mathft_jax.preferences")
+
+
+import json
+import logging
+from typing import Optional, Sequence
+
+import gin
+import numpy as np
+
+from mathft_jax.data.preferences import (from_candidates, prompt_text, read_preferences,
+                                         with_reference, write_preferences)
+
+# ----------------------------------------------------------------------------- reference
+
+
+def row_batches(records: Sequence[dict], vocab, sequence_length: int, batch_size: int):
+    """Feature-converted rows of every pair, (P, chosen) then (P, rejected), as the
+    `dpo_pairs` task gives them unpacked (`packing.rows_from_examples`: EOS appended, truncated
+    by `packing.fit_to_length`): yields (first row index, batch of `batch_size` rows, rows
+    used); the last batch is filled with copies of its first row."""
+    from mathft_jax.data import packing  # noqa: PLC0415
+    from mathft_jax.data.vocab import decoder_start_id  # noqa: PLC0415
+    start = decoder_start_id(vocab)
+    examples = [(np.asarray(vocab.encode(prompt_text(r)), np.int32),
+                 np.asarray(list(vocab.encode(text)) + [int(vocab.eos_id)], np.int32))
+                for r in records for text in (r["chosen"], r["rejected"])]
+    for begin in range(0, len(examples), batch_size):
+        chunk = examples[begin:begin + batch_size]
+        used = len(chunk)
+        chunk = chunk + [chunk[0]] * (batch_size - used)
+        yield begin, packing.rows_from_examples(chunk, sequence_length, start), used
+
+
+def reference_log_likelihoods(params, cfg, vocab, records: Sequence[dict], sequence_length: int,
+                              batch_size: int = 16, mesh=None, rules=None) -> np.ndarray:
+    """float32 [num_pairs, 2]: the model's log P(chosen | P) and log P(rejected | P), computed
+    as `objectives.dpo_objective` computes the policy's (same rows, same code)."""
+    import jax  # noqa: PLC0415 (jax only where a model runs)
+
+    from mathft_jax import decoding, objectives, partitioning  # noqa: PLC0415
+    from mathft_jax.models.decoder import Decoder  # noqa: PLC0415
+    model = Decoder(cfg)
+    fn = jax.jit(lambda p, b: objectives._row_log_likelihoods(model, p, b, 0))  # noqa: SLF001
+    rules = decoding.resolve_rules(cfg, mesh, rules)
+    out = np.zeros((2 * len(records),), np.float32)
+    for begin, batch, used in row_batches(records, vocab, sequence_length, batch_size):
+        with decoding.run_context(mesh, rules):
+            ll = fn(params, {k: partitioning.to_global(v, mesh) for k, v in batch.items()})
+        out[begin:begin + used] = decoding.to_host(ll)[:used]
+    return out.reshape(-1, 2)
+
+
+@gin.configurable
+def make_preferences(output_path: str = gin.REQUIRED,
+                     reference_checkpoint: str = gin.REQUIRED,
+                     candidates_path: Optional[str] = None,
+                     preferences_path: Optional[str] = None,
+                     sequence_length: int = 256, batch_size: int = 16,
+                     vocabulary=None) -> dict:
+    """Write `output_path`: the pairs of a graded candidates file (`candidates_path`) or of a
+    preference file (`preferences_path`), with the reference checkpoint's log-likelihoods.
+    sequence_length must be the DPO stage's `train.sequence_length` (rows are truncated to it
+    alike). Returns counts."""
+    from mathft_jax import checkpoints, distributed, partitioning, settings  # noqa: PLC0415
+    from mathft_jax.data import readers, vocab as vocab_lib  # noqa: PLC0415
+    from mathft_jax.models.config import DecoderConfig  # noqa: PLC0415
+    settings.check("make_preferences", sequence_length=sequence_length, batch_size=batch_size)
+    if (candidates_path is None) == (preferences_path is None):
+        raise settings.SettingError("make_preferences: set exactly one of candidates_path (graded "
+                                    "candidates) and preferences_path (a preference file)")
+    records = (from_candidates(readers.read_candidates(candidates_path)) if candidates_path
+               else read_preferences(preferences_path))
+    if not records:
+        raise ValueError(f"no preference pairs in {candidates_path or preferences_path} (every "
+                         "problem's candidates are all correct or all incorrect?)")
+    cfg = DecoderConfig().validate()
+    if sequence_length > cfg.max_seq_len:
+        raise settings.SettingError(f"make_preferences.sequence_length={sequence_length} exceeds "
+                                    f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
+    mesh = partitioning.make_mesh()
+    partitioning.check_batch_divisible(batch_size, mesh, "make_preferences.batch_size")
+    rules = partitioning.rules_for(cfg, mesh)
+    params = checkpoints.load_params(reference_checkpoint, cfg, mesh, rules)
+    lls = reference_log_likelihoods(params, cfg, vocabulary or vocab_lib.get_vocabulary(),
+                                    records, sequence_length, batch_size, mesh, rules)
+    if distributed.is_main_process():
+        write_preferences(output_path, with_reference(records, lls, sequence_length))
+    logging.info("preferences: %d pairs with reference log-likelihoods -> %s", len(records),
+                 output_path)
+    return {"pairs": len(records), "output": str(output_path),
+            "mean_ref_margin": float(np.mean(lls[:, 0] - lls[:, 1]))}
+
+
+def main(argv):
+    del argv
+    from mathft_jax import entry  # noqa: PLC0415
+    entry.parse_gin_flags()
+    print(json.dumps(make_preferences()), flush=True)

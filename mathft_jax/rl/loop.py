@@ -1,0 +1,358 @@
+"""The GRPO loop: `python -m mathft_jax.rl --gin_file=gin_configs/runs/grpo.gin ...`.
+
+Each iteration k (1, 2, ...):
+  1 rollout   the problems at prompt positions (k-1)P .. kP-1 (epoch-seeded permutations),
+              G completions each from `decoding.generate` (sample streams of those positions)
+  2 reward    `rewards.compute_rewards` (grader correctness, format, custom; gin weights),
+              plus evaluator_weight * S(X|P) of an SCR evaluator checkpoint where given
+  3 advantage `grpo.group_advantages` over each prompt's G rewards
+  4 old/ref   teacher-forced token log-probs of the rows under the policy that sampled
+              (= pi_old) and, when kl_coef > 0, under the frozen reference
+  5 update    `steps_per_iteration` steps of `trainer.make_train_step` with `grpo_objective`
+              (micro-batches, sharding and optimizer as the trainer's)
+  6 log       reward, accuracy, KL, clip fraction, response length, entropy, ... to
+              metrics.jsonl and TensorBoard (`MetricsWriter`, prefix `grpo/`)
+  7 save      every `checkpoint_every` iterations: policy, optimizer state and
+              {"iteration", "step", "seed"} (`checkpoints.save`, step = iteration)
+
+Exactly resumable: the prompts, the sampler's streams and everything after them are pure
+functions of (seed, iteration, state), so a run killed anywhere (SIGKILL included) and
+rerun continues from its last checkpoint as if never stopped. The reference is reloaded from
+its checkpoint (or re-created from the seed) and never saved. SIGTERM saves and exits.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mathft_jax import (checkpoints, decoding, distributed, partitioning, preemption,
+                        provenance, scoring, settings)
+from mathft_jax.metrics_writer import MetricsWriter
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.decoder import Decoder
+from mathft_jax.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.rl import grpo as grpo_lib, rewards as rewards_lib, rollout as rollout_lib
+from mathft_jax.trainer import TrainState, abstract_state, init_state, make_train_step
+
+
+@dataclasses.dataclass
+class GrpoResult:
+    model_dir: str
+    start_iteration: int
+    final_iteration: int
+    preempted: bool
+    last_metrics: dict
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The sampler's seed for an iteration (its streams are further split by prompt position)."""
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] % (2 ** 31))
+
+
+@gin.configurable("grpo")
+@dataclasses.dataclass(frozen=True)
+class GrpoConfig:
+    """One GRPO run's settings, bound in gin as `grpo.<field>` (the pipeline's grpo stage and
+    `python -m mathft_jax.rl` run in gin scope `grpo`, so `grpo/learning_rate_schedule.*`
+    and `grpo/make_optimizer.*` set its optimizer).
+
+    init_checkpoint: the policy's start (the SSFT checkpoint); reference_checkpoint: the KL
+    anchor (default: init_checkpoint; with neither, both are the seed's fresh init, for tests).
+    Problems: `sources.problem_records(task, split, problems_file)`, those with a gold answer,
+    the first `max_problems`. Log-probs, ratios, KL and entropy are those of
+    softmax(logits / temperature), the distribution sampled; top_k / top_p truncate it
+    unmodelled (keep them off). Dr. GRPO: scale_std=False and
+    `grpo_objective.normalization = 'constant'`.
+    """
+
+    model_dir: Optional[str] = None
+    init_checkpoint: Optional[str] = None
+    reference_checkpoint: Optional[str] = None
+    task: str = "synthetic_arith_steps"
+    split: str = "train"
+    problems_file: Optional[str] = None
+    max_problems: Optional[int] = None
+    iterations: int = 100
+    prompts_per_iteration: int = 8
+    num_generations: int = 8
+    max_decode_len: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sequence_length: int = 512
+    steps_per_iteration: int = 1
+    micro_batches: int = 1
+    kl_coef: float = 0.04
+    scale_std: bool = True
+    evaluator_checkpoint: Optional[str] = None
+    evaluator_weight: float = 0.0
+    objective: Callable = grpo_lib.grpo_objective
+    seed: int = 0
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    async_checkpoints: bool = True
+    log_every: int = 1
+
+    def validate(self) -> "GrpoConfig":
+        """Raise SettingError naming the binding; needs no model, mesh or data."""
+        settings.check("grpo", iterations=(self.iterations, 0),
+                       prompts_per_iteration=self.prompts_per_iteration,
+                       num_generations=self.num_generations, max_decode_len=self.max_decode_len,
+                       sequence_length=self.sequence_length,
+                       steps_per_iteration=self.steps_per_iteration,
+                       micro_batches=self.micro_batches, checkpoint_every=self.checkpoint_every,
+                       keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
+                       top_k=(self.top_k, 0), max_problems=self.max_problems)
+        settings.check_real("grpo", "kl_coef", self.kl_coef, 0.0, math.inf)
+        settings.check_real("grpo", "temperature", self.temperature, 0.0, math.inf,
+                            low_open=True)
+        settings.check_real("grpo", "evaluator_weight", self.evaluator_weight, -math.inf,
+                            math.inf)
+        if not self.model_dir:
+            raise settings.SettingError("grpo.model_dir is not set")
+        if self.sequence_length <= self.max_decode_len:
+            raise settings.SettingError(
+                f"grpo.sequence_length={self.sequence_length} leaves no room for a prompt "
+                f"beside grpo.max_decode_len={self.max_decode_len}")
+        return self
+
+
+def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] = None,
+         mesh_fn: Callable = partitioning.make_mesh, vocabulary=None,
+         problems: Optional[Sequence[dict]] = None, progress: bool = True,
+         **fields) -> GrpoResult:
+    """Run (or resume) GRPO in `config.model_dir`; see the module docstring.
+
+    config: the run's settings (default: `GrpoConfig()` from gin, in the current gin scope);
+    `fields` replace some of them. The keyword-only arguments are hooks, not configuration:
+    the model config (default `DecoderConfig()`), the mesh, the vocabulary (default gin's
+    `get_vocabulary()`), the problems in place of the task's, the progress bar.
+    """
+    c = settings.resolve(GrpoConfig, config, **fields)
+    (model_dir, init_checkpoint, reference_checkpoint, task, split, problems_file, max_problems,
+     iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
+     top_p, sequence_length, steps_per_iteration, micro_batches, kl_coef, scale_std,
+     evaluator_checkpoint, evaluator_weight, objective, seed, checkpoint_every,
+     keep_checkpoints, async_checkpoints, log_every) = (  # every field, in field order
+        getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
+    cfg = model or DecoderConfig()
+    cfg.validate()
+    mesh = mesh_fn()
+    rules = partitioning.rules_for(cfg, mesh)
+    rows = prompts_per_iteration * num_generations
+    if rows % (micro_batches * partitioning.batch_shards(mesh)):
+        raise settings.SettingError(
+            f"grpo: prompts_per_iteration * num_generations = {rows} rows must split into "
+            f"micro_batches={micro_batches} of rows divisible by the mesh's data*fsdp="
+            f"{partitioning.batch_shards(mesh)}")
+    if sequence_length > cfg.max_seq_len:
+        raise settings.SettingError(f"grpo.sequence_length={sequence_length} exceeds "
+                                    f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
+    if problems is None:
+        from mathft_jax.data import sources  # noqa: PLC0415
+        problems = sources.problem_records(task, split, problems_file)
+        problems = [p for p in problems if p["gold"]][:max_problems]  # gradable ones only
+    if not problems:
+        raise ValueError("grpo: no problems to train on")
+    weights = rewards_lib.reward_weights()
+    if vocabulary is None:
+        from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415
+        vocabulary = vocab_lib.get_vocabulary()
+    start_id = scoring.decoder_start_id(vocabulary)
+    sampling = rollout_lib.sampling_params(num_generations, max_decode_len, temperature, top_k,
+                                           top_p, vocabulary.eos_id)
+
+    schedule = learning_rate_schedule(train_steps=iterations * steps_per_iteration)
+    optimizer = make_optimizer(schedule=schedule)
+    abstract, shardings = abstract_state(cfg, optimizer, mesh, rules)
+    mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
+    writer = MetricsWriter(model_dir)
+    provenance.record(model_dir)
+    state, start = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
+                                    seed, mesh, rules)
+    reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
+                           cfg, optimizer, shardings, seed, mesh, rules)
+    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, mesh, rules)
+                 if evaluator_checkpoint and evaluator_weight else None)
+
+    model = Decoder(cfg)
+    loss = functools.partial(objective, kl_coef=kl_coef, temperature=temperature)
+    with partitioning.mesh_context(mesh, rules):
+        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches, mesh),
+                          in_shardings=(shardings, None),
+                          out_shardings=(shardings, partitioning.replicated(mesh)),
+                          donate_argnums=0)
+        stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
+                                             temperature=temperature))
+    preemption.install()
+    bar = _progress_bar(progress, start, iterations)
+    last, preempted, iteration = {}, False, start
+    try:
+        for iteration in range(start + 1, iterations + 1):
+            timer = _Timer()
+            first = (iteration - 1) * prompts_per_iteration
+            index = rollout_lib.problem_indices(len(problems), seed, first, prompts_per_iteration)
+            batch_problems = [problems[i] for i in index]
+            with timer("sample"):
+                roll = rollout_lib.rollout_batch(
+                    state.params, cfg, vocabulary, batch_problems, sampling,
+                    seed=iteration_seed(seed, iteration),
+                    prompt_ids=np.arange(first, first + prompts_per_iteration),
+                    sequence_length=sequence_length, start_id=start_id, mesh=mesh, rules=rules)
+            with timer("reward"):
+                reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights)
+                if evaluator is not None:
+                    parts["evaluator"] = np.stack(scoring.score_groups(
+                        evaluator, cfg, vocabulary, [p["problem"] for p in batch_problems],
+                        roll.texts, mesh=mesh, rules=rules, start_id=start_id))
+                    reward = reward + evaluator_weight * parts["evaluator"]
+            with timer("train"):
+                batch = _training_batch(roll.batch, reward, scale_std, state.params, reference,
+                                        stats_fn, mesh, rules)
+                entropy = float(batch.pop("entropy_mean"))
+                batch = {k: partitioning.to_global(v, mesh) for k, v in batch.items()}
+                step_metrics = []
+                with partitioning.mesh_context(mesh, rules):
+                    for _ in range(steps_per_iteration):
+                        state, m = step_fn(state, batch)
+                        step_metrics.append(m)
+                step_metrics = [{k: float(v) for k, v in jax.device_get(m).items()}
+                                for m in step_metrics]
+            last = _iteration_metrics(reward, parts, roll.lengths, entropy, step_metrics,
+                                      timer.seconds)
+            if not all(math.isfinite(v) for v in last.values()):
+                raise FloatingPointError(f"non-finite GRPO metrics at iteration {iteration}: {last}")
+            if iteration % log_every == 0 or iteration == iterations:
+                writer.write(iteration, last, prefix="grpo")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward']:.3f}", acc=f"{last['accuracy']:.3f}")
+            saving = iteration % checkpoint_every == 0 or iteration == iterations
+            if distributed.any_process(preemption.requested()):
+                logging.warning("SIGTERM: saving iteration %d and exiting", iteration)
+                preempted = saving = True
+            if saving:
+                checkpoints.save(mngr, iteration, state.params, state.opt_state,
+                                 {"iteration": iteration, "step": int(state.step), "seed": seed})
+                writer.flush()
+            if preempted:
+                break
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        if bar is not None:
+            bar.close()
+    return GrpoResult(model_dir, start, iteration, preempted, last)
+
+
+def _training_batch(rows: dict, reward: np.ndarray, scale_std: bool, params, reference,
+                    stats_fn, mesh, rules) -> dict:
+    """The rollout rows plus advantages, the sampling policy's token log-probs (teacher
+    forced: one pass) and the reference's; `entropy_mean` rides along for the metrics."""
+    batch = dict(rows)
+    batch["advantages"] = np.asarray(
+        grpo_lib.group_advantages(reward, scale_std), np.float32).reshape(-1)
+    device_rows = {k: partitioning.to_global(v, mesh) for k, v in rows.items()}
+    with decoding.run_context(mesh, rules):
+        old, entropy = stats_fn(params, device_rows)
+        batch["old_log_probs"] = decoding.to_host(old)
+        if reference is not None:
+            batch["ref_log_probs"] = decoding.to_host(stats_fn(reference, device_rows)[0])
+    mask = rows["decoder_loss_weights"]
+    batch["entropy_mean"] = float(decoding.to_host(entropy).sum() / max(mask.sum(), 1))
+    return batch
+
+
+def _iteration_metrics(reward, parts, lengths, entropy, steps: list, seconds: dict) -> dict:
+    first, tokens = steps[0], max(steps[0]["tokens"], 1e-9)
+    out = {"reward": float(reward.mean()),
+           "reward_std": float(reward.std(axis=-1).mean()),
+           "accuracy": float(parts["correct"].mean()),
+           "groups_all_same": float(np.mean(reward.std(axis=-1) == 0)),
+           "response_length": float(lengths.mean()),
+           "entropy": entropy,
+           # KL to the reference under the policy before this iteration's update
+           "kl": first["token_kl"] / tokens,
+           "clip_fraction": float(np.mean([m["token_clipped"] / max(m["tokens"], 1e-9)
+                                           for m in steps])),
+           "loss": float(np.mean([m["loss"] for m in steps])),
+           "grad_norm": float(np.mean([m["grad_norm"] for m in steps])),
+           "learning_rate": steps[-1]["learning_rate"]}
+    out.update({f"reward_{k}": float(v.mean()) for k, v in parts.items()})
+    out.update({f"seconds_{k}": v for k, v in seconds.items()})
+    return out
+
+
+class _Timer:
+    """Wall seconds per phase of one iteration (sampling, grading, training)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
+                     mesh, rules) -> tuple[TrainState, int]:
+    latest = mngr.latest_step()
+    if latest is not None:
+        logging.info("grpo: resuming after iteration %d in %s", latest, mngr.directory)
+        params, opt_state, meta = checkpoints.restore(mngr, latest, abstract.params,
+                                                      abstract.opt_state)
+        if meta.get("seed") is not None and meta["seed"] != seed:
+            raise settings.SettingError(f"grpo.seed={seed} but {mngr.directory} was run with "
+                                        f"seed {meta['seed']}")
+        step = jax.device_put(np.int32(meta["step"]), shardings.step)
+        return TrainState(step=step, params=params, opt_state=opt_state), int(meta["iteration"])
+    if init_checkpoint:
+        params = checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+        return init_state(cfg, optimizer, shardings, seed, params=params), 0
+    return init_state(cfg, optimizer, shardings, seed), 0
+
+
+def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg, optimizer,
+               shardings, seed, mesh, rules):
+    """The frozen KL anchor: reference_checkpoint, else the policy's start (init_checkpoint
+    or the seed's init), copied from the fresh state or, on a resumed run, made again."""
+    if not kl_coef:
+        return None
+    if reference_checkpoint:
+        return checkpoints.load_params(reference_checkpoint, cfg, mesh, rules)
+    if start == 0:  # a copy: the train step donates the state's buffers
+        return jax.tree_util.tree_map(jnp.copy, state.params)
+    if init_checkpoint:
+        return checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+    return init_state(cfg, optimizer, shardings, seed).params
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    if not enabled or not distributed.is_main_process():
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+    return tqdm(total=total, initial=start, desc="grpo", unit="iter", dynamic_ncols=True)
+
+
+def main(argv):
+    del argv
+    from mathft_jax import entry  # noqa: PLC0415
+    entry.parse_gin_flags()
+    with gin.config_scope("grpo"):  # the scope the pipeline's grpo stage runs in
+        result = grpo()
+    if result.preempted:
+        logging.warning("preempted at iteration %d; rerun the same command to resume",
+                        result.final_iteration)

@@ -1,0 +1,70 @@
+"""Rewards of sampled solutions, registered by name in one table and weighted in gin:
+
+    reward_weights.weights = {"correct": 1.0, "boxed": 0.1}
+
+A reward is `fn(problem, text) -> float`, with `problem` a record of `data.sources.problem_records`
+({"problem_id", "problem", "gold"}) and `text` the decoded completion (no EOS). Built in:
+
+  correct   1 where the completion's answer grades equal to the gold answer
+            (`grading.grade`, bounded in time, as the evaluation grades), else 0
+  boxed     1 where the completion has a `\\boxed{}` answer at all: a format reward
+
+Register others with `@register_reward("name")`. The SCR evaluator's score, a reward that
+needs a model, is added by the loop (`grpo.evaluator_checkpoint`, `grpo.evaluator_weight`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+
+from mathft_jax.grading import extract_answer, grade
+
+RewardFn = Callable[[dict, str], float]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str):
+    """Decorator: `fn` becomes the reward `name` (a second registration of a name raises)."""
+    def add(fn: RewardFn) -> RewardFn:
+        if name in REWARDS and REWARDS[name] is not fn:
+            raise ValueError(f"reward {name!r} is already registered")
+        REWARDS[name] = fn
+        return fn
+    return add
+
+
+@register_reward("correct")
+def correct(problem: dict, text: str) -> float:
+    # The judgment the pipeline's evaluation makes (candidates.grade_sample's defaults).
+    return float(grade(text, problem["gold"]).correct)
+
+
+@register_reward("boxed")
+def boxed(problem: dict, text: str) -> float:
+    del problem
+    return float(extract_answer(text) is not None)
+
+
+@gin.configurable
+def reward_weights(weights: Optional[Mapping[str, float]] = None) -> dict[str, float]:
+    """The weighted rewards that add up to a completion's reward (default: correct alone)."""
+    weights = dict(weights) if weights is not None else {"correct": 1.0}
+    unknown = sorted(set(weights) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"reward_weights: unknown rewards {unknown}; registered: {sorted(REWARDS)}")
+    return weights
+
+
+def compute_rewards(problems: Sequence[dict], texts: Sequence[Sequence[str]],
+                    weights: Mapping[str, float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(total [prompts, G], per-reward [prompts, G]) for texts[i][j], completion j of problem
+    i. `correct` is always computed (the accuracy metric), weighted or not."""
+    names = list(dict.fromkeys(["correct", *weights]))
+    parts = {name: np.array([[REWARDS[name](p, t) for t in group]
+                             for p, group in zip(problems, texts)], np.float64)
+             for name in names}
+    total = sum((w * parts[name] for name, w in weights.items()),
+                np.zeros_like(parts["correct"]))
+    return total, parts

@@ -1,0 +1,292 @@
+"""GRPO: advantages, the k3 KL estimator and the clipped loss against hand-computed values;
+one update raises the log-probability of rewarded completions; the loop resumes
+bit-identical after a crash mid-iteration; 8 devices give the iteration of one."""
+import functools
+import math
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mathft_jax import checkpoints, decoding, partitioning, trainer
+from mathft_jax.metrics_writer import read_metrics
+from mathft_jax.models import Decoder
+from mathft_jax.models.decoder import init_params
+from mathft_jax.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.rl import grpo, loop, rewards, rollout
+from train_utils import TINY
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+class CharVocab:
+    """Characters to ids 3.. (fits TINY's 64): enough of a vocabulary to decode and grade."""
+    CHARS = "0123456789+-*=(). abcdefghijklmnopqrstuvwxyz\\{}:\n?"
+    eos_id, bos_id = 1, None
+
+    def encode(self, text):
+        return [3 + self.CHARS.index(c) for c in text if c in self.CHARS]
+
+    def decode(self, ids):
+        return "".join(self.CHARS[i - 3] for i in ids if 3 <= i < 3 + len(self.CHARS))
+
+
+PROBLEMS = [{"problem_id": f"p{i}", "problem": f"{i}+{i}?", "gold": str(2 * i)} for i in range(4)]
+
+
+@rewards.register_reward("digits")
+def digits(problem, text):
+    """A reward that varies within groups under a random model: the share of digits."""
+    return sum(c.isdigit() for c in text) / max(len(text), 1)
+
+
+CRASH = {"after": None}
+
+
+@rewards.register_reward("crash_test")
+def crash_test(problem, text):
+    """Raises on its `after`-th call: a run killed in the middle of an iteration."""
+    if CRASH["after"] is not None:
+        CRASH["after"] -= 1
+        if CRASH["after"] < 0:
+            CRASH["after"] = None
+            raise KeyboardInterrupt("killed mid-iteration")
+    return 0.0
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_group_advantages_by_hand():
+    r = np.array([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
+    adv = np.asarray(grpo.group_advantages(r, scale_std=True, eps=1e-4))
+    np.testing.assert_allclose(adv[0], np.array([0.5, -0.5, -0.5, 0.5]) / (0.5 + 1e-4), rtol=1e-6)
+    np.testing.assert_array_equal(adv[1], 0.0)  # all equal: no signal
+    std = math.sqrt(((3 - 0.75) ** 2 + 3 * 0.75 ** 2) / 4)
+    np.testing.assert_allclose(adv[2], np.array([2.25, -0.75, -0.75, -0.75]) / (std + 1e-4), rtol=1e-6)
+    dr = np.asarray(grpo.group_advantages(r, scale_std=False))  # Dr. GRPO: mean-centred only
+    np.testing.assert_allclose(dr[2], [2.25, -0.75, -0.75, -0.75], rtol=1e-6)
+
+
+def test_k3_kl_value_gradient_and_unbiasedness():
+    log_p, ref = jnp.log(0.5), jnp.log(0.25)
+    # q = log(0.25 / 0.5): exp(q) - q - 1 = 0.5 + log 2 - 1
+    assert float(grpo.k3_kl(log_p, ref)) == pytest.approx(0.5 + math.log(2) - 1, rel=1e-6)
+    # d/d log p = 1 - p_ref / p = 0.5; d/d log p_ref = p_ref / p - 1 = -0.5
+    g_p, g_ref = jax.grad(grpo.k3_kl, argnums=(0, 1))(log_p, ref)
+    assert float(g_p) == pytest.approx(0.5, rel=1e-6) and float(g_ref) == pytest.approx(-0.5, rel=1e-6)
+    assert float(grpo.k3_kl(ref, ref)) == 0.0
+    # E_{x ~ p}[k3] is exactly KL(p || ref) on a categorical
+    p, q = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.5, 0.3])
+    expectation = float(jnp.sum(p * grpo.k3_kl(jnp.log(p), jnp.log(q))))
+    assert expectation == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-5)
+
+
+def test_clipped_token_loss_by_hand():
+    ratio = np.array([[1.5, 0.5], [0.5, 1.5]], np.float32)
+    old = np.log(np.full((2, 2), 0.4, np.float32))
+    log_p = jnp.asarray(old + np.log(ratio))
+    adv = jnp.array([1.0, -1.0])
+    out = grpo.clipped_token_loss(log_p, jnp.asarray(old), None, adv, 0.2, 0.2, kl_coef=0.1)
+    # A=+1: -min(1.5, 1.2) = -1.2 (clipped), -min(0.5, 0.8) = -0.5; A=-1: -min(-0.5, -0.8) =
+    # 0.8 (clipped), -min(-1.5, -1.2) = 1.5
+    np.testing.assert_allclose(out["loss"], [[-1.2, -0.5], [0.8, 1.5]], rtol=1e-5)
+    np.testing.assert_array_equal(out["clipped"], [[1, 0], [1, 0]])
+    grad = jax.grad(lambda lp: grpo.clipped_token_loss(lp, jnp.asarray(old), None, adv, 0.2, 0.2,
+                                                       0.0)["loss"].sum())(log_p)
+    # clipped tokens carry no gradient; the others -A * ratio
+    np.testing.assert_allclose(grad, [[0.0, -0.5], [0.0, 1.5]], rtol=1e-5)
+    # clip-higher: eps_high 0.6 lets ratio 1.5 with A > 0 through
+    high = grpo.clipped_token_loss(log_p, jnp.asarray(old), None, adv, 0.2, 0.6, 0.0)
+    assert float(high["loss"][0, 0]) == pytest.approx(-1.5, rel=1e-5)
+    # the KL term adds kl_coef * k3 per token
+    with_kl = grpo.clipped_token_loss(log_p, jnp.asarray(old), jnp.asarray(old), adv, 0.2, 0.2, 0.1)
+    k3 = np.asarray(grpo.k3_kl(log_p, jnp.asarray(old)))
+    np.testing.assert_allclose(with_kl["loss"], np.asarray(out["loss"]) + 0.1 * k3, rtol=1e-5)
+
+
+def test_token_log_probs_are_of_the_tempered_distribution():
+    logits = jnp.log(jnp.array([[[1.0, 3.0]]]))  # p = (1/4, 3/4)
+    logp, entropy = grpo.token_log_probs(logits, jnp.array([[1]]))
+    assert float(logp[0, 0]) == pytest.approx(math.log(0.75), rel=1e-6)
+    assert float(entropy[0, 0]) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)),
+                                                 rel=1e-6)
+    cold, _ = grpo.token_log_probs(logits, jnp.array([[1]]), temperature=0.5)  # p ~ (1, 9)
+    assert float(cold[0, 0]) == pytest.approx(math.log(0.9), rel=1e-6)
+
+
+def test_rewards_by_name_and_weights():
+    problems = [{"problem_id": "a", "problem": "2+2?", "gold": "4"}]
+    texts = [["so \\boxed{4}", "so \\boxed{4.0}", "so \\boxed{5}", "four"]]
+    total, parts = rewards.compute_rewards(problems, texts, {"boxed": 0.5, "digits": 1.0})
+    np.testing.assert_array_equal(parts["correct"], [[1, 1, 0, 0]])  # always graded
+    np.testing.assert_array_equal(parts["boxed"], [[1, 1, 1, 0]])
+    want = 0.5 * parts["boxed"] + np.array([[digits(None, t) for t in texts[0]]])
+    np.testing.assert_allclose(total, want)
+    assert rewards.reward_weights() == {"correct": 1.0}
+    with pytest.raises(ValueError, match="unknown rewards \\['nope'\\]"):
+        rewards.reward_weights({"nope": 1.0})
+    with pytest.raises(ValueError, match="already registered"):
+        rewards.register_reward("correct")(lambda p, t: 0.0)
+
+
+def test_prompt_order_is_arithmetic_on_the_position():
+    first = rollout.problem_indices(5, seed=3, first=0, count=5)
+    assert sorted(first) == list(range(5))  # an epoch is a permutation
+    again = rollout.problem_indices(5, seed=3, first=3, count=6)  # across the epoch boundary
+    np.testing.assert_array_equal(again[:2], first[3:])
+    np.testing.assert_array_equal(again[2:], rollout.problem_indices(5, 3, 5, 4))
+    assert sorted(rollout.problem_indices(5, 3, 5, 5)) == list(range(5))
+
+
+def _rows(rng, b=4, t=10):
+    tokens = rng.integers(3, TINY.vocab_size, (b, t + 1)).astype(np.int32)
+    mask = np.zeros((b, t), np.float32)
+    for r, n in enumerate([2, 5, 7, 0][:b]):  # completion lengths, one empty
+        mask[r, 3:3 + n] = 1
+    return {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+            "decoder_loss_weights": mask}
+
+
+@pytest.mark.parametrize("normalization", grpo.NORMALIZATIONS)
+def test_objective_normalisations_by_hand(normalization):
+    """At the sampling policy (ratio 1) and with the reference equal to it, every token's loss
+    is -A: the three normalisers are three weighted means of -A."""
+    rng = np.random.default_rng(0)
+    batch = _rows(rng)
+    params = nn.unbox(init_params(TINY, jax.random.PRNGKey(0)))
+    model = Decoder(TINY)
+    # at a temperature, as the loop samples: the objective tempers its log-probs alike
+    logp, _ = grpo.policy_token_stats(model, params, batch, temperature=0.7)
+    adv = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    batch.update(old_log_probs=logp, ref_log_probs=logp, advantages=adv)
+    out = grpo.grpo_objective(model, params, batch, kl_coef=0.5, normalization=normalization,
+                              temperature=0.7)
+    n = batch["decoder_loss_weights"].sum(-1)  # 2, 5, 7, 0
+    want = {"token": (-(adv * n).sum(), n.sum()),
+            "sequence": (-(adv[:3]).sum(), 3.0),  # the empty row counts for nothing
+            "constant": (-(adv * n).sum(), 4 * 10.0)}[normalization]
+    assert float(out["loss"]) == pytest.approx(want[0], rel=1e-5)
+    assert float(out["weight"]) == want[1]
+    assert float(out["token_kl"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(out["tokens"]) == 14.0 and float(out["token_clipped"]) == 0.0
+
+
+# ----------------------------------------------------------------------------- one update
+
+
+def test_one_update_raises_rewarded_completions_log_probability():
+    vocab = CharVocab()
+    opt_schedule = learning_rate_schedule(peak=3e-3)
+    optimizer = make_optimizer(schedule=opt_schedule)
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    _, sh = trainer.abstract_state(TINY, optimizer, mesh, partitioning.rules_for(TINY, mesh))
+    state = trainer.init_state(TINY, optimizer, sh, seed=0)
+    sampling = rollout.sampling_params(8, 12, 1.0, 0, 1.0, vocab.eos_id)
+    roll = rollout.rollout_batch(state.params, TINY, vocab, PROBLEMS[:2], sampling, seed=3,
+                                 prompt_ids=[0, 1], sequence_length=48, start_id=0)
+    reward = np.array([[digits(None, t) for t in group] for group in roll.texts])
+    adv = np.asarray(grpo.group_advantages(reward)).reshape(-1)
+    assert (adv > 0).any() and (adv < 0).any()
+    model = Decoder(TINY)
+    stats = jax.jit(lambda p, b: grpo.policy_token_stats(model, p, b)[0].sum(-1))
+    before = np.asarray(stats(state.params, roll.batch))
+    old, _ = grpo.policy_token_stats(model, state.params, roll.batch)
+    batch = dict(roll.batch, advantages=adv, old_log_probs=np.asarray(old))
+    step = jax.jit(trainer.make_train_step(TINY, optimizer, opt_schedule, grpo.grpo_objective))
+    state, metrics = step(state, batch)
+    delta = np.asarray(stats(state.params, roll.batch)) - before
+    assert float(metrics["token_clipped"]) == 0.0  # first step: ratio 1
+    assert delta[adv > 0].mean() > 0 > delta[adv < 0].mean()
+    # advantage-weighted: the change follows the advantage across completions
+    assert np.corrcoef(adv, delta)[0, 1] > 0.5
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _run_loop(tmp_path, name, mesh=None, iterations=2, **kw):
+    kw.setdefault("kl_coef", 0.05)
+    gin.bind_parameter("reward_weights.weights", {"digits": 1.0, "crash_test": 1.0, "boxed": 0.1})
+    gin.bind_parameter("learning_rate_schedule.peak", 3e-3)
+    return loop.grpo(model_dir=str(tmp_path / name), problems=PROBLEMS, iterations=iterations,
+                     prompts_per_iteration=2, num_generations=4, max_decode_len=12,
+                     sequence_length=48, steps_per_iteration=2, checkpoint_every=1,
+                     async_checkpoints=False, model=TINY, vocabulary=CharVocab(),
+                     mesh_fn=mesh or (lambda: partitioning.make_mesh(devices=jax.devices()[:1])),
+                     progress=False, seed=1, **kw)
+
+
+def test_settings_fail_early_naming_the_binding(tmp_path):
+    from mathft_jax import settings
+    with pytest.raises(settings.SettingError, match="grpo.model_dir is not set"):
+        loop.grpo(problems=PROBLEMS)
+    with pytest.raises(settings.SettingError, match="grpo.num_generations=0"):
+        loop.grpo(model_dir=str(tmp_path), num_generations=0)
+    with pytest.raises(settings.SettingError, match="grpo.sequence_length=16 leaves no room"):
+        loop.grpo(model_dir=str(tmp_path), sequence_length=16, max_decode_len=16)
+    gin.parse_config("grpo.kl_coef = -1.0")
+    with pytest.raises(settings.SettingError, match="grpo.kl_coef=-1.0"):
+        loop.grpo(model_dir=str(tmp_path))
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def _params(model_dir):
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    return jax.device_get(checkpoints.load_params(model_dir, TINY, mesh))
+
+
+def _rows_without_time(model_dir):
+    return [{k: v for k, v in row.items() if "seconds" not in k and k != "time"}
+            for row in read_metrics(model_dir)]
+
+
+def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
+    # every run also adds 0.5 * S(X|P) of an "evaluator" (a random TINY model)
+    evaluator = str(tmp_path / "evaluator")
+    checkpoints.save_params(evaluator, nn.unbox(init_params(TINY, jax.random.PRNGKey(7))))
+    _run = functools.partial(_run_loop, evaluator_checkpoint=evaluator, evaluator_weight=0.5)
+    whole = _run(tmp_path, "whole")
+    assert whole.final_iteration == 2
+    rows = _rows_without_time(whole.model_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "accuracy", "kl", "clip_fraction", "response_length", "entropy"):
+        assert f"grpo/{key}" in rows[0]
+    assert rows[0]["grpo/kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts at the reference
+    assert rows[1]["grpo/kl"] > 0 and rows[0]["grpo/clip_fraction"] >= 0
+    assert 0 < rows[0]["grpo/reward_evaluator"] < 1
+    assert rows[0]["grpo/reward"] == pytest.approx(
+        rows[0]["grpo/reward_digits"] + 0.1 * rows[0]["grpo/reward_boxed"]
+        + 0.5 * rows[0]["grpo/reward_evaluator"])
+
+    CRASH["after"] = 8 + 3  # all of iteration 1's 8 completions, then 3 into iteration 2
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "killed")
+    assert checkpoints.any_complete(str(tmp_path / "killed")) == 1
+    resumed = _run(tmp_path, "killed")
+    assert (resumed.start_iteration, resumed.final_iteration) == (1, 2)
+    assert checkpoints.tree_equal(_params(whole.model_dir), _params(resumed.model_dir))
+    # iteration 2's metrics of the resumed run equal the uninterrupted run's
+    assert _rows_without_time(resumed.model_dir)[-1] == rows[1]
+
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+    sharded = _run(tmp_path, "sharded", iterations=1,
+                   mesh=lambda: partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    got = _rows_without_time(sharded.model_dir)[0]
+    for key in ("grpo/reward_digits", "grpo/response_length", "grpo/accuracy"):
+        assert got[key] == rows[0][key], key  # the same samples
+    # the evaluator's scores, computed on 8 devices, agree up to float round-off
+    assert got["grpo/reward"] == pytest.approx(rows[0]["grpo/reward"], rel=1e-6)
+    assert got["grpo/loss"] == pytest.approx(rows[0]["grpo/loss"], rel=1e-4, abs=1e-6)
+    after_one = _params(str(tmp_path / "whole" / "1"))  # the uninterrupted run's iteration 1
+    for a, b in zip(jax.tree_util.tree_leaves(_params(sharded.model_dir)),
+                    jax.tree_util.tree_leaves(after_one)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
