@@ -58,9 +58,9 @@ TRAIN_STAGES = ("ssft", "scr", "mtsf", "dpo")
 # Sampling stages and the generators each samples from.
 SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
                  "sample_eval": lambda generators: generators}
-# Bindings that change where or how fast, not what a stage computes.
-# `variant` picks the stages, not what one computes: each stage's own inputs are compared
-# as its resolved TrainConfig/InferConfig (so one SSFT can serve several variants).
+# Bindings that change where or how fast, not what a stage computes; `variant` picks the
+# stages, and each stage's own inputs are compared as its resolved TrainConfig/InferConfig
+# (so one SSFT can serve several variants).
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
                 "preference_file.path")
