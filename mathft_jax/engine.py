@@ -1,0 +1,292 @@
+"""Continuous batching: a fixed set of decode slots, refilled as their samples finish.
+
+    samples = engine.generate(params, cfg, prompts, SamplingParams(num_samples=64, ...),
+                              seed=0, prompt_ids=ids, mesh=mesh, slots=512, chunk=16)
+
+`decoding.generate` decodes a static batch until its longest sample ends, so every finished
+row keeps computing padding; MATH solutions vary several-fold in length, and the longest of
+64 samples is far above their mean. Here a finished sample's slot takes the next (prompt,
+sample) from a host-side queue:
+
+- The decode loop is a jitted `while_loop` over at most `chunk` steps (`decode_chunk`); it
+  stops early when no slot is live. Between chunks the host collects finished samples and
+  refills their slots, so a slot idles at most `chunk - 1` steps after its sample ends.
+- Shared prefill is kept: a prompt is prefilled once into a small pool (`_prefill_into_pool`)
+  and its cache rows are copied into every slot that samples it (`_insert`), in whatever
+  round that slot frees up. The queue is prompt-major, so at most one prompt stays open
+  between rounds and the pool needs ceil(slots / N) + 1 rows.
+- Attention reads only the filled part of the cache: each chunk runs on the cache's first
+  `attn_len` slots, the power of two (`decoding.bucket_length`) covering the furthest
+  position a live slot can reach in the chunk, so a step's attention cost follows the live
+  lengths, not the capacity. Masked keys add exact zeros, so the bucket changes no sample.
+- Determinism is `decoding.generate`'s: sample j of prompt i draws its t-th token from
+  fold_in(fold_in(key(seed), i * N + j), t), whatever its slot, round or the device count,
+  and every row of the model is computed independently of the others; so the samples are
+  static batching's, token for token (tests/test_engine.py).
+- On a mesh the slots are sharded like `decoding.generate`'s batch rows (data x fsdp), so
+  `slots` must divide by `partitioning.batch_shards(mesh)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from mathft_jax import decoding, partitioning
+from mathft_jax.decoding import PAD_ID, DecodeStatic, SamplingParams, Samples
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.decoder import init_cache
+
+DEFAULT_CHUNK = 16
+
+
+# ----------------------------------------------------------------------------- device side
+
+
+def _map_cache(fn, *caches):
+    """fn over matching (k or v) leaves of unrolled caches: lists over layers of (k, v)."""
+    return [tuple(fn(*xs) for xs in zip(*layer)) for layer in zip(*caches)]
+
+
+def decode_chunk(params, cache, token, pos, step, budget, sid, live, seed, temperature, top_p,
+                 *, cfg: DecoderConfig, sp: DecodeStatic, chunk: int, attn_len: int):
+    """Up to `chunk` decode steps of every slot; [S] arrays per slot: token (the next input),
+    pos (its cache slot), step (tokens generated so far), budget (the most it may generate),
+    sid (global sample id), live. -> (cache, out [S, chunk + 2]): the chunk's tokens (PAD_ID
+    once a slot is dead), then each slot's step and live flag after the chunk.
+
+    One step is `decoding.generate_tokens`'s body, per slot: the token's key is fold_in of
+    the sample's key with the sample's own step, so no slot or round enters a draw.
+    """
+    params, cfg = decoding.unroll_layers(params, cfg)
+    keys = decoding.sample_keys(seed, sid)
+    # Attention over the first attn_len slots only: the host picks attn_len so that every
+    # live slot's writes this chunk land inside it (dead slots' writes are clamped; their
+    # rows are refilled before they are read again).
+    sub = _map_cache(lambda x: x[:, :attn_len], cache)
+    out = jnp.full((token.shape[0], chunk), PAD_ID, jnp.int32)
+
+    def cond(state):
+        i, _, _, _, live, _, _ = state
+        return (i < chunk) & jnp.any(live)
+
+    def body(state):
+        i, token, pos, step, live, sub, out = state
+        logits, sub = decoding.extend(params, cfg, token[:, None], sub, pos)
+        step_keys = jax.vmap(jax.random.fold_in)(keys, step)
+        new = decoding.sample_logits(logits[:, 0], step_keys, temperature, top_p, top_k=sp.top_k,
+                                     greedy=sp.greedy, nucleus=sp.nucleus)
+        new = jnp.where(live, new, PAD_ID)
+        out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
+        step, pos = step + live, pos + live
+        live = live & (new != sp.eos_id) & (step < budget)
+        return i + 1, new, pos, step, live, sub, out
+
+    state = (jnp.int32(0), token, pos, step, live, sub, out)
+    _, _, _, step, live, sub, out = jax.lax.while_loop(cond, body, state)
+    cache = _map_cache(lambda x, s: jax.lax.dynamic_update_slice(x, s, (0,) * x.ndim), cache, sub)
+    cache = decoding.constrain_cache(cache, cfg)
+    return cache, jnp.concatenate([out, step[:, None], live[:, None].astype(jnp.int32)], axis=1)
+
+
+def _prefill_into_pool(params, pool, prompts, rows, *, cfg: DecoderConfig):
+    """Prefill prompts [g, Pb] (right-padded) and write their caches into pool rows `rows`
+    [g] (out of range = a dummy prompt, dropped), positions [0, Pb)."""
+    params, cfg = decoding.unroll_layers(params, cfg)
+    fresh = decoding.prefill(params, cfg, prompts, prompts.shape[1])
+    width = prompts.shape[1]
+    return _map_cache(lambda p, f: p.at[rows, :width].set(f.astype(p.dtype), mode="drop"),
+                      pool, fresh)
+
+
+def _insert(cache, pool, src, fill, *, cfg: DecoderConfig):
+    """Slots where `fill` [S] take pool row src[S] as their first pool-width cache slots (the
+    prompt; what lies beyond is masked until the sample overwrites it)."""
+    def one(x, p):
+        width = p.shape[1]
+        head = jnp.where(fill[:, None, None, None], p[src].astype(x.dtype), x[:, :width])
+        return jax.lax.dynamic_update_slice(x, head, (0,) * x.ndim)
+    return decoding.constrain_cache(_map_cache(one, cache, pool), cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str, cfg: DecoderConfig, **static):
+    fns = {"chunk": (decode_chunk, (1,)), "prefill": (_prefill_into_pool, (1,)),
+           "insert": (_insert, (0,))}
+    fn, donate = fns[name]
+    return jax.jit(functools.partial(fn, cfg=cfg, **static), donate_argnums=donate)
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+@dataclasses.dataclass
+class _Slots:
+    """Host copy of the per-slot state `decode_chunk` takes."""
+    token: np.ndarray
+    pos: np.ndarray
+    step: np.ndarray
+    budget: np.ndarray
+    sid: np.ndarray
+    live: np.ndarray
+    owner: np.ndarray  # local sample index (prompt * N + j) or -1
+
+    @classmethod
+    def empty(cls, n: int) -> "_Slots":
+        z = lambda: np.zeros((n,), np.int32)  # noqa: E731
+        return cls(z(), z(), z(), z(), z(), np.zeros((n,), bool), np.full((n,), -1, np.int64))
+
+
+@dataclasses.dataclass
+class Stats:
+    """What a run did: useful tokens over slot-steps is the share of live slot-steps."""
+    tokens: int = 0
+    slot_steps: int = 0
+    chunks: int = 0
+    prefills: int = 0
+
+    @property
+    def live_fraction(self) -> float:
+        return self.tokens / max(self.slot_steps, 1)
+
+
+def check_slots(slots: int, mesh: Optional[Mesh]) -> None:
+    if not isinstance(slots, (int, np.integer)) or slots < 1:
+        raise ValueError(f"slots must be a positive int, got {slots!r}")
+    if slots % partitioning.batch_shards(mesh):
+        raise ValueError(f"slots={slots} must be divisible by data*fsdp="
+                         f"{partitioning.batch_shards(mesh)} of the mesh")
+
+
+def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+           *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
+           mesh: Optional[Mesh] = None, rules: Any = None, truncate_prompts: bool = False,
+           slots: int = 64, chunk: int = DEFAULT_CHUNK,
+           stats: Optional[Stats] = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yields (prompt index in `prompts`, tokens [N, max_decode_len], lengths [N]) as each
+    prompt's N samples finish (roughly in order: the queue is prompt-major). Arguments as
+    `decoding.generate`'s; slots: sequences decoded together; chunk: decode steps between
+    refills. `stats`, if given, is filled in."""
+    sampling.validate()
+    check_slots(slots, mesh)
+    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    limit = cfg.max_seq_len - sampling.max_decode_len if truncate_prompts else cfg.max_seq_len
+    prompts = decoding.check_prompts(prompts, max(1, limit), truncate_prompts)
+    n, max_len, sp = sampling.num_samples, sampling.max_decode_len, sampling.static()
+    ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
+    if ids.shape != (len(prompts),):
+        raise ValueError(f"prompt_ids must have one id per prompt ({len(prompts)}), got {ids.shape}")
+    if (ids.max() + 1) * n > 2 ** 31:
+        raise ValueError("prompt_ids * num_samples must stay below 2**31")
+    stats = stats if stats is not None else Stats()
+    rules = decoding.resolve_rules(cfg, mesh, rules)
+    lengths = np.array([len(p) for p in prompts], np.int64)
+    budgets = np.minimum(max_len, cfg.max_seq_len - lengths)  # room left in the context
+    pool_width = decoding.bucket_length(lengths.max())
+    capacity = pool_width + max_len
+    pool_rows = min(len(prompts), -(-slots // n) + 1)
+    ucfg = cfg.replace(scan_layers=False)  # the engine's caches are per layer (unroll_layers)
+    temperature, top_p = jnp.float32(sampling.temperature), jnp.float32(sampling.top_p)
+
+    host = _Slots.empty(slots)
+    bufs: list[list[int]] = [[] for _ in range(slots)]
+    remaining = np.full((len(prompts),), n, np.int64)
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    pooled: dict[int, int] = {}  # prompt -> pool row
+    queue = ((i, j) for i in range(len(prompts)) for j in range(n))
+
+    def finish(i: int, j: int, toks: list[int]):
+        tokens, counts = results.setdefault(
+            i, (np.full((n, max_len), PAD_ID, np.int32), np.zeros((n,), np.int32)))
+        tokens[j, :len(toks)] = toks
+        counts[j] = len(toks)
+        remaining[i] -= 1
+
+    def pop_completed():
+        for i in sorted(i for i in results if remaining[i] == 0):
+            yield (i, *results.pop(i))
+
+    with decoding.run_context(mesh, rules):
+        cache = jax.jit(lambda: decoding.constrain_cache(init_cache(ucfg, slots, capacity), ucfg))()
+        pool = init_cache(ucfg, pool_rows, pool_width)  # replicated: few rows
+        pending = next(queue, None)
+        while True:
+            # Refill: free slots take the next samples; new prompts are prefilled once.
+            fill = np.zeros((slots,), bool)
+            src = np.zeros((slots,), np.int32)
+            fresh: list[int] = []
+            for s in np.flatnonzero(~host.live):
+                while pending is not None and budgets[pending[0]] <= 0:
+                    finish(*pending, [])  # a prompt filling the context: no tokens
+                    pending = next(queue, None)
+                if pending is None:
+                    break
+                i, j = pending
+                if i not in pooled:
+                    free = sorted(set(range(pool_rows)) - set(pooled.values()))
+                    pooled[i] = free[0]
+                    fresh.append(i)
+                fill[s], src[s] = True, pooled[i]
+                host.token[s], host.pos[s] = prompts[i][-1], lengths[i] - 1
+                host.step[s], host.budget[s] = 0, budgets[i]
+                host.sid[s], host.live[s], host.owner[s] = ids[i] * n + j, True, i * n + j
+                bufs[s] = []
+                pending = next(queue, None)
+            if fresh:
+                width = decoding.bucket_length(max(lengths[i] for i in fresh))
+                g = decoding.bucket_length(len(fresh), 1)
+                toks, _ = decoding.pad_rows([prompts[i] for i in fresh], g, width)
+                rows = np.full((g,), pool_rows, np.int32)  # dummies: dropped
+                rows[:len(fresh)] = [pooled[i] for i in fresh]
+                pool = _compiled("prefill", cfg)(params, pool, jnp.asarray(toks), jnp.asarray(rows))
+                stats.prefills += len(fresh)
+            if fill.any():
+                cache = _compiled("insert", ucfg)(cache, pool, partitioning.to_global(src, mesh),
+                                                  partitioning.to_global(fill, mesh))
+            # Prompts all of whose samples have slots no longer need their pool row.
+            open_prompt = pending[0] if pending is not None else -1
+            pooled = {i: r for i, r in pooled.items() if i == open_prompt}
+            yield from pop_completed()
+            if not host.live.any():
+                break
+
+            need = int((host.pos[host.live] + chunk).max())
+            attn_len = min(capacity, decoding.bucket_length(need))
+            run = _compiled("chunk", cfg, sp=sp, chunk=chunk, attn_len=attn_len)
+            args = [partitioning.to_global(x, mesh) for x in
+                    (host.token, host.pos, host.step, host.budget, host.sid, host.live)]
+            cache, packed = run(params, cache, *args, jnp.int32(seed), temperature, top_p)
+            packed = decoding.to_host(packed)
+            out, step, live = packed[:, :chunk], packed[:, chunk], packed[:, chunk + 1].astype(bool)
+            made = step - host.step
+            stats.chunks += 1
+            stats.tokens += int(made.sum())
+            stats.slot_steps += slots * int(made.max(initial=0))
+            for s in np.flatnonzero(made):
+                bufs[s].extend(out[s, :made[s]].tolist())
+                host.token[s] = out[s, made[s] - 1]
+            host.pos += made.astype(np.int32)
+            host.step = step.astype(np.int32)
+            for s in np.flatnonzero(host.live & ~live):
+                i, j = divmod(int(host.owner[s]), n)
+                finish(i, j, bufs[s])
+                host.owner[s] = -1
+            host.live = live
+        yield from pop_completed()
+
+
+def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
+             **kwargs) -> Samples:
+    """`decoding.generate`'s Samples, decoded by the engine (keywords as `stream`'s)."""
+    n, max_len = sampling.num_samples, sampling.max_decode_len
+    tokens = np.full((len(prompts), n, max_len), PAD_ID, np.int32)
+    lengths = np.zeros((len(prompts), n), np.int32)
+    for i, toks, counts in stream(params, cfg, prompts, sampling, **kwargs):
+        tokens[i], lengths[i] = toks, counts
+    return Samples(tokens=tokens, lengths=lengths)
