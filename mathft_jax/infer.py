@@ -21,7 +21,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
 import logging
 import math
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import gin
 import jax
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning, scoring,
                         settings, storage)
+from mathft_jax import engine as engine_lib
 from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -135,6 +136,24 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
     return records
 
 
+def batches_of(todo: list[int], batch_size: int, stream) -> Iterator[tuple[list[int], decoding.Samples]]:
+    """The engine's per-prompt stream (positions in `todo`), regrouped into infer's batches
+    of `batch_size` consecutive todo problems, in order: the same chunk files as static
+    batching, so resume works the same. Prompts finishing early wait for their batch."""
+    finished: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    begin = 0
+    for k, tokens, lengths in stream:
+        finished[k] = (tokens, lengths)
+        while begin < len(todo):
+            ks = range(begin, min(begin + batch_size, len(todo)))
+            if not all(k in finished for k in ks):
+                break
+            rows = [finished.pop(k) for k in ks]
+            yield ([todo[k] for k in ks], decoding.Samples(tokens=np.stack([r[0] for r in rows]),
+                                                          lengths=np.stack([r[1] for r in rows])))
+            begin += batch_size
+
+
 @gin.configurable
 def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
           task: str = "math500", split: str = "test", problems_file: Optional[str] = None,
@@ -142,7 +161,8 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
           batch_size: int = 8, share_prefill: bool = True, truncate_prompts: bool = False,
           evaluator_checkpoint: Optional[str] = None, vocabulary=None,
-          progress: bool = True) -> str:
+          progress: bool = True, engine: str = "static", slots: int = 0,
+          chunk: int = engine_lib.DEFAULT_CHUNK) -> str:
     """Sample `num_samples` solutions for each problem of `task`/`split`; returns output_path.
 
     batch_size: problems per step (batch_size * num_samples sequences). The mesh is the one
@@ -150,9 +170,16 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     data and fsdp axes. evaluator_checkpoint (same DecoderConfig) fills each sample's
     `score` with S(X|P) (batch size: `score_records.batch_size`). vocabulary defaults to
     gin's `get_vocabulary()`.
+    engine: "static" (`decoding.generate`, a batch at a time) or "continuous"
+    (`mathft_jax.engine`: `slots` sequences decoded together, default batch_size *
+    num_samples, refilled every `chunk` steps from a queue of every problem to do; it always
+    shares prefill). Both write the same file, sample for sample.
     """
     settings.check("infer", num_samples=num_samples, max_decode_len=max_decode_len,
-                   top_k=(top_k, 0), batch_size=batch_size, max_problems=max_problems)
+                   top_k=(top_k, 0), batch_size=batch_size, max_problems=max_problems,
+                   slots=(slots, 0), chunk=chunk)
+    if engine not in ("static", "continuous"):
+        raise settings.SettingError(f"infer.engine={engine!r} must be 'static' or 'continuous'")
     settings.check_real("infer", "temperature", temperature, 0.0, math.inf)
     settings.check_real("infer", "top_p", top_p, 0.0, 1.0, low_open=True)
     from mathft_jax.data import vocab as vocab_lib
@@ -163,6 +190,8 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
                                        int(vocab.eos_id), share_prefill).validate()
     mesh = partitioning.make_mesh()
     partitioning.check_batch_divisible(batch_size, mesh, "infer.batch_size")
+    slots = slots or batch_size * num_samples
+    partitioning.check_batch_divisible(slots, mesh, "infer.slots")
     rules = partitioning.rules_for(cfg, mesh)
     problems = load_problems(task, split, problems_file)[:max_problems]
     todo = [i for i, done in enumerate(done_mask(problems, output_path)) if not done]
@@ -174,24 +203,28 @@ def infer(checkpoint: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
-    tokens, started = 0, time.perf_counter()
-    for begin in range(0, len(todo), batch_size):
-        index = todo[begin:begin + batch_size]
+    tokens, sampled, started = 0, 0, time.perf_counter()
+    prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(problems[i]["problem"])))
+               for i in todo]
+    common = dict(seed=seed, mesh=mesh, rules=rules, truncate_prompts=truncate_prompts)
+    if engine == "continuous":
+        batches = batches_of(todo, batch_size, engine_lib.stream(
+            params, cfg, prompts, sampling, prompt_ids=todo, slots=slots, chunk=chunk, **common))
+    else:
+        batches = ((todo[b:b + batch_size], decoding.generate(
+            params, cfg, prompts[b:b + batch_size], sampling, prompt_ids=todo[b:b + batch_size],
+            pad_to=batch_size, **common)) for b in range(0, len(todo), batch_size))
+    for index, samples in batches:
         batch = [problems[i] for i in index]
-        prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(p["problem"])))
-                   for p in batch]
-        samples = decoding.generate(params, cfg, prompts, sampling, seed=seed, prompt_ids=index,
-                                    mesh=mesh, rules=rules, truncate_prompts=truncate_prompts,
-                                    pad_to=batch_size)
         records = make_records(batch, samples, vocab, sampling.eos_id)
         if evaluator is not None:  # every process: scoring is collective on a mesh
             scoring.score_records(evaluator, cfg, vocab, records, mesh=mesh, rules=rules,
                                   start_id=start_id)
         if writer:
             write_chunk(output_path, index[0], records)
-        tokens += int(samples.lengths.sum())
+        tokens, sampled = tokens + int(samples.lengths.sum()), sampled + len(batch)
         bar.update(len(batch))
-        bar.set_postfix(samples=(begin + len(batch)) * num_samples,
+        bar.set_postfix(samples=sampled * num_samples,
                         tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
     bar.close()
     if writer:
