@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
+from mathft_jax.models.layers import CACHE_BLOCK
 
 PAD_ID = 0
 MIN_BUCKET = 16
@@ -207,6 +208,12 @@ def prefill(params, cfg: DecoderConfig, prompts: jax.Array, cache_len: int):
     return cache
 
 
+def cache_length(prompt_len: int, max_decode_len: int) -> int:
+    """Cache slots for prompts of prompt_len then max_decode_len tokens, in whole attention
+    blocks (`layers.CACHE_BLOCK`), which attention reads in place."""
+    return -(-(prompt_len + max_decode_len) // CACHE_BLOCK) * CACHE_BLOCK
+
+
 def last_tokens(prompts: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(prompts, (lengths - 1)[:, None], axis=1)[:, 0]
 
@@ -223,7 +230,7 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
     -> (tokens [B*N, L], num_tokens [B*N])."""
     params, cfg = unroll_layers(params, cfg)
     n, max_len = sp.num_samples, sp.max_decode_len
-    cache_len = prompts.shape[1] + max_len
+    cache_len = cache_length(prompts.shape[1], max_len)
     if sp.share_prefill:
         cache = repeat_cache(prefill(params, cfg, prompts, cache_len), cfg, n)
     else:

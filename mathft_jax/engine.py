@@ -15,10 +15,9 @@ sample) from a host-side queue:
   and its cache rows are copied into every slot that samples it (`_insert`), in whatever
   round that slot frees up. The queue is prompt-major, so at most one prompt stays open
   between rounds and the pool needs ceil(slots / N) + 1 rows.
-- Attention reads only the filled part of the cache: each chunk runs on the cache's first
-  `attn_len` slots, the power of two (`decoding.bucket_length`) covering the furthest
-  position a live slot can reach in the chunk, so a step's attention cost follows the live
-  lengths, not the capacity. Masked keys add exact zeros, so the bucket changes no sample.
+- Attention reads only the filled part of the cache (`Attention._cache_attention`: blocks
+  up to the furthest live slot), so a step's cost follows the live lengths, not the capacity,
+  and its result does not depend on the capacity, bit for bit.
 - Determinism is `decoding.generate`'s: sample j of prompt i draws its t-th token from
   fold_in(fold_in(key(seed), i * N + j), t), whatever its slot, round or the device count,
   and every row of the model is computed independently of the others; so the samples are
@@ -54,7 +53,7 @@ def _map_cache(fn, *caches):
 
 
 def decode_chunk(params, cache, token, pos, step, budget, sid, live, seed, temperature, top_p,
-                 *, cfg: DecoderConfig, sp: DecodeStatic, chunk: int, attn_len: int):
+                 *, cfg: DecoderConfig, sp: DecodeStatic, chunk: int):
     """Up to `chunk` decode steps of every slot; [S] arrays per slot: token (the next input),
     pos (its cache slot), step (tokens generated so far), budget (the most it may generate),
     sid (global sample id), live. -> (cache, out [S, chunk + 2]): the chunk's tokens (PAD_ID
@@ -65,10 +64,6 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, seed, tempe
     """
     params, cfg = decoding.unroll_layers(params, cfg)
     keys = decoding.sample_keys(seed, sid)
-    # Attention over the first attn_len slots only: the host picks attn_len so that every
-    # live slot's writes this chunk land inside it (dead slots' writes are clamped; their
-    # rows are refilled before they are read again).
-    sub = _map_cache(lambda x: x[:, :attn_len], cache)
     out = jnp.full((token.shape[0], chunk), PAD_ID, jnp.int32)
 
     def cond(state):
@@ -76,8 +71,10 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, seed, tempe
         return (i < chunk) & jnp.any(live)
 
     def body(state):
-        i, token, pos, step, live, sub, out = state
-        logits, sub = decoding.extend(params, cfg, token[:, None], sub, pos)
+        i, token, pos, step, live, cache, out = state
+        # Dead slots run too (fixed shapes) and write their own rows at a frozen pos: their
+        # rows are refilled before they are read again.
+        logits, cache = decoding.extend(params, cfg, token[:, None], cache, pos)
         step_keys = jax.vmap(jax.random.fold_in)(keys, step)
         new = decoding.sample_logits(logits[:, 0], step_keys, temperature, top_p, top_k=sp.top_k,
                                      greedy=sp.greedy, nucleus=sp.nucleus)
@@ -85,11 +82,10 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, seed, tempe
         out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
         step, pos = step + live, pos + live
         live = live & (new != sp.eos_id) & (step < budget)
-        return i + 1, new, pos, step, live, sub, out
+        return i + 1, new, pos, step, live, cache, out
 
-    state = (jnp.int32(0), token, pos, step, live, sub, out)
-    _, _, _, step, live, sub, out = jax.lax.while_loop(cond, body, state)
-    cache = _map_cache(lambda x, s: jax.lax.dynamic_update_slice(x, s, (0,) * x.ndim), cache, sub)
+    state = (jnp.int32(0), token, pos, step, live, cache, out)
+    _, _, _, step, live, cache, out = jax.lax.while_loop(cond, body, state)
     cache = decoding.constrain_cache(cache, cfg)
     return cache, jnp.concatenate([out, step[:, None], live[:, None].astype(jnp.int32)], axis=1)
 
@@ -114,10 +110,14 @@ def _insert(cache, pool, src, fill, *, cfg: DecoderConfig):
     return decoding.constrain_cache(_map_cache(one, cache, pool), cfg)
 
 
+def _empty_cache(*, cfg: DecoderConfig, slots: int, capacity: int):
+    return decoding.constrain_cache(init_cache(cfg, slots, capacity), cfg)
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(name: str, cfg: DecoderConfig, **static):
     fns = {"chunk": (decode_chunk, (1,)), "prefill": (_prefill_into_pool, (1,)),
-           "insert": (_insert, (0,))}
+           "insert": (_insert, (0,)), "empty": (_empty_cache, ())}
     fn, donate = fns[name]
     return jax.jit(functools.partial(fn, cfg=cfg, **static), donate_argnums=donate)
 
@@ -189,7 +189,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     lengths = np.array([len(p) for p in prompts], np.int64)
     budgets = np.minimum(max_len, cfg.max_seq_len - lengths)  # room left in the context
     pool_width = decoding.bucket_length(lengths.max())
-    capacity = pool_width + max_len
+    capacity = decoding.cache_length(pool_width, max_len)
     pool_rows = min(len(prompts), -(-slots // n) + 1)
     ucfg = cfg.replace(scan_layers=False)  # the engine's caches are per layer (unroll_layers)
     temperature, top_p = jnp.float32(sampling.temperature), jnp.float32(sampling.top_p)
@@ -213,7 +213,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
             yield (i, *results.pop(i))
 
     with decoding.run_context(mesh, rules):
-        cache = jax.jit(lambda: decoding.constrain_cache(init_cache(ucfg, slots, capacity), ucfg))()
+        cache = _compiled("empty", ucfg, slots=slots, capacity=capacity)()
         pool = init_cache(ucfg, pool_rows, pool_width)  # replicated: few rows
         pending = next(queue, None)
         while True:
@@ -256,9 +256,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
             if not host.live.any():
                 break
 
-            need = int((host.pos[host.live] + chunk).max())
-            attn_len = min(capacity, decoding.bucket_length(need))
-            run = _compiled("chunk", cfg, sp=sp, chunk=chunk, attn_len=attn_len)
+            run = _compiled("chunk", cfg, sp=sp, chunk=chunk)
             args = [partitioning.to_global(x, mesh) for x in
                     (host.token, host.pos, host.step, host.budget, host.sid, host.live)]
             cache, packed = run(params, cache, *args, jnp.int32(seed), temperature, top_p)

@@ -1,12 +1,13 @@
 """The continuous-batching engine: the samples of static batching, token for token, in every
-arrangement of slots, chunks, prompt lengths and devices; shared prefill; bucketed attention;
-infer's resume with the engine."""
+arrangement of slots, chunks, prompt lengths and devices; shared prefill; attention over the
+filled part of the cache only; infer's resume with the engine."""
 import json
 import os
 
 import flax.linen as nn
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
@@ -15,6 +16,7 @@ from mathft_jax import checkpoints, decoding, engine, gin_utils, partitioning, s
 from mathft_jax import infer as infer_lib
 from mathft_jax.decoding import SamplingParams
 from mathft_jax.models import DecoderConfig
+from mathft_jax.models import layers
 from mathft_jax.models.decoder import init_params
 
 CFG = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
@@ -88,22 +90,20 @@ def test_eight_devices_give_the_samples_of_one(params):
     assert_same(one, eight)
 
 
-def test_attention_reads_only_the_filled_part_of_the_cache(params, monkeypatch):
-    """Each chunk runs on the smallest power-of-two prefix of the cache that holds every live
-    slot's writes: short prompts early on attend over 16 or 32 slots, not the capacity."""
-    seen, real = [], engine._compiled
-
-    def spy(name, cfg, **static):
-        if name == "chunk":
-            seen.append(static["attn_len"])
-        return real(name, cfg, **static)
-
-    monkeypatch.setattr(engine, "_compiled", spy)
-    sp = SamplingParams(num_samples=2, max_decode_len=40, temperature=1.0, eos_id=-1)
-    short = PROMPTS[:3]  # prefill bucket 16: capacity 16 + 40 = 56
-    continuous = engine.generate(params, CFG, short, sp, seed=2, slots=6, chunk=8)
-    assert seen[0] == 16 and 32 in seen and max(seen) == 56, seen
-    assert_same(decoding.generate(params, CFG, short, sp, seed=2), continuous)
+def test_attention_reads_only_the_filled_part_of_the_cache(params):
+    """NaN in every cache block past the furthest query: reading one would poison the
+    logits (0 * NaN). And the logits are bit for bit those of a cache of half the size,
+    which is what makes a sample independent of the cache it sits in."""
+    prefill = jax.jit(decoding.prefill, static_argnums=(1, 3))
+    extend = jax.jit(decoding.extend, static_argnums=1)
+    tokens, lengths = decoding.pad_rows(PROMPTS[:4], 4, 32)
+    last = decoding.last_tokens(tokens, lengths)[:, None]
+    small = prefill(params, CFG, tokens, layers.CACHE_BLOCK)
+    big = prefill(params, CFG, tokens, 3 * layers.CACHE_BLOCK)
+    poisoned = [tuple(x.at[:, layers.CACHE_BLOCK:].set(np.nan) for x in kv) for kv in big]
+    logits, _ = extend(params, CFG, last, poisoned, jnp.asarray(lengths - 1))
+    assert np.isfinite(np.asarray(logits)).all()
+    np.testing.assert_array_equal(logits, extend(params, CFG, last, small, jnp.asarray(lengths - 1))[0])
 
 
 def test_prompts_stream_out_as_they_finish(params):
