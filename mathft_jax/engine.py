@@ -13,8 +13,9 @@ sample) from a host-side queue:
   refills their slots, so a slot idles at most `chunk - 1` steps after its sample ends.
 - Shared prefill is kept: a prompt is prefilled once into a small pool (`_prefill_into_pool`)
   and its cache rows are copied into every slot that samples it (`_insert`), in whatever
-  round that slot frees up. The queue is prompt-major, so at most one prompt stays open
-  between rounds and the pool needs ceil(slots / N) + 1 rows.
+  round that slot frees up. Prompts are prefilled in groups of `prefill_group`, static
+  batching's batches (see `stream`). The queue is prompt-major, so at most one group stays
+  open between rounds.
 - Attention reads only the filled part of the cache (`Attention._cache_attention`: blocks
   up to the furthest live slot), so a step's cost follows the live lengths, not the capacity,
   and its result does not depend on the capacity, bit for bit.
@@ -22,6 +23,8 @@ sample) from a host-side queue:
   fold_in(fold_in(key(seed), i * N + j), t), whatever its slot, round or the device count,
   and every row of the model is computed independently of the others; so the samples are
   static batching's, token for token (tests/test_engine.py).
+- The drain: once nothing is left to queue, the slots halve while the live ones fit in
+  half (`_shrink`), so the last long samples run in a small batch.
 - On a mesh the slots are sharded like `decoding.generate`'s batch rows (data x fsdp), so
   `slots` must divide by `partitioning.batch_shards(mesh)`.
 """
@@ -92,12 +95,11 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, seed, tempe
 
 def _prefill_into_pool(params, pool, prompts, rows, *, cfg: DecoderConfig):
     """Prefill prompts [g, Pb] (right-padded) and write their caches into pool rows `rows`
-    [g] (out of range = a dummy prompt, dropped), positions [0, Pb)."""
+    [g], positions [0, Pb)."""
     params, cfg = decoding.unroll_layers(params, cfg)
     fresh = decoding.prefill(params, cfg, prompts, prompts.shape[1])
     width = prompts.shape[1]
-    return _map_cache(lambda p, f: p.at[rows, :width].set(f.astype(p.dtype), mode="drop"),
-                      pool, fresh)
+    return _map_cache(lambda p, f: p.at[rows, :width].set(f.astype(p.dtype)), pool, fresh)
 
 
 def _insert(cache, pool, src, fill, *, cfg: DecoderConfig):
@@ -110,6 +112,11 @@ def _insert(cache, pool, src, fill, *, cfg: DecoderConfig):
     return decoding.constrain_cache(_map_cache(one, cache, pool), cfg)
 
 
+def _take_slots(cache, keep, *, cfg: DecoderConfig):
+    """The cache rows of slots `keep` [S'], in that order."""
+    return decoding.constrain_cache(_map_cache(lambda x: x[keep], cache), cfg)
+
+
 def _empty_cache(*, cfg: DecoderConfig, slots: int, capacity: int):
     return decoding.constrain_cache(init_cache(cfg, slots, capacity), cfg)
 
@@ -117,7 +124,7 @@ def _empty_cache(*, cfg: DecoderConfig, slots: int, capacity: int):
 @functools.lru_cache(maxsize=None)
 def _compiled(name: str, cfg: DecoderConfig, **static):
     fns = {"chunk": (decode_chunk, (1,)), "prefill": (_prefill_into_pool, (1,)),
-           "insert": (_insert, (0,)), "empty": (_empty_cache, ())}
+           "insert": (_insert, (0,)), "empty": (_empty_cache, ()), "take": (_take_slots, ())}
     fn, donate = fns[name]
     return jax.jit(functools.partial(fn, cfg=cfg, **static), donate_argnums=donate)
 
@@ -136,6 +143,9 @@ class _Slots:
     live: np.ndarray
     owner: np.ndarray  # local sample index (prompt * N + j) or -1
 
+    def take(self, keep: np.ndarray) -> "_Slots":
+        return _Slots(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+
     @classmethod
     def empty(cls, n: int) -> "_Slots":
         z = lambda: np.zeros((n,), np.int32)  # noqa: E731
@@ -144,15 +154,24 @@ class _Slots:
 
 @dataclasses.dataclass
 class Stats:
-    """What a run did: useful tokens over slot-steps is the share of live slot-steps."""
+    """What a run did: tokens (generated, EOS included) over slot-steps (slots x steps run)
+    is the share of live slot-steps. The `queued_` pair counts only chunks that began with
+    samples still queued: the steady state of a long run, without the final drain, where
+    slots empty one by one as the last samples finish."""
     tokens: int = 0
     slot_steps: int = 0
+    queued_tokens: int = 0
+    queued_slot_steps: int = 0
     chunks: int = 0
     prefills: int = 0
 
     @property
     def live_fraction(self) -> float:
         return self.tokens / max(self.slot_steps, 1)
+
+    @property
+    def queued_live_fraction(self) -> float:
+        return self.queued_tokens / max(self.queued_slot_steps, 1)
 
 
 def check_slots(slots: int, mesh: Optional[Mesh]) -> None:
@@ -166,12 +185,16 @@ def check_slots(slots: int, mesh: Optional[Mesh]) -> None:
 def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
            *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
            mesh: Optional[Mesh] = None, rules: Any = None, truncate_prompts: bool = False,
-           slots: int = 64, chunk: int = DEFAULT_CHUNK,
+           slots: int = 64, chunk: int = DEFAULT_CHUNK, prefill_group: int = 0,
            stats: Optional[Stats] = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yields (prompt index in `prompts`, tokens [N, max_decode_len], lengths [N]) as each
     prompt's N samples finish (roughly in order: the queue is prompt-major). Arguments as
     `decoding.generate`'s; slots: sequences decoded together; chunk: decode steps between
-    refills. `stats`, if given, is filled in."""
+    refills. prefill_group: prompts are prefilled in groups of this many consecutive ones
+    (default ceil(slots / N)), padded as `decoding.generate` pads a batch: with static
+    batching's batch size (and slots = its rows), every computation has static batching's
+    shapes, which is what makes the samples equal bit for bit on XLA:CPU (rows of a batch
+    are computed alike only within one shape). `stats`, if given, is filled in."""
     sampling.validate()
     check_slots(slots, mesh)
     if not isinstance(chunk, (int, np.integer)) or chunk < 1:
@@ -181,7 +204,8 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     n, max_len, sp = sampling.num_samples, sampling.max_decode_len, sampling.static()
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
     if ids.shape != (len(prompts),):
-        raise ValueError(f"prompt_ids must have one id per prompt ({len(prompts)}), got {ids.shape}")
+        raise ValueError(f"prompt_ids must have one id per prompt ({len(prompts)}), "
+                         f"got {ids.shape}")
     if (ids.max() + 1) * n > 2 ** 31:
         raise ValueError("prompt_ids * num_samples must stay below 2**31")
     stats = stats if stats is not None else Stats()
@@ -190,7 +214,11 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     budgets = np.minimum(max_len, cfg.max_seq_len - lengths)  # room left in the context
     pool_width = decoding.bucket_length(lengths.max())
     capacity = decoding.cache_length(pool_width, max_len)
-    pool_rows = min(len(prompts), -(-slots // n) + 1)
+    group = prefill_group or -(-slots // n)
+    group_rows = decoding.prompt_rows(group, n, mesh)  # as decoding.generate(pad_to=group)
+    split = group_rows % partitioning.batch_shards(mesh) == 0
+    # A refill round touches the open group and those its free slots reach.
+    pool_groups = min(-(-len(prompts) // group), -(-slots // (group * n)) + 2)
     ucfg = cfg.replace(scan_layers=False)  # the engine's caches are per layer (unroll_layers)
     temperature, top_p = jnp.float32(sampling.temperature), jnp.float32(sampling.top_p)
 
@@ -198,7 +226,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     bufs: list[list[int]] = [[] for _ in range(slots)]
     remaining = np.full((len(prompts),), n, np.int64)
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    pooled: dict[int, int] = {}  # prompt -> pool row
+    pooled: dict[int, int] = {}  # prompt group -> its block of group_rows pool rows
     queue = ((i, j) for i in range(len(prompts)) for j in range(n))
 
     def finish(i: int, j: int, toks: list[int]):
@@ -214,13 +242,13 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
 
     with decoding.run_context(mesh, rules):
         cache = _compiled("empty", ucfg, slots=slots, capacity=capacity)()
-        pool = init_cache(ucfg, pool_rows, pool_width)  # replicated: few rows
+        pool = init_cache(ucfg, pool_groups * group_rows, pool_width)
         pending = next(queue, None)
         while True:
             # Refill: free slots take the next samples; new prompts are prefilled once.
-            fill = np.zeros((slots,), bool)
-            src = np.zeros((slots,), np.int32)
-            fresh: list[int] = []
+            fill = np.zeros(host.live.shape, bool)
+            src = np.zeros(host.live.shape, np.int32)
+            fresh: list[int] = []  # groups
             for s in np.flatnonzero(~host.live):
                 while pending is not None and budgets[pending[0]] <= 0:
                     finish(*pending, [])  # a prompt filling the context: no tokens
@@ -228,33 +256,35 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 if pending is None:
                     break
                 i, j = pending
-                if i not in pooled:
-                    free = sorted(set(range(pool_rows)) - set(pooled.values()))
-                    pooled[i] = free[0]
-                    fresh.append(i)
-                fill[s], src[s] = True, pooled[i]
+                if i // group not in pooled:
+                    pooled[i // group] = min(set(range(pool_groups)) - set(pooled.values()))
+                    fresh.append(i // group)
+                fill[s], src[s] = True, pooled[i // group] * group_rows + i % group
                 host.token[s], host.pos[s] = prompts[i][-1], lengths[i] - 1
                 host.step[s], host.budget[s] = 0, budgets[i]
                 host.sid[s], host.live[s], host.owner[s] = ids[i] * n + j, True, i * n + j
                 bufs[s] = []
                 pending = next(queue, None)
-            if fresh:
-                width = decoding.bucket_length(max(lengths[i] for i in fresh))
-                g = decoding.bucket_length(len(fresh), 1)
-                toks, _ = decoding.pad_rows([prompts[i] for i in fresh], g, width)
-                rows = np.full((g,), pool_rows, np.int32)  # dummies: dropped
-                rows[:len(fresh)] = [pooled[i] for i in fresh]
-                pool = _compiled("prefill", cfg)(params, pool, jnp.asarray(toks), jnp.asarray(rows))
-                stats.prefills += len(fresh)
+            for g in fresh:
+                members = prompts[g * group:(g + 1) * group]
+                toks, _ = decoding.pad_rows(members, group_rows,
+                                            decoding.bucket_length(max(map(len, members))))
+                rows = pooled[g] * group_rows + np.arange(group_rows, dtype=np.int32)
+                toks = partitioning.to_global(toks, mesh, split)  # as decoding.generate
+                pool = _compiled("prefill", cfg)(params, pool, toks, jnp.asarray(rows))
+                stats.prefills += len(members)
             if fill.any():
                 cache = _compiled("insert", ucfg)(cache, pool, partitioning.to_global(src, mesh),
                                                   partitioning.to_global(fill, mesh))
-            # Prompts all of whose samples have slots no longer need their pool row.
-            open_prompt = pending[0] if pending is not None else -1
-            pooled = {i: r for i, r in pooled.items() if i == open_prompt}
+            # Groups all of whose samples have slots no longer need their pool rows.
+            open_group = pending[0] // group if pending is not None else -1
+            pooled = {g: r for g, r in pooled.items() if g == open_group}
             yield from pop_completed()
             if not host.live.any():
                 break
+            if pending is None:
+                cache, host, bufs = _shrink(cache, host, bufs, ucfg, mesh)
+            width = len(host.live)
 
             run = _compiled("chunk", cfg, sp=sp, chunk=chunk)
             args = [partitioning.to_global(x, mesh) for x in
@@ -265,7 +295,10 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
             made = step - host.step
             stats.chunks += 1
             stats.tokens += int(made.sum())
-            stats.slot_steps += slots * int(made.max(initial=0))
+            stats.slot_steps += width * int(made.max(initial=0))
+            if pending is not None:
+                stats.queued_tokens += int(made.sum())
+                stats.queued_slot_steps += width * int(made.max(initial=0))
             for s in np.flatnonzero(made):
                 bufs[s].extend(out[s, :made[s]].tolist())
                 host.token[s] = out[s, made[s] - 1]
@@ -277,6 +310,20 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 host.owner[s] = -1
             host.live = live
         yield from pop_completed()
+
+
+def _shrink(cache, host: _Slots, bufs: list, cfg: DecoderConfig, mesh: Optional[Mesh]):
+    """The drain (nothing left to queue): halve the slots while the live ones fit in half,
+    so the last samples do not drag a mostly idle batch along. Rows are independent, so
+    moving a sample to another slot changes none of its tokens."""
+    width, shards = len(host.live), partitioning.batch_shards(mesh)
+    while width % 2 == 0 and (width // 2) % shards == 0 and host.live.sum() <= width // 2:
+        width //= 2
+    if width == len(host.live):
+        return cache, host, bufs
+    keep = np.concatenate([np.flatnonzero(host.live), np.flatnonzero(~host.live)])[:width]
+    cache = _compiled("take", cfg)(cache, partitioning.to_global(keep.astype(np.int32), mesh))
+    return cache, host.take(keep), [bufs[k] for k in keep]
 
 
 def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,

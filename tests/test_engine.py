@@ -31,7 +31,8 @@ MAX_LEN, EOS = 12, 7
 @pytest.fixture(scope="module")
 def params():
     # Scaled-up random weights, as tests/test_decoding.py: sharper, input-dependent draws.
-    return jax.tree_util.tree_map(lambda x: x * 3.0, nn.unbox(init_params(CFG, jax.random.PRNGKey(0))))
+    weights = nn.unbox(init_params(CFG, jax.random.PRNGKey(0)))
+    return jax.tree_util.tree_map(lambda x: x * 3.0, weights)
 
 
 def sampling(n, eos=EOS, **kw):
@@ -56,8 +57,9 @@ def test_same_samples_as_static_batching(params, n, slots, chunk):
         "some samples must end at EOS and some at the length limit"
     assert (lengths[4] <= 4).all() and (lengths[4] > 0).any() and (lengths[6] == 0).all()
     assert stats.tokens == lengths.sum() and stats.tokens <= stats.slot_steps
-    # Shared prefill: each prompt once, even when its samples take slots in several rounds.
-    assert stats.prefills == len(PROMPTS) - 1  # the full-context prompt needs no slot
+    # Each prompt is prefilled once (the full-context one only along with its group, as static
+    # batching prefills it), even when its samples take slots in several rounds.
+    assert stats.prefills == len(PROMPTS) - (-(-slots // n) == 1)
 
 
 def test_eos_at_the_first_step(params):
@@ -103,7 +105,8 @@ def test_attention_reads_only_the_filled_part_of_the_cache(params):
     poisoned = [tuple(x.at[:, layers.CACHE_BLOCK:].set(np.nan) for x in kv) for kv in big]
     logits, _ = extend(params, CFG, last, poisoned, jnp.asarray(lengths - 1))
     assert np.isfinite(np.asarray(logits)).all()
-    np.testing.assert_array_equal(logits, extend(params, CFG, last, small, jnp.asarray(lengths - 1))[0])
+    unpoisoned, _ = extend(params, CFG, last, small, jnp.asarray(lengths - 1))
+    np.testing.assert_array_equal(logits, unpoisoned)
 
 
 def test_prompts_stream_out_as_they_finish(params):
@@ -162,7 +165,7 @@ def read_lines(path):
 
 
 def test_infer_continuous_killed_and_resumed_writes_the_static_file(setup, monkeypatch):
-    static = read_lines(run_infer(setup, setup / "static.jsonl"))
+    static = read_lines(run_infer(setup, setup / "static.jsonl", engine="static"))
     output = str(setup / "continuous.jsonl")
     calls, real = [], engine._compiled
 
