@@ -257,7 +257,10 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                     break
                 i, j = pending
                 if i // group not in pooled:
-                    pooled[i // group] = min(set(range(pool_groups)) - set(pooled.values()))
+                    free = set(range(pool_groups)) - set(pooled.values())
+                    if not free:  # groups of mostly full-context prompts: wait a round
+                        break
+                    pooled[i // group] = min(free)
                     fresh.append(i // group)
                 fill[s], src[s] = True, pooled[i // group] * group_rows + i % group
                 host.token[s], host.pos[s] = prompts[i][-1], lengths[i] - 1
@@ -314,10 +317,13 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
 
 def _shrink(cache, host: _Slots, bufs: list, cfg: DecoderConfig, mesh: Optional[Mesh]):
     """The drain (nothing left to queue): halve the slots while the live ones fit in half,
-    so the last samples do not drag a mostly idle batch along. Rows are independent, so
-    moving a sample to another slot changes none of its tokens."""
+    so the last samples do not drag a mostly idle batch along. A decode step computes each
+    row alike in any batch of 2 or more rows on XLA:CPU (tests/test_engine.py; the bench's
+    2 x 1,024 samples), so moving a sample changes none of its tokens; a batch of 1 takes a
+    matrix-vector path that sums differently, so the slots stop at 2."""
     width, shards = len(host.live), partitioning.batch_shards(mesh)
-    while width % 2 == 0 and (width // 2) % shards == 0 and host.live.sum() <= width // 2:
+    while (width % 2 == 0 and width // 2 >= 2 and (width // 2) % shards == 0
+           and host.live.sum() <= width // 2):
         width //= 2
     if width == len(host.live):
         return cache, host, bufs
