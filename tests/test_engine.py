@@ -74,6 +74,20 @@ def test_eos_at_the_first_step(params):
     assert_same(static, continuous)
 
 
+def test_groups_of_mostly_full_context_prompts_wait_for_room_in_the_prefill_pool(params):
+    """Prefill groups of 4 whose prompts mostly fill the context take few slots, so one
+    refill round reaches more groups than the pool holds: the rest wait a round."""
+    prompts = []
+    for k in range(4):
+        prompts += [PROMPTS[6]] * 3 + [PROMPTS[k]]
+    static = decoding.generate(params, CFG, prompts, sampling(2), seed=8)
+    stats = engine.Stats()
+    continuous = engine.generate(params, CFG, prompts, sampling(2), seed=8, slots=8, chunk=4,
+                                 stats=stats)
+    assert_same(static, continuous)
+    assert stats.prefills == len(prompts)
+
+
 def test_greedy_and_top_p_match_static(params):
     for sp in (SamplingParams(num_samples=2, max_decode_len=MAX_LEN, temperature=0.0, eos_id=EOS),
                sampling(2, top_p=0.8, top_k=10)):
