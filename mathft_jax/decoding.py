@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
+from mathft_jax.models.layers import CACHE_BLOCK
 
 PAD_ID = 0
 MIN_BUCKET = 16
@@ -211,8 +212,21 @@ def prefill(params, cfg: DecoderConfig, prompts: jax.Array, cache_len: int):
     return cache
 
 
+def cache_length(prompt_len: int, max_decode_len: int) -> int:
+    """Cache slots for prompts of prompt_len then max_decode_len tokens, in whole attention
+    blocks (`layers.CACHE_BLOCK`), which attention reads in place."""
+    return -(-(prompt_len + max_decode_len) // CACHE_BLOCK) * CACHE_BLOCK
+
+
 def last_tokens(prompts: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(prompts, (lengths - 1)[:, None], axis=1)[:, 0]
+
+
+def token_log_prob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log softmax(logits)[token] per row, at temperature 1: a sample's log-likelihood under
+    the model, summed step by step by both engines (a baseline re-ranker, diagnostics.py)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
 def sample_keys(seed: jax.Array, sample_ids: jax.Array) -> jax.Array:
@@ -228,7 +242,7 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
     of each sampled token, at temperature 1)."""
     params, cfg = unroll_layers(params, cfg)
     n, max_len = sp.num_samples, sp.max_decode_len
-    cache_len = prompts.shape[1] + max_len
+    cache_len = cache_length(prompts.shape[1], max_len)
     if sp.share_prefill:
         cache = repeat_cache(prefill(params, cfg, prompts, cache_len), cfg, n)
     else:
@@ -254,10 +268,7 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
         new = jnp.where(done, PAD_ID, new)
         out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
         count = count + (~done).astype(jnp.int32)
-        # the sample's log-likelihood under the model (a baseline re-ranker, diagnostics.py)
-        token_logp = jnp.take_along_axis(jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)),
-                                         new[:, None], axis=-1)[:, 0]
-        logprob = logprob + jnp.where(done, 0.0, token_logp)
+        logprob = logprob + jnp.where(done, 0.0, token_log_prob(logits[:, 0], new))
         done = done | (new == sp.eos_id) | (step + 1 >= budget)
         return step + 1, new, cache, out, done, count, logprob
 

@@ -23,7 +23,7 @@ import logging
 import math
 import operator
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import gin
 import jax
@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning,
                         provenance, scoring, settings, storage)
+from mathft_jax import engine as engine_lib
 from mathft_jax.data import formats
 from mathft_jax.grading import POLICIES, extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -123,6 +124,25 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
     return records
 
 
+def batches_of(todo: list[int], batch_size: int,
+               stream) -> Iterator[tuple[list[int], decoding.Samples]]:
+    """The engine's per-prompt stream (positions in `todo`), regrouped into infer's batches
+    of `batch_size` consecutive todo problems, in order: the same chunk files as static
+    batching, so resume works the same. Prompts finishing early wait for their batch."""
+    finished: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    begin = 0
+    for k, tokens, lengths, logprobs in stream:
+        finished[k] = (tokens, lengths, logprobs)
+        while begin < len(todo):
+            ks = range(begin, min(begin + batch_size, len(todo)))
+            if not all(k in finished for k in ks):
+                break
+            rows = [finished.pop(k) for k in ks]
+            yield ([todo[k] for k in ks], decoding.Samples(*(np.stack([r[f] for r in rows])
+                                                             for f in range(3))))
+            begin += batch_size
+
+
 @gin.configurable("infer")
 @dataclasses.dataclass(frozen=True)
 class InferConfig:
@@ -133,6 +153,13 @@ class InferConfig:
     every entry point builds (`make_mesh.*` in gin); decoding splits the sequences over its
     data and fsdp axes. evaluator_checkpoint (same DecoderConfig) fills each sample's
     `score` with S(X|P) (batch size: `score_records.batch_size`).
+    engine: "continuous" (`mathft_jax.engine`: `slots` sequences decoded together, default
+    batch_size * num_samples, refilled every `chunk` steps from a queue of every problem to
+    do, prefilled in groups of batch_size; it always shares prefill) or "static"
+    (`decoding.generate`, a batch at a time, each until its longest sample ends). Both write
+    the same file, sample for sample (docs/ARCHITECTURE.md, "Continuous batching");
+    continuous decoded 2.1-2.9x the useful tokens/s at MATH's spread of lengths
+    (bench/decode.py, docs/PERFORMANCE.md).
     """
 
     checkpoint: Optional[str] = None
@@ -154,12 +181,19 @@ class InferConfig:
     # How a sample's answer is read: strict (\boxed{}, models trained to box) or lenient
     # (answer sentences, closing math, units...: few-shot and instruct models); docs/grading.md
     extraction_policy: str = "strict"
+    engine: str = "continuous"
+    slots: int = 0  # 0: batch_size * num_samples, static batching's rows
+    chunk: int = engine_lib.DEFAULT_CHUNK
 
     def validate(self) -> "InferConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
         settings.check("infer", num_samples=self.num_samples, max_decode_len=self.max_decode_len,
                        top_k=(self.top_k, 0), batch_size=self.batch_size,
-                       max_problems=self.max_problems, seed=(self.seed, 0))
+                       max_problems=self.max_problems, seed=(self.seed, 0),
+                       slots=(self.slots, 0), chunk=self.chunk)
+        if self.engine not in ("static", "continuous"):
+            raise settings.SettingError(f"infer.engine={self.engine!r} must be 'static' or "
+                                        "'continuous'")
         settings.check_real("infer", "temperature", self.temperature, 0.0, math.inf)
         settings.check_real("infer", "top_p", self.top_p, 0.0, 1.0, low_open=True)
         if self.extraction_policy not in POLICIES:
@@ -194,6 +228,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
                                        int(vocab.eos_id), share_prefill).validate()
     mesh = partitioning.make_mesh()
     partitioning.check_batch_divisible(batch_size, mesh, "infer.batch_size")
+    slots = run.slots or batch_size * num_samples
+    partitioning.check_batch_divisible(slots, mesh, "infer.slots")
     rules = partitioning.rules_for(cfg, mesh)
     problems = load_problems(task, split, problems_file)[:max_problems]
     todo = [i for i, done in enumerate(done_mask(problems, output_path)) if not done]
@@ -205,24 +241,29 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
-    tokens, started = 0, time.perf_counter()
-    for begin in range(0, len(todo), batch_size):
-        index = todo[begin:begin + batch_size]
+    tokens, sampled, started = 0, 0, time.perf_counter()
+    prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(problems[i]["problem"])))
+               for i in todo]
+    common = dict(seed=seed, mesh=mesh, rules=rules, truncate_prompts=truncate_prompts)
+    if run.engine == "continuous":
+        batches = batches_of(todo, batch_size, engine_lib.stream(
+            params, cfg, prompts, sampling, prompt_ids=todo, slots=slots, chunk=run.chunk,
+            prefill_group=batch_size, **common))
+    else:
+        batches = ((todo[b:b + batch_size], decoding.generate(
+            params, cfg, prompts[b:b + batch_size], sampling, prompt_ids=todo[b:b + batch_size],
+            pad_to=batch_size, **common)) for b in range(0, len(todo), batch_size))
+    for index, samples in batches:
         batch = [problems[i] for i in index]
-        prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(p["problem"])))
-                   for p in batch]
-        samples = decoding.generate(params, cfg, prompts, sampling, seed=seed, prompt_ids=index,
-                                    mesh=mesh, rules=rules, truncate_prompts=truncate_prompts,
-                                    pad_to=batch_size)
         records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
         if evaluator is not None:  # every process: scoring is collective on a mesh
             scoring.score_records(evaluator, cfg, vocab, records, mesh=mesh, rules=rules,
                                   start_id=start_id)
         if writer:
             write_chunk(output_path, index[0], records)
-        tokens += int(samples.lengths.sum())
+        tokens, sampled = tokens + int(samples.lengths.sum()), sampled + len(batch)
         bar.update(len(batch))
-        bar.set_postfix(samples=(begin + len(batch)) * num_samples,
+        bar.set_postfix(samples=sampled * num_samples,
                         tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
     bar.close()
     if writer:

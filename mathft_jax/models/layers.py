@@ -16,6 +16,9 @@ import numpy as np
 from mathft_jax.models.config import DecoderConfig
 
 NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, weights
+# Attention over a KV cache reads it in blocks of this many slots (`Attention._cache_attention`);
+# caches whose length is a multiple of it are read in place.
+CACHE_BLOCK = 64
 # `jax.nn.dot_product_attention` backend of attention_impl="cudnn" (a GPU-only kernel; the
 # tests swap in None, JAX's XLA version, to check the call on CPU).
 FUSED_ATTENTION_IMPL = "cudnn"
@@ -141,18 +144,15 @@ class Attention(nn.Module):
             v_all = nn.with_logical_constraint(v_all, ("batch", "cache_length", "kv_heads", "head_dim"))
             new_cache = (k_all, v_all)
             q_index = cache_index[:, None] + jnp.arange(t)[None, :]
-            k_index = jnp.broadcast_to(jnp.arange(k_all.shape[1])[None, :], (b, k_all.shape[1]))
-            mask = attention_mask(q_index, k_index, None, None, window)
-            k, v = k_all.astype(cdt), v_all.astype(cdt)
+            out = self._cache_attention(q, k_all.astype(cdt), v_all.astype(cdt), q_index, window)
         else:
             index = jnp.broadcast_to(jnp.arange(t)[None, :], (b, t))
             mask = attention_mask(index, index, segment_ids, segment_ids, window)
-
-        if cfg.attention_impl == "cudnn" and cache is None and cfg.attn_logit_softcap is None:
-            # segments need the mask; without them is_causal (and the window) say it all
-            out = self._fused_attention(q, k, v, None if segment_ids is None else mask, window)
-        else:
-            out = self._xla_attention(q, k, v, mask)
+            if cfg.attention_impl == "cudnn" and cfg.attn_logit_softcap is None:
+                # segments need the mask; without them is_causal (and the window) say it all
+                out = self._fused_attention(q, k, v, None if segment_ids is None else mask, window)
+            else:
+                out = self._xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = jnp.einsum("bthk,hkd->btd", out, wo.astype(cdt))
         return y, new_cache
@@ -190,6 +190,59 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
         return out.reshape(b, t, h, hd)
+
+    def _cache_attention(self, q, k, v, q_index, window):
+        """Attention of q [b, t, h, hd] at cache slots q_index [b, t] over the cache k, v
+        [b, S, kvh, hd], reading only its filled part: blocks of CACHE_BLOCK slots up to the
+        batch's furthest query, in a loop with an online softmax (flash decoding's running
+        max, sum and weighted values, in float32).
+
+        Two things follow. A step's attention cost follows the live lengths, not the
+        cache's capacity. And the result is the same bit for bit whatever the capacity, the
+        bucket a prompt was padded to, or how far other rows of the batch reach: each block
+        is one fixed-shape loop body, and a block past a row's own slot is fully masked,
+        which leaves its running state exactly unchanged (correction exp(0) = 1, weights
+        exp(NEG_INF - max) = 0). A softmax over all S slots is not: XLA:CPU sums in an order
+        that depends on S, the logits differ in the last bits, and samples flip (1 of 128
+        MATH-length samples between `decoding.generate` and `mathft_jax.engine` before this).
+        """
+        cfg = self.cfg
+        b, t, h, hd = q.shape
+        s, kvh = k.shape[1], k.shape[2]
+        pad = -s % CACHE_BLOCK
+        if pad:  # a copy: callers size caches in whole blocks to avoid it
+            k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (k, v))
+        qg = q.reshape(b, t, kvh, h // kvh, hd)
+
+        def block(i, state):
+            m, total, acc = state
+            start = i * CACHE_BLOCK
+            kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, CACHE_BLOCK, axis=1) for x in (k, v))
+            k_index = jnp.broadcast_to(start + jnp.arange(CACHE_BLOCK)[None, :], (b, CACHE_BLOCK))
+            mask = attention_mask(q_index, k_index, None, None, window)[:, 0]  # [b, 1, t, B]
+            logits = jnp.einsum("btkgd,bskd->bkgts", qg, kb, preferred_element_type=jnp.float32)
+            logits = logits * self._scale()
+            if cfg.attn_logit_softcap is not None:
+                cap = cfg.attn_logit_softcap
+                logits = cap * jnp.tanh(logits / cap)
+            logits = jnp.where(mask[:, :, None], logits, NEG_INF)
+            m_new = jnp.maximum(m, logits.max(axis=-1))
+            probs = jnp.exp(logits - m_new[..., None])
+            correction = jnp.exp(m - m_new)
+            total = total * correction + probs.sum(axis=-1)
+            values = jnp.einsum("bkgts,bskd->bkgtd", probs.astype(v.dtype), vb,
+                                preferred_element_type=jnp.float32)
+            return m_new, total, acc * correction[..., None] + values
+
+        stats = (b, kvh, h // kvh, t)
+        state = (jnp.full(stats, NEG_INF, jnp.float32), jnp.zeros(stats, jnp.float32),
+                 jnp.zeros(stats + (hd,), jnp.float32))
+        # Trip count from the data, never a constant: XLA would inline a one-trip loop into
+        # its surroundings and compile that block differently.
+        blocks = jnp.max(q_index) // CACHE_BLOCK + 1
+        _, total, acc = jax.lax.fori_loop(0, blocks, block, state)
+        out = (acc / total[..., None]).astype(q.dtype)  # [b, kvh, g, t, hd]
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
 def _write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
