@@ -117,8 +117,10 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
     records = []
     for i, problem in enumerate(batch):
         texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
+        # logprob to 1e-4 nats: the engines agree token for token, but a sum computed in
+        # another batch shape (a resumed run's drain) can differ in float32's last bits
         entries = [{"text": text, "answer": extract_answer(text, policy=policy),
-                    "logprob": float(logprob), "num_tokens": int(n)}
+                    "logprob": round(float(logprob), 4), "num_tokens": int(n)}
                    for text, logprob, n in zip(texts, samples.logprobs[i], samples.lengths[i])]
         records.append({**problem, "extraction_policy": policy, "samples": entries})
     return records

@@ -42,8 +42,10 @@ def sampling(n, eos=EOS, **kw):
 def assert_same(static, continuous):
     np.testing.assert_array_equal(continuous.lengths, static.lengths)
     np.testing.assert_array_equal(continuous.tokens, static.tokens)
-    # the samples' log-likelihoods too: the same float32 sum, step by step
-    np.testing.assert_array_equal(continuous.logprobs, static.logprobs)
+    # the samples' log-likelihoods too: the same float32 sum, step by step (bit for bit
+    # where the shapes are static batching's, as infer's defaults make them; other slot
+    # counts reduce the vocabulary in other batch shapes, last bits apart)
+    np.testing.assert_allclose(continuous.logprobs, static.logprobs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n,slots,chunk", [(6, 4, 3), (2, 8, 5), (3, 3, 1)],
