@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 from mathft_jax import atomic, diagnostics, voting
 
 CURVE_METRICS = ("maj1_at_n", "rr_topk", "wrr_majk")
-NAMES = {"ssft": "SSFT", "mtsf": "MTSF"}
+NAMES = {"ssft": "SSFT", "mtsf": "MTSF", "dpo": "DPO", "grpo": "GRPO"}
 
 
 def results_table(results: Mapping[str, dict]) -> str:
@@ -85,7 +85,8 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels([voting.metric_label(m, k) for m in names], rotation=30, ha="right")
     ax.set_ylabel("accuracy")
-    ax.set_title("SSFT against MTSF" if len(results) > 1 else "Metrics")
+    ax.set_title(" against ".join(NAMES.get(g, g) for g in results) if len(results) > 1
+                 else "Metrics")
     ax.legend()
     fig.tight_layout()
     save_figure(fig, os.path.join(out_dir, "ssft_vs_mtsf.png"))
