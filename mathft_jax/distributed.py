@@ -210,6 +210,14 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def progress_bar(enabled: bool, start: int, total: int, desc: str, unit: str):
+    """A tqdm bar on process 0 (None elsewhere, or when disabled): the loops' one bar."""
+    if not enabled or not is_main_process():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc=desc, unit=unit, dynamic_ncols=True)
+
+
 def quiet_other_processes() -> None:
     """Keep INFO logs on process 0 only, so N processes do not print everything N times
     (warnings and errors still come from every process)."""

@@ -184,7 +184,7 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
                           donate_argnums=0)
         eval_fn = jax.jit(make_eval_step(cfg, objective))
         preemption.install()
-        bar = _progress_bar(progress, start, total_steps)
+        bar = distributed.progress_bar(progress, start, total_steps, "train", "step")
         last, preempted, step, pending = {}, False, start, None
         if _poll_preemption(start, 1):  # SIGTERM during start-up: no step ran, none to save
             logging.warning("SIGTERM before the first step: exiting at step %d", start)
@@ -294,13 +294,6 @@ def _evaluate(eval_fn, params, iterator, max_batches: int, mesh) -> dict:
             totals[k] = totals.get(k, 0.0) + float(v)
     w = max(totals.pop("weight", 0.0), 1.0)
     return {k: v / w for k, v in totals.items()}
-
-
-def _progress_bar(enabled: bool, start: int, total: int):
-    if not enabled or not distributed.is_main_process():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
 def main(argv):

@@ -195,7 +195,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
                                              temperature=temperature))
     preemption.install()
-    bar = _progress_bar(progress, start, iterations)
+    bar = distributed.progress_bar(progress, start, iterations, "grpo", "iter")
     last, preempted, iteration = {}, False, start
     try:
         for iteration in range(start + 1, iterations + 1):
@@ -338,13 +338,6 @@ def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg
     if init_checkpoint:
         return checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
     return init_state(cfg, optimizer, shardings, seed).params
-
-
-def _progress_bar(enabled: bool, start: int, total: int):
-    if not enabled or not distributed.is_main_process():
-        return None
-    from tqdm import tqdm  # noqa: PLC0415
-    return tqdm(total=total, initial=start, desc="grpo", unit="iter", dynamic_ncols=True)
 
 
 def main(argv):
