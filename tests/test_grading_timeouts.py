@@ -8,7 +8,10 @@ import pytest
 from mathft_jax.grading import answer_key, extract_answer, is_equiv, warm_up
 from mathft_jax.grading.timeout import HelperPool, SympyHelper
 
-BOUND_S = 2.0  # generous: the guards answer in milliseconds; CI machines are slow
+# Slack over the deadline under test: the guards answer in milliseconds, the pool in its
+# deadline; generous, since CI machines may run two test suites at once. The unbounded code
+# took 28-116 s on these inputs.
+BOUND_S = 10.0
 
 
 def pathological_answers():
