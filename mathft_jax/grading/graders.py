@@ -8,6 +8,7 @@ the whole text with math-verify's own extraction (the policy does not apply to i
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -51,6 +52,7 @@ def _prm800k(text, answer, gold, deadline: Deadline) -> bool:
 
 
 _MATH_VERIFY = timeout.HelperPool(worker=pathlib.Path(__file__).with_name("math_verify_worker.py"))
+atexit.register(_MATH_VERIFY.stop)
 
 
 def _math_verify(text, answer, gold, deadline: Deadline) -> bool:
