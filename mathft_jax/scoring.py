@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mathft_jax import decoding, partitioning
-from mathft_jax.data.formats import evaluator_prompt, evaluator_target
+from mathft_jax.data.formats import evaluator_prompt, evaluator_target, solution_prefixes
 from mathft_jax.models.config import DecoderConfig
 
 
@@ -122,15 +122,24 @@ def score_groups(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
 
 @gin.configurable(denylist=["params", "cfg", "vocab", "records"])
 def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
-                  batch_size: int = 64, **kwargs) -> int:
+                  batch_size: int = 64, steps: bool = False, **kwargs) -> int:
     """Set every sample's `score` to S(X|P), in place, for candidates records
     (docs/formats.md); returns how many were scored. `batch_size` (gin
     `score_records.batch_size`, the one setting for infer's and the pipeline's scoring) and
-    the keyword arguments as `score_solutions`."""
-    groups = score_groups(params, cfg, vocab, [r["problem"] for r in records],
-                          [[s["text"] for s in r["samples"]] for r in records],
+    the keyword arguments as `score_solutions`.
+
+    steps: score = the least S over the candidate's line prefixes (formats.solution_prefixes),
+    for an evaluator trained on them (task scr_steps_pairwise): a solution is as good as its
+    worst step."""
+    texts = [[s["text"] for s in r["samples"]] for r in records]
+    if steps:
+        texts = [[prefix for text in group for prefix in solution_prefixes(text)] for group in texts]
+    groups = score_groups(params, cfg, vocab, [r["problem"] for r in records], texts,
                           batch_size=batch_size, **kwargs)
     for record, group in zip(records, groups):
+        if steps:  # back from prefixes to samples: the minimum over each sample's own
+            sizes = [len(solution_prefixes(s["text"])) for s in record["samples"]]
+            group = [part.min() for part in np.split(group, np.cumsum(sizes)[:-1])]
         for sample, score in zip(record["samples"], group):
             sample["score"] = float(score)
-    return sum(len(group) for group in groups)
+    return sum(len(r["samples"]) for r in records)

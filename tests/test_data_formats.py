@@ -163,5 +163,36 @@ def test_evaluator_heldout_is_by_problem_and_stable():
     assert {r["problem_id"] for r in again} == {r["problem_id"] for r in out} & {
         r["problem_id"] for r in records[500:]}  # any order, any subset: the same problems
     assert formats.evaluator_heldout(records, "validation") == []  # default: all train
+    first = formats.evaluator_heldout(records, "train", fraction=0.2, max_train_problems=7)
+    assert first == kept[:7]  # the first problems of the train split, in file order
+    assert formats.evaluator_heldout(records, "validation", fraction=0.2,
+                                     max_train_problems=7) == out  # held-out split untouched
     with pytest.raises(ValueError, match="fraction"):
         formats.evaluator_heldout(records, "train", fraction=1.5)
+
+
+def test_step_checks_and_prefix_labels():
+    assert [formats.check_step(s) for s in ("3 + 4 = 7", "12 / 4 = 3", "12 / 5 = 2", "2 * 6 = 13",
+                                            " 9 - 11 = -2 ", "\\boxed{7}", "7 = 3 + 4")] == [
+        True, True, False, False, True, None, None]
+    text = "3 + 4 = 7\n7 * 2 = 15\n15 - 1 = 14\n\\boxed{14}"
+    assert formats.solution_prefixes(text + "\n") == [
+        "3 + 4 = 7", "3 + 4 = 7\n7 * 2 = 15", "3 + 4 = 7\n7 * 2 = 15\n15 - 1 = 14", text]
+    assert formats.prefix_labels(text, False) == [True, False, False, False]
+    assert formats.prefix_labels("3 + 4 = 7\n\\boxed{7}", True) == [True, True]
+    # Wrong, yet every step checks out (a misread operand): the partial prefixes are unknown.
+    assert formats.prefix_labels("3 + 5 = 8\n8 * 2 = 16\n\\boxed{16}", False) == [None, None, False]
+
+
+def test_step_records_label_prefixes_and_drop_unknown_ones():
+    records = [{"problem_id": "p", "problem": "Compute (3 + 4) * 2.", "samples": [
+        {"text": "3 + 4 = 7\n7 * 2 = 14\n\\boxed{14}", "correct": True},
+        {"text": "3 + 4 = 8\n8 * 2 = 16\n\\boxed{16}", "correct": False},
+        {"text": "3 + 5 = 8\n\\boxed{8}", "correct": False}]}]
+    (out,) = formats.step_records(records)
+    assert out["problem"] == records[0]["problem"]
+    assert [(s["text"].count("\n"), s["correct"]) for s in out["samples"]] == [
+        (0, True), (1, True), (2, True), (0, False), (1, False), (2, False), (1, False)]
+    examples, stats = formats.pairwise_examples(formats.step_records(records), num_pairs=50)
+    assert stats["pairs"] == 3 * 4  # 3 right prefixes x 4 wrong ones, each pair once
+    assert {e["targets"] for e in examples} == {" correct", " incorrect"}

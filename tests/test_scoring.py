@@ -121,3 +121,22 @@ def test_score_groups_split_one_flat_call_per_problem(params):
     assert scoring.score_groups(params, CFG, vocab, [], [], start_id=START) == []
     with pytest.raises(ValueError, match=r"problems \(1\) and solution groups \(2\)"):
         scoring.score_groups(params, CFG, vocab, PROBLEMS[:1], [[], []], start_id=START)
+
+
+def test_score_records_steps_is_the_least_score_over_line_prefixes(params):
+    solutions = ["3 + 4 = 7\n7 * 2 = 15\n\\boxed{15}", "\\boxed{9}", "1 + 1 = 2\n\\boxed{2}"]
+    records = [{"problem": PROBLEMS[0], "samples": [{"text": t} for t in solutions[:2]]},
+               {"problem": PROBLEMS[1], "samples": [{"text": solutions[2]}]}]
+    assert scoring.score_records(params, CFG, FakeVocab(), records, batch_size=3,
+                                 start_id=START, steps=True) == 3
+    for record in records:
+        for sample in record["samples"]:
+            prefixes = sample["text"].split("\n")
+            prefixes = ["\n".join(prefixes[:i]) for i in range(1, len(prefixes) + 1)]
+            want = direct_scores(params, [record["problem"]] * len(prefixes), prefixes).min()
+            np.testing.assert_allclose(sample["score"], want, atol=1e-5, rtol=0)
+    whole = [dict(s) for s in records[0]["samples"]]
+    scoring.score_records(params, CFG, FakeVocab(), [{"problem": PROBLEMS[0], "samples": whole}],
+                          batch_size=3, start_id=START)
+    assert whole[0]["score"] >= records[0]["samples"][0]["score"]  # the whole is one prefix
+    assert whole[1]["score"] == pytest.approx(records[0]["samples"][1]["score"], abs=1e-6)

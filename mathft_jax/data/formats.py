@@ -8,8 +8,9 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import re
 import zlib
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import gin
 import numpy as np
@@ -50,18 +51,26 @@ def evaluator_target(correct: bool, positive: str = CORRECT_TARGET,
 
 
 @gin.configurable
-def evaluator_heldout(records: Iterable[dict], split: str, fraction: float = 0.0) -> list[dict]:
+def evaluator_heldout(records: Iterable[dict], split: str, fraction: float = 0.0,
+                      max_train_problems: Optional[int] = None) -> list[dict]:
     """The graded records of an evaluator split: "validation" holds about `fraction` of the
     problems (chosen by a hash of the problem id, so it is stable as the file grows),
     "train" the rest. The trainer's `eval_every` then reports the evaluator's held-out pair
-    accuracy and loss. fraction 0 (the default): everything trains."""
+    accuracy and loss. fraction 0 (the default): everything trains.
+
+    max_train_problems: "train" keeps only its first that many problems (file order), so a
+    study can vary the evaluator's data from one sampled file (bench/evaluator_study.py)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"evaluator_heldout.fraction={fraction!r} must be in [0, 1)")
+    if max_train_problems is not None and max_train_problems < 1:
+        raise ValueError(f"evaluator_heldout.max_train_problems={max_train_problems!r} must be "
+                         "positive (or None: all)")
     if split not in ("train", "validation"):
         raise ValueError(f"evaluator tasks have splits train and validation, not {split!r}")
     cut = int(round(fraction * 10_000))
     held = lambda r: zlib.crc32(str(r["problem_id"]).encode("utf-8")) % 10_000 < cut  # noqa: E731
-    return [r for r in records if held(r) == (split == "validation")]
+    kept = [r for r in records if held(r) == (split == "validation")]
+    return kept[:max_train_problems] if split == "train" else kept
 
 
 def problem_rng(seed: int, problem_id: str) -> np.random.Generator:
@@ -80,6 +89,59 @@ def split_by_correctness(samples: Iterable[dict], dedupe: bool = True) -> tuple[
         seen.add(text)
         (correct if sample["correct"] else incorrect).append(text)
     return correct, incorrect
+
+
+# ----------------------------------------------------------------------------- step prefixes
+# A verifier's easier curriculum: every line-prefix of a candidate, labelled by whether it is
+# still right. A label then follows the step it judges, so checking is local (bench/
+# evaluator_study.py, docs/RESULTS.md). Steps are checked when they are arithmetic
+# ("a op b = c", the synthetic steps style writes one per operation).
+
+ARITHMETIC_STEP = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+
+
+def check_step(line: str) -> Optional[bool]:
+    """Whether an "a op b = c" line is right (division exact); None for any other line."""
+    m = ARITHMETIC_STEP.match(line)
+    if not m:
+        return None
+    a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+    if op == "/":
+        return b != 0 and a == b * c
+    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
+
+
+def solution_prefixes(text: str) -> list[str]:
+    """The candidate cut after each of its lines; the last is the whole (stripped) text."""
+    lines = text.rstrip().split("\n")
+    return ["\n".join(lines[:i]) for i in range(1, len(lines) + 1)]
+
+
+def prefix_labels(text: str, correct: bool) -> list[Optional[bool]]:
+    """Per prefix (`solution_prefixes`): False from the first wrong checkable step on, True
+    before it, and the grade for the whole text. A wrong candidate with no wrong checkable
+    step has its error where no check sees it: its partial prefixes are None (unknown)."""
+    checks = [check_step(line) for line in text.rstrip().split("\n")]
+    visible = any(c is False for c in checks)
+    labels, ok = [], True
+    for c in checks[:-1]:
+        ok = ok and c is not False
+        labels.append(False if not ok else (True if correct or visible else None))
+    return labels + [bool(correct)]
+
+
+def step_records(records: Iterable[dict]) -> list[dict]:
+    """Graded records whose samples are their candidates' labelled prefixes (unknown ones
+    dropped), for the pair and pointwise builders."""
+    out = []
+    for record in records:
+        samples = [{"text": prefix, "correct": label}
+                   for sample in record["samples"]
+                   for prefix, label in zip(solution_prefixes(sample["text"]),
+                                            prefix_labels(sample["text"], sample["correct"]))
+                   if label is not None]
+        out.append({**record, "samples": samples})
+    return out
 
 
 def _pair_order_uniform(n_pos: int, n_neg: int, count: int, rng: np.random.Generator):

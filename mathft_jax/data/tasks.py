@@ -31,9 +31,11 @@ SSFT_MIXTURE = "math_ssft_mix"
 # Evaluator-format tasks: the target is the label (" correct" / " incorrect") alone, with no
 # EOS, so training and `scoring.score_solutions` compute the same label log-likelihood for
 # any vocabulary (no eos id to keep in agreement).
-EVALUATOR_LABEL_TASKS = ("scr_pairwise", "scr_pointwise")
+# scr_steps_pairwise: the pairs of scr_pairwise over labelled solution prefixes
+# (formats.step_records), for an evaluator scored with `score_records.steps = True`.
+EVALUATOR_LABEL_TASKS = ("scr_pairwise", "scr_pointwise", "scr_steps_pairwise")
 TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
-              *SYNTHETIC_TASKS, "scr_pairwise", "scr_pointwise",
+              *SYNTHETIC_TASKS, *EVALUATOR_LABEL_TASKS,
               "scr_sequence_pairwise", "dpo_pairs")
 
 
@@ -128,6 +130,8 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
         "math_test5k": {"test": generation(sources.problems, "math", "test")},
         "scr_pairwise": evaluator(formats.pairwise_examples),
         "scr_pointwise": evaluator(formats.pointwise_examples),
+        "scr_steps_pairwise": evaluator(lambda records: formats.pairwise_examples(
+            formats.step_records(records))),
         "scr_sequence_pairwise": evaluator(formats.sequence_pair_examples),
         "dpo_pairs": {"train": lambda: _preference_examples(preference_file)},
     }

@@ -1,0 +1,255 @@
+"""Evaluator study (issue #16): when does the SCR evaluator beat majority voting?
+
+    .venv/bin/python bench/evaluator_study.py --seeds=0,1,2 --out_dir=runs/evaluator_study
+
+On the synthetic curriculum with the tiny model (gin_configs/runs/synthetic_base.gin), per
+seed and per generator (SSFT length: how strong the generator is), one base run trains
+SSFT, samples and grades `--train_problems` training problems (the evaluator's data) and
+the test problems. Every evaluator setting then reuses that base (its stages are linked,
+so settings differ only in what the SCR stage does) and runs SCR -> score -> evaluate.
+
+A setting varies the evaluator's data (problems, pairs per problem, steps), its loss
+(margin, xent, a mix), its labels (the paper's words, or one token each) and its template
+(the paper's, or the generation prompt followed by the question). For each it reports:
+held-out pair accuracy (10% of the training problems, never trained on), and on the test
+problems the within-problem pair accuracy and AUC of S, RR.Top-K, W.RR.MajK and Maj1@N,
+with the generator's own mean log-probability (RR.LL.Top-K) as the baseline to beat.
+Results: <out_dir>/study.json and, with --results_md, a markdown table with mean +- std
+over seeds plus two plots. Finished stages are skipped, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_GIN = "gin_configs/runs/ssft_scr.gin"
+HELDOUT = 0.1  # share of the training problems held out from the evaluator's training
+# The generation prompt, then the evaluator's question: the candidate is read in the very
+# format the SSFT model was trained to write it in.
+GENERATION_TEMPLATE = ("Problem:\\n{problem}\\n\\nSolution:\\n{solution}\\n\\n"
+                       "The above candidate solution is")
+
+# Generator strength: SSFT steps (synthetic_base.gin: 350, as `make demo`).
+GENERATORS = {
+    "ssft350": ["ssft/train.total_steps=350"],
+    "ssft1000": ["ssft/train.total_steps=1000"],
+}
+
+
+def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="words",
+             template="paper", lr=1e-3, data="solutions"):
+    """gin bindings of one evaluator setting (SCR-side only: the base stages are shared)."""
+    weights = {"margin": (1.0, 0.2), "xent": (0.0, 1.0), "mix": (1.0, 1.0)}[loss]
+    b = [f"evaluator_heldout.max_train_problems={problems}",
+         f"pairwise_examples.num_pairs={pairs}",
+         f"scr/train.total_steps={steps}", f"scr/train.batch_size={batch}",
+         f"scr/learning_rate_schedule.peak={lr}",
+         f"scr/learning_rate_schedule.warmup_steps={max(steps // 10, 1)}",
+         f"evaluator_objective.margin_weight={weights[0]}",
+         f"evaluator_objective.xent_weight={weights[1]}",
+         # Held-out pair accuracy four times a run, over the whole held-out split.
+         f"scr/train.eval_every={max(steps // 4, 1)}", "scr/train.eval_steps=100000"]
+    if labels == "single":  # one byte each: the label is one decision, not 8-10 tokens
+        b += ["evaluator_target.positive='Y'", "evaluator_target.negative='N'"]
+    if data == "prefixes":  # every labelled line prefix; a sample scores its worst prefix
+        b += ["pipeline.scr_task='scr_steps_pairwise'", "score_records.steps=True"]
+    if template == "generation":
+        b += [f"evaluator_prompt.template='{GENERATION_TEMPLATE}'"]
+    return b
+
+
+# name -> (what it varies, bindings). "demo" is make demo's SCR stage on more data.
+SETTINGS = {
+    "demo": ("make demo's SCR (128 problems, 4 pairs, 80 steps)", _setting(problems=128)),
+    "data_1k": ("1024 problems, 4 pairs, 80 steps", _setting()),
+    "data_1k_300": ("1024 problems, 4 pairs, 300 steps", _setting(steps=300)),
+    "data_1k_10p_600": ("1024 problems, 10 pairs, 600 steps", _setting(pairs=10, steps=600)),
+    "xent_300": ("xent loss, 300 steps", _setting(steps=300, loss="xent")),
+    "mix_300": ("margin + xent, 300 steps", _setting(steps=300, loss="mix")),
+    "single_300": ("single-token labels, 300 steps", _setting(steps=300, labels="single")),
+    "gen_300": ("generation template, 300 steps", _setting(steps=300, template="generation")),
+    "gen_single_300": ("generation template, single-token labels, 300 steps",
+                       _setting(steps=300, template="generation", labels="single")),
+    "prefixes_300": ("line prefixes labelled step by step, 300 steps",
+                     _setting(steps=300, data="prefixes")),
+}
+
+
+def run_pipeline(run_dir: str, seed: int, bindings: list, log) -> float:
+    cmd = [sys.executable, "-m", "mathft_jax.pipeline", f"--gin_file={BASE_GIN}"]
+    bindings = [f"pipeline.run_dir='{run_dir}'", f"train.seed={seed}", f"infer.seed={seed}",
+                f"evaluator_heldout.fraction={HELDOUT}"] + bindings
+    # The study makes its runs from shared stages itself, so the rerun check is off.
+    bindings.append("pipeline.ignore_config_changes=True")
+    cmd += [f"--gin_bindings={b}" for b in bindings] + ["--verbosity=-1"]
+    env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+    t0 = time.time()
+    log.write(f"\n$ {shlex.join(cmd)}\n")
+    log.flush()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=log, stderr=log)
+    return time.time() - t0
+
+
+def link(src_run: str, dst_run: str, stages) -> None:
+    os.makedirs(dst_run, exist_ok=True)
+    for stage in stages:
+        dst = os.path.join(dst_run, stage)
+        if not os.path.lexists(dst):
+            os.symlink(os.path.join(src_run, stage), dst)
+
+
+def heldout_pair_accuracy(run_dir: str) -> float | None:
+    """The SCR stage's last held-out pair accuracy (the trainer's eval/ metrics)."""
+    path = os.path.join(run_dir, "scr", "checkpoints", "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    value = None
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "eval/pair_accuracy" in row:
+                value = row["eval/pair_accuracy"]
+    return value
+
+
+def summary(run_dir: str, bindings: list) -> dict:
+    with open(os.path.join(run_dir, "evaluate", "results.json")) as f:
+        res = json.load(f)["ssft"]
+    m, d = res["metrics"], res["diagnostics"]
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
+    return {
+        "heldout_pair_accuracy": heldout_pair_accuracy(run_dir),
+        "test_pair_accuracy": d["evaluator"]["pair_accuracy"]["value"],
+        "test_auc": d["evaluator"]["auc"],
+        "loglik_pair_accuracy": d["loglik"]["pair_accuracy"]["value"],
+        "pass_at_1": pct(m["pass_at_1"]["value"]),
+        "maj1_at_n": pct(m["maj1_at_n"]["value"]),
+        "rr_topk": pct(m["rr_topk"]["value"]),
+        "wrr_majk": pct(m["wrr_majk"]["value"]),
+        "rr_ll_topk": pct(d["baselines"]["rr_ll_topk"]["value"]),
+        "rr_topk_minus_maj1": pct(d["deltas"]["rr_topk - maj1_at_n"]["value"]),
+        "scr_pairs_seen": _pairs_seen(bindings),
+    }
+
+
+def _pairs_seen(bindings: list) -> int:
+    """Evaluator pairs the SCR stage trains on: steps x pairs per batch (4 rows a pair)."""
+    value = dict(b.split("=", 1) for b in bindings)
+    return int(value["scr/train.total_steps"]) * int(value["scr/train.batch_size"]) // 4
+
+
+def run_study(out_dir: str, seeds: list, generators: list, settings: list,
+              train_problems: int) -> dict:
+    study = {}
+    with open(os.path.join(out_dir, "log.txt"), "a") as log:
+        for seed in seeds:
+            for gen in generators:
+                root = os.path.join(out_dir, f"seed{seed}", gen)
+                base = os.path.join(root, "base")
+                base_bindings = GENERATORS[gen] + [
+                    f"sample_train/infer.max_problems={train_problems}"]
+                if not os.path.exists(os.path.join(base, "sample_eval", "DONE.json")):
+                    # SSFT, the evaluator's data and the test samples, once per generator
+                    # (its SCR stage is make demo's, on the base's data: setting "demo").
+                    secs = run_pipeline(base, seed, base_bindings + ["pipeline.stop_after='sample_eval'"]
+                                        + SETTINGS["demo"][1], log)
+                    print(f"seed {seed} {gen} base: {secs:.0f} s", flush=True)
+                for name in settings:
+                    run = os.path.join(root, name)
+                    if not os.path.exists(os.path.join(run, "evaluate", "DONE.json")):
+                        link(base, run, ("ssft", "sample_train", "scr_data", "sample_eval"))
+                        # The linked stages were made beside another SCR setting: settings
+                        # bind only SCR-side values, so the rest is the base's.
+                        secs = run_pipeline(run, seed, base_bindings + SETTINGS[name][1], log)
+                        print(f"seed {seed} {gen} {name}: {secs:.0f} s", flush=True)
+                    study.setdefault(gen, {}).setdefault(name, {})[seed] = summary(run, SETTINGS[name][1])
+    return study
+
+
+COLUMNS = (("heldout_pair_accuracy", "held-out pair acc", 1), ("test_pair_accuracy", "test pair acc", 1),
+           ("test_auc", "test AUC", 1), ("rr_topk", "RR.Top-K", 0), ("wrr_majk", "W.RR.MajK", 0),
+           ("maj1_at_n", "Maj1@N", 0), ("rr_ll_topk", "RR.LL.Top-K", 0),
+           ("rr_topk_minus_maj1", "RR.Top-K − Maj1@N", 0))
+
+
+def _cell(values: list, scale: int) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    digits = 3 if scale else 1
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
+def markdown(study: dict) -> str:
+    lines = []
+    for gen, rows in study.items():
+        lines += [f"\n### Generator {gen}\n",
+                  "| setting | " + " | ".join(c[1] for c in COLUMNS) + " | RR.Top-K > Maj1@N |",
+                  "| --- |" + " ---: |" * (len(COLUMNS) + 1)]
+        for name, per_seed in rows.items():
+            wins = sum(s["rr_topk"] > s["maj1_at_n"] for s in per_seed.values())
+            lines.append(f"| {name}: {SETTINGS[name][0]} | " + " | ".join(
+                _cell([s[key] for s in per_seed.values()], scale) for key, _, scale in COLUMNS)
+                + f" | {wins}/{len(per_seed)} seeds |")
+    return "\n".join(lines)
+
+
+def plots(study: dict, path: str) -> None:
+    """Pair accuracy against evaluator data; RR.Top-K - Maj1@N against pair accuracy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for gen, rows in study.items():
+        for name, per_seed in rows.items():
+            s = list(per_seed.values())
+            pairs = [v["scr_pairs_seen"] for v in s]
+            acc = [v["test_pair_accuracy"] for v in s]
+            delta = [v["rr_topk_minus_maj1"] for v in s]
+            a.set_xscale("log"), a.scatter(pairs, acc, s=14)
+            b.scatter(acc, delta, s=14, label=f"{gen}/{name}")
+    a.set_xlabel("evaluator pairs trained on"), a.set_ylabel("test within-problem pair accuracy")
+    b.axhline(0, color="grey", lw=1), b.axvline(0.75, color="grey", lw=1, ls="--")
+    b.set_xlabel("test within-problem pair accuracy"), b.set_ylabel("RR.Top-K − Maj1@N (points)")
+    b.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--generators", default="ssft350")
+    p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument("--train_problems", type=int, default=1024)
+    p.add_argument("--out_dir", default="runs/evaluator_study")
+    p.add_argument("--results_md", default="", help="write the table here (and a plot beside)")
+    args = p.parse_args()
+    out_dir = os.path.abspath(args.out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    study = run_study(out_dir, seeds, args.generators.split(","), args.settings.split(","),
+                      args.train_problems)
+    with open(os.path.join(out_dir, "study.json"), "w") as f:
+        json.dump(study, f, indent=1)
+    table = markdown(study)
+    print(table)
+    if args.results_md:
+        plot = os.path.splitext(args.results_md)[0] + "_evaluator_study.png"
+        plots(study, os.path.join(REPO, plot))
+        with open(os.path.join(REPO, args.results_md), "w") as f:
+            f.write(f"Command: `python bench/evaluator_study.py {shlex.join(sys.argv[1:])}`\n"
+                    f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores.\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
