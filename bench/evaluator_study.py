@@ -186,6 +186,8 @@ def _cell(values: list, scale: int) -> str:
     if not vals:
         return "n/a"
     digits = 3 if scale else 1
+    if len(vals) == 1:  # one seed: no spread to show
+        return f"{vals[0]:.{digits}f}"
     return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
 
 
@@ -193,11 +195,11 @@ def markdown(study: dict) -> str:
     lines = []
     for gen, rows in study.items():
         lines += [f"\n### Generator {gen}\n",
-                  "| setting | " + " | ".join(c[1] for c in COLUMNS) + " | RR.Top-K > Maj1@N |",
-                  "| --- |" + " ---: |" * (len(COLUMNS) + 1)]
+                  "| setting | seeds | " + " | ".join(c[1] for c in COLUMNS) + " | RR.Top-K > Maj1@N |",
+                  "| --- | ---: |" + " ---: |" * (len(COLUMNS) + 1)]
         for name, per_seed in rows.items():
             wins = sum(s["rr_topk"] > s["maj1_at_n"] for s in per_seed.values())
-            lines.append(f"| {name}: {SETTINGS[name][0]} | " + " | ".join(
+            lines.append(f"| {name}: {SETTINGS[name][0]} | {len(per_seed)} | " + " | ".join(
                 _cell([s[key] for s in per_seed.values()], scale) for key, _, scale in COLUMNS)
                 + f" | {wins}/{len(per_seed)} seeds |")
     return "\n".join(lines)
@@ -232,7 +234,8 @@ def main():
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--train_problems", type=int, default=1024)
     p.add_argument("--out_dir", default="runs/evaluator_study")
-    p.add_argument("--results_md", default="", help="write the table here (and a plot beside)")
+    p.add_argument("--results_md", default="",
+                   help="update the study's section of this markdown file (and a plot beside)")
     args = p.parse_args()
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -244,11 +247,29 @@ def main():
     table = markdown(study)
     print(table)
     if args.results_md:
-        plot = os.path.splitext(args.results_md)[0] + "_evaluator_study.png"
-        plots(study, os.path.join(REPO, plot))
-        with open(os.path.join(REPO, args.results_md), "w") as f:
-            f.write(f"Command: `python bench/evaluator_study.py {shlex.join(sys.argv[1:])}`\n"
-                    f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores.\n{table}\n")
+        write_section(os.path.join(REPO, args.results_md), study, table)
+
+
+BEGIN, END = "<!-- evaluator_study:begin -->", "<!-- evaluator_study:end -->"
+
+
+def write_section(path: str, study: dict, table: str) -> None:
+    """The study's table, plot, command and machine between markers in `path` (appended the
+    first time), so the hand-written text around it, and replicate.py's tables, stay."""
+    plot = os.path.splitext(path)[0] + "_evaluator_study.png"
+    plots(study, plot)
+    seeds = sorted({seed for rows in study.values() for per in rows.values() for seed in per})
+    section = (f"{BEGIN}\nCommand: `python bench/evaluator_study.py {shlex.join(sys.argv[1:])}` "
+               f"(seeds {seeds}). Machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
+               f"Python {platform.python_version()}.\n{table}\n\n"
+               f"![evaluator study]({os.path.basename(plot)})\n{END}")
+    text = open(path).read() if os.path.exists(path) else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":
