@@ -135,7 +135,7 @@ class PipelineConfig:
     k: int = 8
     bootstrap_resamples: int = 1000
     processes: Optional[int] = None
-    grader: str = "mathft"  # who judges answers (scr_data, evaluate): grading.GRADERS
+    grader: str = "mathft"  # who judges answers (scr_data, grpo's reward, evaluate): grading.GRADERS
     stop_after: Optional[str] = None
     ignore_config_changes: bool = False
 
@@ -317,12 +317,13 @@ def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
 
 def _grpo_config(cfg: PipelineConfig, run: Run):
     """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
-    training split of the sampled task."""
+    training split of the sampled task, its `correct` reward judged by `pipeline.grader` (as
+    the scr_data and evaluate stages judge)."""
     from mathft_jax.rl import loop
     with gin.config_scope("grpo"):
         return loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
                                init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
-                               split=cfg.train_split).validate()
+                               split=cfg.train_split, grader=cfg.grader).validate()
 
 
 def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:

@@ -138,6 +138,25 @@ def test_rewards_by_name_and_weights():
         rewards.register_reward("correct")(lambda p, t: 0.0)
 
 
+def test_correct_reward_is_the_pipelines_judgment_by_the_chosen_grader(monkeypatch):
+    """`correct` is candidates.grade_sample's verdict by the grader given (the pipeline's
+    `pipeline.grader` in its grpo stage), not always mathft's."""
+    from mathft_jax import candidates
+    from mathft_jax.grading import graders
+    monkeypatch.setitem(graders.GRADERS, "contrary", graders.Grader(
+        "contrary", lambda text, answer, gold, deadline: answer == "5", lambda: "contrary 1"))
+    problems = [{"problem_id": "a", "problem": "2+2?", "gold": "4"}]
+    texts = [["so \\boxed{4}", "so \\boxed{5}", "four"]]
+    _, mathft = rewards.compute_rewards(problems, texts, {"correct": 1.0})
+    _, contrary = rewards.compute_rewards(problems, texts, {"correct": 1.0}, grader="contrary")
+    np.testing.assert_array_equal(mathft["correct"], [[1, 0, 0]])
+    np.testing.assert_array_equal(contrary["correct"], [[0, 1, 0]])
+    assert [candidates.grade_sample({"text": t}, "4", grader="contrary")
+            for t in texts[0]] == [False, True, False]
+    with pytest.raises(Exception, match="grpo.grader: unknown grader 'nope'"):
+        loop.GrpoConfig(model_dir="x", grader="nope").validate()
+
+
 def test_prompt_order_is_arithmetic_on_the_position():
     first = rollout.problem_indices(5, seed=3, first=0, count=5)
     assert sorted(first) == list(range(5))  # an epoch is a permutation
