@@ -59,12 +59,13 @@ TRAIN_STAGES = ("ssft", "scr", "mtsf", "dpo")
 # Sampling stages and the generators each samples from.
 SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
                  "sample_eval": lambda generators: generators}
-# Bindings that change where or how fast, not what a stage computes; `variant` picks the
-# stages, and each stage's own inputs are compared as its resolved TrainConfig/InferConfig
-# (so one SSFT can serve several variants).
+# Bindings that change where or how fast, not what a stage computes; `variant` (and
+# `evaluator_checkpoint`) pick the stages, and each stage's own inputs are compared as its
+# resolved TrainConfig/InferConfig (the score stage's: its evaluator), so one SSFT can serve
+# several variants.
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
-                "preference_file.path")
+                "preference_file.path", "pipeline.evaluator_checkpoint")
 
 
 class Preempted(RuntimeError):
@@ -269,9 +270,11 @@ def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
         configs["grpo"] = _grpo_config(cfg, run)
     for generator in SAMPLE_STAGES.get(stage, lambda generators: [])(cfg.generators):
         configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
-    return {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
-            .replace(run.root, "<run_dir>")
-            for name, config in configs.items() for field in dataclasses.fields(config)}
+    out = {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
+           for name, config in configs.items() for field in dataclasses.fields(config)}
+    if stage == "score":
+        out["score.evaluator"] = provenance.stable_repr(cfg.evaluator(run))
+    return {key: value.replace(run.root, "<run_dir>") for key, value in out.items()}
 
 
 def _infer_config(cfg: PipelineConfig, run: Run, stage: str, generator: str):
