@@ -54,9 +54,9 @@ SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": 
                  "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",)}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
 SCORED_BY_MARGIN = ("control", "dpo", "grpo")
-# Each method's stages beyond SSFT: (run, stages), for its measured cost.
+# Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
 EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "scr", "mtsf")),
-                "control": ("control", ("mtsf",)),
+                "control: SSFT continued": ("control", ("mtsf",)),
                 "DPO": ("dpo", ("sample_train", "scr_data", "dpo_data", "dpo")),
                 "GRPO": ("grpo", ("grpo",))}
 # The rows of the DPO/GRPO comparison: (row, run, generator).

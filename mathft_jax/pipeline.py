@@ -61,8 +61,8 @@ SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
                  "sample_eval": lambda generators: generators}
 # Bindings that change where or how fast, not what a stage computes; `variant` (and
 # `evaluator_checkpoint`) pick the stages, and each stage's own inputs are compared as its
-# resolved TrainConfig/InferConfig (the score stage's: its evaluator), so one SSFT can serve
-# several variants.
+# resolved TrainConfig/InferConfig (score and evaluate: the evaluator of
+# `evaluator_checkpoint`), so one SSFT can serve several variants.
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
                 "preference_file.path", "pipeline.evaluator_checkpoint")
@@ -272,8 +272,9 @@ def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
         configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
     out = {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
            for name, config in configs.items() for field in dataclasses.fields(config)}
-    if stage == "score":
-        out["score.evaluator"] = provenance.stable_repr(cfg.evaluator(run))
+    if stage in ("score", "evaluate") and cfg.evaluator_checkpoint:  # another run's evaluator:
+        # a rerun that adds it to a finished run stops at a stale evaluate (unscored) stage
+        out[f"{stage}.evaluator"] = provenance.stable_repr(cfg.evaluator_checkpoint)
     return {key: value.replace(run.root, "<run_dir>") for key, value in out.items()}
 
 

@@ -118,6 +118,12 @@ def test_evaluator_checkpoint_adds_the_score_stage(tmp_path):
     assert cfg.evaluator(pipeline.Run(str(tmp_path))) == "other/scr/checkpoints"
     own = pipeline.PipelineConfig(run_dir=str(tmp_path), variant="ssft_scr")
     assert own.evaluator(pipeline.Run(str(tmp_path))) == str(tmp_path / "scr" / "checkpoints")
+    # recorded with the score and evaluate stages: a finished unscored run that is given an
+    # evaluator later stops at its stale evaluate stage instead of skipping it
+    run = pipeline.Run(str(tmp_path))
+    assert pipeline._resolved(cfg, run, "evaluate") == {
+        "evaluate.evaluator": "'other/scr/checkpoints'"}
+    assert pipeline._resolved(own, run, "evaluate") == {}  # as recorded before the option
     with pytest.raises(ValueError, match="evaluator_checkpoint is for variants without an scr"):
         pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf",
                                 evaluator_checkpoint="x").validate()

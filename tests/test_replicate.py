@@ -81,3 +81,5 @@ def test_extra_minutes_read_shared_stages_through_their_links(tmp_path):
                            ("sample_train", "scr_data"))
     minutes = replicate.extra_minutes(str(tmp_path), [0])
     assert minutes == {"MTSF (margin)": [4.0], "GRPO": [5.0]}  # DPO has not finished
+    rows = {row for row, _, _ in replicate.RL_ROWS}
+    assert set(replicate.EXTRA_STAGES) == rows - {"SSFT"}  # each method's cost has its row
