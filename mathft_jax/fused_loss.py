@@ -17,7 +17,8 @@ through `loss` only; the other entries are metrics.
 The evaluator and sequence objectives need each row's log-likelihood, whose cotangent (one
 per row) is only known in the backward pass; `chunked_sequence_log_likelihood` gets there
 by recomputing each chunk's logits in the backward pass (`jax.checkpoint`): one more logits
-matmul than the unfused loss, for the memory of one chunk.
+matmul than the unfused loss, for the memory of one chunk. `chunked_row_sums` is that
+mechanism for any per-token quantity summed per row (GRPO's clipped token loss).
 """
 from __future__ import annotations
 
@@ -52,16 +53,32 @@ def chunked_sequence_log_likelihood(hidden: jax.Array, w: jax.Array, targets: ja
     """`losses.sequence_log_likelihood(head_logits(hidden, w, softcap), targets, weights)`,
     log P(targets) per row [b], with one chunk of logits in memory at a time, forward and
     backward."""
+    def row_ll(logits, tgt, wt):
+        return losses.sequence_log_likelihood(logits, tgt, wt)[:, None]
+
+    return chunked_row_sums(hidden, w, row_ll, (targets, weights), softcap=softcap,
+                            chunk=chunk)[:, 0]
+
+
+def chunked_row_sums(hidden: jax.Array, w: jax.Array, fn, per_position, *,
+                     softcap: Optional[float] = None, chunk: int = 256) -> jax.Array:
+    """sum over chunks of fn(head_logits(hidden chunk, w, softcap), *per_position chunks),
+    where fn maps one chunk's [b, c, V] logits (and its [b, c, ...] slices of `per_position`)
+    to [b, k] sums over the chunk's positions: per-row sums of any per-token quantity, with
+    one chunk of logits in memory at a time. The backward pass recomputes each chunk's
+    logits (`jax.checkpoint`). fn may close over per-row values ([b]) too."""
     b, t, _ = hidden.shape
     chunk = _chunk_size(chunk, t)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)  # inside scan: no CSE to prevent
     def one_chunk(total, inputs):
-        x, tgt, wt = inputs
-        return total + losses.sequence_log_likelihood(head_logits(x, w, softcap), tgt, wt), None
+        x, *rest = inputs
+        return total + fn(head_logits(x, w, softcap), *rest), None
 
-    total, _ = jax.lax.scan(one_chunk, jnp.zeros((b,), jnp.float32),
-                            tuple(_split(a, chunk) for a in (hidden, targets, weights)))
+    chunks = tuple(_split(a, chunk) for a in (hidden, *per_position))
+    first = jax.eval_shape(lambda xs: one_chunk(0.0, xs)[0],
+                           jax.tree_util.tree_map(lambda a: a[0], chunks))
+    total, _ = jax.lax.scan(one_chunk, jnp.zeros(first.shape, first.dtype), chunks)
     return total
 
 

@@ -247,7 +247,9 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(problems[i]["problem"])))
                for i in todo]
     common = dict(seed=seed, mesh=mesh, rules=rules, truncate_prompts=truncate_prompts)
-    if run.engine == "continuous":
+    if not todo:  # all written already (a rerun): the engine refuses an empty prompt list
+        batches = iter(())
+    elif run.engine == "continuous":
         batches = batches_of(todo, batch_size, engine_lib.stream(
             params, cfg, prompts, sampling, prompt_ids=todo, slots=slots, chunk=run.chunk,
             prefill_group=batch_size, **common))

@@ -48,14 +48,14 @@ def lm_objective(model, params, batch: Batch, z_loss: float | None = None, loss_
     z = cfg.z_loss if z_loss is None else z_loss
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     if loss_chunk:
-        return fused_head_cross_entropy(*_hidden_and_head(model, params, batch), targets, weights,
+        return fused_head_cross_entropy(*hidden_and_head(model, params, batch), targets, weights,
                                         z_loss=z, softcap=cfg.final_logit_softcap,
                                         chunk=loss_chunk)
     logits = model.apply({"params": params}, **model_inputs(batch))
     return losses.token_cross_entropy(logits, targets, weights, z)
 
 
-def _hidden_and_head(model, params, batch: Batch):
+def hidden_and_head(model, params, batch: Batch):
     """The final hidden states and the output projection, for a loss that applies it."""
     hidden = model.apply({"params": params}, **model_inputs(batch), return_hidden=True)
     return hidden, output_projection(params, model.cfg)
@@ -64,7 +64,7 @@ def _hidden_and_head(model, params, batch: Batch):
 def _row_log_likelihoods(model, params, batch: Batch, loss_chunk: int) -> jax.Array:
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     if loss_chunk:
-        return chunked_sequence_log_likelihood(*_hidden_and_head(model, params, batch), targets,
+        return chunked_sequence_log_likelihood(*hidden_and_head(model, params, batch), targets,
                                                weights, softcap=model.cfg.final_logit_softcap,
                                                chunk=loss_chunk)
     logits = model.apply({"params": params}, **model_inputs(batch))

@@ -22,8 +22,9 @@ that of its extra SSFT steps. Beyond the paper (issue #17, docs/rl.md), each fro
 checkpoint: "dpo" (1-3, then `dpo_data`: preference pairs of the graded training candidates
 with the SSFT model's reference log-likelihoods, then `dpo`: DPO on them, gin scope `dpo`;
 6, 8) and "grpo" (1, then `grpo`: `mathft_jax.rl` on the training problems, gin scope
-`grpo`; 6, 8). Per-stage trainer and sampler settings are gin scopes, e.g.
-`ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
+`grpo`; 6, 8). `pipeline.evaluator_checkpoint` adds stage 7 to a variant without an scr
+stage, scoring with another run's evaluator. Per-stage trainer and sampler settings are gin
+scopes, e.g. `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_objective`.
 """
 from __future__ import annotations
 
@@ -58,12 +59,13 @@ TRAIN_STAGES = ("ssft", "scr", "mtsf", "dpo")
 # Sampling stages and the generators each samples from.
 SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
                  "sample_eval": lambda generators: generators}
-# Bindings that change where or how fast, not what a stage computes; `variant` picks the
-# stages, and each stage's own inputs are compared as its resolved TrainConfig/InferConfig
-# (so one SSFT can serve several variants).
+# Bindings that change where or how fast, not what a stage computes; `variant` (and
+# `evaluator_checkpoint`) pick the stages, and each stage's own inputs are compared as its
+# resolved TrainConfig/InferConfig (score and evaluate: the evaluator of
+# `evaluator_checkpoint`), so one SSFT can serve several variants.
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
-                "preference_file.path")
+                "preference_file.path", "pipeline.evaluator_checkpoint")
 
 
 class Preempted(RuntimeError):
@@ -117,6 +119,10 @@ class PipelineConfig:
     scr_task: scr_pairwise (margin, `evaluator_objective`) or scr_pointwise (xent,
     `lm_objective`), built from the graded training candidates.
     sample_task / *_split: the problems `infer` samples (a source of mathft_jax.data.sources).
+    evaluator_checkpoint: an SCR evaluator checkpoint (e.g. another run's scr/checkpoints)
+    to score the evaluation samples of a variant without an scr stage (ssft, mtsf_control,
+    dpo, grpo): adds the `score` stage, so RR.All, RR.Top-K and W.RR are reported for its
+    generators too (bench/replicate.py scores DPO and GRPO with the margin run's evaluator).
     stop_after: stop after this stage (e.g. 'ssft', to look at the SSFT model first); a
     later run on the same run_dir goes on from there.
     ignore_config_changes: reuse finished stages even when their recorded gin bindings
@@ -135,7 +141,8 @@ class PipelineConfig:
     k: int = 8
     bootstrap_resamples: int = 1000
     processes: Optional[int] = None
-    grader: str = "mathft"  # who judges answers (scr_data, evaluate): grading.GRADERS
+    grader: str = "mathft"  # who judges answers (scr_data, grpo's reward, evaluate): grading.GRADERS
+    evaluator_checkpoint: Optional[str] = None
     stop_after: Optional[str] = None
     ignore_config_changes: bool = False
 
@@ -151,6 +158,10 @@ class PipelineConfig:
             grading.get_grader(self.grader)
         except ValueError as error:
             raise settings.SettingError(f"pipeline.grader: {error}") from None
+        if self.evaluator_checkpoint and "scr" in VARIANTS[self.variant]:
+            raise settings.SettingError(
+                f"pipeline.evaluator_checkpoint is for variants without an scr stage; variant "
+                f"{self.variant!r} scores with its own evaluator")
         if self.stop_after is not None and self.stop_after not in self.stages:
             raise settings.SettingError(
                 f"pipeline.stop_after={self.stop_after!r} is not a stage of variant "
@@ -159,7 +170,14 @@ class PipelineConfig:
 
     @property
     def stages(self) -> tuple:
-        return VARIANTS[self.variant]
+        stages = VARIANTS[self.variant]
+        if self.evaluator_checkpoint and "score" not in stages:  # score before evaluate
+            stages = stages[:-1] + ("score", stages[-1])
+        return stages
+
+    def evaluator(self, run: "Run") -> str:
+        """The checkpoint of the evaluator that scores: the run's scr stage's, or the given one."""
+        return self.evaluator_checkpoint or run.checkpoint("scr")
 
     @property
     def generators(self) -> list:
@@ -198,7 +216,7 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         "dpo": lambda: _train_stage(cfg, run, "dpo"),
         "grpo": lambda: _grpo_stage(cfg, run),
         "sample_eval": lambda: {g: _sample_stage(cfg, run, "sample_eval", g) for g in generators},
-        "score": lambda: {g: score_stage(run, g) for g in generators},
+        "score": lambda: {g: score_stage(run, g, cfg.evaluator(run)) for g in generators},
         "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, cfg.k,
                                             cfg.bootstrap_resamples, cfg.processes, cfg.grader),
     }
@@ -252,9 +270,12 @@ def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
         configs["grpo"] = _grpo_config(cfg, run)
     for generator in SAMPLE_STAGES.get(stage, lambda generators: [])(cfg.generators):
         configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
-    return {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
-            .replace(run.root, "<run_dir>")
-            for name, config in configs.items() for field in dataclasses.fields(config)}
+    out = {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
+           for name, config in configs.items() for field in dataclasses.fields(config)}
+    if stage in ("score", "evaluate") and cfg.evaluator_checkpoint:  # another run's evaluator:
+        # a rerun that adds it to a finished run stops at a stale evaluate (unscored) stage
+        out[f"{stage}.evaluator"] = provenance.stable_repr(cfg.evaluator_checkpoint)
+    return {key: value.replace(run.root, "<run_dir>") for key, value in out.items()}
 
 
 def _infer_config(cfg: PipelineConfig, run: Run, stage: str, generator: str):
@@ -317,12 +338,13 @@ def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
 
 def _grpo_config(cfg: PipelineConfig, run: Run):
     """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
-    training split of the sampled task."""
+    training split of the sampled task, its `correct` reward judged by `pipeline.grader` (as
+    the scr_data and evaluate stages judge)."""
     from mathft_jax.rl import loop
     with gin.config_scope("grpo"):
         return loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
                                init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
-                               split=cfg.train_split).validate()
+                               split=cfg.train_split, grader=cfg.grader).validate()
 
 
 def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
@@ -335,8 +357,9 @@ def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
     return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
 
 
-def score_stage(run: Run, generator: str) -> dict:
-    """Fill every evaluation sample's `score` with the SCR evaluator's S(X|P)."""
+def score_stage(run: Run, generator: str, evaluator: str) -> dict:
+    """Fill every evaluation sample's `score` with S(X|P) of the SCR evaluator checkpoint
+    `evaluator` (`PipelineConfig.evaluator`)."""
     from mathft_jax import checkpoints, partitioning, scoring
     from mathft_jax.data import vocab as vocab_lib
     from mathft_jax.models.config import DecoderConfig
@@ -344,7 +367,7 @@ def score_stage(run: Run, generator: str) -> dict:
     cfg = DecoderConfig().validate()
     mesh = partitioning.make_mesh()
     rules = partitioning.rules_for(cfg, mesh)
-    params = checkpoints.load_params(run.checkpoint("scr"), cfg, mesh, rules)
+    params = checkpoints.load_params(evaluator, cfg, mesh, rules)
     scored = scoring.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
                                    mesh=mesh, rules=rules)
     if distributed.is_main_process():

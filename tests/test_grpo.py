@@ -138,6 +138,25 @@ def test_rewards_by_name_and_weights():
         rewards.register_reward("correct")(lambda p, t: 0.0)
 
 
+def test_correct_reward_is_the_pipelines_judgment_by_the_chosen_grader(monkeypatch):
+    """`correct` is candidates.grade_sample's verdict by the grader given (the pipeline's
+    `pipeline.grader` in its grpo stage), not always mathft's."""
+    from mathft_jax import candidates
+    from mathft_jax.grading import graders
+    monkeypatch.setitem(graders.GRADERS, "contrary", graders.Grader(
+        "contrary", lambda text, answer, gold, deadline: answer == "5", lambda: "contrary 1"))
+    problems = [{"problem_id": "a", "problem": "2+2?", "gold": "4"}]
+    texts = [["so \\boxed{4}", "so \\boxed{5}", "four"]]
+    _, mathft = rewards.compute_rewards(problems, texts, {"correct": 1.0})
+    _, contrary = rewards.compute_rewards(problems, texts, {"correct": 1.0}, grader="contrary")
+    np.testing.assert_array_equal(mathft["correct"], [[1, 0, 0]])
+    np.testing.assert_array_equal(contrary["correct"], [[0, 1, 0]])
+    assert [candidates.grade_sample({"text": t}, "4", grader="contrary")
+            for t in texts[0]] == [False, True, False]
+    with pytest.raises(Exception, match="grpo.grader: unknown grader 'nope'"):
+        loop.GrpoConfig(model_dir="x", grader="nope").validate()
+
+
 def test_prompt_order_is_arithmetic_on_the_position():
     first = rollout.problem_indices(5, seed=3, first=0, count=5)
     assert sorted(first) == list(range(5))  # an epoch is a permutation
@@ -178,6 +197,41 @@ def test_objective_normalisations_by_hand(normalization):
     assert float(out["weight"]) == want[1]
     assert float(out["token_kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(out["tokens"]) == 14.0 and float(out["token_clipped"]) == 0.0
+
+
+@pytest.mark.parametrize("normalization", grpo.NORMALIZATIONS)
+@pytest.mark.parametrize("softcap", [None, 5.0], ids=["untied", "tied+softcap"])
+def test_loss_chunk_gives_the_loss_and_gradients_of_full_logits(normalization, softcap):
+    """Off the sampling policy (ratios != 1, some clipped) and with a KL term: the chunked
+    output projection (fused_loss.chunked_row_sums) changes neither the sums nor the grads."""
+    cfg = TINY.replace(dtype="float32", tie_embeddings=softcap is not None,
+                       final_logit_softcap=softcap)
+    rng = np.random.default_rng(1)
+    batch = _rows(rng, t=16)
+    params = nn.unbox(init_params(cfg, jax.random.PRNGKey(3)))
+    model = Decoder(cfg)
+    logp, _ = grpo.policy_token_stats(model, params, batch, temperature=0.7)
+    mask = batch["decoder_loss_weights"]
+    batch.update(advantages=np.array([1.0, -2.0, 0.5, 3.0], np.float32),
+                 old_log_probs=np.asarray(logp) + 0.3 * rng.standard_normal(mask.shape) * mask,
+                 ref_log_probs=np.asarray(logp) + 0.2 * rng.standard_normal(mask.shape) * mask)
+
+    def loss(p, **kw):
+        sums = grpo.grpo_objective(model, p, batch, kl_coef=0.1, normalization=normalization,
+                                   temperature=0.7, **kw)
+        return sums["loss"] / sums["weight"], sums
+
+    (_, ref), ref_grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    (_, sums), grads = jax.jit(jax.value_and_grad(
+        functools.partial(loss, loss_chunk=4), has_aux=True))(params)
+    assert 0 < float(ref["token_clipped"]) < float(ref["tokens"]) and float(ref["token_kl"]) > 0
+    for k in ref:
+        np.testing.assert_allclose(sums[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for (path, r), g in zip(jax.tree_util.tree_leaves_with_path(ref_grads),
+                            jax.tree_util.tree_leaves(grads)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    head = "logits_dense" if "logits_dense" in grads else "embedding"
+    assert float(jnp.abs(grads[head]).max()) > 1e-4
 
 
 # ----------------------------------------------------------------------------- one update

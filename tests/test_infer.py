@@ -100,6 +100,8 @@ def test_crash_leaves_complete_chunks_and_resume_redoes_only_the_rest(setup, uni
     calls.clear()
     run(setup, output, engine="static")
     assert calls == [] and read_lines(output) == uninterrupted
+    run(setup, output)  # the continuous engine too: nothing to do is no error
+    assert read_lines(output) == uninterrupted
 
 
 def test_an_unreadable_chunk_is_redone_but_an_unreadable_final_file_is_an_error(tmp_path):

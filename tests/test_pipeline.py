@@ -110,6 +110,25 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
         pipeline.pipeline(run_dir=str(tmp_path), variant="best")
 
 
+def test_evaluator_checkpoint_adds_the_score_stage(tmp_path):
+    """Another run's evaluator scores a variant without an scr stage (replicate's DPO, GRPO)."""
+    cfg = pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
+                                  evaluator_checkpoint="other/scr/checkpoints").validate()
+    assert cfg.stages == ("ssft", "grpo", "sample_eval", "score", "evaluate")
+    assert cfg.evaluator(pipeline.Run(str(tmp_path))) == "other/scr/checkpoints"
+    own = pipeline.PipelineConfig(run_dir=str(tmp_path), variant="ssft_scr")
+    assert own.evaluator(pipeline.Run(str(tmp_path))) == str(tmp_path / "scr" / "checkpoints")
+    # recorded with the score and evaluate stages: a finished unscored run that is given an
+    # evaluator later stops at its stale evaluate stage instead of skipping it
+    run = pipeline.Run(str(tmp_path))
+    assert pipeline._resolved(cfg, run, "evaluate") == {
+        "evaluate.evaluator": "'other/scr/checkpoints'"}
+    assert pipeline._resolved(own, run, "evaluate") == {}  # as recorded before the option
+    with pytest.raises(ValueError, match="evaluator_checkpoint is for variants without an scr"):
+        pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf",
+                                evaluator_checkpoint="x").validate()
+
+
 def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
     """Other processes skip grading (only process 0 writes); they wait at the stage barrier."""
     def no_grading(*args, **kwargs):

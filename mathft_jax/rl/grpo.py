@@ -24,10 +24,12 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from mathft_jax.objectives import model_inputs
+from mathft_jax.fused_loss import chunked_row_sums
+from mathft_jax.objectives import hidden_and_head, model_inputs
 
 Batch = Dict[str, jax.Array]
 NORMALIZATIONS = ("token", "sequence", "constant")
+ROW_SUMS = ("loss", "pg", "kl", "clipped", "entropy")  # grpo_objective's per-row sums
 
 
 def group_advantages(rewards: jax.Array, scale_std: bool = True, eps: float = 1e-4) -> jax.Array:
@@ -86,11 +88,15 @@ def clipped_token_loss(log_p, old_log_p, ref_log_p, advantages, clip_eps: float,
 @gin.configurable
 def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
                    clip_eps_high: float | None = None, kl_coef: float = 0.0,
-                   normalization: str = "token", temperature: float = 1.0):
+                   normalization: str = "token", temperature: float = 1.0,
+                   loss_chunk: int = 0):
     """GRPO on rollout batches (`rl.rollout.rollout_batch`): the model's rows plus float32
     `advantages` [batch], `old_log_probs` and, when kl_coef > 0, `ref_log_probs` [batch,
     length]. clip_eps_high (default clip_eps) > clip_eps is DAPO's clip-higher. temperature:
     the sampler's (the loop passes it), so ratios and KL are of the sampled distribution.
+    loss_chunk > 0: the output projection `loss_chunk` positions at a time
+    (`fused_loss.chunked_row_sums`), as the other objectives: the same sums and gradients
+    without the [batch, length, vocab] logits.
 
     Besides the loss, sums whose ratios are the per-token metrics whatever the normaliser:
     token_kl / tokens, token_clipped / tokens, token_entropy / tokens.
@@ -100,24 +106,40 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
                          f"{NORMALIZATIONS}")
     if kl_coef and "ref_log_probs" not in batch:
         raise KeyError("grpo_objective.kl_coef > 0 needs the batch feature 'ref_log_probs'")
-    logits = model.apply({"params": params}, **model_inputs(batch))
-    log_p, entropy = token_log_probs(logits, batch["decoder_target_tokens"], temperature)
     mask = batch["decoder_loss_weights"].astype(jnp.float32)
-    per = clipped_token_loss(log_p, batch["old_log_probs"], batch.get("ref_log_probs"),
-                             batch["advantages"], clip_eps,
-                             clip_eps if clip_eps_high is None else clip_eps_high, kl_coef)
+    advantages = batch["advantages"]
+    has_ref = "ref_log_probs" in batch
+
+    def row_sums(logits, targets, mask, old, ref):
+        """[b, 5]: per-row sums of the token loss, pg, kl, clipped and entropy."""
+        log_p, entropy = token_log_probs(logits, targets, temperature)
+        log_p = jnp.where(mask > 0, log_p, 0.0)  # off the completion: ratio 1, kl 0, finite
+        per = clipped_token_loss(log_p, old, ref if has_ref else None, advantages, clip_eps,
+                                 clip_eps if clip_eps_high is None else clip_eps_high, kl_coef)
+        per["entropy"] = jax.lax.stop_gradient(entropy)
+        return jnp.stack([jnp.sum(per[k] * mask, axis=-1) for k in ROW_SUMS], axis=-1)
+
+    per_position = (batch["decoder_target_tokens"], mask,
+                    batch["old_log_probs"].astype(jnp.float32),
+                    batch["ref_log_probs"].astype(jnp.float32) if has_ref else mask)
+    if loss_chunk:
+        hidden, head = hidden_and_head(model, params, batch)
+        sums = chunked_row_sums(hidden, head, row_sums, per_position,
+                                softcap=model.cfg.final_logit_softcap, chunk=loss_chunk)
+    else:
+        sums = row_sums(model.apply({"params": params}, **model_inputs(batch)), *per_position)
+    row_loss, pg, kl, clipped, entropy = (sums[:, i] for i in range(len(ROW_SUMS)))
     row_tokens = mask.sum(-1)
-    row_sums = jnp.sum(per["loss"] * mask, axis=-1)
     if normalization == "sequence":
-        loss = jnp.sum(row_sums / jnp.maximum(row_tokens, 1.0))
+        loss = jnp.sum(row_loss / jnp.maximum(row_tokens, 1.0))
         weight = jnp.sum((row_tokens > 0).astype(jnp.float32))
     else:
-        loss = jnp.sum(row_sums)
+        loss = jnp.sum(row_loss)
         weight = (jnp.sum(row_tokens) if normalization == "token"
                   else jnp.float32(mask.shape[0] * mask.shape[1]))
     return {"loss": loss, "weight": weight,
-            "pg_loss": jnp.sum(per["pg"] * mask),
+            "pg_loss": jnp.sum(pg),
             "tokens": jnp.sum(row_tokens),
-            "token_kl": jnp.sum(per["kl"] * mask),
-            "token_clipped": jnp.sum(per["clipped"] * mask),
-            "token_entropy": jnp.sum(jax.lax.stop_gradient(entropy) * mask)}
+            "token_kl": jnp.sum(kl),
+            "token_clipped": jnp.sum(clipped),
+            "token_entropy": jnp.sum(entropy)}

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mathft_jax import (checkpoints, decoding, distributed, partitioning, preemption,
+from mathft_jax import (checkpoints, decoding, distributed, grading, partitioning, preemption,
                         provenance, scoring, settings)
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models.config import DecoderConfig
@@ -71,7 +71,8 @@ class GrpoConfig:
     Problems: `sources.problem_records(task, split, problems_file)`, those with a gold answer,
     the first `max_problems`. Log-probs, ratios, KL and entropy are those of
     softmax(logits / temperature), the distribution sampled; top_k / top_p truncate it
-    unmodelled (keep them off). Dr. GRPO: scale_std=False and
+    unmodelled (keep them off). grader: who judges the `correct` reward (grading.GRADERS;
+    the pipeline's grpo stage sets it to `pipeline.grader`). Dr. GRPO: scale_std=False and
     `grpo_objective.normalization = 'constant'`.
     """
 
@@ -96,6 +97,7 @@ class GrpoConfig:
     scale_std: bool = True
     evaluator_checkpoint: Optional[str] = None
     evaluator_weight: float = 0.0
+    grader: str = "mathft"
     objective: Callable = grpo_lib.grpo_objective
     seed: int = 0
     checkpoint_every: int = 10
@@ -120,6 +122,10 @@ class GrpoConfig:
                             math.inf)
         if not self.model_dir:
             raise settings.SettingError("grpo.model_dir is not set")
+        try:
+            grading.get_grader(self.grader)
+        except ValueError as error:
+            raise settings.SettingError(f"grpo.grader: {error}") from None
         if self.sequence_length <= self.max_decode_len:
             raise settings.SettingError(
                 f"grpo.sequence_length={self.sequence_length} leaves no room for a prompt "
@@ -142,7 +148,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     (model_dir, init_checkpoint, reference_checkpoint, task, split, problems_file, max_problems,
      iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
      top_p, sequence_length, steps_per_iteration, micro_batches, kl_coef, scale_std,
-     evaluator_checkpoint, evaluator_weight, objective, seed, checkpoint_every,
+     evaluator_checkpoint, evaluator_weight, grader, objective, seed, checkpoint_every,
      keep_checkpoints, async_checkpoints, log_every) = (  # every field, in field order
         getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
     cfg = model or DecoderConfig()
@@ -210,7 +216,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                     prompt_ids=np.arange(first, first + prompts_per_iteration),
                     sequence_length=sequence_length, start_id=start_id, mesh=mesh, rules=rules)
             with timer("reward"):
-                reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights)
+                reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights,
+                                                            grader)
                 if evaluator is not None:
                     parts["evaluator"] = np.stack(scoring.score_groups(
                         evaluator, cfg, vocabulary, [p["problem"] for p in batch_problems],

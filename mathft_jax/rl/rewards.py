@@ -5,8 +5,10 @@
 A reward is `fn(problem, text) -> float`, with `problem` a record of `data.sources.problem_records`
 ({"problem_id", "problem", "gold"}) and `text` the decoded completion (no EOS). Built in:
 
-  correct   1 where the completion's answer grades equal to the gold answer
-            (`grading.grade`, bounded in time, as the evaluation grades), else 0
+  correct   1 where the completion's answer grades equal to the gold answer, else 0:
+            `candidates.grade_sample`, the pipeline's one judgment, with the grader
+            `compute_rewards` is given (the loop's `grpo.grader`; the pipeline's grpo stage
+            sets it to `pipeline.grader`), bounded in time as the evaluation grades
   boxed     1 where the completion has a `\\boxed{}` answer at all: a format reward
 
 Register others with `@register_reward("name")`. The SCR evaluator's score, a reward that
@@ -14,12 +16,13 @@ needs a model, is added by the loop (`grpo.evaluator_checkpoint`, `grpo.evaluato
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
 
-from mathft_jax.grading import extract_answer, grade
+from mathft_jax.grading import extract_answer
 
 RewardFn = Callable[[dict, str], float]
 REWARDS: dict[str, RewardFn] = {}
@@ -36,9 +39,11 @@ def register_reward(name: str):
 
 
 @register_reward("correct")
-def correct(problem: dict, text: str) -> float:
-    # The judgment the pipeline's evaluation makes (candidates.grade_sample's defaults).
-    return float(grade(text, problem["gold"]).correct)
+def correct(problem: dict, text: str, grader: str = "mathft") -> float:
+    # The judgment the pipeline's scr_data and evaluate stages make, by the same grader
+    # (candidates is the results layer: imported here, as data.readers does).
+    from mathft_jax.candidates import grade_sample  # noqa: PLC0415
+    return float(grade_sample({"text": text}, problem["gold"], grader=grader))
 
 
 @register_reward("boxed")
@@ -58,11 +63,14 @@ def reward_weights(weights: Optional[Mapping[str, float]] = None) -> dict[str, f
 
 
 def compute_rewards(problems: Sequence[dict], texts: Sequence[Sequence[str]],
-                    weights: Mapping[str, float]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                    weights: Mapping[str, float], grader: str = "mathft"
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(total [prompts, G], per-reward [prompts, G]) for texts[i][j], completion j of problem
-    i. `correct` is always computed (the accuracy metric), weighted or not."""
+    i. `correct` is always computed (the accuracy metric), weighted or not, by `grader`
+    (grading.GRADERS)."""
     names = list(dict.fromkeys(["correct", *weights]))
-    parts = {name: np.array([[REWARDS[name](p, t) for t in group]
+    fns = dict(REWARDS, correct=functools.partial(correct, grader=grader))
+    parts = {name: np.array([[fns[name](p, t) for t in group]
                              for p, group in zip(problems, texts)], np.float64)
              for name in names}
     total = sum((w * parts[name] for name, w in weights.items()),

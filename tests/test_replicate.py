@@ -1,0 +1,85 @@
+"""bench/replicate.py's report on fake results: which cells and tables it builds from the
+runs present, the paired gains, GRPO against the control per seed, and the runs it runs."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("replicate", os.path.join(REPO, "bench", "replicate.py"))
+replicate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(replicate)
+
+METRICS = ("pass_at_1", "maj1_at_n", "majk_at_n", "rr_all", "rr_topk", "wrr_majk")
+
+
+def _res(**generators):
+    """results.json of one run: {generator: pass_at_1 as a fraction}; other metrics follow."""
+    return {g: {"k": 4, "n_samples": {"max": 16}, "n_problems": 160,
+                "metrics": {m: {"value": None if (m == "rr_topk" and v is None) else
+                                (v or 0.0) + 0.1 * i}
+                            for i, m in enumerate(METRICS)}}
+            for g, v in generators.items()}
+
+
+def _seed(ssft, grpo, control):
+    return {"steps_margin": _res(ssft=ssft, mtsf=ssft + 0.02),
+            "control": _res(ssft=ssft, mtsf=control),
+            "dpo": _res(ssft=ssft, dpo=ssft + 0.01),
+            "grpo": _res(ssft=ssft, grpo=grpo)}
+
+
+def test_rl_cells_paired_gains_and_grpo_against_the_control():
+    per_seed = [_seed(0.2, 0.35, 0.3), _seed(0.3, 0.32, 0.36)]
+    rows = replicate.cells(per_seed, 4, {"GRPO": [2.0, 4.0]}, seeds=[5, 7])
+    sections = {r[0] for r in rows}
+    # no steps_xent or terse: their sections and rows are left out, not filled with errors
+    assert sections == {"ssft", "mtsf", "control", "rl", "rl_gain", "grpo_vs_control"}
+    assert not any("xent" in r[1] for r in rows)
+    cell = {(r[0], r[1], r[2]): r[3] for r in rows}
+    assert cell[("rl", "GRPO", "pass_at_1")] == pytest.approx([35.0, 32.0])
+    assert cell[("rl", "GRPO", "extra_minutes")] == [2.0, 4.0]
+    assert cell[("rl_gain", "DPO", "pass_at_1")] == pytest.approx([1.0, 1.0])
+    assert cell[("rl_gain", "control: SSFT continued", "maj1_at_n")] == pytest.approx([10.0, 6.0])
+    assert cell[("grpo_vs_control", "7", "GRPO - control")] == pytest.approx([-4.0])
+    assert replicate.wins(rows) == (1, 2)
+    text = replicate.sections(rows, 4)
+    assert "## DPO and GRPO against MTSF and its control" in text
+    assert "| GRPO | 33.5 ± 1.5 | 43.5 ± 1.5 | 73.5 ± 1.5 | 3.0 ± 1.0 |" in text
+    assert "| | Pass@1 | Maj1@N | RR.Top-4 | extra stage time (min) |" in text
+    assert "GRPO beats the control on 1 of 2 seeds" in text
+    assert "| 7 | 30.0 | 36.0 | 32.0 | -4.0 |" in text
+    assert "Steps-style" not in text  # no terse run
+
+
+def test_a_missing_metric_is_a_dash_not_an_error():
+    per_seed = [{"grpo": _res(ssft=0.2, grpo=None)}]
+    per_seed[0]["grpo"]["grpo"]["metrics"]["rr_topk"]["value"] = None
+    rows = replicate.cells(per_seed, 4)
+    assert replicate.table(rows, "rl_gain", 4).splitlines()[-1] == "| GRPO | -20.0 | -20.0 | — |"
+
+
+def test_selected_runs_bring_the_run_they_share_stages_with():
+    assert replicate.selected_runs("grpo,control") == ["steps_margin", "control", "grpo"]
+    assert replicate.selected_runs("terse") == ["terse"]
+    assert replicate.selected_runs("") == list(replicate.RUNS)
+    with pytest.raises(SystemExit, match="unknown"):
+        replicate.selected_runs("ppo")
+    assert replicate.run_bindings("dpo", "/r/seed0") == [
+        "pipeline.evaluator_checkpoint='/r/seed0/steps_margin/scr/checkpoints'"]
+
+
+def test_extra_minutes_read_shared_stages_through_their_links(tmp_path):
+    margin, grpo = tmp_path / "seed0" / "steps_margin", tmp_path / "seed0" / "grpo"
+    for stage, seconds in (("sample_train", 60), ("scr_data", 6), ("scr", 54), ("mtsf", 120)):
+        (margin / stage).mkdir(parents=True)
+        (margin / stage / "DONE.json").write_text(json.dumps({"seconds": seconds}))
+    (grpo / "grpo").mkdir(parents=True)
+    (grpo / "grpo" / "DONE.json").write_text(json.dumps({"seconds": 300}))
+    replicate.share_stages(str(margin), str(tmp_path / "seed0" / "dpo"),
+                           ("sample_train", "scr_data"))
+    minutes = replicate.extra_minutes(str(tmp_path), [0])
+    assert minutes == {"MTSF (margin)": [4.0], "GRPO": [5.0]}  # DPO has not finished
+    rows = {row for row, _, _ in replicate.RL_ROWS}
+    assert set(replicate.EXTRA_STAGES) == rows - {"SSFT"}  # each method's cost has its row
