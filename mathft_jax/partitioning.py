@@ -179,6 +179,8 @@ class Partitioner:
 
     # ------------------------------------------------------------------ parameters
 
+    # Boxed ShapeDtypeStructs of the parameters: `init_params` (the one place the Decoder is
+    # initialised on dummy tokens) under eval_shape; nothing allocated.
     abstract_params = staticmethod(decoder.abstract_params)
 
     def shardings(self, logical_tree):
