@@ -75,7 +75,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mathft_jax import decoding, gin_utils  # noqa: E402
+from mathft_jax import batching, decoding, gin_utils  # noqa: E402
 from mathft_jax.models import count_params, kv_cache_bytes_per_token  # noqa: E402
 from mathft_jax.models.decoder import init_params  # noqa: E402
 
@@ -133,7 +133,7 @@ def measure(params, cfg, n: int, prompts: int, shared: bool, args) -> dict:
     assert generated == prompts * n * args.decode_len
     seconds = statistics.median(times)
     rows = prompts * n
-    cache_len = decoding.bucket_length(args.prompt_len) + args.decode_len
+    cache_len = batching.bucket_length(args.prompt_len) + args.decode_len
     result = {"num_samples": n, "prompts": prompts, "sequences": rows, "shared_prefill": shared,
               "seconds": seconds, "tokens_per_s": generated / seconds, "first_call_s": compile_s,
               **bound(cfg, rows, cache_len, args.hbm_bandwidth_gbps)}

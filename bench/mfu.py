@@ -143,18 +143,17 @@ def train_bytes_lower_bound(cfg: DecoderConfig, batch: int, seq_len: int, optimi
 
 def measure_train(cfg: DecoderConfig, batch: int, seq_len: int, optimizer: str,
                   steps: int, loss_chunk: int = 0, profile_path: str = "") -> dict:
-    mesh = partitioning.make_mesh()
-    rules = partitioning.rules_for(cfg, mesh)
+    partitioner = partitioning.Partitioner.create(cfg)
     schedule = learning_rate_schedule(peak=1e-4)
     opt = make_optimizer(optimizer, schedule=schedule)
-    _, shardings = abstract_state(cfg, opt, mesh, rules)
+    _, shardings = abstract_state(cfg, opt, partitioner)
     state = init_state(cfg, opt, shardings, seed=0)
-    data = random_batch(batch, seq_len, cfg.vocab_size, partitioning.batch_sharding(mesh))
-    with partitioning.mesh_context(mesh, rules):
+    data = random_batch(batch, seq_len, cfg.vocab_size, partitioner.batch_sharding)
+    with partitioner.context():
         objective = functools.partial(lm_objective, loss_chunk=loss_chunk)
-        step = jax.jit(make_train_step(cfg, opt, schedule, objective, 1, mesh),
-                       in_shardings=(shardings, partitioning.batch_sharding(mesh)),
-                       out_shardings=(shardings, partitioning.replicated(mesh)),
+        step = jax.jit(make_train_step(cfg, opt, schedule, objective, 1, partitioner),
+                       in_shardings=(shardings, partitioner.batch_sharding),
+                       out_shardings=(shardings, partitioner.replicated),
                        donate_argnums=0)
         t0 = time.perf_counter()
         state, metrics = step(state, data)
@@ -249,17 +248,17 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
 def measure_decode(name: str, cfg: DecoderConfig, prompts: int, samples: int, prompt_len: int,
                    decode_len: int, budget: Budget) -> dict:
     from mathft_jax import decoding
-    from mathft_jax.models.decoder import Decoder
+    from mathft_jax.models.decoder import init_params
     if budget.left() <= 0:
         return emit({"kind": "decode", "model": name, "skipped": "time budget spent"})
-    mesh = partitioning.make_mesh(data=-1, fsdp=1)  # weights replicated, batch split
-    rules = partitioning.rules_for(cfg, mesh)
-    shardings = partitioning.param_shardings(cfg, mesh, rules)
+    # weights replicated, batch split
+    partitioner = partitioning.Partitioner.create(cfg, partitioning.make_mesh(data=-1, fsdp=1))
+    shardings = partitioner.param_shardings(cfg)
     bf16 = cfg.replace(param_dtype="bfloat16")  # decoding reads bf16 weights
 
     def init(rng):
         import flax.linen as nn
-        return nn.unbox(Decoder(bf16).init(rng, jnp.zeros((1, 1), jnp.int32))["params"])
+        return nn.unbox(init_params(bf16, rng))
 
     try:
         params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
@@ -267,7 +266,8 @@ def measure_decode(name: str, cfg: DecoderConfig, prompts: int, samples: int, pr
         batch = [[int(t) for t in rng.integers(1, cfg.vocab_size, prompt_len)] for _ in range(prompts)]
         sp = decoding.SamplingParams(num_samples=samples, max_decode_len=decode_len,
                                      temperature=1.0, eos_id=-1)
-        run = lambda: decoding.generate(params, cfg, batch, sp, seed=0, mesh=mesh, rules=rules)  # noqa: E731
+        run = lambda: decoding.generate(params, cfg, batch, sp, seed=0,  # noqa: E731
+                                        partitioner=partitioner)
         t0 = time.perf_counter()
         run()
         first_s = time.perf_counter() - t0

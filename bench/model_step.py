@@ -35,14 +35,13 @@ def step_fn(cfg):
 def measure(name: str, args) -> dict:
     overrides = {"dtype": args.dtype} if args.dtype else {}
     cfg = common.model_config([f"gin_configs/models/{name}.gin"], **overrides)
-    mesh = partitioning.make_mesh()
-    rules = partitioning.rules_for(cfg, mesh)
+    partitioner = partitioning.Partitioner.create(cfg)
     params = jax.jit(lambda k: nn.unbox(init_params(cfg, k)),
-                     out_shardings=partitioning.param_shardings(cfg, mesh, rules))(jax.random.PRNGKey(0))
+                     out_shardings=partitioner.param_shardings(cfg))(jax.random.PRNGKey(0))
     tokens = jax.device_put(np.random.default_rng(0).integers(
         0, cfg.vocab_size, (args.batch, args.seq_len + 1)).astype(np.int32),
-        partitioning.batch_sharding(mesh))
-    with partitioning.mesh_context(mesh, rules):
+        partitioner.batch_sharding)
+    with partitioner.context():
         fn = step_fn(cfg)
         timing = common.time_call(lambda: jax.block_until_ready(fn(params, tokens)), args.runs)
     return throughput_record(name, cfg, args, timing)

@@ -22,19 +22,18 @@ from mathft_jax.trainer import abstract_state, init_state, make_train_step
 def measure(name: str, args) -> dict:
     overrides = {"dtype": args.dtype} if args.dtype else {}
     cfg = common.model_config([f"gin_configs/models/{name}.gin"], **overrides)
-    mesh = partitioning.make_mesh()
-    rules = partitioning.rules_for(cfg, mesh)
+    partitioner = partitioning.Partitioner.create(cfg)
     schedule = learning_rate_schedule(peak=1e-4)
     opt = make_optimizer(schedule=schedule)
-    _, shardings = abstract_state(cfg, opt, mesh, rules)
+    _, shardings = abstract_state(cfg, opt, partitioner)
     state = init_state(cfg, opt, shardings, seed=0)
     rows = np.random.default_rng(0).integers(1, cfg.vocab_size, (args.batch, args.seq_len + 1))
     batch = {"decoder_input_tokens": rows[:, :-1], "decoder_target_tokens": rows[:, 1:],
              "decoder_loss_weights": np.ones((args.batch, args.seq_len))}
-    bsh = partitioning.batch_sharding(mesh)
+    bsh = partitioner.batch_sharding
     batch = {k: jax.device_put(v.astype(np.int32), bsh) for k, v in batch.items()}
-    with partitioning.mesh_context(mesh, rules):
-        step = jax.jit(make_train_step(cfg, opt, schedule, mesh=mesh),
+    with partitioner.context():
+        step = jax.jit(make_train_step(cfg, opt, schedule, partitioner=partitioner),
                        in_shardings=(shardings, bsh), out_shardings=(shardings, None),
                        donate_argnums=0)
         holder = {"state": state}

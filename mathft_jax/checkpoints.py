@@ -61,12 +61,12 @@ def resolve_params_dir(path: str) -> str:
     raise FileNotFoundError(f"no complete checkpoint (no params item) under {p}")
 
 
-def load_params(path: str, cfg: DecoderConfig, mesh=None, rules=None):
-    """Parameters only (for fine-tuning starts, inference and export), resharded onto
-    `mesh` (default: all devices as one fsdp axis)."""
-    mesh = mesh or partitioning.make_mesh()
-    rules = rules or partitioning.rules_for(cfg, mesh)
-    target = partitioning.param_targets(cfg, mesh, rules)
+def load_params(path: str, cfg: DecoderConfig,
+                partitioner: Optional[partitioning.Partitioner] = None):
+    """Parameters only (for fine-tuning starts, inference and export), resharded onto the
+    partitioner's mesh (default: `Partitioner.create(cfg)`, the mesh of `make_mesh.*`)."""
+    partitioner = partitioner or partitioning.Partitioner.create(cfg)
+    target = partitioner.param_targets(cfg)
     params_dir = resolve_params_dir(path)
     logging.info("loading parameters from %s", params_dir)
     with ocp.StandardCheckpointer() as ckptr:

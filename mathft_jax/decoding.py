@@ -1,7 +1,7 @@
 """Sampling with a KV cache: one prefill pass over the prompts, then a `jax.lax.while_loop`.
 
     samples = generate(params, cfg, prompts, SamplingParams(num_samples=64, temperature=0.7,
-                       eos_id=vocab.eos_id), seed=0, prompt_ids=global_indices, mesh=mesh)
+                       eos_id=vocab.eos_id), seed=0, prompt_ids=global_indices, partitioner=partitioner)
     samples.tokens [num_prompts, N, max_decode_len], samples.lengths [num_prompts, N],
     samples.logprobs [num_prompts, N] (each sample's log-likelihood under the model)
 
@@ -21,25 +21,21 @@ Design (see docs/ARCHITECTURE.md, "Decoding"; figures in docs/PERFORMANCE.md):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from mathft_jax import partitioning
+from mathft_jax.batching import PAD_ID, check_prompts, pad_prompts, rows_for
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
 from mathft_jax.models.layers import CACHE_BLOCK
-
-PAD_ID = 0
-MIN_BUCKET = 16
+from mathft_jax.partitioning import NO_MESH, Partitioner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +163,7 @@ def sample_logits(logits: jax.Array, keys: jax.Array, temperature, top_p=1.0, *,
 
 
 def constrain_cache(cache, cfg: DecoderConfig):
-    """Shard the cache by its logical axes (no-op outside `partitioning.mesh_context`)."""
+    """Shard the cache by its logical axes (no-op outside a `Partitioner.context()`)."""
     is_axes = lambda a: isinstance(a, tuple) and all(isinstance(s, str) for s in a)  # noqa: E731
     axes = jax.tree_util.tree_leaves(cache_logical_axes(cfg), is_leaf=is_axes)
     leaves, treedef = jax.tree_util.tree_flatten(cache)
@@ -279,75 +275,7 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
     return out, count, logprob
 
 
-# ----------------------------------------------------------------------------- host side
-
-
-def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
-    """Static shapes: round up to a power of two, so few distinct lengths compile."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
-
-
-def check_prompts(prompts: Sequence[Sequence[int]], max_len: int, truncate: bool,
-                  what: str = "prompts") -> list[list[int]]:
-    """Token lists, checked: none empty; longer than max_len raises, or with `truncate`
-    keeps the first token (the decoder's start token) and the last max_len - 1."""
-    if len(prompts) == 0:
-        raise ValueError(f"{what} is empty: nothing to decode")
-    out = []
-    for i, p in enumerate(prompts):
-        p = [int(t) for t in p]
-        if not p:
-            raise ValueError(f"{what}[{i}] is empty: a prompt needs at least one token")
-        if len(p) > max_len:
-            if not truncate:
-                raise ValueError(f"{what}[{i}] has {len(p)} tokens, more than the model's "
-                                 f"max_seq_len={max_len} (pass truncate_prompts=True to keep "
-                                 "its last tokens)")
-            p = p[:1] + p[len(p) - max_len + 1:]
-        out.append(p)
-    return out
-
-
-def pad_rows(prompts: list[list[int]], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to [rows, length]; rows beyond the prompts are one-token dummies."""
-    tokens = np.full((rows, length), PAD_ID, np.int32)
-    lengths = np.ones((rows,), np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-        lengths[i] = len(p)
-    return tokens, lengths
-
-
-def padded_rows(rows: int, mesh: Optional[Mesh]) -> int:
-    return -(-rows // partitioning.batch_shards(mesh)) * partitioning.batch_shards(mesh)
-
-
-def prompt_rows(num_prompts: int, num_samples: int, mesh: Optional[Mesh]) -> int:
-    """How many prompt rows to run: at least num_prompts, and enough that their rows * N
-    sequences split evenly over the batch shards. The sequences are what is sharded, so one
-    prompt with N=64 on 8 devices runs 1 prompt row (8 sequences a device), not 8 rows."""
-    shards, rows = partitioning.batch_shards(mesh), num_prompts
-    while (rows * num_samples) % shards:
-        rows += 1
-    return rows
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
-def run_context(mesh: Optional[Mesh], rules):
-    """Trace and run under the mesh and rules, so the logical constraints shard."""
-    return partitioning.mesh_context(mesh, rules) if mesh is not None else contextlib.nullcontext()
-
-
-def resolve_rules(cfg: DecoderConfig, mesh: Optional[Mesh], rules):
-    if mesh is None or rules is not None:
-        return rules
-    return partitioning.rules_for(cfg, mesh)
+# ----------------------------------------------------------------------------- generate
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,14 +285,14 @@ def _compiled_generate(cfg: DecoderConfig, sp: DecodeStatic):
 
 def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
              *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
-             mesh: Optional[Mesh] = None, rules: Any = None,
-             truncate_prompts: bool = False, pad_to: int = 0) -> Samples:
+             partitioner: Partitioner = NO_MESH, truncate_prompts: bool = False,
+             pad_to: int = 0) -> Samples:
     """N samples for each prompt (token lists, e.g. [start id] + encode(text)).
 
     prompt_ids: each prompt's global index (default 0..B-1); sample j of prompt i uses the
     rng stream i * N + j, so pass the same ids to get the same samples in any batch.
-    mesh / rules: decode data-parallel on this mesh (params already sharded on it, e.g.
-    with `partitioning.param_shardings`); rules default to `partitioning.rules_for`.
+    partitioner: decode data-parallel on its mesh (params already sharded on it, e.g. with
+    `partitioner.param_shardings`); default: no mesh, one device.
     pad_to: run at least this many prompt rows (dummies, dropped), so a short last batch
     reuses the full batches' compiled program.
     truncate_prompts: a prompt longer than max_seq_len - max_decode_len keeps its first
@@ -380,23 +308,21 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
     if ids.shape != (len(prompts),):
         raise ValueError(f"prompt_ids must have one id per prompt ({len(prompts)}), got {ids.shape}")
-    rows = prompt_rows(max(len(prompts), pad_to), n, mesh)
+    rows = rows_for(max(len(prompts), pad_to), partitioner.batch_shards, per_row=n)
     # Prompts that do not split over the shards are replicated: each device prefills them
     # all (few rows), then keeps its share of the N samples (repeat_cache's constraint).
-    split = rows % partitioning.batch_shards(mesh) == 0
-    tokens, lengths = pad_rows(prompts, rows, bucket_length(max(map(len, prompts))))
+    split = rows % partitioner.batch_shards == 0
+    tokens, lengths = pad_prompts(prompts, rows)
     padded_ids = np.concatenate([ids, np.zeros(rows - len(ids), np.int64)])
     sample_ids = (padded_ids[:, None] * n + np.arange(n)[None, :]).reshape(-1)
     if sample_ids.max() >= 2 ** 31:
         raise ValueError("prompt_ids * num_samples must stay below 2**31")
-    rules = resolve_rules(cfg, mesh, rules)
-    with run_context(mesh, rules):
+    with partitioner.context():
         out, count, logprob = _compiled_generate(cfg, sampling.static())(
-            params, partitioning.to_global(tokens, mesh, split),
-            partitioning.to_global(lengths, mesh, split),
-            partitioning.to_global(sample_ids.astype(np.int32), mesh), jnp.int32(seed),
+            params, partitioner.to_global(tokens, split), partitioner.to_global(lengths, split),
+            partitioner.to_global(sample_ids.astype(np.int32)), jnp.int32(seed),
             jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))
-    out = to_host(out).reshape(rows, n, -1)[:len(prompts)]
-    count = to_host(count).reshape(rows, n)[:len(prompts)]
-    logprob = to_host(logprob).reshape(rows, n)[:len(prompts)]
+    out = partitioner.to_host(out).reshape(rows, n, -1)[:len(prompts)]
+    count = partitioner.to_host(count).reshape(rows, n)[:len(prompts)]
+    logprob = partitioner.to_host(logprob).reshape(rows, n)[:len(prompts)]
     return Samples(tokens=out, lengths=count, logprobs=logprob)

@@ -1,7 +1,8 @@
 """Continuous batching: a fixed set of decode slots, refilled as their samples finish.
 
     samples = engine.generate(params, cfg, prompts, SamplingParams(num_samples=64, ...),
-                              seed=0, prompt_ids=ids, mesh=mesh, slots=512, chunk=16)
+                              seed=0, prompt_ids=ids, partitioner=partitioner, slots=512,
+                              chunk=16)
 
 `decoding.generate` decodes a static batch until its longest sample ends, so every finished
 row keeps computing padding; MATH solutions vary several-fold in length, and the longest of
@@ -26,23 +27,24 @@ sample) from a host-side queue:
 - The drain: once nothing is left to queue, the slots halve while the live ones fit in
   half (`_shrink`), so the last long samples run in a small batch.
 - On a mesh the slots are sharded like `decoding.generate`'s batch rows (data x fsdp), so
-  `slots` must divide by `partitioning.batch_shards(mesh)`.
+  `slots` must divide by the partitioner's `batch_shards`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from mathft_jax import decoding, partitioning
-from mathft_jax.decoding import PAD_ID, DecodeStatic, SamplingParams, Samples
+from mathft_jax import decoding
+from mathft_jax.batching import PAD_ID, bucket_length, check_prompts, pad_prompts, rows_for
+from mathft_jax.decoding import DecodeStatic, SamplingParams, Samples
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import init_cache
+from mathft_jax.partitioning import NO_MESH, Partitioner
 
 DEFAULT_CHUNK = 16
 
@@ -180,17 +182,15 @@ class Stats:
         return self.queued_tokens / max(self.queued_slot_steps, 1)
 
 
-def check_slots(slots: int, mesh: Optional[Mesh]) -> None:
+def check_slots(slots: int, partitioner: Partitioner) -> None:
     if not isinstance(slots, (int, np.integer)) or slots < 1:
         raise ValueError(f"slots must be a positive int, got {slots!r}")
-    if slots % partitioning.batch_shards(mesh):
-        raise ValueError(f"slots={slots} must be divisible by data*fsdp="
-                         f"{partitioning.batch_shards(mesh)} of the mesh")
+    partitioner.check_batch_divisible(slots, "slots")
 
 
 def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
            *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
-           mesh: Optional[Mesh] = None, rules: Any = None, truncate_prompts: bool = False,
+           partitioner: Partitioner = NO_MESH, truncate_prompts: bool = False,
            slots: int = 64, chunk: int = DEFAULT_CHUNK, prefill_group: int = 0,
            stats: Optional[Stats] = None
            ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
@@ -204,11 +204,11 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     shapes, which is what makes the samples equal bit for bit on XLA:CPU (rows of a batch
     are computed alike only within one shape). `stats`, if given, is filled in."""
     sampling.validate()
-    check_slots(slots, mesh)
+    check_slots(slots, partitioner)
     if not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     limit = cfg.max_seq_len - sampling.max_decode_len if truncate_prompts else cfg.max_seq_len
-    prompts = decoding.check_prompts(prompts, max(1, limit), truncate_prompts)
+    prompts = check_prompts(prompts, max(1, limit), truncate_prompts)
     n, max_len, sp = sampling.num_samples, sampling.max_decode_len, sampling.static()
     ids = np.arange(len(prompts)) if prompt_ids is None else np.asarray(prompt_ids, np.int64)
     if ids.shape != (len(prompts),):
@@ -217,14 +217,13 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     if (ids.max() + 1) * n > 2 ** 31:
         raise ValueError("prompt_ids * num_samples must stay below 2**31")
     stats = stats if stats is not None else Stats()
-    rules = decoding.resolve_rules(cfg, mesh, rules)
     lengths = np.array([len(p) for p in prompts], np.int64)
     budgets = np.minimum(max_len, cfg.max_seq_len - lengths)  # room left in the context
-    pool_width = decoding.bucket_length(lengths.max())
+    pool_width = bucket_length(lengths.max())
     capacity = decoding.cache_length(pool_width, max_len)
     group = prefill_group or -(-slots // n)
-    group_rows = decoding.prompt_rows(group, n, mesh)  # as decoding.generate(pad_to=group)
-    split = group_rows % partitioning.batch_shards(mesh) == 0
+    group_rows = rows_for(group, partitioner.batch_shards, per_row=n)  # as generate(pad_to=group)
+    split = group_rows % partitioner.batch_shards == 0
     # A refill round touches the open group and those its free slots reach.
     pool_groups = min(-(-len(prompts) // group), -(-slots // (group * n)) + 2)
     ucfg = cfg.replace(scan_layers=False)  # the engine's caches are per layer (unroll_layers)
@@ -249,7 +248,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
         for i in sorted(i for i in results if remaining[i] == 0):
             yield (i, *results.pop(i))
 
-    with decoding.run_context(mesh, rules):
+    with partitioner.context():
         cache = _compiled("empty", ucfg, slots=slots, capacity=capacity)()
         pool = init_cache(ucfg, pool_groups * group_rows, pool_width)
         pending = next(queue, None)
@@ -279,15 +278,14 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 pending = next(queue, None)
             for g in fresh:
                 members = prompts[g * group:(g + 1) * group]
-                toks, _ = decoding.pad_rows(members, group_rows,
-                                            decoding.bucket_length(max(map(len, members))))
+                toks, _ = pad_prompts(members, group_rows)
                 rows = pooled[g] * group_rows + np.arange(group_rows, dtype=np.int32)
-                toks = partitioning.to_global(toks, mesh, split)  # as decoding.generate
+                toks = partitioner.to_global(toks, split)  # as decoding.generate
                 pool = _compiled("prefill", cfg)(params, pool, toks, jnp.asarray(rows))
                 stats.prefills += len(members)
             if fill.any():
-                cache = _compiled("insert", ucfg)(cache, pool, partitioning.to_global(src, mesh),
-                                                  partitioning.to_global(fill, mesh))
+                cache = _compiled("insert", ucfg)(cache, pool, partitioner.to_global(src),
+                                                  partitioner.to_global(fill))
             # Groups all of whose samples have slots no longer need their pool rows.
             open_group = pending[0] // group if pending is not None else -1
             pooled = {g: r for g, r in pooled.items() if g == open_group}
@@ -295,17 +293,17 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
             if not host.live.any():
                 break
             if pending is None:
-                cache, host, bufs = _shrink(cache, host, bufs, ucfg, mesh)
+                cache, host, bufs = _shrink(cache, host, bufs, ucfg, partitioner)
             width = len(host.live)
 
             run = _compiled("chunk", cfg, sp=sp, chunk=chunk)
-            args = [partitioning.to_global(x, mesh) for x in
+            args = [partitioner.to_global(x) for x in
                     (host.token, host.pos, host.step, host.budget, host.sid, host.live,
                      host.logprob)]
             cache, packed, logprob = run(params, cache, *args, jnp.int32(seed), temperature,
                                          top_p)
-            packed = decoding.to_host(packed)
-            host.logprob = decoding.to_host(logprob).astype(np.float32)
+            packed = partitioner.to_host(packed)
+            host.logprob = partitioner.to_host(logprob).astype(np.float32)
             out, step, live = packed[:, :chunk], packed[:, chunk], packed[:, chunk + 1].astype(bool)
             made = step - host.step
             stats.chunks += 1
@@ -327,20 +325,20 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
         yield from pop_completed()
 
 
-def _shrink(cache, host: _Slots, bufs: list, cfg: DecoderConfig, mesh: Optional[Mesh]):
+def _shrink(cache, host: _Slots, bufs: list, cfg: DecoderConfig, partitioner: Partitioner):
     """The drain (nothing left to queue): halve the slots while the live ones fit in half,
     so the last samples do not drag a mostly idle batch along. A decode step computes each
     row alike in any batch of 2 or more rows on XLA:CPU (tests/test_engine.py; the bench's
     2 x 1,024 samples), so moving a sample changes none of its tokens; a batch of 1 takes a
     matrix-vector path that sums differently, so the slots stop at 2."""
-    width, shards = len(host.live), partitioning.batch_shards(mesh)
+    width, shards = len(host.live), partitioner.batch_shards
     while (width % 2 == 0 and width // 2 >= 2 and (width // 2) % shards == 0
            and host.live.sum() <= width // 2):
         width //= 2
     if width == len(host.live):
         return cache, host, bufs
     keep = np.concatenate([np.flatnonzero(host.live), np.flatnonzero(~host.live)])[:width]
-    cache = _compiled("take", cfg)(cache, partitioning.to_global(keep.astype(np.int32), mesh))
+    cache = _compiled("take", cfg)(cache, partitioner.to_global(keep.astype(np.int32)))
     return cache, host.take(keep), [bufs[k] for k in keep]
 
 

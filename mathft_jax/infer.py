@@ -228,17 +228,16 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     start_id = vocab_lib.decoder_start_id(vocab)
     sampling = decoding.SamplingParams(num_samples, max_decode_len, temperature, top_k, top_p,
                                        int(vocab.eos_id), share_prefill).validate()
-    mesh = partitioning.make_mesh()
-    partitioning.check_batch_divisible(batch_size, mesh, "infer.batch_size")
+    partitioner = partitioning.Partitioner.create(cfg)
+    partitioner.check_batch_divisible(batch_size, "infer.batch_size")
     slots = run.slots or batch_size * num_samples
-    partitioning.check_batch_divisible(slots, mesh, "infer.slots")
-    rules = partitioning.rules_for(cfg, mesh)
+    partitioner.check_batch_divisible(slots, "infer.slots")
     problems = load_problems(task, split, problems_file)[:max_problems]
     todo = [i for i, done in enumerate(done_mask(problems, output_path)) if not done]
     logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo), num_samples)
 
-    params = checkpoints.load_params(checkpoint, cfg, mesh, rules) if todo else None
-    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, mesh, rules)
+    params = checkpoints.load_params(checkpoint, cfg, partitioner) if todo else None
+    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
                  if todo and evaluator_checkpoint else None)
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
@@ -246,7 +245,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     tokens, sampled, started = 0, 0, time.perf_counter()
     prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(problems[i]["problem"])))
                for i in todo]
-    common = dict(seed=seed, mesh=mesh, rules=rules, truncate_prompts=truncate_prompts)
+    common = dict(seed=seed, partitioner=partitioner, truncate_prompts=truncate_prompts)
     if not todo:  # all written already (a rerun): the engine refuses an empty prompt list
         batches = iter(())
     elif run.engine == "continuous":
@@ -261,7 +260,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         batch = [problems[i] for i in index]
         records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
         if evaluator is not None:  # every process: scoring is collective on a mesh
-            scoring.score_records(evaluator, cfg, vocab, records, mesh=mesh, rules=rules,
+            scoring.score_records(evaluator, cfg, vocab, records, partitioner=partitioner,
                                   start_id=start_id)
         if writer:
             write_chunk(output_path, index[0], records)

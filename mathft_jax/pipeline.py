@@ -365,11 +365,10 @@ def score_stage(run: Run, generator: str, evaluator: str) -> dict:
     from mathft_jax.models.config import DecoderConfig
     records = candidates.read_candidates(run.eval_candidates(generator))
     cfg = DecoderConfig().validate()
-    mesh = partitioning.make_mesh()
-    rules = partitioning.rules_for(cfg, mesh)
-    params = checkpoints.load_params(evaluator, cfg, mesh, rules)
+    partitioner = partitioning.Partitioner.create(cfg)
+    params = checkpoints.load_params(evaluator, cfg, partitioner)
     scored = scoring.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
-                                   mesh=mesh, rules=rules)
+                                   partitioner=partitioner)
     if distributed.is_main_process():
         candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
     return {"scored": scored}

@@ -53,21 +53,22 @@ def row_batches(records: Sequence[dict], vocab, sequence_length: int, batch_size
 
 
 def reference_log_likelihoods(params, cfg, vocab, records: Sequence[dict], sequence_length: int,
-                              batch_size: int = 16, mesh=None, rules=None) -> np.ndarray:
+                              batch_size: int = 16, partitioner=None) -> np.ndarray:
     """float32 [num_pairs, 2]: the model's log P(chosen | P) and log P(rejected | P), computed
-    as `objectives.dpo_objective` computes the policy's (same rows, same code)."""
+    as `objectives.dpo_objective` computes the policy's (same rows, same code).
+    partitioner: a `partitioning.Partitioner` (default: none, one device)."""
     import jax  # noqa: PLC0415 (jax only where a model runs)
 
-    from mathft_jax import decoding, objectives, partitioning  # noqa: PLC0415
+    from mathft_jax import objectives, partitioning  # noqa: PLC0415
     from mathft_jax.models.decoder import Decoder  # noqa: PLC0415
+    partitioner = partitioner or partitioning.NO_MESH
     model = Decoder(cfg)
     fn = jax.jit(lambda p, b: objectives._row_log_likelihoods(model, p, b, 0))  # noqa: SLF001
-    rules = decoding.resolve_rules(cfg, mesh, rules)
     out = np.zeros((2 * len(records),), np.float32)
     for begin, batch, used in row_batches(records, vocab, sequence_length, batch_size):
-        with decoding.run_context(mesh, rules):
-            ll = fn(params, {k: partitioning.to_global(v, mesh) for k, v in batch.items()})
-        out[begin:begin + used] = decoding.to_host(ll)[:used]
+        with partitioner.context():
+            ll = fn(params, {k: partitioner.to_global(v) for k, v in batch.items()})
+        out[begin:begin + used] = partitioner.to_host(ll)[:used]
     return out.reshape(-1, 2)
 
 
@@ -98,12 +99,11 @@ def make_preferences(output_path: str = gin.REQUIRED,
     if sequence_length > cfg.max_seq_len:
         raise settings.SettingError(f"make_preferences.sequence_length={sequence_length} exceeds "
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
-    mesh = partitioning.make_mesh()
-    partitioning.check_batch_divisible(batch_size, mesh, "make_preferences.batch_size")
-    rules = partitioning.rules_for(cfg, mesh)
-    params = checkpoints.load_params(reference_checkpoint, cfg, mesh, rules)
+    partitioner = partitioning.Partitioner.create(cfg)
+    partitioner.check_batch_divisible(batch_size, "make_preferences.batch_size")
+    params = checkpoints.load_params(reference_checkpoint, cfg, partitioner)
     lls = reference_log_likelihoods(params, cfg, vocabulary or vocab_lib.get_vocabulary(),
-                                    records, sequence_length, batch_size, mesh, rules)
+                                    records, sequence_length, batch_size, partitioner)
     if distributed.is_main_process():
         write_preferences(output_path, with_reference(records, lls, sequence_length))
     logging.info("preferences: %d pairs with reference log-likelihoods -> %s", len(records),

@@ -8,17 +8,18 @@ KV cache that both labels continue from, so a candidate costs one pass over its 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from mathft_jax import decoding, partitioning
+from mathft_jax import decoding
+from mathft_jax.batching import check_prompts, pad_prompts, rows_for
 from mathft_jax.data.formats import evaluator_prompt, evaluator_target, solution_prefixes
 from mathft_jax.models.config import DecoderConfig
+from mathft_jax.partitioning import NO_MESH, Partitioner
 
 
 def label_logprobs(params, contexts, lengths, *, cfg: DecoderConfig, labels: tuple):
@@ -61,7 +62,7 @@ def encode_label(vocab, text: str) -> tuple:
 
 def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
                     solutions: Sequence[str], *, batch_size: int = 32,
-                    mesh: Optional[Mesh] = None, rules: Any = None,
+                    partitioner: Partitioner = NO_MESH,
                     start_id: Optional[int] = None, truncate: bool = True,
                     labels: Optional[tuple] = None) -> np.ndarray:
     """S(X|P) for each (problem, solution) pair: float64 [n] in [0, 1].
@@ -69,7 +70,7 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     start_id: the decoder's start token (default: `data.vocab.decoder_start_id(vocab)`).
     truncate: contexts too long for the model keep their start token and their end (where
     the template's question is), else they raise. Candidates are scored in batches of
-    `batch_size` sorted by length (less padding), data-parallel on `mesh`.
+    `batch_size` sorted by length (less padding), data-parallel on the partitioner's mesh.
     """
     if len(problems) != len(solutions):
         raise ValueError(f"problems ({len(problems)}) and solutions ({len(solutions)}) "
@@ -83,22 +84,20 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
         labels = (evaluator_target(True), evaluator_target(False))
     label_ids = tuple(encode_label(vocab, text) for text in labels)
     room = cfg.max_seq_len - max(map(len, label_ids))
-    contexts = decoding.check_prompts(
+    contexts = check_prompts(
         [[start] + list(vocab.encode(evaluator_prompt(p, s))) for p, s in zip(problems, solutions)],
         room, truncate, what="evaluator contexts")
-    rules = decoding.resolve_rules(cfg, mesh, rules)
-    rows = decoding.padded_rows(batch_size, mesh)
+    rows = rows_for(batch_size, partitioner.batch_shards)
     order = np.argsort([len(c) for c in contexts], kind="stable")
     logps = np.zeros((len(contexts), len(labels)), np.float64)
     fn = _compiled_label_logprobs(cfg, label_ids)
     for begin in range(0, len(order), batch_size):
         index = order[begin:begin + batch_size]
         batch = [contexts[i] for i in index]
-        tokens, lengths = decoding.pad_rows(batch, rows, decoding.bucket_length(max(map(len, batch))))
-        with decoding.run_context(mesh, rules):
-            out = fn(params, partitioning.to_global(tokens, mesh),
-                     partitioning.to_global(lengths, mesh))
-        logps[index] = decoding.to_host(out)[:len(batch)]
+        tokens, lengths = pad_prompts(batch, rows)
+        with partitioner.context():
+            out = fn(params, partitioner.to_global(tokens), partitioner.to_global(lengths))
+        logps[index] = partitioner.to_host(out)[:len(batch)]
     # p_c / (p_c + p_i) = sigmoid(log p_c - log p_i), stable for very unlikely labels.
     return 1.0 / (1.0 + np.exp(logps[:, 1] - logps[:, 0]))
 

@@ -50,10 +50,10 @@ class TrainResult:
     last_metrics: dict
 
 
-def global_batch(local: dict, mesh) -> dict:
+def global_batch(local: dict, partitioner: partitioning.Partitioner) -> dict:
     """Host batch -> global jax.Arrays, rows split over (data, fsdp). Every process holds
     the same global batch (the data iterator is deterministic)."""
-    return {k: partitioning.to_global(v, mesh) for k, v in local.items()}
+    return {k: partitioner.to_global(v) for k, v in local.items()}
 
 
 def _dataset(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
@@ -138,13 +138,12 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
             "log_every", "seed", "pack", "micro_batches", "train_split", "eval_split",
             "objective", "async_checkpoints", "preemption_check_every")(run)
     cfg = model or DecoderConfig()
-    mesh = mesh_fn()
-    rules = partitioning.rules_for(cfg, mesh)
-    partitioning.check_batch_divisible(batch_size, mesh, "train.batch_size")
-    if (batch_size // micro_batches) % partitioning.batch_shards(mesh):
+    partitioner = partitioning.Partitioner.create(cfg, mesh_fn())
+    partitioner.check_batch_divisible(batch_size, "train.batch_size")
+    if (batch_size // micro_batches) % partitioner.batch_shards:
         raise settings.SettingError(
             f"train.micro_batches={micro_batches}: micro-batches of {batch_size // micro_batches} "
-            f"rows do not divide the mesh's {partitioning.batch_shards(mesh)} data shards")
+            f"rows do not divide the mesh's {partitioner.batch_shards} data shards")
     if sequence_length > cfg.max_seq_len:
         raise ValueError(f"train.sequence_length={sequence_length} exceeds "
                          f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
@@ -159,7 +158,7 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
 
     schedule = learning_rate_schedule(train_steps=total_steps)
     optimizer = make_optimizer(schedule=schedule)
-    abstract, shardings = abstract_state(cfg, optimizer, mesh, rules)
+    abstract, shardings = abstract_state(cfg, optimizer, partitioner)
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
     provenance.record(model_dir)  # config.gin: the operative config, as T5X keeps it
@@ -174,13 +173,14 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
     # Restore/init outside the mesh context: eval_shape and init trace the model eagerly,
     # where logical sharding constraints have nothing to constrain.
     state = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
-                             seed, data_iterator, mesh, rules)
+                             seed, data_iterator, partitioner)
     start = int(state.step)
-    with partitioning.mesh_context(mesh, rules):
-        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches, mesh),
+    with partitioner.context():
+        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches,
+                                          partitioner),
                           # batches arrive as global arrays already laid out by global_batch()
                           in_shardings=(shardings, None),
-                          out_shardings=(shardings, partitioning.replicated(mesh)),
+                          out_shardings=(shardings, partitioner.replicated),
                           donate_argnums=0)
         eval_fn = jax.jit(make_eval_step(cfg, objective))
         preemption.install()
@@ -212,7 +212,7 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
 
         try:
             for step in range(start + 1, total_steps + 1):
-                batch = global_batch(next(data_iterator), mesh)
+                batch = global_batch(next(data_iterator), partitioner)
                 state, metrics = step_fn(state, batch)
                 # Step `step` is queued; report the one before it meanwhile, so the host never
                 # stalls the device. A step's own metrics are checked before its state is saved.
@@ -222,7 +222,7 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
                 saving = step % checkpoint_every == 0 and step != total_steps
                 if eval_every and eval_iterator_fn and step % eval_every == 0:
                     writer.write(step, _evaluate(eval_fn, state.params, eval_iterator_fn(),
-                                                 eval_steps, mesh), prefix="eval")
+                                                 eval_steps, partitioner), prefix="eval")
                 if _poll_preemption(step, preemption_check_every):
                     logging.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
                     preempted = saving = True
@@ -268,7 +268,7 @@ def _save(mngr, step, state, data_iterator) -> None:
 
 
 def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
-                     data_iterator, mesh, rules):
+                     data_iterator, partitioner):
     from mathft_jax.trainer import TrainState
     latest = mngr.latest_step()
     if latest is not None:
@@ -279,17 +279,17 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
         return TrainState(step=step, params=params, opt_state=opt_state)
     if init_checkpoint:
         logging.info("initialising parameters from %s (fresh optimizer)", init_checkpoint)
-        params = checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+        params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
         return init_state(cfg, optimizer, shardings, seed, params=params)
     return init_state(cfg, optimizer, shardings, seed)
 
 
-def _evaluate(eval_fn, params, iterator, max_batches: int, mesh) -> dict:
+def _evaluate(eval_fn, params, iterator, max_batches: int, partitioner) -> dict:
     totals = {}
     for i, batch in enumerate(iterator):
         if i >= max_batches:
             break
-        sums = jax.device_get(eval_fn(params, global_batch(batch, mesh)))
+        sums = jax.device_get(eval_fn(params, global_batch(batch, partitioner)))
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     w = max(totals.pop("weight", 0.0), 1.0)

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mathft_jax import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, init_params
 from mathft_jax.objectives import lm_objective, rows_per_group
+from mathft_jax.partitioning import BATCH_AXES, NO_MESH, Partitioner, with_shardings
 
 Batch = Dict[str, jax.Array]
 Objective = Callable[[Decoder, dict, Batch], Dict[str, jax.Array]]
@@ -32,23 +32,24 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def _split_micro_batches(batch: Batch, n: int, mesh, group: int = 1) -> Batch:
+def _split_micro_batches(batch: Batch, n: int, partitioner: Partitioner, group: int = 1) -> Batch:
     """[B, ...] -> [n, B/n, ...] taking row groups i, i+n, ... (groups of `group` consecutive
     rows, the objective's unit) into micro-batch i, so every device keeps contributing its
     local rows to every micro-batch (no resharding) and no unit is split."""
     def split(x):
         y = x.reshape((x.shape[0] // (n * group), n, group) + x.shape[1:]).swapaxes(0, 1)
         y = y.reshape((n, x.shape[0] // n) + x.shape[1:])
-        if mesh is not None:
-            spec = jax.sharding.PartitionSpec(None, partitioning.BATCH_AXES)
-            y = jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(mesh, spec))
+        if partitioner.mesh is not None:
+            spec = jax.sharding.PartitionSpec(None, BATCH_AXES)
+            y = jax.lax.with_sharding_constraint(
+                y, jax.sharding.NamedSharding(partitioner.mesh, spec))
         return y
     return jax.tree_util.tree_map(split, batch)
 
 
 def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, objective: Objective = lm_objective,
-                    micro_batches: int = 1, mesh=None):
+                    micro_batches: int = 1, partitioner: Partitioner = NO_MESH):
     model = Decoder(cfg)
 
     def sums_and_grads(params, batch):
@@ -62,7 +63,8 @@ def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
         if micro_batches == 1:
             sums, grads = sums_and_grads(state.params, batch)
         else:
-            micro = _split_micro_batches(batch, micro_batches, mesh, rows_per_group(objective))
+            micro = _split_micro_batches(batch, micro_batches, partitioner,
+                                         rows_per_group(objective))
 
             def body(carry, mb):
                 s, g = sums_and_grads(state.params, mb)
@@ -90,7 +92,7 @@ def _zero_sums_and_grads(cfg: DecoderConfig, sums_and_grads, params, micro_batch
     (logical) shardings, so the accumulator is as sharded as the parameters."""
     sums, grads = jax.eval_shape(sums_and_grads, params, micro_batch)
     zeros = lambda t: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), t)  # noqa: E731
-    specs = nn.get_partition_spec(partitioning.abstract_params(cfg))
+    specs = nn.get_partition_spec(Partitioner.abstract_params(cfg))
     grads = jax.tree_util.tree_map(nn.with_logical_constraint, zeros(grads), specs)
     return zeros(sums), grads
 
@@ -104,16 +106,17 @@ def make_eval_step(cfg: DecoderConfig, objective: Objective = lm_objective):
     return eval_step
 
 
-def abstract_state(cfg: DecoderConfig, optimizer: optax.GradientTransformation, mesh, rules):
+def abstract_state(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
+                   partitioner: Partitioner):
     """ShapeDtypeStructs (with shardings) of the TrainState, and the shardings tree."""
-    boxed = partitioning.abstract_params(cfg)
+    boxed = partitioner.abstract_params(cfg)
     params = nn.unbox(boxed)
-    p_sh = partitioning.logical_to_shardings(boxed, mesh, rules)
+    p_sh = partitioner.shardings(boxed)
     opt = jax.eval_shape(optimizer.init, params)
-    o_sh = partitioning.tree_shardings_like(opt, p_sh, params, mesh)
-    shardings = TrainState(step=partitioning.replicated(mesh), params=p_sh, opt_state=o_sh)
+    o_sh = partitioner.shardings_like_params(opt, p_sh, params)
+    shardings = TrainState(step=partitioner.replicated, params=p_sh, opt_state=o_sh)
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt)
-    return partitioning.with_shardings(abstract, shardings), shardings
+    return with_shardings(abstract, shardings), shardings
 
 
 def init_state(cfg: DecoderConfig, optimizer, shardings: TrainState, seed: int,

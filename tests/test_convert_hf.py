@@ -146,11 +146,12 @@ def test_sharded_and_scanned_import(saved):
     ref = hf_logits(model, tokens)
     mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
     cfg, params = hf.load_hf(hf_dir, mesh=mesh, dtype="float32")
-    shardings = partitioning.param_shardings(cfg, mesh, partitioning.rules_for(cfg, mesh))
+    partitioner = partitioning.Partitioner.create(cfg, mesh)
+    shardings = partitioner.param_shardings(cfg)
     q = params["layers_0"]["attention"]["query"]
     assert q.sharding.is_equivalent_to(shardings["layers_0"]["attention"]["query"], q.ndim)
     assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 2, 16)
-    with partitioning.mesh_context(mesh, partitioning.rules_for(cfg, mesh)):
+    with partitioner.context():
         assert max_diff(our_logits(cfg, params, tokens), ref) <= 1e-4
 
     cfg_s, stacked = hf.load_hf(hf_dir, dtype="float32", scan_layers=True)

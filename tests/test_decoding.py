@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mathft_jax import decoding, partitioning
+from mathft_jax import batching, decoding, partitioning
 from mathft_jax.decoding import SamplingParams
 from mathft_jax.models import Decoder, DecoderConfig
 from mathft_jax.models.decoder import init_params
@@ -52,7 +52,7 @@ def greedy_reference(params, prompt, steps):
 
 def sample(params, prompts=PROMPTS, **kw):
     opts = dict(num_samples=2, max_decode_len=6, temperature=1.0, eos_id=-1)
-    call = {k: kw.pop(k) for k in ("seed", "prompt_ids", "mesh", "truncate_prompts") if k in kw}
+    call = {k: kw.pop(k) for k in ("seed", "prompt_ids", "partitioner", "truncate_prompts") if k in kw}
     return decoding.generate(params, CFG, prompts, SamplingParams(**{**opts, **kw}), **call)
 
 
@@ -62,7 +62,7 @@ def test_cached_decode_matches_full_forward_at_every_step(init_weights):
     params = init_weights  # unscaled: logits O(1), so 1e-5 is float32's precision
     prefill = jax.jit(decoding.prefill, static_argnums=(1, 3))
     extend = jax.jit(decoding.extend, static_argnums=1)
-    tokens, lengths = decoding.pad_rows(PROMPTS, len(PROMPTS), 16)
+    tokens, lengths = batching.pad_prompts(PROMPTS, len(PROMPTS), 16)
     tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
     cache = prefill(params, CFG, tokens, 16 + 8)
     token = decoding.last_tokens(tokens, lengths)
@@ -187,25 +187,23 @@ def test_scanned_layers_decode_like_unrolled(params):
 def test_eight_devices_give_the_samples_of_one(params):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
     mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
-    rules = partitioning.rules_for(CFG, mesh)
-    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
+    partitioner = partitioning.Partitioner.create(CFG, mesh)
+    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
     kw = dict(num_samples=2, max_decode_len=6, top_p=0.9, seed=11)
     one = sample(params, **kw)
-    eight = sample(sharded, mesh=mesh, **kw)
+    eight = sample(sharded, partitioner=partitioner, **kw)
     np.testing.assert_array_equal(eight.tokens, one.tokens)
     np.testing.assert_array_equal(eight.lengths, one.lengths)
 
 
 def test_samples_not_prompts_are_split_over_devices(params):
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)  # 4 batch shards
-    assert decoding.prompt_rows(1, 8, mesh) == 1  # 8 sequences, 2 a shard: no dummy prompt
-    assert decoding.prompt_rows(3, 2, mesh) == 4  # 6 sequences do not split 4 ways; 8 do
-    assert decoding.prompt_rows(1, 3, mesh) == 4 and decoding.prompt_rows(5, 1, None) == 5
-    rules = partitioning.rules_for(CFG, mesh)
-    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
+    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+    partitioner = partitioning.Partitioner.create(CFG, mesh)
+    assert partitioner.batch_shards == 4  # 8 sequences, 2 a shard: no dummy prompt
+    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
     kw = dict(prompts=PROMPTS[1:2], num_samples=8, max_decode_len=5, seed=4)
     one = sample(params, **kw)
-    eight = sample(sharded, mesh=mesh, **kw)
+    eight = sample(sharded, partitioner=partitioner, **kw)
     np.testing.assert_array_equal(eight.tokens, one.tokens)
     assert eight.tokens.shape == (1, 8, 5)
 
@@ -223,11 +221,6 @@ def test_samples_not_prompts_are_split_over_devices(params):
 def test_bad_inputs_raise_naming_the_argument(params, prompts, kw, match):
     with pytest.raises(ValueError, match=match):
         sample(params, prompts=prompts, **kw)
-
-
-def test_long_prompt_truncation_keeps_start_token_and_tail():
-    kept = decoding.check_prompts([list(range(100, 170))], 64, truncate=True)[0]
-    assert len(kept) == 64 and kept[0] == 100 and kept[-1] == 169 and kept[1] == 107
 
 
 def test_a_truncated_prompt_keeps_room_for_every_new_token(params):

@@ -99,8 +99,7 @@ def test_dpo_steps_widen_the_margin_with_micro_batches():
         logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]))
     sched = optim.learning_rate_schedule(peak=1e-2)
     opt = optim.make_optimizer(schedule=sched)
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    _, sh = trainer.abstract_state(TINY, opt, mesh, partitioning.rules_for(TINY, mesh))
+    _, sh = trainer.abstract_state(TINY, opt, partitioning.Partitioner.single_device(TINY))
     state = trainer.init_state(TINY, opt, sh, seed=0, params=params)
     step = jax.jit(trainer.make_train_step(TINY, opt, sched, objectives.dpo_objective,
                                            micro_batches=2))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import seqio
 
-from mathft_jax import checkpoints, decoding, engine, gin_utils, partitioning, settings
+from mathft_jax import batching, checkpoints, decoding, engine, gin_utils, partitioning, settings
 from mathft_jax import infer as infer_lib
 from mathft_jax.decoding import SamplingParams
 from mathft_jax.models import DecoderConfig
@@ -101,12 +101,12 @@ def test_greedy_and_top_p_match_static(params):
 
 def test_eight_devices_give_the_samples_of_one(params):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
-    rules = partitioning.rules_for(CFG, mesh)
-    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
+    partitioner = partitioning.Partitioner.create(
+        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
     one = decoding.generate(params, CFG, PROMPTS, sampling(3), seed=11, prompt_ids=IDS)
     eight = engine.generate(sharded, CFG, PROMPTS, sampling(3), seed=11, prompt_ids=IDS,
-                            mesh=mesh, slots=8, chunk=4)
+                            partitioner=partitioner, slots=8, chunk=4)
     assert_same(one, eight)
 
 
@@ -116,7 +116,7 @@ def test_attention_reads_only_the_filled_part_of_the_cache(params):
     which is what makes a sample independent of the cache it sits in."""
     prefill = jax.jit(decoding.prefill, static_argnums=(1, 3))
     extend = jax.jit(decoding.extend, static_argnums=1)
-    tokens, lengths = decoding.pad_rows(PROMPTS[:4], 4, 32)
+    tokens, lengths = batching.pad_prompts(PROMPTS[:4], 4, 32)
     last = decoding.last_tokens(tokens, lengths)[:, None]
     small = prefill(params, CFG, tokens, layers.CACHE_BLOCK)
     big = prefill(params, CFG, tokens, 3 * layers.CACHE_BLOCK)
@@ -138,9 +138,10 @@ def test_prompts_stream_out_as_they_finish(params):
 def test_bad_slots_raise(params):
     with pytest.raises(ValueError, match="slots must be a positive int"):
         engine.generate(params, CFG, PROMPTS, sampling(2), slots=0)
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+    partitioner = partitioning.Partitioner.create(
+        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
     with pytest.raises(ValueError, match=r"slots=6 must be divisible by data\*fsdp=4"):
-        engine.generate(params, CFG, PROMPTS, sampling(2), slots=6, mesh=mesh)
+        engine.generate(params, CFG, PROMPTS, sampling(2), slots=6, partitioner=partitioner)
 
 
 # ----------------------------------------------------------------------------- infer

@@ -94,10 +94,10 @@ def test_chunked_on_a_2x2x2_mesh_equals_one_device(objective, batch):
     params = nn.unbox(init_params(CFG, jax.random.PRNGKey(2)))
     batch = batch()
     (_, ref), ref_grads = _loss_and_grads(CFG, params, batch, objective, loss_chunk=8)
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
-    rules = partitioning.rules_for(CFG, mesh)
-    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
-    with partitioning.mesh_context(mesh, rules):
+    partitioner = partitioning.Partitioner.create(
+        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
+    with partitioner.context():
         (_, sums), grads = _loss_and_grads(CFG, sharded, batch, objective, loss_chunk=8)
     assert float(ref["loss"]) > 0
     np.testing.assert_allclose(sums["loss"], ref["loss"], rtol=1e-5)

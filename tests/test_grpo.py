@@ -241,8 +241,7 @@ def test_one_update_raises_rewarded_completions_log_probability():
     vocab = CharVocab()
     opt_schedule = learning_rate_schedule(peak=3e-3)
     optimizer = make_optimizer(schedule=opt_schedule)
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    _, sh = trainer.abstract_state(TINY, optimizer, mesh, partitioning.rules_for(TINY, mesh))
+    _, sh = trainer.abstract_state(TINY, optimizer, partitioning.Partitioner.single_device(TINY))
     state = trainer.init_state(TINY, optimizer, sh, seed=0)
     sampling = rollout.sampling_params(8, 12, 1.0, 0, 1.0, vocab.eos_id)
     roll = rollout.rollout_batch(state.params, TINY, vocab, PROBLEMS[:2], sampling, seed=3,
@@ -294,8 +293,8 @@ def test_settings_fail_early_naming_the_binding(tmp_path):
 
 
 def _params(model_dir):
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    return jax.device_get(checkpoints.load_params(model_dir, TINY, mesh))
+    one_device = partitioning.Partitioner.single_device(TINY)
+    return jax.device_get(checkpoints.load_params(model_dir, TINY, one_device))
 
 
 def _rows_without_time(model_dir):

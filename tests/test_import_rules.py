@@ -62,6 +62,7 @@ CASES = [
     ("import", "mathft_jax.train", TF, None),
     ("import", "mathft_jax.decoding", TF, None),
     ("import", "mathft_jax.partitioning", TF, None),
+    ("import", "mathft_jax.batching", TF + JAX, None),  # host-side batching: NumPy only
 ]
 
 
@@ -133,10 +134,10 @@ LAYERS = {
                  "mathft_jax.preemption", "mathft_jax.parallel", "mathft_jax.distributed",
                  "mathft_jax.provenance", "mathft_jax.metrics_writer", "mathft_jax.cli_errors"),
     "grading": ("mathft_jax.grading",),
-    "model": ("mathft_jax.models", "mathft_jax.partitioning", "mathft_jax.losses",
-              "mathft_jax.fused_loss", "mathft_jax.objectives", "mathft_jax.optim",
-              "mathft_jax.trainer", "mathft_jax.decoding", "mathft_jax.engine",
-              "mathft_jax.hardware"),
+    "model": ("mathft_jax.models", "mathft_jax.partitioning", "mathft_jax.batching",
+              "mathft_jax.losses", "mathft_jax.fused_loss", "mathft_jax.objectives",
+              "mathft_jax.optim", "mathft_jax.trainer", "mathft_jax.decoding",
+              "mathft_jax.engine", "mathft_jax.hardware"),
     "model_io": ("mathft_jax.checkpoints", "mathft_jax.model_files", "mathft_jax.convert"),
     "data": ("mathft_jax.data",),
     "results": ("mathft_jax.candidates", "mathft_jax.voting", "mathft_jax.report",

@@ -33,11 +33,11 @@ def test_sharded_logits_and_grads_match_single_device(kv_heads):
     ref_logits = jax.jit(lambda p, t: Decoder(cfg).apply({"params": p}, t))(params, tokens)
     ref_grad = jax.jit(jax.grad(_loss), static_argnums=1)(params, cfg, tokens)
 
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
-    rules = partitioning.rules_for(cfg, mesh)
-    p_sh = partitioning.param_shardings(cfg, mesh, rules)
-    b_sh = partitioning.batch_sharding(mesh)
-    with partitioning.mesh_context(mesh, rules):
+    partitioner = partitioning.Partitioner.create(
+        cfg, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    p_sh = partitioner.param_shardings(cfg)
+    b_sh = partitioner.batch_sharding
+    with partitioner.context():
         sp = jax.device_put(params, p_sh)
         st = jax.device_put(tokens, b_sh)
         logits = jax.jit(lambda p, t: Decoder(cfg).apply({"params": p}, t))(sp, st)
@@ -72,6 +72,7 @@ def test_mesh_minus_one_and_errors():
 
 
 def test_batch_must_divide_data_axes():
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+    partitioner = partitioning.Partitioner.create(
+        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
     with pytest.raises(ValueError, match="divisible by data\\*fsdp=4"):
-        partitioning.check_batch_divisible(6, mesh)
+        partitioner.check_batch_divisible(6)

@@ -112,8 +112,7 @@ def test_micro_batches_keep_objective_row_groups_whole(objective, group):
              "decoder_loss_weights": (rng.rand(b, t) > 0.5).astype(np.float32),
              "pair_id": np.repeat(np.arange(4, dtype=np.int32), group)}
     opt, sched = optim.make_optimizer(), optim.learning_rate_schedule()
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    _, sh = trainer.abstract_state(cfg, opt, mesh, partitioning.rules_for(cfg, mesh))
+    _, sh = trainer.abstract_state(cfg, opt, partitioning.Partitioner.single_device(cfg))
     state = trainer.init_state(cfg, opt, sh, seed=0)
     _, one = jax.jit(trainer.make_train_step(cfg, opt, sched, objective, micro_batches=1))(state, batch)
     _, two = jax.jit(trainer.make_train_step(cfg, opt, sched, objective, micro_batches=2))(state, batch)

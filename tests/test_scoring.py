@@ -84,12 +84,13 @@ def test_default_labels_are_the_ones_the_evaluator_was_trained_on(params):
 
 
 def test_eight_devices_score_like_one(params):
-    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
-    rules = partitioning.rules_for(CFG, mesh)
-    sharded = jax.device_put(params, partitioning.param_shardings(CFG, mesh, rules))
+    partitioner = partitioning.Partitioner.create(
+        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
     kw = dict(batch_size=3, start_id=START)
     one = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, **kw)
-    eight = scoring.score_solutions(sharded, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, mesh=mesh, **kw)
+    eight = scoring.score_solutions(sharded, CFG, FakeVocab(), PROBLEMS, SOLUTIONS,
+                                    partitioner=partitioner, **kw)
     np.testing.assert_allclose(eight, one, atol=1e-6, rtol=0)
 
 

@@ -42,8 +42,8 @@ def _losses(model_dir):
 
 
 def _final_params(model_dir, cfg=TINY):
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    return jax.device_get(checkpoints.load_params(model_dir, cfg, mesh))
+    one_device = partitioning.Partitioner.single_device(cfg)
+    return jax.device_get(checkpoints.load_params(model_dir, cfg, one_device))
 
 
 def test_token_cross_entropy_matches_hand_computation():
@@ -98,8 +98,7 @@ def test_eight_devices_match_one_device(tmp_path, optimizer):
 def test_gradient_accumulation_equals_big_batch():
     opt = make_optimizer()
     sched = learning_rate_schedule()
-    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
-    _, sh = abstract_state(TINY, opt, mesh, partitioning.rules_for(TINY, mesh))
+    _, sh = abstract_state(TINY, opt, partitioning.Partitioner.single_device(TINY))
     state = init_state(TINY, opt, sh, seed=0)
     batch = next(ArrayIterator())
     batch["decoder_loss_weights"][::3, 5:9] = 0  # uneven weights across micro-batches
@@ -132,7 +131,8 @@ def test_restore_onto_different_meshes(tmp_path):
     ref = _final_params(run.model_dir)
     for mesh in (partitioning.make_mesh(devices=jax.devices()[:1]),
                  partitioning.make_mesh(data=1, fsdp=8, tensor=1)):
-        p = checkpoints.load_params(run.model_dir, TINY, mesh)
+        p = checkpoints.load_params(run.model_dir, TINY,
+                                    partitioning.Partitioner.create(TINY, mesh))
         assert checkpoints.tree_equal(jax.device_get(p), ref)
         assert p["layers_0"]["mlp"]["wi_0"].sharding.mesh.shape == mesh.shape
     # and a full resume (optimizer state too) on a 1x8x1 mesh continues the run

@@ -38,8 +38,8 @@ def export_checkpoint(checkpoint, out, *, gin_file=None, dtype: Optional[str] = 
     dtype = dtype or hf.checkpoint_dtype(extra)
     params_dir = checkpoints.resolve_params_dir(str(checkpoint))
     with staged_dir(out) as tmp:
-        mesh = mesh if mesh is not None else partitioning.make_mesh()
-        params = checkpoints.load_params(params_dir, cfg, mesh)
+        params = checkpoints.load_params(params_dir, cfg,
+                                         partitioning.Partitioner.create(cfg, mesh))
         hf.save_hf(tmp, cfg, params, extra=extra, dtype=dtype, max_shard_bytes=max_shard_bytes)
         if files:
             write_tokenizer_files(tmp, files, cfg.max_seq_len)

@@ -46,9 +46,9 @@ def checkpoint_dtype(hf_cfg: dict) -> Optional[str]:
     return hf_cfg.get("dtype") or hf_cfg.get("torch_dtype")
 
 
-def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, rules=None, dtype=None,
-            scan_layers: bool = False):
-    """(DecoderConfig, params) of an HF directory, params placed on `mesh` by `rules`.
+def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, dtype=None, scan_layers: bool = False):
+    """(DecoderConfig, params) of an HF directory, params placed on `mesh` (default: one
+    device) by `Partitioner.create(cfg, mesh)`: the rules follow the config read here.
 
     dtype: parameter (and compute) dtype; default the checkpoint's own (config.json's
     `torch_dtype`/`dtype`), so nothing is converted. scan_layers: stack the layers
@@ -61,16 +61,19 @@ def load_hf(hf_dir, *, mesh: Optional[Mesh] = None, rules=None, dtype=None,
                                           param_dtype=dtype.name, scan_layers=scan_layers)
     reader = ShardedReader(hf_dir)  # checks every shard before anything is converted
     try:
-        params = read_params(reader, cfg, mesh, rules)
+        partitioner = (partitioning.Partitioner.create(cfg, mesh) if mesh is not None
+                       else partitioning.NO_MESH)
+        params = read_params(reader, cfg, partitioner)
     finally:
         reader.close()
     return cfg, params
 
 
-def read_params(reader: ShardedReader, cfg: DecoderConfig, mesh: Optional[Mesh] = None,
-                rules=None):
-    """The parameters of `cfg` from `reader`, each placed into its sharded layout."""
-    targets = partitioning.param_targets(cfg, mesh, rules)
+def read_params(reader: ShardedReader, cfg: DecoderConfig,
+                partitioner: partitioning.Partitioner = partitioning.NO_MESH):
+    """The parameters of `cfg` from `reader`, each placed into its sharded layout (without
+    a mesh: one device)."""
+    targets = partitioner.param_targets(cfg)
     table = param_map.param_table(cfg)
     _check_tensors(reader, table, targets, cfg)
     by_path: Dict[tuple, list] = {}

@@ -178,7 +178,12 @@ def cache_logical_axes(cfg: DecoderConfig):
 
 def init_params(cfg: DecoderConfig, rng: jax.Array):
     """Boxed (nn.Partitioned) parameters; use `flax.linen.unbox` or partitioning helpers.
-    The one place the Decoder is initialised on dummy tokens: abstract shapes
-    (`partitioning.abstract_params`, `sizes.param_shapes`) trace this under eval_shape, the
-    trainer runs it under jit with the parameters' shardings."""
+    The one place the Decoder is initialised on dummy tokens: `abstract_params` traces it
+    under eval_shape, the trainer runs it under jit with the parameters' shardings."""
     return Decoder(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def abstract_params(cfg: DecoderConfig):
+    """Boxed ShapeDtypeStructs of the parameters, nothing allocated (`init_params` under
+    eval_shape): what `Partitioner.abstract_params` and `sizes.param_shapes` return."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))

@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mathft_jax.models.config import DecoderConfig
-from mathft_jax.models.decoder import init_params
+from mathft_jax.models.decoder import abstract_params
 
 
 def param_shapes(cfg: DecoderConfig):
     """Unboxed ShapeDtypeStruct tree of the parameters."""
-    return nn.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
+    return nn.unbox(abstract_params(cfg))
 
 
 def count_params(cfg: DecoderConfig) -> int:

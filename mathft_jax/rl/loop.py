@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mathft_jax import (checkpoints, decoding, distributed, grading, partitioning, preemption,
-                        provenance, scoring, settings)
+from mathft_jax import (checkpoints, distributed, grading, partitioning, preemption, provenance,
+                        scoring, settings)
 from mathft_jax.metrics_writer import MetricsWriter
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
@@ -153,14 +153,13 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
     cfg = model or DecoderConfig()
     cfg.validate()
-    mesh = mesh_fn()
-    rules = partitioning.rules_for(cfg, mesh)
+    partitioner = partitioning.Partitioner.create(cfg, mesh_fn())
     rows = prompts_per_iteration * num_generations
-    if rows % (micro_batches * partitioning.batch_shards(mesh)):
+    if rows % (micro_batches * partitioner.batch_shards):
         raise settings.SettingError(
             f"grpo: prompts_per_iteration * num_generations = {rows} rows must split into "
             f"micro_batches={micro_batches} of rows divisible by the mesh's data*fsdp="
-            f"{partitioning.batch_shards(mesh)}")
+            f"{partitioner.batch_shards}")
     if sequence_length > cfg.max_seq_len:
         raise settings.SettingError(f"grpo.sequence_length={sequence_length} exceeds "
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
@@ -180,23 +179,24 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
 
     schedule = learning_rate_schedule(train_steps=iterations * steps_per_iteration)
     optimizer = make_optimizer(schedule=schedule)
-    abstract, shardings = abstract_state(cfg, optimizer, mesh, rules)
+    abstract, shardings = abstract_state(cfg, optimizer, partitioner)
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
     provenance.record(model_dir)
     state, start = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
-                                    seed, mesh, rules)
+                                    seed, partitioner)
     reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
-                           cfg, optimizer, shardings, seed, mesh, rules)
-    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, mesh, rules)
+                           cfg, optimizer, shardings, seed, partitioner)
+    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
                  if evaluator_checkpoint and evaluator_weight else None)
 
     model = Decoder(cfg)
     loss = functools.partial(objective, kl_coef=kl_coef, temperature=temperature)
-    with partitioning.mesh_context(mesh, rules):
-        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches, mesh),
+    with partitioner.context():
+        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches,
+                                          partitioner),
                           in_shardings=(shardings, None),
-                          out_shardings=(shardings, partitioning.replicated(mesh)),
+                          out_shardings=(shardings, partitioner.replicated),
                           donate_argnums=0)
         stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
                                              temperature=temperature))
@@ -214,22 +214,22 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                     state.params, cfg, vocabulary, batch_problems, sampling,
                     seed=iteration_seed(seed, iteration),
                     prompt_ids=np.arange(first, first + prompts_per_iteration),
-                    sequence_length=sequence_length, start_id=start_id, mesh=mesh, rules=rules)
+                    sequence_length=sequence_length, start_id=start_id, partitioner=partitioner)
             with timer("reward"):
                 reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights,
                                                             grader)
                 if evaluator is not None:
                     parts["evaluator"] = np.stack(scoring.score_groups(
                         evaluator, cfg, vocabulary, [p["problem"] for p in batch_problems],
-                        roll.texts, mesh=mesh, rules=rules, start_id=start_id))
+                        roll.texts, partitioner=partitioner, start_id=start_id))
                     reward = reward + evaluator_weight * parts["evaluator"]
             with timer("train"):
                 batch = _training_batch(roll.batch, reward, scale_std, state.params, reference,
-                                        stats_fn, mesh, rules)
+                                        stats_fn, partitioner)
                 entropy = float(batch.pop("entropy_mean"))
-                batch = {k: partitioning.to_global(v, mesh) for k, v in batch.items()}
+                batch = {k: partitioner.to_global(v) for k, v in batch.items()}
                 step_metrics = []
-                with partitioning.mesh_context(mesh, rules):
+                with partitioner.context():
                     for _ in range(steps_per_iteration):
                         state, m = step_fn(state, batch)
                         step_metrics.append(m)
@@ -264,20 +264,20 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
 
 
 def _training_batch(rows: dict, reward: np.ndarray, scale_std: bool, params, reference,
-                    stats_fn, mesh, rules) -> dict:
+                    stats_fn, partitioner: partitioning.Partitioner) -> dict:
     """The rollout rows plus advantages, the sampling policy's token log-probs (teacher
     forced: one pass) and the reference's; `entropy_mean` rides along for the metrics."""
     batch = dict(rows)
     batch["advantages"] = np.asarray(
         grpo_lib.group_advantages(reward, scale_std), np.float32).reshape(-1)
-    device_rows = {k: partitioning.to_global(v, mesh) for k, v in rows.items()}
-    with decoding.run_context(mesh, rules):
+    device_rows = {k: partitioner.to_global(v) for k, v in rows.items()}
+    with partitioner.context():
         old, entropy = stats_fn(params, device_rows)
-        batch["old_log_probs"] = decoding.to_host(old)
+        batch["old_log_probs"] = partitioner.to_host(old)
         if reference is not None:
-            batch["ref_log_probs"] = decoding.to_host(stats_fn(reference, device_rows)[0])
+            batch["ref_log_probs"] = partitioner.to_host(stats_fn(reference, device_rows)[0])
     mask = rows["decoder_loss_weights"]
-    batch["entropy_mean"] = float(decoding.to_host(entropy).sum() / max(mask.sum(), 1))
+    batch["entropy_mean"] = float(partitioner.to_host(entropy).sum() / max(mask.sum(), 1))
     return batch
 
 
@@ -315,7 +315,7 @@ class _Timer:
 
 
 def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
-                     mesh, rules) -> tuple[TrainState, int]:
+                     partitioner) -> tuple[TrainState, int]:
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("grpo: resuming after iteration %d in %s", latest, mngr.directory)
@@ -327,23 +327,23 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
         step = jax.device_put(np.int32(meta["step"]), shardings.step)
         return TrainState(step=step, params=params, opt_state=opt_state), int(meta["iteration"])
     if init_checkpoint:
-        params = checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+        params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
         return init_state(cfg, optimizer, shardings, seed, params=params), 0
     return init_state(cfg, optimizer, shardings, seed), 0
 
 
 def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg, optimizer,
-               shardings, seed, mesh, rules):
+               shardings, seed, partitioner):
     """The frozen KL anchor: reference_checkpoint, else the policy's start (init_checkpoint
     or the seed's init), copied from the fresh state or, on a resumed run, made again."""
     if not kl_coef:
         return None
     if reference_checkpoint:
-        return checkpoints.load_params(reference_checkpoint, cfg, mesh, rules)
+        return checkpoints.load_params(reference_checkpoint, cfg, partitioner)
     if start == 0:  # a copy: the train step donates the state's buffers
         return jax.tree_util.tree_map(jnp.copy, state.params)
     if init_checkpoint:
-        return checkpoints.load_params(init_checkpoint, cfg, mesh, rules)
+        return checkpoints.load_params(init_checkpoint, cfg, partitioner)
     return init_state(cfg, optimizer, shardings, seed).params
 
 

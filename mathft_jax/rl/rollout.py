@@ -14,8 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from mathft_jax import decoding
+from mathft_jax.batching import check_prompts
 from mathft_jax.data.formats import generation_prompt
 from mathft_jax.data.packing import empty_batch, write_segment
+from mathft_jax.partitioning import NO_MESH, Partitioner
 
 
 @dataclasses.dataclass
@@ -28,12 +30,12 @@ class Rollout:
 def prompt_tokens(problems: Sequence[dict], vocab, start_id: int, limit: int) -> list[list[int]]:
     """[start] + encode(generation prompt) per problem, cut to `limit` tokens."""
     prompts = [[start_id] + list(vocab.encode(generation_prompt(p["problem"]))) for p in problems]
-    return decoding.check_prompts(prompts, limit, truncate=True)
+    return check_prompts(prompts, limit, truncate=True)
 
 
 def rollout_batch(params, cfg, vocab, problems: Sequence[dict], sampling: decoding.SamplingParams,
                   *, seed: int, prompt_ids: Sequence[int], sequence_length: int, start_id: int,
-                  mesh=None, rules=None) -> Rollout:
+                  partitioner: Partitioner = NO_MESH) -> Rollout:
     """Sample `sampling.num_samples` completions per problem and lay them out as rows.
     Sample j of prompt i draws from stream prompt_ids[i] * G + j of `seed` (decoding.generate):
     the same rollout on any mesh and on a resumed run."""
@@ -42,7 +44,7 @@ def rollout_batch(params, cfg, vocab, problems: Sequence[dict], sampling: decodi
                          f"max_decode_len={sampling.max_decode_len}")
     prompts = prompt_tokens(problems, vocab, start_id, sequence_length - sampling.max_decode_len)
     samples = decoding.generate(params, cfg, prompts, sampling, seed=seed, prompt_ids=prompt_ids,
-                                mesh=mesh, rules=rules)
+                                partitioner=partitioner)
     g = sampling.num_samples
     batch = empty_batch(len(problems) * g, sequence_length)
     texts = []
