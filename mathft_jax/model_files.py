@@ -57,6 +57,12 @@ def special_ids(vocabulary) -> dict:
     its files name one, else EOS (the usual choice for tokenizers without one); seqio's own
     padding (id 0, zero loss weight) never reaches the model. `decoder_start_id` is the
     token every sequence starts with (`data.vocab.decoder_start_id`)."""
+    if isinstance(vocabulary, tokenizer.TokenizerFiles):  # import_hf: no seqio, no TF
+        bos, eos = vocabulary.bos_id, vocabulary.eos_id
+        pad = tokenizer.pad_token_id(epath.Path(vocabulary.path).parent)
+        return {"kind": "hf", "bos_id": bos, "eos_id": eos, "pad_id": eos if pad is None else pad,
+                # data.vocab.decoder_start_id's rule: the BOS where there is one, else 0
+                "decoder_start_id": bos if bos is not None and bos >= 0 else 0}
     from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415 (TF; loaded by the caller)
 
     kind = _kind(vocabulary)
@@ -138,7 +144,7 @@ def read_model_files(model_dir) -> ModelFiles:
         ids = json.loads((tok_dir / SPECIAL_IDS).read_text())
         tok_dir = tok_dir if ids["kind"] == "hf" else None
     elif hf_dir is not None and (hf_dir / tokenizer.TOKENIZER_JSON).exists():
-        tok_dir, ids = hf_dir, special_ids(tokenizer.hf_vocabulary(hf_dir))
+        tok_dir, ids = hf_dir, special_ids(tokenizer.hf_tokenizer_files(hf_dir))
     else:
         tok_dir, ids = None, {}
     return ModelFiles(model_dir, cfg, ids, tok_dir, hf_dir)

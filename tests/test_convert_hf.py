@@ -331,7 +331,7 @@ def test_export_refuses_configs_without_hf_equivalent():
 
 
 # ---------------------------------------------------------------- tokenizer
-def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
+def _hf_dir_with_tokenizer(saved, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     hf_dir, model = saved("qwen2")
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "x": 3, "+": 4, "1": 5}
@@ -344,6 +344,37 @@ def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
     config.update(bos_token_id=None, eos_token_id=[2, 5])  # list: Llama 3 instruct style
     (d / "config.json").write_text(json.dumps(config))
     (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    return d
+
+
+# import_hf run as a user runs it, with a hook recording any attempt to import TensorFlow.
+_IMPORT_WITHOUT_TF = r"""
+import json, runpy, sys
+attempts = []
+class _Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "seqio"):
+            attempts.append(name)
+sys.meta_path.insert(0, _Spy())
+sys.argv = ["import_hf", "--hf_dir=" + sys.argv[1], "--out=" + sys.argv[2]]
+runpy.run_module("mathft_jax.convert.import_hf", run_name="__main__", alter_sys=True)
+print("\n" + json.dumps(sorted(set(attempts))))
+"""
+
+
+def test_import_hf_with_a_tokenizer_needs_no_tensorflow(saved, tmp_path):
+    d = _hf_dir_with_tokenizer(saved, tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_WITHOUT_TF, str(d), str(tmp_path / "ck")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    ids = json.loads((tmp_path / "ck" / "tokenizer" / "special_ids.json").read_text())
+    assert (ids["kind"], ids["bos_id"], ids["eos_id"], ids["decoder_start_id"]) == ("hf", 1, 2, 1)
+
+
+def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
+    d = _hf_dir_with_tokenizer(saved, tmp_path)
     assert tokenizer.special_token_ids(d) == (1, 2)
 
     import_checkpoint(d, tmp_path / "ckpt", dtype="float32")

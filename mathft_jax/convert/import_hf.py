@@ -41,7 +41,7 @@ def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: 
                    "Parameters are float32 for fine-tuning (bind DecoderConfig.param_dtype to "
                    "the compute dtype to halve inference memory).")
         has_tokenizer = (hf_dir / tokenizer.TOKENIZER_JSON).exists()
-        vocabulary = tokenizer.hf_vocabulary(hf_dir) if has_tokenizer else None
+        vocabulary = tokenizer.hf_tokenizer_files(hf_dir) if has_tokenizer else None
         model_files.write_model_files(tmp, cfg, vocabulary, hf_side_dir=hf_dir, comment=comment,
                                       final_dir=out)
     return cfg

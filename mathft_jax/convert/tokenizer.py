@@ -8,6 +8,7 @@ config.json gives the same id. Paths may be local or `gs://` (etils epath).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Mapping, Optional, Tuple
 
@@ -50,15 +51,29 @@ def pad_token_id(tokenizer_dir) -> Optional[int]:
     return None if value is None else int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenizerFiles:
+    """An HF tokenizer as its tokenizer.json and special ids: what a model directory records
+    of it (model_files), without seqio or TensorFlow (import_hf needs neither)."""
+
+    path: str
+    bos_id: Optional[int]
+    eos_id: Optional[int]
+
+
+def hf_tokenizer_files(hf_dir) -> TokenizerFiles:
+    path = epath.Path(hf_dir) / TOKENIZER_JSON
+    if not path.exists():
+        raise ConversionError(f"{path}: missing; the HF directory has no tokenizer.json")
+    return TokenizerFiles(str(path), *special_token_ids(hf_dir))
+
+
 def hf_vocabulary(hf_dir):
     """`HfTokenizerVocabulary` over the directory's tokenizer.json (needs the data extra)."""
     from mathft_jax.data.vocab import HfTokenizerVocabulary  # noqa: PLC0415 (imports TF/seqio)
 
-    path = epath.Path(hf_dir) / TOKENIZER_JSON
-    if not path.exists():
-        raise ConversionError(f"{path}: missing; the HF directory has no tokenizer.json")
-    bos, eos = special_token_ids(hf_dir)
-    return HfTokenizerVocabulary(str(path), eos_id=eos, bos_id=bos)
+    files = hf_tokenizer_files(hf_dir)
+    return HfTokenizerVocabulary(files.path, eos_id=files.eos_id, bos_id=files.bos_id)
 
 
 def vocab_gin_text(name_or_path, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
