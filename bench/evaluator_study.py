@@ -31,6 +31,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+from replicate import share_stages  # noqa: E402  (the same links between runs)
 BASE_GIN = "gin_configs/runs/ssft_scr.gin"
 HELDOUT = 0.1  # share of the training problems held out from the evaluator's training
 # The generation prompt, then the evaluator's question: the candidate is read in the very
@@ -76,6 +78,8 @@ SETTINGS = {
     "xent_300": ("xent loss, 300 steps", _setting(steps=300, loss="xent")),
     "mix_300": ("margin + xent, 300 steps", _setting(steps=300, loss="mix")),
     "single_300": ("single-token labels, 300 steps", _setting(steps=300, labels="single")),
+    "single_1200": ("single-token labels, 10 pairs, 1200 steps",
+                    _setting(pairs=10, steps=1200, labels="single")),
     "gen_300": ("generation template, 300 steps", _setting(steps=300, template="generation")),
     "gen_single_300": ("generation template, single-token labels, 300 steps",
                        _setting(steps=300, template="generation", labels="single")),
@@ -97,14 +101,6 @@ def run_pipeline(run_dir: str, seed: int, bindings: list, log) -> float:
     log.flush()
     subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=log, stderr=log)
     return time.time() - t0
-
-
-def link(src_run: str, dst_run: str, stages) -> None:
-    os.makedirs(dst_run, exist_ok=True)
-    for stage in stages:
-        dst = os.path.join(dst_run, stage)
-        if not os.path.lexists(dst):
-            os.symlink(os.path.join(src_run, stage), dst)
 
 
 def heldout_pair_accuracy(run_dir: str) -> float | None:
@@ -166,7 +162,7 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                 for name in settings:
                     run = os.path.join(root, name)
                     if not os.path.exists(os.path.join(run, "evaluate", "DONE.json")):
-                        link(base, run, ("ssft", "sample_train", "scr_data", "sample_eval"))
+                        share_stages(base, run, ("ssft", "sample_train", "scr_data", "sample_eval"))
                         # The linked stages were made beside another SCR setting: settings
                         # bind only SCR-side values, so the rest is the base's.
                         secs = run_pipeline(run, seed, base_bindings + SETTINGS[name][1], log)
