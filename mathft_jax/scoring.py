@@ -130,15 +130,17 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
     steps: score = the least S over the candidate's line prefixes (formats.solution_prefixes),
     for an evaluator trained on them (task scr_steps_pairwise): a solution is as good as its
     worst step."""
-    texts = [[s["text"] for s in r["samples"]] for r in records]
-    if steps:
-        texts = [[prefix for text in group for prefix in solution_prefixes(text)] for group in texts]
-    groups = score_groups(params, cfg, vocab, [r["problem"] for r in records], texts,
+    # Per record, per sample: the texts to score (the sample, or each of its line prefixes).
+    parts = [[solution_prefixes(s["text"]) if steps else [s["text"]] for s in r["samples"]]
+             for r in records]
+    groups = score_groups(params, cfg, vocab, [r["problem"] for r in records],
+                          [[text for sample in record for text in sample] for record in parts],
                           batch_size=batch_size, **kwargs)
-    for record, group in zip(records, groups):
-        if steps:  # back from prefixes to samples: the minimum over each sample's own
-            sizes = [len(solution_prefixes(s["text"])) for s in record["samples"]]
-            group = [part.min() for part in np.split(group, np.cumsum(sizes)[:-1])]
+    for record, sample_parts, group in zip(records, parts, groups):
+        # Back to samples: a sample's score is the least over its parts (its only one, or
+        # the minimum over its prefixes).
+        ends = np.cumsum([len(texts) for texts in sample_parts])[:-1]
+        group = [part.min() for part in np.split(group, ends)] if len(group) else group
         for sample, score in zip(record["samples"], group):
             sample["score"] = float(score)
     return sum(len(r["samples"]) for r in records)
