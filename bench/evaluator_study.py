@@ -48,7 +48,7 @@ GENERATORS = {
 
 
 def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="words",
-             template="paper", lr=1e-3, data="solutions"):
+             template="paper", lr=1e-3, data="solutions", supervision="outcome"):
     """gin bindings of one evaluator setting (SCR-side only: the base stages are shared)."""
     weights = {"margin": (1.0, 0.2), "xent": (0.0, 1.0), "mix": (1.0, 1.0)}[loss]
     b = [f"evaluator_heldout.max_train_problems={problems}",
@@ -59,7 +59,8 @@ def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="
          f"evaluator_objective.margin_weight={weights[0]}",
          f"evaluator_objective.xent_weight={weights[1]}",
          # Held-out pair accuracy four times a run, over the whole held-out split.
-         f"scr/train.eval_every={max(steps // 4, 1)}", "scr/train.eval_steps=100000"]
+         f"scr/train.eval_every={max(steps // 4, 1)}", "scr/train.eval_steps=100000",
+         f"evaluator_labels.kind='{supervision}'"]
     if labels == "single":  # one byte each: the label is one decision, not 8-10 tokens
         b += ["evaluator_target.positive='Y'", "evaluator_target.negative='N'"]
     if data == "prefixes":  # every labelled line prefix; a sample scores its worst prefix
@@ -85,6 +86,17 @@ SETTINGS = {
                        _setting(steps=300, template="generation", labels="single")),
     "prefixes_300": ("line prefixes labelled step by step, 300 steps",
                      _setting(steps=300, data="prefixes")),
+    "process_300": ("process labels (right answer and no wrong step), 300 steps",
+                    _setting(steps=300, supervision="process")),
+    "process_single_300": ("process labels, single-token labels, 300 steps",
+                           _setting(steps=300, labels="single", supervision="process")),
+    "process_single_1200": ("process labels, single-token labels, 10 pairs, 1200 steps",
+                            _setting(pairs=10, steps=1200, labels="single", supervision="process")),
+    "prefixes_process_300": ("line prefixes with process labels, 300 steps",
+                             _setting(steps=300, data="prefixes", supervision="process")),
+    "prefixes_process_1200": ("line prefixes with process labels, 10 pairs, 1200 steps",
+                              _setting(pairs=10, steps=1200, data="prefixes",
+                                       supervision="process")),
 }
 
 

@@ -12,6 +12,7 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
                 with no evaluator stage between (gin_configs/runs/mtsf_control.gin)
   dpo           DPO from steps_margin's SSFT on its graded training samples (dpo.gin)
   grpo          GRPO from steps_margin's SSFT (grpo.gin)
+  grpo_process  the same with the process reward (grpo_process.gin)
 control, dpo and grpo train no evaluator: steps_margin's scores their test samples
 (`pipeline.evaluator_checkpoint`), so their RR.Top-K is comparable with MTSF's.
 
@@ -48,21 +49,24 @@ RUNS = {
     "control": ["gin_configs/runs/mtsf_control.gin"],
     "dpo": ["gin_configs/runs/dpo.gin"],
     "grpo": ["gin_configs/runs/grpo.gin"],
+    "grpo_process": ["gin_configs/runs/grpo_process.gin"],
 }
 # Stages a run takes from steps_margin's, so that they differ only where they should.
 SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": ("ssft",),
-                 "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",)}
+                 "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",),
+                 "grpo_process": ("ssft",)}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
-SCORED_BY_MARGIN = ("control", "dpo", "grpo")
+SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process")
 # Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
 EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "scr", "mtsf")),
                 "control: SSFT continued": ("control", ("mtsf",)),
                 "DPO": ("dpo", ("sample_train", "scr_data", "dpo_data", "dpo")),
-                "GRPO": ("grpo", ("grpo",))}
+                "GRPO": ("grpo", ("grpo",)),
+                "GRPO (process reward)": ("grpo_process", ("grpo",))}
 # The rows of the DPO/GRPO comparison: (row, run, generator).
 RL_ROWS = (("SSFT", "steps_margin", "ssft"), ("MTSF (margin)", "steps_margin", "mtsf"),
            ("control: SSFT continued", "control", "mtsf"), ("DPO", "dpo", "dpo"),
-           ("GRPO", "grpo", "grpo"))
+           ("GRPO", "grpo", "grpo"), ("GRPO (process reward)", "grpo_process", "grpo"))
 EXTRA_COMPUTE = """\
 "Equal extra compute" is the same extra budget after the shared SSFT checkpoint: every
 method takes **100 generator optimizer steps** (MTSF's `mtsf` stage; the control's SSFT
@@ -217,12 +221,15 @@ def cells(per_seed: list, k: int, minutes: dict | None = None, seeds=None) -> li
             for name in ("pass_at_1", "maj1_at_n", "rr_topk"):
                 add("rl_gain", row, name, [run], lambda r: _minus(value(r[run], generator, name),
                                                                   value(r[run], "ssft", name)))
-    if {"control", "grpo"} <= have:
+    grpo_runs = [(row, run) for row, run, _ in RL_ROWS if run.startswith("grpo") and run in have]
+    if "control" in have and grpo_runs:
         for seed, r in zip(seeds or range(len(per_seed)), per_seed):
             ssft, control = value(r["control"], "ssft", "pass_at_1"), value(r["control"], "mtsf", "pass_at_1")
-            grpo = value(r["grpo"], "grpo", "pass_at_1")
-            for column, v in (("SSFT (control's run)", ssft), ("control", control),
-                              ("GRPO", grpo), ("GRPO - control", _minus(grpo, control))):
+            columns = [("SSFT (control's run)", ssft), ("control", control)]
+            for row, run in grpo_runs:
+                grpo = value(r[run], "grpo", "pass_at_1")
+                columns += [(row, grpo), (f"{row} - control", _minus(grpo, control))]
+            for column, v in columns:
                 out.append(("grpo_vs_control", str(seed), column, [v]))
     return out
 
@@ -255,9 +262,9 @@ def table(rows: list, section: str, k: int, first: str = "") -> str:
     return "\n".join(lines)
 
 
-def wins(rows: list) -> tuple:
-    """(seeds where GRPO's Pass@1 beats the control's, seeds compared)."""
-    diffs = [r[3][0] for r in rows if r[0] == "grpo_vs_control" and r[2] == "GRPO - control"]
+def wins(rows: list, method: str = "GRPO") -> tuple:
+    """(seeds where `method`'s Pass@1 beats the control's, seeds compared)."""
+    diffs = [r[3][0] for r in rows if r[0] == "grpo_vs_control" and r[2] == f"{method} - control"]
     return sum(d is not None and d > 0 for d in diffs), len(diffs)
 
 
@@ -284,10 +291,12 @@ each run's SSFT row is sampled in that run, so the differences are paired):
 
 {table(rows, "control", k)}""")
     if table(rows, "rl", k):
-        won, compared = wins(rows)
-        versus = (f"\n\nGRPO against the control, Pass@1 per seed (both from the same SSFT "
-                  f"checkpoint; GRPO beats the control on {won} of {compared} seeds):\n\n"
-                  f"{table(rows, 'grpo_vs_control', k, 'seed')}" if compared else "")
+        counts = [(method, *wins(rows, method)) for method, run, _ in RL_ROWS
+                  if run.startswith("grpo")]
+        beats = "; ".join(f"{m} beats the control on {w} of {n} seeds" for m, w, n in counts if n)
+        versus = (f"\n\nGRPO against the control, Pass@1 per seed (all from the same SSFT "
+                  f"checkpoint; {beats}):\n\n"
+                  f"{table(rows, 'grpo_vs_control', k, 'seed')}" if beats else "")
         parts.append(f"""## DPO and GRPO against MTSF and its control
 
 Each from the same seed's SSFT checkpoint (steps_margin's `ssft`, linked); RR.Top-{k} of

@@ -329,3 +329,32 @@ def test_scr_training_reports_heldout_pair_accuracy(bound_tasks, tmp_path):
     rows = [r for r in metrics_writer.read_metrics(str(tmp_path / "scr")) if "eval/loss" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0.0 <= r["eval/pair_accuracy"] <= 1.0 for r in rows)
+
+
+def test_evaluator_tasks_train_on_process_labels_when_bound(bound_tasks, tmp_path):
+    path = tmp_path / "lucky.jsonl"
+    samples = [{"text": "2 + 2 = 4\n\\boxed{4}", "answer": "4"},
+               {"text": "2 + 2 = 5\n5 - 1 = 4\n\\boxed{4}", "answer": "4"},  # right by luck
+               {"text": "2 + 2 = 5\n\\boxed{5}", "answer": "5"}]
+    path.write_text(json.dumps({"problem_id": "q", "problem": "2 + 2?", "gold": "4",
+                                "samples": samples}) + "\n")
+    old = gin.query_parameter("scr_candidates_file.path")
+
+    def labels(kind):
+        with gin.unlock_config():
+            gin.bind_parameter("scr_candidates_file.path", str(path))
+            gin.bind_parameter("evaluator_labels.kind", kind)
+        tasks.register_tasks()
+        return collections.Counter(
+            (BYTES.decode(ex["inputs"]).count("= 5"), BYTES.decode(ex["targets"]))
+            for ex in dataset.load_examples("scr_pointwise", "train"))
+    try:
+        # outcome: 2 right texts vs 1 wrong, so one of each class; the wrong one has "= 5".
+        assert labels("outcome")[(1, " incorrect")] == 1
+        # process: the lucky text joins the wrong class, so 1 right (no "= 5") and 1 wrong.
+        assert labels("process") == {(0, " correct"): 1, (1, " incorrect"): 1}
+    finally:
+        with gin.unlock_config():
+            gin.bind_parameter("scr_candidates_file.path", old)
+            gin.bind_parameter("evaluator_labels.kind", "outcome")
+        tasks.register_tasks()

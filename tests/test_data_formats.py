@@ -196,3 +196,18 @@ def test_step_records_label_prefixes_and_drop_unknown_ones():
     examples, stats = formats.pairwise_examples(formats.step_records(records), num_pairs=50)
     assert stats["pairs"] == 3 * 4  # 3 right prefixes x 4 wrong ones, each pair once
     assert {e["targets"] for e in examples} == {" correct", " incorrect"}
+
+
+def test_process_labels_mark_right_answers_from_wrong_steps_as_wrong():
+    records = [{"problem_id": "p", "problem": "Start with 7, add 5, divide by 6.", "samples": [
+        {"text": "7 + 5 = 12\n12 / 6 = 2\n\\boxed{2}", "correct": True},
+        {"text": "7 + 5 = 14\n14 / 6 = 2\n\\boxed{2}", "correct": True},   # right by luck
+        {"text": "7 + 5 = 12\n12 / 6 = 3\n\\boxed{3}", "correct": False},
+        {"text": "Twelve over six.\n\\boxed{2}", "correct": True}]}]   # nothing to check
+    assert formats.evaluator_labels(records) == records  # outcome: the paper's labels
+    (out,) = formats.evaluator_labels(records, kind="process")
+    assert [s["correct"] for s in out["samples"]] == [True, False, False, True]
+    assert [s["text"] for s in out["samples"]] == [s["text"] for s in records[0]["samples"]]
+    assert records[0]["samples"][1]["correct"] is True  # the input is not changed
+    with pytest.raises(ValueError, match="evaluator_labels.kind='steps'"):
+        formats.evaluator_labels(records, kind="steps")

@@ -157,6 +157,21 @@ def test_correct_reward_is_the_pipelines_judgment_by_the_chosen_grader(monkeypat
         loop.GrpoConfig(model_dir="x", grader="nope").validate()
 
 
+def test_process_reward_pays_only_right_answers_with_right_steps(monkeypatch):
+    from mathft_jax.grading import graders
+    problems = [{"problem_id": "a", "problem": "2 + 2, then minus 1?", "gold": "3"}]
+    texts = [["2 + 2 = 4\n4 - 1 = 3\n\\boxed{3}", "2 + 2 = 5\n5 - 1 = 3\n\\boxed{3}",
+              "2 + 2 = 4\n4 - 1 = 2\n\\boxed{2}", "\\boxed{3}", "2 + 2 = 4\n\\boxed{4}"]]
+    total, parts = rewards.compute_rewards(problems, texts, {"process": 1.0})
+    np.testing.assert_array_equal(parts["correct"], [[1, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(total, [[1, 0, 0, 1, 0]])  # the lucky answer earns nothing
+    # It grades with the loop's grader, as `correct` does.
+    monkeypatch.setitem(graders.GRADERS, "contrary", graders.Grader(
+        "contrary", lambda text, answer, gold, deadline: answer == "4", lambda: "contrary 1"))
+    _, contrary = rewards.compute_rewards(problems, texts, {"process": 1.0}, grader="contrary")
+    np.testing.assert_array_equal(contrary["process"], [[0, 0, 0, 0, 1]])
+
+
 def test_prompt_order_is_arithmetic_on_the_position():
     first = rollout.problem_indices(5, seed=3, first=0, count=5)
     assert sorted(first) == list(range(5))  # an epoch is a permutation

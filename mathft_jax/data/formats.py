@@ -111,6 +111,11 @@ def check_step(line: str) -> Optional[bool]:
     return {"+": a + b, "-": a - b, "*": a * b}[op] == c
 
 
+def has_wrong_step(text: str) -> bool:
+    """Whether any line of `text` is an "a op b = c" step that is wrong (`check_step`)."""
+    return any(check_step(line) is False for line in text.split("\n"))
+
+
 def solution_prefixes(text: str) -> list[str]:
     """The candidate cut after each of its lines; the last is the whole (stripped) text."""
     lines = text.rstrip().split("\n")
@@ -128,6 +133,29 @@ def prefix_labels(text: str, correct: bool) -> list[Optional[bool]]:
         ok = ok and c is not False
         labels.append(False if not ok else (True if correct or visible else None))
     return labels + [bool(correct)]
+
+
+LABEL_KINDS = ("outcome", "process")
+
+
+@gin.configurable
+def evaluator_labels(records: Iterable[dict], kind: str = "outcome") -> list[dict]:
+    """The label each training candidate of the evaluator gets.
+
+    outcome (the paper): the final answer's grade.
+    process: right only if the answer is right and no checkable step is wrong
+      (`check_step`), the way PRM800K's step ratings mark a solution with any bad step as
+      bad. On the synthetic curriculum about half the right answers come from wrong
+      arithmetic (docs/RESULTS.md); outcome labels teach the evaluator that such slips are
+      fine, process labels teach it to find them. Test metrics always use the outcome grade.
+    """
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"evaluator_labels.kind={kind!r}: choose from {LABEL_KINDS}")
+    if kind == "outcome":
+        return list(records)
+    return [{**record, "samples": [
+        {**s, "correct": bool(s["correct"]) and not has_wrong_step(s["text"])}
+        for s in record["samples"]]} for record in records]
 
 
 def step_records(records: Iterable[dict]) -> list[dict]:

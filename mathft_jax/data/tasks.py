@@ -119,8 +119,9 @@ def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
         return lambda: generation_examples(read(*args, **kwargs))
 
     def evaluator(build: Callable) -> dict[str, Callable[[], list[dict]]]:
-        return {split: (lambda split=split: build(formats.evaluator_heldout(
-            _candidates(candidates_file), split))[0]) for split in ("train", "validation")}
+        return {split: (lambda split=split: build(formats.evaluator_labels(
+            formats.evaluator_heldout(_candidates(candidates_file), split)))[0])
+            for split in ("train", "validation")}
 
     loaders = {
         "math_ssft_math": {"train": generation(sources.problems, "math500", "train",

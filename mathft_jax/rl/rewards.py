@@ -10,6 +10,10 @@ A reward is `fn(problem, text) -> float`, with `problem` a record of `data.sourc
             `compute_rewards` is given (the loop's `grpo.grader`; the pipeline's grpo stage
             sets it to `pipeline.grader`), bounded in time as the evaluation grades
   boxed     1 where the completion has a `\\boxed{}` answer at all: a format reward
+  process   1 where `correct` is 1 and no "a op b = c" line of the completion is wrong
+            (`formats.has_wrong_step`): a process reward, which gives nothing for a right
+            answer reached through wrong arithmetic (the evaluator's process labels,
+            `formats.evaluator_labels`); with the same grader as `correct`
 
 Register others with `@register_reward("name")`. The SCR evaluator's score, a reward that
 needs a model, is added by the loop (`grpo.evaluator_checkpoint`, `grpo.evaluator_weight`).
@@ -17,11 +21,13 @@ needs a model, is added by the loop (`grpo.evaluator_checkpoint`, `grpo.evaluato
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
 
+from mathft_jax.data import formats
 from mathft_jax.grading import extract_answer
 
 RewardFn = Callable[[dict, str], float]
@@ -52,6 +58,11 @@ def boxed(problem: dict, text: str) -> float:
     return float(extract_answer(text) is not None)
 
 
+@register_reward("process")
+def process(problem: dict, text: str, grader: str = "mathft") -> float:
+    return correct(problem, text, grader) * float(not formats.has_wrong_step(text))
+
+
 @gin.configurable
 def reward_weights(weights: Optional[Mapping[str, float]] = None) -> dict[str, float]:
     """The weighted rewards that add up to a completion's reward (default: correct alone)."""
@@ -69,7 +80,10 @@ def compute_rewards(problems: Sequence[dict], texts: Sequence[Sequence[str]],
     i. `correct` is always computed (the accuracy metric), weighted or not, by `grader`
     (grading.GRADERS)."""
     names = list(dict.fromkeys(["correct", *weights]))
-    fns = dict(REWARDS, correct=functools.partial(correct, grader=grader))
+    # Rewards that grade take the loop's grader.
+    fns = {name: functools.partial(fn, grader=grader)
+           if "grader" in inspect.signature(fn).parameters else fn
+           for name, fn in REWARDS.items()}
     parts = {name: np.array([[fns[name](p, t) for t in group]
                              for p, group in zip(problems, texts)], np.float64)
              for name in names}
