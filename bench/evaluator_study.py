@@ -20,6 +20,7 @@ over seeds plus two plots. Finished stages are skipped, so a rerun resumes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -129,6 +130,36 @@ def heldout_pair_accuracy(run_dir: str) -> float | None:
     return value
 
 
+def read_jsonl(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def curriculum(base: str, k: int = 4) -> dict:
+    """What a verifier faces on one base run, with no evaluator trained:
+    lucky_share: of the training samples graded right, the share with a wrong "a op b = c"
+      line (a right answer from wrong arithmetic; outcome labels call it right);
+    step_check_*: a perfect step checker as the re-ranker of the test samples, S = 1 where
+      no line is wrong and 0 where one is (ties broken by sample order, as for any S):
+      its within-problem pair accuracy against the graded answers, and its RR.Top-K;
+    maj1_at_n and rr_ll_topk (the generator's mean log-probability) beside them."""
+    from mathft_jax import diagnostics, voting  # noqa: PLC0415  (the repo's package)
+    from mathft_jax.data import formats  # noqa: PLC0415
+    right = [s for r in read_jsonl(os.path.join(base, "sample_train", "candidates.jsonl"))
+             for s, ok in zip(r["samples"], voting.grade_problem(r).correct) if ok]
+    records = read_jsonl(os.path.join(base, "sample_eval", "ssft.jsonl"))
+    checked = [dataclasses.replace(voting.grade_problem(r), scores=tuple(
+        0.0 if formats.has_wrong_step(s["text"]) else 1.0 for s in r["samples"]))
+        for r in records]
+    per = [voting.problem_metrics(p, k) | diagnostics.problem_baselines(p, k) for p in checked]
+    mean = lambda key: 100 * float(np.mean([m[key] for m in per]))  # noqa: E731
+    return {"lucky_share": float(np.mean([formats.has_wrong_step(s["text"]) for s in right])),
+            "step_check_pair_accuracy": diagnostics.pair_accuracy(
+                [p.scores for p in checked], [p.correct for p in checked])["value"],
+            "step_check_rr_topk": mean("rr_topk"), "maj1_at_n": mean("maj1_at_n"),
+            "rr_ll_topk": mean("rr_ll_topk")}
+
+
 def summary(run_dir: str, bindings: list) -> dict:
     with open(os.path.join(run_dir, "evaluate", "results.json")) as f:
         res = json.load(f)["ssft"]
@@ -156,8 +187,9 @@ def _pairs_seen(bindings: list) -> int:
 
 
 def run_study(out_dir: str, seeds: list, generators: list, settings: list,
-              train_problems: int) -> dict:
-    study = {}
+              train_problems: int) -> tuple[dict, dict]:
+    """({generator: {setting: {seed: summary}}}, {generator: {seed: curriculum}})."""
+    study, bases = {}, {}
     with open(os.path.join(out_dir, "log.txt"), "a") as log:
         for seed in seeds:
             for gen in generators:
@@ -171,6 +203,7 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                     secs = run_pipeline(base, seed, base_bindings + ["pipeline.stop_after='sample_eval'"]
                                         + SETTINGS["demo"][1], log)
                     print(f"seed {seed} {gen} base: {secs:.0f} s", flush=True)
+                bases.setdefault(gen, {})[seed] = curriculum(base)
                 for name in settings:
                     run = os.path.join(root, name)
                     if not os.path.exists(os.path.join(run, "evaluate", "DONE.json")):
@@ -180,13 +213,31 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                         secs = run_pipeline(run, seed, base_bindings + SETTINGS[name][1], log)
                         print(f"seed {seed} {gen} {name}: {secs:.0f} s", flush=True)
                     study.setdefault(gen, {}).setdefault(name, {})[seed] = summary(run, SETTINGS[name][1])
-    return study
+    return study, bases
 
 
 COLUMNS = (("heldout_pair_accuracy", "held-out pair acc", 1), ("test_pair_accuracy", "test pair acc", 1),
            ("test_auc", "test AUC", 1), ("rr_topk", "RR.Top-K", 0), ("wrr_majk", "W.RR.MajK", 0),
            ("maj1_at_n", "Maj1@N", 0), ("rr_ll_topk", "RR.LL.Top-K", 0),
            ("rr_topk_minus_maj1", "RR.Top-K − Maj1@N", 0))
+
+
+CURRICULUM_COLUMNS = (("lucky_share", "right answers with a wrong step", 1),
+                      ("step_check_pair_accuracy", "step checker: test pair acc", 1),
+                      ("step_check_rr_topk", "step checker: RR.Top-K", 0),
+                      ("maj1_at_n", "Maj1@N", 0), ("rr_ll_topk", "RR.LL.Top-K", 0))
+
+
+def curriculum_markdown(bases: dict) -> str:
+    """Per generator, what the verifier faces (`curriculum`), mean +- std over seeds."""
+    lines = ["\n### What a verifier faces (no evaluator trained)\n",
+             "| generator | seeds | " + " | ".join(c[1] for c in CURRICULUM_COLUMNS) + " |",
+             "| --- | ---: |" + " ---: |" * len(CURRICULUM_COLUMNS)]
+    for gen, per_seed in bases.items():
+        lines.append(f"| {gen} | {len(per_seed)} | " + " | ".join(
+            _cell([s[key] for s in per_seed.values()], scale)
+            for key, _, scale in CURRICULUM_COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def _cell(values: list, scale: int) -> str:
@@ -248,11 +299,13 @@ def main():
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    study = run_study(out_dir, seeds, args.generators.split(","), args.settings.split(","),
-                      args.train_problems)
+    study, bases = run_study(out_dir, seeds, args.generators.split(","),
+                             args.settings.split(","), args.train_problems)
     with open(os.path.join(out_dir, "study.json"), "w") as f:
         json.dump(study, f, indent=1)
-    table = markdown(study)
+    with open(os.path.join(out_dir, "curriculum.json"), "w") as f:
+        json.dump(bases, f, indent=1)
+    table = curriculum_markdown(bases) + "\n" + markdown(study)
     print(table)
     if args.results_md:
         write_section(os.path.join(REPO, args.results_md), study, table)

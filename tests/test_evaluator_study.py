@@ -43,3 +43,30 @@ def test_write_section_replaces_its_own_text_only(tmp_path):
     assert text.startswith("# Results\n\n## Findings\nhand-written\n")
     assert "second table" in text and "first table" not in text
     assert text.count(study.BEGIN) == 1 and (tmp_path / "RESULTS_evaluator_study.png").exists()
+
+
+def test_curriculum_counts_lucky_answers_and_scores_a_perfect_step_checker(tmp_path):
+    import json
+
+    def write(path, records):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def sample(text):
+        return {"text": text, "answer": text.rsplit("{", 1)[1].rstrip("}"), "logprob": -1.0,
+                "num_tokens": 1}
+    good, lucky, bad = ("2 + 2 = 4\n\\boxed{4}", "2 + 2 = 5\n5 - 1 = 4\n\\boxed{4}",
+                        "2 + 2 = 5\n\\boxed{5}")
+    write(tmp_path / "sample_train" / "candidates.jsonl", [
+        {"problem_id": "t", "problem": "2 + 2?", "gold": "4",
+         "samples": [sample(good), sample(lucky), sample(lucky), sample(bad)]}])
+    # The wrong answer wins the vote (3 of 4); the checker picks the one right sample.
+    write(tmp_path / "sample_eval" / "ssft.jsonl", [
+        {"problem_id": "e", "problem": "2 + 2?", "gold": "4",
+         "samples": [sample(bad), sample(bad), sample(good), sample(bad)]}])
+    c = study.curriculum(str(tmp_path), k=4)
+    assert c["lucky_share"] == 2 / 3  # 2 of the 3 right training samples
+    assert c["step_check_pair_accuracy"] == 1.0 and c["step_check_rr_topk"] == 100.0
+    assert c["maj1_at_n"] == 0.0
+    row = study.curriculum_markdown({"ssft350": {0: c, 1: c}}).splitlines()[-1]
+    assert row.startswith("| ssft350 | 2 | 0.667 ± 0.000 | 1.000 ± 0.000 | 100.0 ± 0.0 |")
