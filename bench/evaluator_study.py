@@ -14,8 +14,13 @@ A setting varies the evaluator's data (problems, pairs per problem, steps), its 
 held-out pair accuracy (10% of the training problems, never trained on), and on the test
 problems the within-problem pair accuracy and AUC of S, RR.Top-K, W.RR.MajK and Maj1@N,
 with the generator's own mean log-probability (RR.LL.Top-K) as the baseline to beat.
-Results: <out_dir>/study.json and, with --results_md, a markdown table with mean +- std
-over seeds plus two plots. Finished stages are skipped, so a rerun resumes.
+Per base run it also reports what a verifier faces with no evaluator trained (`curriculum`):
+the share of right training answers reached through a wrong arithmetic line, and how a
+perfect step checker would re-rank the test samples. Settings may train on process labels
+(`evaluator_labels.kind='process'`: a right answer with a wrong step counts as wrong).
+Results: <out_dir>/study.json, <out_dir>/curriculum.json and, with --results_md, markdown
+tables with mean +- std over seeds plus two plots. Finished stages are skipped, so a rerun
+resumes; --report_only tabulates what has finished and runs nothing.
 """
 from __future__ import annotations
 
@@ -187,8 +192,9 @@ def _pairs_seen(bindings: list) -> int:
 
 
 def run_study(out_dir: str, seeds: list, generators: list, settings: list,
-              train_problems: int) -> tuple[dict, dict]:
-    """({generator: {setting: {seed: summary}}}, {generator: {seed: curriculum}})."""
+              train_problems: int, report_only: bool = False) -> tuple[dict, dict]:
+    """({generator: {setting: {seed: summary}}}, {generator: {seed: curriculum}}).
+    report_only: run nothing; summarise the runs already finished."""
     study, bases = {}, {}
     with open(os.path.join(out_dir, "log.txt"), "a") as log:
         for seed in seeds:
@@ -198,6 +204,8 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                 base_bindings = GENERATORS[gen] + [
                     f"sample_train/infer.max_problems={train_problems}"]
                 if not os.path.exists(os.path.join(base, "sample_eval", "DONE.json")):
+                    if report_only:
+                        continue
                     # SSFT, the evaluator's data and the test samples, once per generator
                     # (its SCR stage is make demo's, on the base's data: setting "demo").
                     secs = run_pipeline(base, seed, base_bindings + ["pipeline.stop_after='sample_eval'"]
@@ -207,6 +215,8 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                 for name in settings:
                     run = os.path.join(root, name)
                     if not os.path.exists(os.path.join(run, "evaluate", "DONE.json")):
+                        if report_only:
+                            continue
                         share_stages(base, run, ("ssft", "sample_train", "scr_data", "sample_eval"))
                         # The linked stages were made beside another SCR setting: settings
                         # bind only SCR-side values, so the rest is the base's.
@@ -292,6 +302,8 @@ def main():
     p.add_argument("--generators", default="ssft350")
     p.add_argument("--settings", default=",".join(SETTINGS))
     p.add_argument("--train_problems", type=int, default=1024)
+    p.add_argument("--report_only", action="store_true",
+                   help="run nothing: tabulate the seeds, generators and settings finished")
     p.add_argument("--out_dir", default="runs/evaluator_study")
     p.add_argument("--results_md", default="",
                    help="update the study's section of this markdown file (and a plot beside)")
@@ -300,7 +312,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     study, bases = run_study(out_dir, seeds, args.generators.split(","),
-                             args.settings.split(","), args.train_problems)
+                             args.settings.split(","), args.train_problems, args.report_only)
     with open(os.path.join(out_dir, "study.json"), "w") as f:
         json.dump(study, f, indent=1)
     with open(os.path.join(out_dir, "curriculum.json"), "w") as f:
