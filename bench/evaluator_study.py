@@ -50,6 +50,8 @@ GENERATION_TEMPLATE = ("Problem:\\n{problem}\\n\\nSolution:\\n{solution}\\n\\n"
 GENERATORS = {
     "ssft350": ["ssft/train.total_steps=350"],
     "ssft1000": ["ssft/train.total_steps=1000"],
+    # Twice the layers: the evaluator is the generator's copy, so this is its depth too.
+    "ssft1000_8l": ["ssft/train.total_steps=1000", "DecoderConfig.num_layers=8"],
 }
 
 
@@ -92,6 +94,8 @@ SETTINGS = {
                        _setting(steps=300, template="generation", labels="single")),
     "prefixes_300": ("line prefixes labelled step by step, 300 steps",
                      _setting(steps=300, data="prefixes")),
+    "lr1e-4_300": ("peak learning rate 1e-4 instead of 1e-3, 300 steps",
+                   _setting(steps=300, lr=1e-4)),
     "process_300": ("process labels (right answer and no wrong step), 300 steps",
                     _setting(steps=300, supervision="process")),
     "process_single_300": ("process labels, single-token labels, 300 steps",
