@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -144,13 +145,23 @@ def read_jsonl(path: str) -> list:
         return [json.loads(line) for line in f]
 
 
-def curriculum(base: str, k: int = 4) -> dict:
+def study_k(base: str) -> int:
+    """The base run's K (`pipeline.k` in its operative config), which its settings use."""
+    with open(os.path.join(base, "sample_eval", "config.gin")) as f:
+        match = re.search(r"^pipeline\.k = (\d+)$", f.read(), re.M)
+    if not match:
+        raise SystemExit(f"{base}/sample_eval/config.gin has no pipeline.k")
+    return int(match[1])
+
+
+def curriculum(base: str, k: int) -> dict:
     """What a verifier faces on one base run, with no evaluator trained:
     lucky_share: of the training samples graded right, the share with a wrong "a op b = c"
       line (a right answer from wrong arithmetic; outcome labels call it right);
     step_check_*: a perfect step checker as the re-ranker of the test samples, S = 1 where
-      no line is wrong and 0 where one is (ties broken by sample order, as for any S):
-      its within-problem pair accuracy against the graded answers, and its RR.Top-K;
+      no line is wrong and 0 where one is: its within-problem pair accuracy against the
+      graded answers (a tied pair counts half, as for any S) and its RR.Top-K (ties go to
+      the first sample, as for any S), K the base run's (`study_k`);
     maj1_at_n and rr_ll_topk (the generator's mean log-probability) beside them."""
     from mathft_jax import diagnostics, voting  # noqa: PLC0415  (the repo's package)
     from mathft_jax.data import formats  # noqa: PLC0415
@@ -162,7 +173,8 @@ def curriculum(base: str, k: int = 4) -> dict:
         for r in records]
     per = [voting.problem_metrics(p, k) | diagnostics.problem_baselines(p, k) for p in checked]
     mean = lambda key: 100 * float(np.mean([m[key] for m in per]))  # noqa: E731
-    return {"lucky_share": float(np.mean([formats.has_wrong_step(s["text"]) for s in right])),
+    lucky = [formats.has_wrong_step(s["text"]) for s in right]
+    return {"lucky_share": float(np.mean(lucky)) if lucky else None,
             "step_check_pair_accuracy": diagnostics.pair_accuracy(
                 [p.scores for p in checked], [p.correct for p in checked])["value"],
             "step_check_rr_topk": mean("rr_topk"), "maj1_at_n": mean("maj1_at_n"),
@@ -215,7 +227,7 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                     secs = run_pipeline(base, seed, base_bindings + ["pipeline.stop_after='sample_eval'"]
                                         + SETTINGS["demo"][1], log)
                     print(f"seed {seed} {gen} base: {secs:.0f} s", flush=True)
-                bases.setdefault(gen, {})[seed] = curriculum(base)
+                bases.setdefault(gen, {})[seed] = curriculum(base, study_k(base))
                 for name in settings:
                     run = os.path.join(root, name)
                     if not os.path.exists(os.path.join(run, "evaluate", "DONE.json")):

@@ -13,7 +13,7 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
   dpo           DPO from steps_margin's SSFT on its graded training samples (dpo.gin)
   grpo          GRPO from steps_margin's SSFT (grpo.gin)
   grpo_process  the same with the process reward (grpo_process.gin)
-control, dpo and grpo train no evaluator: steps_margin's scores their test samples
+control, dpo, grpo and grpo_process train no evaluator: steps_margin's scores their test samples
 (`pipeline.evaluator_checkpoint`), so their RR.Top-K is comparable with MTSF's.
 
 Equal extra compute (EXTRA_COMPUTE, written into the report): every method after SSFT takes
@@ -215,7 +215,7 @@ def cells(per_seed: list, k: int, minutes: dict | None = None, seeds=None) -> li
     for row, run, generator in RL_ROWS:
         for name in ("pass_at_1", "maj1_at_n", "rr_topk"):
             add("rl", row, name, [run], lambda r: value(r[run], generator, name))
-        if minutes and row in minutes:
+        if minutes and row in minutes and run in have:
             out.append(("rl", row, "extra_minutes", minutes[row]))
         if generator != "ssft":
             for name in ("pass_at_1", "maj1_at_n", "rr_topk"):

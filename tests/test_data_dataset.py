@@ -335,7 +335,8 @@ def test_evaluator_tasks_train_on_process_labels_when_bound(bound_tasks, tmp_pat
     path = tmp_path / "lucky.jsonl"
     samples = [{"text": "2 + 2 = 4\n\\boxed{4}", "answer": "4"},
                {"text": "2 + 2 = 5\n5 - 1 = 4\n\\boxed{4}", "answer": "4"},  # right by luck
-               {"text": "2 + 2 = 5\n\\boxed{5}", "answer": "5"}]
+               {"text": "2 + 2 = 5\n\\boxed{5}", "answer": "5"},
+               {"text": "2 + 2 = 3\n\\boxed{3}", "answer": "3"}]
     path.write_text(json.dumps({"problem_id": "q", "problem": "2 + 2?", "gold": "4",
                                 "samples": samples}) + "\n")
     old = gin.query_parameter("scr_candidates_file.path")
@@ -349,10 +350,15 @@ def test_evaluator_tasks_train_on_process_labels_when_bound(bound_tasks, tmp_pat
             (BYTES.decode(ex["inputs"]).count("= 5"), BYTES.decode(ex["targets"]))
             for ex in dataset.load_examples("scr_pointwise", "train"))
     try:
-        # outcome: 2 right texts vs 1 wrong, so one of each class; the wrong one has "= 5".
-        assert labels("outcome")[(1, " incorrect")] == 1
-        # process: the lucky text joins the wrong class, so 1 right (no "= 5") and 1 wrong.
-        assert labels("process") == {(0, " correct"): 1, (1, " incorrect"): 1}
+        # outcome: 2 right texts and 2 wrong, so both right ones, the lucky one (its "= 5")
+        # among them, are " correct".
+        assert labels("outcome") == {(0, " correct"): 1, (1, " correct"): 1,
+                                     (1, " incorrect"): 1, (0, " incorrect"): 1}
+        # process: the lucky text joins the wrong class: 1 right text, so 1 of each class,
+        # and no text with "= 5" is " correct".
+        got = labels("process")
+        assert got[(0, " correct")] == 1 and sum(got.values()) == 2
+        assert (1, " correct") not in got
     finally:
         with gin.unlock_config():
             gin.bind_parameter("scr_candidates_file.path", old)

@@ -64,6 +64,8 @@ def test_curriculum_counts_lucky_answers_and_scores_a_perfect_step_checker(tmp_p
     write(tmp_path / "sample_eval" / "ssft.jsonl", [
         {"problem_id": "e", "problem": "2 + 2?", "gold": "4",
          "samples": [sample(bad), sample(bad), sample(good), sample(bad)]}])
+    (tmp_path / "sample_eval" / "config.gin").write_text("pipeline.grader = 'mathft'\npipeline.k = 4\n")
+    assert study.study_k(str(tmp_path)) == 4
     c = study.curriculum(str(tmp_path), k=4)
     assert c["lucky_share"] == 2 / 3  # 2 of the 3 right training samples
     assert c["step_check_pair_accuracy"] == 1.0 and c["step_check_rr_topk"] == 100.0

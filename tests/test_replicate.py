@@ -83,3 +83,22 @@ def test_extra_minutes_read_shared_stages_through_their_links(tmp_path):
     assert minutes == {"MTSF (margin)": [4.0], "GRPO": [5.0]}  # DPO has not finished
     rows = {row for row, _, _ in replicate.RL_ROWS}
     assert set(replicate.EXTRA_STAGES) == rows - {"SSFT"}  # each method's cost has its row
+
+
+def test_grpo_process_gets_its_own_rows_and_win_count():
+    per_seed = [dict(_seed(0.2, 0.35, 0.3), grpo_process=_res(ssft=0.2, grpo=0.31)),
+                dict(_seed(0.3, 0.32, 0.36), grpo_process=_res(ssft=0.3, grpo=0.37))]
+    rows = replicate.cells(per_seed, 4, seeds=[5, 7])
+    cell = {(r[0], r[1], r[2]): r[3] for r in rows}
+    assert cell[("rl", "GRPO (process reward)", "pass_at_1")] == pytest.approx([31.0, 37.0])
+    assert cell[("grpo_vs_control", "5", "GRPO (process reward) - control")] == pytest.approx([1.0])
+    assert replicate.wins(rows, "GRPO (process reward)") == (2, 2)
+    assert replicate.wins(rows) == (1, 2)
+    text = replicate.sections(rows, 4)
+    assert ("GRPO beats the control on 1 of 2 seeds; GRPO (process reward) beats the control "
+            "on 2 of 2 seeds") in text
+    # Only the process run: its comparison stands alone.
+    alone = [{k: v for k, v in seed.items() if k != "grpo"} for seed in per_seed]
+    text = replicate.sections(replicate.cells(alone, 4, seeds=[5, 7]), 4)
+    assert "GRPO (process reward) beats the control on 2 of 2 seeds" in text
+    assert "GRPO beats" not in text
