@@ -44,12 +44,18 @@ def register_reward(name: str):
     return add
 
 
+@functools.lru_cache(maxsize=4096)
+def _graded(gold: str, text: str, grader: str) -> bool:
+    # The judgment the pipeline's scr_data and evaluate stages make, by the same grader
+    # (candidates is the results layer: imported here, as data.readers does). Cached, so
+    # `correct` and `process` on one completion grade it once.
+    from mathft_jax.candidates import grade_sample  # noqa: PLC0415
+    return grade_sample({"text": text}, gold, grader=grader)
+
+
 @register_reward("correct")
 def correct(problem: dict, text: str, grader: str = "mathft") -> float:
-    # The judgment the pipeline's scr_data and evaluate stages make, by the same grader
-    # (candidates is the results layer: imported here, as data.readers does).
-    from mathft_jax.candidates import grade_sample  # noqa: PLC0415
-    return float(grade_sample({"text": text}, problem["gold"], grader=grader))
+    return float(_graded(problem["gold"], text, grader))
 
 
 @register_reward("boxed")
