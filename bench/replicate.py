@@ -13,7 +13,9 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
   dpo           DPO from steps_margin's SSFT on its graded training samples (dpo.gin)
   grpo          GRPO from steps_margin's SSFT (grpo.gin)
   grpo_process  the same with the process reward (grpo_process.gin)
-control, dpo, grpo and grpo_process train no evaluator: steps_margin's scores their test samples
+  grpo_dynamic  grpo with dynamic sampling: batches of groups whose rewards differ
+                (grpo_dynamic.gin)
+control, dpo and the grpo runs train no evaluator: steps_margin's scores their test samples
 (`pipeline.evaluator_checkpoint`), so their RR.Top-K is comparable with MTSF's.
 
 Equal extra compute (EXTRA_COMPUTE, written into the report): every method after SSFT takes
@@ -50,23 +52,26 @@ RUNS = {
     "dpo": ["gin_configs/runs/dpo.gin"],
     "grpo": ["gin_configs/runs/grpo.gin"],
     "grpo_process": ["gin_configs/runs/grpo_process.gin"],
+    "grpo_dynamic": ["gin_configs/runs/grpo_dynamic.gin"],
 }
 # Stages a run takes from steps_margin's, so that they differ only where they should.
 SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": ("ssft",),
                  "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",),
-                 "grpo_process": ("ssft",)}
+                 "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",)}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
-SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process")
+SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic")
 # Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
 EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "scr", "mtsf")),
                 "control: SSFT continued": ("control", ("mtsf",)),
                 "DPO": ("dpo", ("sample_train", "scr_data", "dpo_data", "dpo")),
                 "GRPO": ("grpo", ("grpo",)),
-                "GRPO (process reward)": ("grpo_process", ("grpo",))}
+                "GRPO (process reward)": ("grpo_process", ("grpo",)),
+                "GRPO (dynamic sampling)": ("grpo_dynamic", ("grpo",))}
 # The rows of the DPO/GRPO comparison: (row, run, generator).
 RL_ROWS = (("SSFT", "steps_margin", "ssft"), ("MTSF (margin)", "steps_margin", "mtsf"),
            ("control: SSFT continued", "control", "mtsf"), ("DPO", "dpo", "dpo"),
-           ("GRPO", "grpo", "grpo"), ("GRPO (process reward)", "grpo_process", "grpo"))
+           ("GRPO", "grpo", "grpo"), ("GRPO (process reward)", "grpo_process", "grpo"),
+           ("GRPO (dynamic sampling)", "grpo_dynamic", "grpo"))
 EXTRA_COMPUTE = """\
 "Equal extra compute" is the same extra budget after the shared SSFT checkpoint: every
 method takes **100 generator optimizer steps** (MTSF's `mtsf` stage; the control's SSFT

@@ -62,6 +62,12 @@ def crash_test(problem, text):
     return 0.0
 
 
+@rewards.register_reward("odd_digits")
+def odd_digits(problem, text):
+    """`digits` on odd problems only: the groups of even ones are all equal (no signal)."""
+    return digits(problem, text) if int(problem["problem_id"][1:]) % 2 else 0.0
+
+
 # ----------------------------------------------------------------------------- pure functions
 
 
@@ -181,6 +187,18 @@ def test_prompt_order_is_arithmetic_on_the_position():
     assert sorted(rollout.problem_indices(5, 3, 5, 5)) == list(range(5))
 
 
+def test_dynamic_sampling_chooses_groups_with_signal_first_in_sampled_order():
+    flat, mixed = [1.0, 1.0], [0.0, 1.0]
+    rounds = [np.array([flat, mixed, flat]), np.array([mixed, flat, mixed])]
+    assert loop.choose_groups(rounds, 3, filtered=False) == [(0, 0), (0, 1), (0, 2)]
+    assert loop.choose_groups(rounds, 3, filtered=True) == [(0, 1), (1, 0), (1, 2)]
+    assert loop.choose_groups(rounds, 2, filtered=True) == [(0, 1), (1, 0)]
+    # too few groups with signal: all-equal ones fill the batch, earliest first
+    assert loop.choose_groups(rounds[:1], 3, filtered=True) == [(0, 0), (0, 1), (0, 2)]
+    assert loop.choose_groups([np.array([flat, flat, mixed])], 2, filtered=True) == [(0, 0),
+                                                                                     (0, 2)]
+
+
 def _rows(rng, b=4, t=10):
     tokens = rng.integers(3, TINY.vocab_size, (b, t + 1)).astype(np.int32)
     mask = np.zeros((b, t), np.float32)
@@ -281,9 +299,9 @@ def test_one_update_raises_rewarded_completions_log_probability():
 # ----------------------------------------------------------------------------- the loop
 
 
-def _run_loop(tmp_path, name, mesh=None, iterations=2, **kw):
+def _run_loop(tmp_path, name, mesh=None, iterations=2, reward="digits", **kw):
     kw.setdefault("kl_coef", 0.05)
-    gin.bind_parameter("reward_weights.weights", {"digits": 1.0, "crash_test": 1.0, "boxed": 0.1})
+    gin.bind_parameter("reward_weights.weights", {reward: 1.0, "crash_test": 1.0, "boxed": 0.1})
     gin.bind_parameter("learning_rate_schedule.peak", 3e-3)
     return loop.grpo(model_dir=str(tmp_path / name), problems=PROBLEMS, iterations=iterations,
                      prompts_per_iteration=2, num_generations=4, max_decode_len=12,
@@ -358,3 +376,24 @@ def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(_params(sharded.model_dir)),
                     jax.tree_util.tree_leaves(after_one)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_dynamic_sampling_fills_the_batch_with_signal_and_resumes_at_its_data_position(
+        tmp_path):
+    _run = functools.partial(_run_loop, reward="odd_digits", max_sampling_rounds=3)
+    whole = _run(tmp_path, "whole")
+    rows = _rows_without_time(whole.model_dir)
+    for row in rows:  # 2 odd problems in every 4 positions: 3 rounds of 2 always find both
+        assert row["grpo/batch_groups_with_signal"] == 1.0
+        assert row["grpo/prompts_sampled"] in (2.0, 4.0, 6.0)
+    first = rows[0]["grpo/prompts_sampled"]
+    assert first > 2, "iteration 1 took one round: the resume below would not test the position"
+    assert rows[0]["grpo/groups_all_same"] == pytest.approx(1 - 2 / first)  # the even ones
+
+    CRASH["after"] = int(first) * 4 + 3  # iteration 1's completions, then 3 into iteration 2
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "killed")
+    resumed = _run(tmp_path, "killed")
+    assert (resumed.start_iteration, resumed.final_iteration) == (1, 2)
+    assert checkpoints.tree_equal(_params(whole.model_dir), _params(resumed.model_dir))
+    assert _rows_without_time(resumed.model_dir)[-1] == rows[1]

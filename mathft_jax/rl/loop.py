@@ -1,10 +1,15 @@
 """The GRPO loop: `python -m mathft_jax.rl --gin_file=gin_configs/runs/grpo.gin ...`.
 
 Each iteration k (1, 2, ...):
-  1 rollout   the problems at prompt positions (k-1)P .. kP-1 (epoch-seeded permutations),
-              G completions each from `decoding.generate` (sample streams of those positions)
+  1 rollout   the next P problems from the data position (epoch-seeded permutations of
+              the problems), G completions each from `decoding.generate` (sample streams
+              of those positions)
   2 reward    `rewards.compute_rewards` (grader correctness, format, custom; gin weights),
-              plus evaluator_weight * S(X|P) of an SCR evaluator checkpoint where given
+              plus evaluator_weight * S(X|P) of an SCR evaluator checkpoint where given.
+              With `max_sampling_rounds` > 1 (DAPO's dynamic sampling), groups whose G
+              rewards are all equal carry no gradient: steps 1-2 repeat on the next P
+              problems until P groups with signal are found or the rounds run out
+              (`choose_groups`; the rest of the batch is all-equal groups)
   3 advantage `grpo.group_advantages` over each prompt's G rewards
   4 old/ref   teacher-forced token log-probs of the rows under the policy that sampled
               (= pi_old) and, when kl_coef > 0, under the frozen reference
@@ -13,11 +18,12 @@ Each iteration k (1, 2, ...):
   6 log       reward, accuracy, KL, clip fraction, response length, entropy, ... to
               metrics.jsonl and TensorBoard (`MetricsWriter`, prefix `grpo/`)
   7 save      every `checkpoint_every` iterations: policy, optimizer state and
-              {"iteration", "step", "seed"} (`checkpoints.save`, step = iteration)
+              {"iteration", "step", "seed", "position"} (`checkpoints.save`, step = iteration;
+              position: prompts consumed so far)
 
 Exactly resumable: the prompts, the sampler's streams and everything after them are pure
-functions of (seed, iteration, state), so a run killed anywhere (SIGKILL included) and
-rerun continues from its last checkpoint as if never stopped. The reference is reloaded from
+functions of (seed, iteration, data position, state), so a run killed anywhere (SIGKILL
+included) and rerun continues from its last checkpoint as if never stopped. The reference is reloaded from
 its checkpoint (or re-created from the seed) and never saved. SIGTERM saves and exits.
 """
 from __future__ import annotations
@@ -73,7 +79,9 @@ class GrpoConfig:
     softmax(logits / temperature), the distribution sampled; top_k / top_p truncate it
     unmodelled (keep them off). grader: who judges the `correct` reward (grading.GRADERS;
     the pipeline's grpo stage sets it to `pipeline.grader`). Dr. GRPO: scale_std=False and
-    `grpo_objective.normalization = 'constant'`.
+    `grpo_objective.normalization = 'constant'`. max_sampling_rounds: rollouts of
+    prompts_per_iteration problems an iteration may take to fill its batch with groups whose
+    rewards differ (1: no dynamic sampling).
     """
 
     model_dir: Optional[str] = None
@@ -92,6 +100,7 @@ class GrpoConfig:
     top_p: float = 1.0
     sequence_length: int = 512
     steps_per_iteration: int = 1
+    max_sampling_rounds: int = 1
     micro_batches: int = 1
     kl_coef: float = 0.04
     scale_std: bool = True
@@ -112,6 +121,7 @@ class GrpoConfig:
                        num_generations=self.num_generations, max_decode_len=self.max_decode_len,
                        sequence_length=self.sequence_length,
                        steps_per_iteration=self.steps_per_iteration,
+                       max_sampling_rounds=self.max_sampling_rounds,
                        micro_batches=self.micro_batches, checkpoint_every=self.checkpoint_every,
                        keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
                        top_k=(self.top_k, 0), max_problems=self.max_problems)
@@ -147,8 +157,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     c = settings.resolve(GrpoConfig, config, **fields)
     (model_dir, init_checkpoint, reference_checkpoint, task, split, problems_file, max_problems,
      iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
-     top_p, sequence_length, steps_per_iteration, micro_batches, kl_coef, scale_std,
-     evaluator_checkpoint, evaluator_weight, grader, objective, seed, checkpoint_every,
+     top_p, sequence_length, steps_per_iteration, max_sampling_rounds, micro_batches, kl_coef,
+     scale_std, evaluator_checkpoint, evaluator_weight, grader, objective, seed, checkpoint_every,
      keep_checkpoints, async_checkpoints, log_every) = (  # every field, in field order
         getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
     cfg = model or DecoderConfig()
@@ -183,8 +193,9 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
     provenance.record(model_dir)
-    state, start = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
-                                    seed, partitioner)
+    state, start, position = _restore_or_init(mngr, cfg, optimizer, abstract, shardings,
+                                              init_checkpoint, seed, partitioner,
+                                              prompts_per_iteration)
     reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
                            cfg, optimizer, shardings, seed, partitioner)
     evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
@@ -200,31 +211,48 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                           donate_argnums=0)
         stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
                                              temperature=temperature))
+
+    def sample_round(params, first: int, iteration: int, timer) -> _Round:
+        """Rollouts and rewards of the P problems at data positions first .. first + P - 1."""
+        index = rollout_lib.problem_indices(len(problems), seed, first, prompts_per_iteration)
+        batch_problems = [problems[i] for i in index]
+        with timer("sample"):
+            roll = rollout_lib.rollout_batch(
+                params, cfg, vocabulary, batch_problems, sampling,
+                seed=iteration_seed(seed, iteration),
+                prompt_ids=np.arange(first, first + prompts_per_iteration),
+                sequence_length=sequence_length, start_id=start_id, partitioner=partitioner)
+        with timer("reward"):
+            reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights,
+                                                        grader)
+            if evaluator is not None:
+                parts["evaluator"] = np.stack(scoring.score_groups(
+                    evaluator, cfg, vocabulary, [p["problem"] for p in batch_problems],
+                    roll.texts, partitioner=partitioner, start_id=start_id))
+                reward = reward + evaluator_weight * parts["evaluator"]
+        return _Round(roll.batch, reward, parts, roll.lengths)
+
     preemption.install()
     bar = distributed.progress_bar(progress, start, iterations, "grpo", "iter")
     last, preempted, iteration = {}, False, start
     try:
         for iteration in range(start + 1, iterations + 1):
             timer = _Timer()
-            first = (iteration - 1) * prompts_per_iteration
-            index = rollout_lib.problem_indices(len(problems), seed, first, prompts_per_iteration)
-            batch_problems = [problems[i] for i in index]
-            with timer("sample"):
-                roll = rollout_lib.rollout_batch(
-                    state.params, cfg, vocabulary, batch_problems, sampling,
-                    seed=iteration_seed(seed, iteration),
-                    prompt_ids=np.arange(first, first + prompts_per_iteration),
-                    sequence_length=sequence_length, start_id=start_id, partitioner=partitioner)
-            with timer("reward"):
-                reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights,
-                                                            grader)
-                if evaluator is not None:
-                    parts["evaluator"] = np.stack(scoring.score_groups(
-                        evaluator, cfg, vocabulary, [p["problem"] for p in batch_problems],
-                        roll.texts, partitioner=partitioner, start_id=start_id))
-                    reward = reward + evaluator_weight * parts["evaluator"]
+            rounds = []
+            while len(rounds) < max_sampling_rounds:
+                rounds.append(sample_round(state.params, position, iteration, timer))
+                position += prompts_per_iteration
+                if max_sampling_rounds > 1 and sum(
+                        _has_signal(r.reward).sum() for r in rounds) >= prompts_per_iteration:
+                    break
+            chosen = choose_groups([r.reward for r in rounds], prompts_per_iteration,
+                                   filtered=max_sampling_rounds > 1)
+            rows = _stack_groups([r.rows for r in rounds], chosen, num_generations)
+            reward = np.concatenate([r.reward for r in rounds])
+            parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
+            batch_reward = np.stack([rounds[r].reward[i] for r, i in chosen])
             with timer("train"):
-                batch = _training_batch(roll.batch, reward, scale_std, state.params, reference,
+                batch = _training_batch(rows, batch_reward, scale_std, state.params, reference,
                                         stats_fn, partitioner)
                 entropy = float(batch.pop("entropy_mean"))
                 batch = {k: partitioner.to_global(v) for k, v in batch.items()}
@@ -235,8 +263,10 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                         step_metrics.append(m)
                 step_metrics = [{k: float(v) for k, v in jax.device_get(m).items()}
                                 for m in step_metrics]
-            last = _iteration_metrics(reward, parts, roll.lengths, entropy, step_metrics,
-                                      timer.seconds)
+            last = _iteration_metrics(reward, parts, np.concatenate([r.lengths for r in rounds]),
+                                      entropy, step_metrics, timer.seconds)
+            last.update(prompts_sampled=float(reward.shape[0]),
+                        batch_groups_with_signal=float(_has_signal(batch_reward).mean()))
             if not all(math.isfinite(v) for v in last.values()):
                 raise FloatingPointError(f"non-finite GRPO metrics at iteration {iteration}: {last}")
             if iteration % log_every == 0 or iteration == iterations:
@@ -250,7 +280,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                 preempted = saving = True
             if saving:
                 checkpoints.save(mngr, iteration, state.params, state.opt_state,
-                                 {"iteration": iteration, "step": int(state.step), "seed": seed})
+                                 {"iteration": iteration, "step": int(state.step), "seed": seed,
+                                  "position": position})
                 writer.flush()
             if preempted:
                 break
@@ -261,6 +292,44 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         if bar is not None:
             bar.close()
     return GrpoResult(model_dir, start, iteration, preempted, last)
+
+
+@dataclasses.dataclass
+class _Round:
+    """One rollout of P problems: rows [P * G, L] (prompt-major), rewards [P, G], the reward
+    parts by name [P, G], completion lengths [P, G]."""
+    rows: dict
+    reward: np.ndarray
+    parts: dict
+    lengths: np.ndarray
+
+
+def _has_signal(reward: np.ndarray) -> np.ndarray:
+    """[groups, G] -> [groups]: whether a group's rewards differ (zero advantages if not)."""
+    return reward.max(axis=-1) > reward.min(axis=-1)
+
+
+def choose_groups(rewards: Sequence[np.ndarray], count: int, filtered: bool) -> list:
+    """The (round, group) pairs of an iteration's batch of `count` groups, from rounds of
+    rewards [groups, G]. Unfiltered: the first `count` groups. Filtered (dynamic sampling):
+    groups whose rewards differ first, the rest filled with all-equal groups; either way in
+    the order they were sampled."""
+    order = [(r, i) for r, reward in enumerate(rewards) for i in range(len(reward))]
+    if filtered:
+        signal = {(r, int(i)) for r, reward in enumerate(rewards)
+                  for i in np.flatnonzero(_has_signal(reward))}
+        keep = [g for g in order if g in signal][:count]
+        keep += [g for g in order if g not in signal][:count - len(keep)]
+        order = sorted(keep)
+    if len(order) < count:
+        raise ValueError(f"{len(order)} groups sampled, {count} needed")
+    return order[:count]
+
+
+def _stack_groups(rows: Sequence[dict], chosen: list, g: int) -> dict:
+    """The training rows of the chosen (round, group) pairs, G rows a group, in order."""
+    return {k: np.concatenate([rows[r][k][i * g:(i + 1) * g] for r, i in chosen])
+            for k in rows[0]}
 
 
 def _training_batch(rows: dict, reward: np.ndarray, scale_std: bool, params, reference,
@@ -315,7 +384,8 @@ class _Timer:
 
 
 def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
-                     partitioner) -> tuple[TrainState, int]:
+                     partitioner, prompts_per_iteration) -> tuple[TrainState, int, int]:
+    """(state, iteration done, data position) of the latest checkpoint, else of the start."""
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("grpo: resuming after iteration %d in %s", latest, mngr.directory)
@@ -325,11 +395,14 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
             raise settings.SettingError(f"grpo.seed={seed} but {mngr.directory} was run with "
                                         f"seed {meta['seed']}")
         step = jax.device_put(np.int32(meta["step"]), shardings.step)
-        return TrainState(step=step, params=params, opt_state=opt_state), int(meta["iteration"])
+        done = int(meta["iteration"])
+        # checkpoints from before dynamic sampling hold no position: P prompts an iteration
+        position = int(meta.get("position", done * prompts_per_iteration))
+        return TrainState(step=step, params=params, opt_state=opt_state), done, position
     if init_checkpoint:
         params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
-        return init_state(cfg, optimizer, shardings, seed, params=params), 0
-    return init_state(cfg, optimizer, shardings, seed), 0
+        return init_state(cfg, optimizer, shardings, seed, params=params), 0, 0
+    return init_state(cfg, optimizer, shardings, seed), 0, 0
 
 
 def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg, optimizer,
