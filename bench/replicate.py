@@ -78,14 +78,16 @@ method takes **100 generator optimizer steps** (MTSF's `mtsf` stage; the control
 continued at MTSF's schedule; DPO's `dpo` stage; GRPO's 50 iterations x 2 policy steps),
 and the methods that learn from sampled training solutions get **about 2,048 of them**:
 MTSF and DPO share `sample_train`'s 128 problems x 16 samples; GRPO samples its own
-on-policy, 50 iterations x 5 prompts x 8 generations = 2,000. MTSF spends 80 more
-optimizer steps on its evaluator; the control samples nothing. Equal steps are not equal
-FLOPs: MTSF's and the control's steps see 16 packed 256-token rows (4,096 tokens); DPO's
-16 pairs are 32 unpacked rows (~130 real tokens each) plus one reference pass over the
-pairs; GRPO's 40 unpacked 256-token rows hold ~125 real tokens each, and each iteration
-adds two teacher-forced passes (the sampling policy's and the reference's log-probs). The
-table therefore gives each method's measured time on its extra stages (DONE.json; stages
-shared with MTSF counted in each method that uses them), so the real cost is visible."""
+on-policy, 50 iterations x 5 prompts x 8 generations = 2,000 (with dynamic sampling, up to
+4 rounds of 5 prompts an iteration: up to 8,000; `grpo/prompts_sampled` in its
+metrics.jsonl counts them). MTSF spends 80 more optimizer steps on its evaluator; the
+control samples nothing. Equal steps are not equal FLOPs: MTSF's and the control's steps
+see 16 packed 256-token rows (4,096 tokens); DPO's 16 pairs are 32 unpacked rows (~130
+real tokens each) plus one reference pass over the pairs; GRPO's 40 unpacked 256-token
+rows hold ~125 real tokens each, and each iteration adds two teacher-forced passes (the
+sampling policy's and the reference's log-probs). The table therefore gives each method's
+measured time on its extra stages (DONE.json; stages shared with MTSF counted in each
+method that uses them), so the real cost is visible."""
 LABELS = {"extra_minutes": "extra stage time (min)"}
 FINDINGS = "## Findings"
 METRICS = ("pass_at_1", "pass_at_n", "maj1_at_n", "majk_at_n", "rr_all", "rr_topk", "wrr",

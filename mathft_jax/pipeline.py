@@ -205,7 +205,7 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
             if run.done(stage):
                 provenance.check_unchanged(run.stage_dir(stage), f"stage {stage} in {run.root}",
                                            "pipeline.ignore_config_changes", NOT_SETTINGS,
-                                           resolved[stage])
+                                           resolved[stage], _field_defaults(stage))
     steps = {
         "ssft": lambda: _train_stage(cfg, run, "ssft"),
         "sample_train": lambda: _sample_stage(cfg, run, "sample_train", "ssft"),
@@ -276,6 +276,22 @@ def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
         # a rerun that adds it to a finished run stops at a stale evaluate (unscored) stage
         out[f"{stage}.evaluator"] = provenance.stable_repr(cfg.evaluator_checkpoint)
     return {key: value.replace(run.root, "<run_dir>") for key, value in out.items()}
+
+
+def _field_defaults(stage: str) -> dict:
+    """The code defaults of the settings `_resolved` records for a stage, by the same keys:
+    a setting added since a stage ran is absent from its record, and at its default (the
+    behaviour from before it existed) it is no change."""
+    from mathft_jax import infer, train as train_lib
+    from mathft_jax.rl import loop
+    classes = {"train": train_lib.TrainConfig} if stage in TRAIN_STAGES else {}
+    if stage == "grpo":
+        classes["grpo"] = loop.GrpoConfig
+    for generator in GENERATORS if stage in SAMPLE_STAGES else ():
+        classes[f"infer[{generator}]"] = infer.InferConfig
+    return {f"{name}.{field.name}": provenance.stable_repr(field.default)
+            for name, cls in classes.items() for field in dataclasses.fields(cls)
+            if field.default is not dataclasses.MISSING}
 
 
 def _infer_config(cfg: PipelineConfig, run: Run, stage: str, generator: str):

@@ -99,17 +99,18 @@ def record(directory: str, bindings: Optional[dict] = None) -> None:
 
 
 def check_unchanged(directory: str, what: str, override: str, ignore: Iterable[str] = (),
-                    resolved: Optional[dict] = None) -> None:
+                    resolved: Optional[dict] = None, defaults: Optional[dict] = None) -> None:
     """Raise ConfigChangedError if the bindings recorded in directory differ from those in
     force now (for the same configurables and scopes), or the stage's resolved settings from
-    `resolved`, naming each; no record, no check."""
+    `resolved`, naming each; no record, no check. A resolved setting the record lacks (added
+    to the code since) is no change where it equals its entry in `defaults`."""
     path = storage.join(directory, BINDINGS)
     if not storage.exists(path):
         return
     recorded = json.loads(storage.read_text(path))
     current = explicit_bindings(recorded["configurables"], recorded["scopes"], ignore)
     diff = differences(recorded["bindings"], current)
-    diff += differences(recorded.get("resolved", {}), dict(resolved or {}))
+    diff += differences(recorded.get("resolved", {}), dict(resolved or {}), defaults)
     if diff:
         raise ConfigChangedError(
             f"{what} finished with other settings than this run asks for: {'; '.join(diff)}. "
@@ -117,8 +118,12 @@ def check_unchanged(directory: str, what: str, override: str, ignore: Iterable[s
             f"{override} = True to reuse its outputs anyway")
 
 
-def differences(recorded: dict, current: dict) -> list[str]:
-    """'key: old -> new' for each binding that differs (absent = the default)."""
+def differences(recorded: dict, current: dict, defaults: Optional[dict] = None) -> list[str]:
+    """'key: old -> new' for each binding that differs (absent = the default). A key only
+    `current` has is no difference where its value is `defaults[key]`: a setting added to
+    the code after the record was written, at the value that keeps the old behaviour."""
+    defaults = defaults or {}
     keys = sorted(set(recorded) | set(current))
     return [f"{k}: {recorded.get(k, '<default>')} -> {current.get(k, '<default>')}"
-            for k in keys if recorded.get(k) != current.get(k)]
+            for k in keys if recorded.get(k) != current.get(k)
+            and not (k not in recorded and k in defaults and current[k] == defaults[k])]

@@ -1,5 +1,6 @@
 """Run provenance: every stage and model_dir keeps its operative config, and a rerun whose
 settings for a finished stage differ stops before any compute, naming the bindings."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import gin
 import pytest
 
-from mathft_jax import provenance
+from mathft_jax import provenance, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,10 +46,33 @@ def test_rerun_with_changed_stage_settings_stops_before_compute(tmp_path):
     assert forced.returncode == 0, forced.stderr[-4000:]
     assert "ssft: already complete" in forced.stdout
 
+    # A stage recorded before a setting existed: at its code default it is no change (the
+    # old behaviour); a setting the record lacks at another value still stops the rerun.
+    defaults = {f"train.{f.name}": provenance.stable_repr(f.default)
+                for f in dataclasses.fields(train.TrainConfig)}
+    resolved = recorded["resolved"]
+    at_default = next(k for k, v in resolved.items() if defaults.get(k) == v)
+    assert resolved["train.total_steps"] != defaults["train.total_steps"]
+    for dropped, stops in ((at_default, False), ("train.total_steps", True)):
+        older = json.loads(json.dumps(recorded))
+        del older["resolved"][dropped]
+        (ssft / "bindings.json").write_text(json.dumps(older))
+        rerun = _pipeline(run, "ssft/train.total_steps=3")
+        assert (rerun.returncode != 0) == stops, rerun.stderr[-4000:]
+        assert (f"{dropped}: <default> -> " in rerun.stderr) == stops
+
 
 def test_differences_name_added_removed_and_changed_bindings():
     diff = provenance.differences({"a.x": "1", "b.y": "'u'"}, {"a.x": "2", "c.z": "True"})
     assert diff == ["a.x: 1 -> 2", "b.y: 'u' -> <default>", "c.z: <default> -> True"]
+    # c.z added to the code since the record: no change at its default, a change otherwise
+    assert provenance.differences({"a.x": "1"}, {"a.x": "1", "c.z": "True"},
+                                  {"c.z": "True"}) == []
+    assert provenance.differences({"a.x": "1"}, {"a.x": "1", "c.z": "True"},
+                                  {"c.z": "False"}) == ["c.z: <default> -> True"]
+    # a recorded value that differs from the current one is a change, defaults or not
+    assert provenance.differences({"c.z": "False"}, {"c.z": "True"},
+                                  {"c.z": "True"}) == ["c.z: False -> True"]
 
 
 def test_explicit_bindings_keep_only_the_given_scopes_and_configurables():
