@@ -300,9 +300,9 @@ each run's SSFT row is sampled in that run, so the differences are paired):
     if table(rows, "rl", k):
         counts = [(method, *wins(rows, method)) for method, run, _ in RL_ROWS
                   if run.startswith("grpo")]
-        beats = "; ".join(f"{m} beats the control on {w} of {n} seeds" for m, w, n in counts if n)
-        versus = (f"\n\nGRPO against the control, Pass@1 per seed (all from the same SSFT "
-                  f"checkpoint; {beats}):\n\n"
+        beats = ", ".join(f"{m} {w} of {n}" for m, w, n in counts if n)
+        versus = (f"\n\nGRPO against the control, Pass@1 per seed, all from the same SSFT "
+                  f"checkpoint (seeds on which it beats the control: {beats}):\n\n"
                   f"{table(rows, 'grpo_vs_control', k, 'seed')}" if beats else "")
         parts.append(f"""## DPO and GRPO against MTSF and its control
 

@@ -198,14 +198,16 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         with gin.unlock_config():
             gin.bind_parameter("preference_file.path", run.preferences())
     with provenance.unrecorded():  # every stage's settings, checked before anything runs
-        resolved = {stage: _resolved(cfg, run, stage) for stage in stages}
+        configs = {stage: _stage_configs(cfg, run, stage) for stage in stages}
+    resolved = {stage: _resolved(cfg, run, stage, configs[stage]) for stage in stages}
     distributed.check_shared_dir(run.root)
     if not cfg.ignore_config_changes:
         for stage in stages:
             if run.done(stage):
-                provenance.check_unchanged(run.stage_dir(stage), f"stage {stage} in {run.root}",
-                                           "pipeline.ignore_config_changes", NOT_SETTINGS,
-                                           resolved[stage], _field_defaults(stage))
+                provenance.check_unchanged(
+                    run.stage_dir(stage), f"stage {stage} in {run.root}",
+                    "pipeline.ignore_config_changes", NOT_SETTINGS, resolved[stage],
+                    _field_defaults(configs[stage]))
     steps = {
         "ssft": lambda: _train_stage(cfg, run, "ssft"),
         "sample_train": lambda: _sample_stage(cfg, run, "sample_train", "ssft"),
@@ -261,15 +263,25 @@ def _train_config(cfg: PipelineConfig, run: Run, stage: str):
                                      init_checkpoint=init).validate()
 
 
-def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
-    """A stage's settings as this run resolves them (validated), for the rerun check:
-    {"train.task": repr, "infer[mtsf].num_samples": repr, ...}, paths inside the run written
-    relative to it (a stage shared with another run directory compares equal)."""
+def _stage_configs(cfg: PipelineConfig, run: Run, stage: str) -> dict:
+    """The typed configs a stage runs with, validated: {"train": TrainConfig,
+    "grpo": GrpoConfig, "infer[<generator>]": InferConfig}, those the stage has."""
     configs = {"train": _train_config(cfg, run, stage)} if stage in TRAIN_STAGES else {}
     if stage == "grpo":
         configs["grpo"] = _grpo_config(cfg, run)
     for generator in SAMPLE_STAGES.get(stage, lambda generators: [])(cfg.generators):
         configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
+    return configs
+
+
+def _resolved(cfg: PipelineConfig, run: Run, stage: str,
+              configs: Optional[dict] = None) -> dict:
+    """A stage's settings as this run resolves them (`_stage_configs`, made here when not
+    given), for the rerun check: {"train.task": repr, "infer[mtsf].num_samples": repr, ...},
+    paths inside the run written relative to it (a stage shared with another run directory
+    compares equal)."""
+    if configs is None:
+        configs = _stage_configs(cfg, run, stage)
     out = {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
            for name, config in configs.items() for field in dataclasses.fields(config)}
     if stage in ("score", "evaluate") and cfg.evaluator_checkpoint:  # another run's evaluator:
@@ -278,19 +290,13 @@ def _resolved(cfg: PipelineConfig, run: Run, stage: str) -> dict:
     return {key: value.replace(run.root, "<run_dir>") for key, value in out.items()}
 
 
-def _field_defaults(stage: str) -> dict:
-    """The code defaults of the settings `_resolved` records for a stage, by the same keys:
-    a setting added since a stage ran is absent from its record, and at its default (the
-    behaviour from before it existed) it is no change."""
-    from mathft_jax import infer, train as train_lib
-    from mathft_jax.rl import loop
-    classes = {"train": train_lib.TrainConfig} if stage in TRAIN_STAGES else {}
-    if stage == "grpo":
-        classes["grpo"] = loop.GrpoConfig
-    for generator in GENERATORS if stage in SAMPLE_STAGES else ():
-        classes[f"infer[{generator}]"] = infer.InferConfig
+def _field_defaults(configs: dict) -> dict:
+    """The code defaults of the settings `_resolved` records, by the same keys: a setting
+    added since a stage ran is absent from its record, and at its default (the behaviour
+    from before it existed) it is no change. Fields without a plain default (a
+    default_factory) have none here, so adding one always counts as a change."""
     return {f"{name}.{field.name}": provenance.stable_repr(field.default)
-            for name, cls in classes.items() for field in dataclasses.fields(cls)
+            for name, config in configs.items() for field in dataclasses.fields(config)
             if field.default is not dataclasses.MISSING}
 
 

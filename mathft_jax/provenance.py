@@ -123,7 +123,10 @@ def differences(recorded: dict, current: dict, defaults: Optional[dict] = None) 
     `current` has is no difference where its value is `defaults[key]`: a setting added to
     the code after the record was written, at the value that keeps the old behaviour."""
     defaults = defaults or {}
+
+    def added_at_default(k: str) -> bool:
+        return k not in recorded and k in defaults and current[k] == defaults[k]
+
     keys = sorted(set(recorded) | set(current))
     return [f"{k}: {recorded.get(k, '<default>')} -> {current.get(k, '<default>')}"
-            for k in keys if recorded.get(k) != current.get(k)
-            and not (k not in recorded and k in defaults and current[k] == defaults[k])]
+            for k in keys if recorded.get(k) != current.get(k) and not added_at_default(k)]

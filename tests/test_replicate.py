@@ -48,7 +48,7 @@ def test_rl_cells_paired_gains_and_grpo_against_the_control():
     assert "## DPO and GRPO against MTSF and its control" in text
     assert "| GRPO | 33.5 ± 1.5 | 43.5 ± 1.5 | 73.5 ± 1.5 | 3.0 ± 1.0 |" in text
     assert "| | Pass@1 | Maj1@N | RR.Top-4 | extra stage time (min) |" in text
-    assert "GRPO beats the control on 1 of 2 seeds" in text
+    assert "(seeds on which it beats the control: GRPO 1 of 2)" in text
     assert "| 7 | 30.0 | 36.0 | 32.0 | -4.0 |" in text
     assert "Steps-style" not in text  # no terse run
 
@@ -95,10 +95,9 @@ def test_grpo_process_gets_its_own_rows_and_win_count():
     assert replicate.wins(rows, "GRPO (process reward)") == (2, 2)
     assert replicate.wins(rows) == (1, 2)
     text = replicate.sections(rows, 4)
-    assert ("GRPO beats the control on 1 of 2 seeds; GRPO (process reward) beats the control "
-            "on 2 of 2 seeds") in text
+    assert "beats the control: GRPO 1 of 2, GRPO (process reward) 2 of 2)" in text
     # Only the process run: its comparison stands alone.
     alone = [{k: v for k, v in seed.items() if k != "grpo"} for seed in per_seed]
     text = replicate.sections(replicate.cells(alone, 4, seeds=[5, 7]), 4)
-    assert "GRPO (process reward) beats the control on 2 of 2 seeds" in text
-    assert "GRPO beats" not in text
+    assert "beats the control: GRPO (process reward) 2 of 2)" in text
+    assert "GRPO 1 of 2" not in text

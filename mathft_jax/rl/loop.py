@@ -23,8 +23,9 @@ Each iteration k (1, 2, ...):
 
 Exactly resumable: the prompts, the sampler's streams and everything after them are pure
 functions of (seed, iteration, data position, state), so a run killed anywhere (SIGKILL
-included) and rerun continues from its last checkpoint as if never stopped. The reference is reloaded from
-its checkpoint (or re-created from the seed) and never saved. SIGTERM saves and exits.
+included) and rerun continues from its last checkpoint as if never stopped. The reference
+is reloaded from its checkpoint (or re-created from the seed) and never saved. SIGTERM
+saves and exits.
 """
 from __future__ import annotations
 
@@ -238,15 +239,14 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     try:
         for iteration in range(start + 1, iterations + 1):
             timer = _Timer()
-            rounds = []
-            while len(rounds) < max_sampling_rounds:
+            rounds, with_signal = [], 0
+            for _ in range(max_sampling_rounds):
                 rounds.append(sample_round(state.params, position, iteration, timer))
                 position += prompts_per_iteration
-                if max_sampling_rounds > 1 and sum(
-                        _has_signal(r.reward).sum() for r in rounds) >= prompts_per_iteration:
+                with_signal += int(_has_signal(rounds[-1].reward).sum())
+                if with_signal >= prompts_per_iteration:
                     break
-            chosen = choose_groups([r.reward for r in rounds], prompts_per_iteration,
-                                   filtered=max_sampling_rounds > 1)
+            chosen = choose_groups([r.reward for r in rounds], prompts_per_iteration)
             rows = _stack_groups([r.rows for r in rounds], chosen, num_generations)
             reward = np.concatenate([r.reward for r in rounds])
             parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
@@ -309,21 +309,19 @@ def _has_signal(reward: np.ndarray) -> np.ndarray:
     return reward.max(axis=-1) > reward.min(axis=-1)
 
 
-def choose_groups(rewards: Sequence[np.ndarray], count: int, filtered: bool) -> list:
-    """The (round, group) pairs of an iteration's batch of `count` groups, from rounds of
-    rewards [groups, G]. Unfiltered: the first `count` groups. Filtered (dynamic sampling):
-    groups whose rewards differ first, the rest filled with all-equal groups; either way in
-    the order they were sampled."""
+def choose_groups(rewards: Sequence[np.ndarray], count: int) -> list:
+    """The (round, group) pairs of an iteration's batch of `count` groups, from its rounds of
+    rewards [groups, G]: groups whose rewards differ first, all-equal groups filling the
+    rest, in the order they were sampled. One round of `count` groups is all of it, in order
+    (no dynamic sampling); surplus groups of a last round are dropped (as DAPO's)."""
     order = [(r, i) for r, reward in enumerate(rewards) for i in range(len(reward))]
-    if filtered:
-        signal = {(r, int(i)) for r, reward in enumerate(rewards)
-                  for i in np.flatnonzero(_has_signal(reward))}
-        keep = [g for g in order if g in signal][:count]
-        keep += [g for g in order if g not in signal][:count - len(keep)]
-        order = sorted(keep)
     if len(order) < count:
         raise ValueError(f"{len(order)} groups sampled, {count} needed")
-    return order[:count]
+    signal = {(r, int(i)) for r, reward in enumerate(rewards)
+              for i in np.flatnonzero(_has_signal(reward))}
+    keep = [g for g in order if g in signal][:count]
+    keep += [g for g in order if g not in signal][:count - len(keep)]
+    return sorted(keep)
 
 
 def _stack_groups(rows: Sequence[dict], chosen: list, g: int) -> dict:

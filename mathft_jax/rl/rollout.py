@@ -59,8 +59,8 @@ def rollout_batch(params, cfg, vocab, problems: Sequence[dict], sampling: decodi
 
 def problem_indices(num_problems: int, seed: int, first: int, count: int) -> np.ndarray:
     """Problems of global prompt positions first .. first + count - 1: epoch e is a
-    permutation seeded by (seed, e), so the order is pure arithmetic on the position (the
-    data position of a resumed run is its iteration)."""
+    permutation seeded by (seed, e), so the order is pure arithmetic on the position (a
+    resumed run continues from the position its checkpoint holds)."""
     positions = np.arange(first, first + count)
     epochs, offsets = np.divmod(positions, num_problems)
     perms = {int(e): np.random.default_rng([seed, int(e)]).permutation(num_problems)
