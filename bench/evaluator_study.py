@@ -296,14 +296,18 @@ def plots(study: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for gen, rows in study.items():
+    # a marker per generator, a colour per setting: no two points share both
+    names = sorted({name for rows in study.values() for name in rows})
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
+    for (gen, rows), marker in zip(study.items(), "os^vDP*X"):
         for name, per_seed in rows.items():
             s = list(per_seed.values())
             pairs = [v["scr_pairs_seen"] for v in s]
             acc = [v["test_pair_accuracy"] for v in s]
             delta = [v["rr_topk_minus_maj1"] for v in s]
-            a.set_xscale("log"), a.scatter(pairs, acc, s=14)
-            b.scatter(acc, delta, s=14, label=f"{gen}/{name}")
+            style = dict(s=16, marker=marker, color=colours[name])
+            a.set_xscale("log"), a.scatter(pairs, acc, **style)
+            b.scatter(acc, delta, label=f"{gen}/{name}", **style)
     a.set_xlabel("evaluator pairs trained on"), a.set_ylabel("test within-problem pair accuracy")
     b.axhline(0, color="grey", lw=1), b.axvline(0.75, color="grey", lw=1, ls="--")
     b.set_xlabel("test within-problem pair accuracy"), b.set_ylabel("RR.Top-K − Maj1@N (points)")
