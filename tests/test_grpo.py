@@ -335,7 +335,7 @@ def _rows_without_time(model_dir):
             for row in read_metrics(model_dir)]
 
 
-def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
+def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path, monkeypatch):
     # every run also adds 0.5 * S(X|P) of an "evaluator" (a random TINY model)
     evaluator = str(tmp_path / "evaluator")
     checkpoints.save_params(evaluator, nn.unbox(init_params(TINY, jax.random.PRNGKey(7))))
@@ -354,8 +354,14 @@ def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path):
         + 0.5 * rows[0]["grpo/reward_evaluator"])
 
     CRASH["after"] = 8 + 3  # all of iteration 1's 8 completions, then 3 into iteration 2
+    # the killed run's checkpoint is as the code before dynamic sampling wrote it, with no
+    # data position: the resume must take it as P prompts an iteration
+    save = checkpoints.save
+    monkeypatch.setattr(loop.checkpoints, "save", lambda mngr, step, params, opt, meta: save(
+        mngr, step, params, opt, {k: v for k, v in meta.items() if k != "position"}))
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "killed")
+    monkeypatch.setattr(loop.checkpoints, "save", save)
     assert checkpoints.any_complete(str(tmp_path / "killed")) == 1
     resumed = _run(tmp_path, "killed")
     assert (resumed.start_iteration, resumed.final_iteration) == (1, 2)
