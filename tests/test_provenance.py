@@ -47,19 +47,15 @@ def test_rerun_with_changed_stage_settings_stops_before_compute(tmp_path):
     assert "ssft: already complete" in forced.stdout
 
     # A stage recorded before a setting existed: at its code default it is no change (the
-    # old behaviour); a setting the record lacks at another value still stops the rerun.
+    # old behaviour). At another value it is one (test_differences_..., below).
     defaults = {f"train.{f.name}": provenance.stable_repr(f.default)
                 for f in dataclasses.fields(train.TrainConfig)}
-    resolved = recorded["resolved"]
-    at_default = next(k for k, v in resolved.items() if defaults.get(k) == v)
-    assert resolved["train.total_steps"] != defaults["train.total_steps"]
-    for dropped, stops in ((at_default, False), ("train.total_steps", True)):
-        older = json.loads(json.dumps(recorded))
-        del older["resolved"][dropped]
-        (ssft / "bindings.json").write_text(json.dumps(older))
-        rerun = _pipeline(run, "ssft/train.total_steps=3")
-        assert (rerun.returncode != 0) == stops, rerun.stderr[-4000:]
-        assert (f"{dropped}: <default> -> " in rerun.stderr) == stops
+    older = json.loads(json.dumps(recorded))
+    del older["resolved"][next(k for k, v in older["resolved"].items() if defaults.get(k) == v)]
+    (ssft / "bindings.json").write_text(json.dumps(older))
+    rerun = _pipeline(run, "ssft/train.total_steps=3")
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "ssft: already complete" in rerun.stdout
 
 
 def test_differences_name_added_removed_and_changed_bindings():
