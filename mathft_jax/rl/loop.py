@@ -263,10 +263,9 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                         step_metrics.append(m)
                 step_metrics = [{k: float(v) for k, v in jax.device_get(m).items()}
                                 for m in step_metrics]
-            last = _iteration_metrics(reward, parts, np.concatenate([r.lengths for r in rounds]),
+            last = _iteration_metrics(reward, batch_reward, parts,
+                                      np.concatenate([r.lengths for r in rounds]),
                                       entropy, step_metrics, timer.seconds)
-            last.update(prompts_sampled=float(reward.shape[0]),
-                        batch_groups_with_signal=float(_has_signal(batch_reward).mean()))
             if not all(math.isfinite(v) for v in last.values()):
                 raise FloatingPointError(f"non-finite GRPO metrics at iteration {iteration}: {last}")
             if iteration % log_every == 0 or iteration == iterations:
@@ -348,12 +347,16 @@ def _training_batch(rows: dict, reward: np.ndarray, scale_std: bool, params, ref
     return batch
 
 
-def _iteration_metrics(reward, parts, lengths, entropy, steps: list, seconds: dict) -> dict:
+def _iteration_metrics(reward, batch_reward, parts, lengths, entropy, steps: list,
+                       seconds: dict) -> dict:
+    """reward, parts, lengths: of every group sampled; batch_reward: of the batch trained on."""
     first, tokens = steps[0], max(steps[0]["tokens"], 1e-9)
     out = {"reward": float(reward.mean()),
            "reward_std": float(reward.std(axis=-1).mean()),
            "accuracy": float(parts["correct"].mean()),
-           "groups_all_same": float(np.mean(reward.std(axis=-1) == 0)),
+           "groups_all_same": float(1.0 - _has_signal(reward).mean()),
+           "prompts_sampled": float(reward.shape[0]),
+           "batch_groups_with_signal": float(_has_signal(batch_reward).mean()),
            "response_length": float(lengths.mean()),
            "entropy": entropy,
            # KL to the reference under the policy before this iteration's update
