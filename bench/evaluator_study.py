@@ -57,8 +57,13 @@ GENERATORS = {
 
 
 def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="words",
-             template="paper", lr=1e-3, data="solutions", supervision="outcome"):
-    """gin bindings of one evaluator setting (SCR-side only: the base stages are shared)."""
+             template="paper", lr=1e-3, data="solutions", supervision="outcome",
+             evaluator="label"):
+    """gin bindings of one evaluator setting (SCR-side only: the base stages are shared).
+    evaluator="likelihood": no label; the SCR stage fine-tunes the generator's copy with the
+    sequence margin loss on (P, X+), (P, X-) generation-format pairs, and a candidate's score
+    is its mean token probability under it (`score_records.method`), which starts, before any
+    step, as the generator's own RR.LL ranking."""
     weights = {"margin": (1.0, 0.2), "xent": (0.0, 1.0), "mix": (1.0, 1.0)}[loss]
     b = [f"evaluator_heldout.max_train_problems={problems}",
          f"pairwise_examples.num_pairs={pairs}",
@@ -76,6 +81,9 @@ def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="
         b += ["pipeline.scr_task='scr_steps_pairwise'", "score_records.steps=True"]
     if template == "generation":
         b += [f"evaluator_prompt.template='{GENERATION_TEMPLATE}'"]
+    if evaluator == "likelihood":
+        b += ["pipeline.scr_task='scr_sequence_pairwise'", "scr/train.objective=@sequence_objective",
+              f"sequence_pair_examples.num_pairs={pairs}", "score_records.method='likelihood'"]
     return b
 
 
@@ -108,6 +116,15 @@ SETTINGS = {
     "prefixes_process_1200": ("line prefixes with process labels, 10 pairs, 1200 steps",
                               _setting(pairs=10, steps=1200, data="prefixes",
                                        supervision="process")),
+    # The likelihood evaluator keeps the generator's own signal at step 0; these ask whether
+    # training on the pairs adds to it (a small learning rate: the generator is the start).
+    "lik_300": ("likelihood evaluator: sequence margin, lr 1e-5, 300 steps",
+                _setting(steps=300, lr=1e-5, evaluator="likelihood")),
+    "lik_lr1e-4_300": ("likelihood evaluator: sequence margin, lr 1e-4, 300 steps",
+                       _setting(steps=300, lr=1e-4, evaluator="likelihood")),
+    "lik_process_300": ("likelihood evaluator, process labels, lr 1e-5, 300 steps",
+                        _setting(steps=300, lr=1e-5, evaluator="likelihood",
+                                 supervision="process")),
 }
 
 
@@ -202,9 +219,11 @@ def summary(run_dir: str, bindings: list) -> dict:
 
 
 def _pairs_seen(bindings: list) -> int:
-    """Evaluator pairs the SCR stage trains on: steps x pairs per batch (4 rows a pair)."""
+    """Evaluator pairs the SCR stage trains on: steps x pairs per batch (4 rows a label pair,
+    2 a generation-format pair)."""
     value = dict(b.split("=", 1) for b in bindings)
-    return int(value["scr/train.total_steps"]) * int(value["scr/train.batch_size"]) // 4
+    rows = 2 if value.get("scr/train.objective") == "@sequence_objective" else 4
+    return int(value["scr/train.total_steps"]) * int(value["scr/train.batch_size"]) // rows
 
 
 def run_study(out_dir: str, seeds: list, generators: list, settings: list,

@@ -34,42 +34,18 @@ from mathft_jax.data.preferences import (from_candidates, prompt_text, read_pref
 # ----------------------------------------------------------------------------- reference
 
 
-def row_batches(records: Sequence[dict], vocab, sequence_length: int, batch_size: int):
-    """Feature-converted rows of every pair, (P, chosen) then (P, rejected), as the
-    `dpo_pairs` task gives them unpacked (`packing.rows_from_examples`: EOS appended, truncated
-    by `packing.fit_to_length`): yields (first row index, batch of `batch_size` rows, rows
-    used); the last batch is filled with copies of its first row."""
-    from mathft_jax.data import packing  # noqa: PLC0415
-    from mathft_jax.data.vocab import decoder_start_id  # noqa: PLC0415
-    start = decoder_start_id(vocab)
-    examples = [(np.asarray(vocab.encode(prompt_text(r)), np.int32),
-                 np.asarray(list(vocab.encode(text)) + [int(vocab.eos_id)], np.int32))
-                for r in records for text in (r["chosen"], r["rejected"])]
-    for begin in range(0, len(examples), batch_size):
-        chunk = examples[begin:begin + batch_size]
-        used = len(chunk)
-        chunk = chunk + [chunk[0]] * (batch_size - used)
-        yield begin, packing.rows_from_examples(chunk, sequence_length, start), used
-
-
 def reference_log_likelihoods(params, cfg, vocab, records: Sequence[dict], sequence_length: int,
                               batch_size: int = 16, partitioner=None) -> np.ndarray:
-    """float32 [num_pairs, 2]: the model's log P(chosen | P) and log P(rejected | P), computed
-    as `objectives.dpo_objective` computes the policy's (same rows, same code).
-    partitioner: a `partitioning.Partitioner` (default: none, one device)."""
-    import jax  # noqa: PLC0415 (jax only where a model runs)
-
-    from mathft_jax import objectives, partitioning  # noqa: PLC0415
-    from mathft_jax.models.decoder import Decoder  # noqa: PLC0415
-    partitioner = partitioner or partitioning.NO_MESH
-    model = Decoder(cfg)
-    fn = jax.jit(lambda p, b: objectives._row_log_likelihoods(model, p, b, 0))  # noqa: SLF001
-    out = np.zeros((2 * len(records),), np.float32)
-    for begin, batch, used in row_batches(records, vocab, sequence_length, batch_size):
-        with partitioner.context():
-            ll = fn(params, {k: partitioner.to_global(v) for k, v in batch.items()})
-        out[begin:begin + used] = partitioner.to_host(ll)[:used]
-    return out.reshape(-1, 2)
+    """float32 [num_pairs, 2]: the model's log P(chosen | P) and log P(rejected | P), on the
+    rows the `dpo_pairs` task gives `objectives.dpo_objective` unpacked (same rows, same code:
+    `likelihood.completion_log_likelihoods`). partitioner: a `partitioning.Partitioner`
+    (default: none, one device)."""
+    from mathft_jax.likelihood import completion_log_likelihoods  # noqa: PLC0415
+    texts = [(prompt_text(r), text) for r in records for text in (r["chosen"], r["rejected"])]
+    ll, _ = completion_log_likelihoods(params, cfg, vocab, [p for p, _ in texts],
+                                       [t for _, t in texts], sequence_length=sequence_length,
+                                       batch_size=batch_size, partitioner=partitioner)
+    return ll.reshape(-1, 2)
 
 
 @gin.configurable

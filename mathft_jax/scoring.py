@@ -1,4 +1,5 @@
-"""Evaluator scoring: S(X|P) = p(" correct") / (p(" correct") + p(" incorrect")).
+"""Evaluator scoring: S(X|P) = p(" correct") / (p(" correct") + p(" incorrect")), or a
+model's own likelihood of the candidate (`score_records(method='likelihood')`).
 
 The evaluator reads `[start] + encode(evaluator_prompt(problem, solution))` and each label is
 tokenised on its own (as the seqio tasks tokenise inputs and targets); a label of several
@@ -17,7 +18,8 @@ import numpy as np
 
 from mathft_jax import decoding
 from mathft_jax.batching import check_prompts, pad_prompts, rows_for
-from mathft_jax.data.formats import evaluator_prompt, evaluator_target, solution_prefixes
+from mathft_jax.data.formats import (evaluator_prompt, evaluator_target, generation_prompt,
+                                     solution_prefixes)
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.partitioning import NO_MESH, Partitioner
 
@@ -119,17 +121,34 @@ def score_groups(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     return [flat[end - len(group):end] for group, end in zip(solutions, ends)]
 
 
+SCORE_METHODS = ("label", "likelihood")
+
+
 @gin.configurable(denylist=["params", "cfg", "vocab", "records"])
 def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
-                  batch_size: int = 64, steps: bool = False, **kwargs) -> int:
-    """Set every sample's `score` to S(X|P), in place, for candidates records
-    (docs/formats.md); returns how many were scored. `batch_size` (gin
-    `score_records.batch_size`, the one setting for infer's and the pipeline's scoring) and
-    the keyword arguments as `score_solutions`.
+                  batch_size: int = 64, steps: bool = False, method: str = "label",
+                  **kwargs) -> int:
+    """Set every sample's `score`, in place, for candidates records (docs/formats.md);
+    returns how many were scored. `batch_size` (gin `score_records.batch_size`, the one
+    setting for infer's and the pipeline's scoring) and the keyword arguments as
+    `score_solutions`.
 
-    steps: score = the least S over the candidate's line prefixes (formats.solution_prefixes),
-    for an evaluator trained on them (task scr_steps_pairwise): a solution is as good as its
-    worst step."""
+    method (gin `score_records.method`):
+      label       S(X|P) of an SCR evaluator, the paper's
+      likelihood  exp(mean token log-probability of X + EOS given the generation prompt),
+                  in (0, 1], for a checkpoint in generation format: the generator itself
+                  (the RR.LL baseline's ranking) or one trained on sequence pairs
+                  (`sequence_objective`, `dpo_objective`)
+    steps (label only): score = the least S over the candidate's line prefixes
+    (formats.solution_prefixes), for an evaluator trained on them (task
+    scr_steps_pairwise): a solution is as good as its worst step."""
+    if method not in SCORE_METHODS:
+        raise ValueError(f"score_records.method={method!r}: choose from {SCORE_METHODS}")
+    if method == "likelihood":
+        if steps:
+            raise ValueError("score_records.steps=True scores line prefixes with an evaluator's "
+                             "label; it does not combine with method='likelihood'")
+        return _score_by_likelihood(params, cfg, vocab, records, batch_size, **kwargs)
     # Per record, per sample: the texts to score (the sample, or each of its line prefixes).
     parts = [[solution_prefixes(s["text"]) if steps else [s["text"]] for s in r["samples"]]
              for r in records]
@@ -144,3 +163,17 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
         for sample, score in zip(record["samples"], group):
             sample["score"] = float(score)
     return sum(len(r["samples"]) for r in records)
+
+
+def _score_by_likelihood(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
+                         batch_size: int, partitioner: Partitioner = NO_MESH,
+                         start_id: Optional[int] = None) -> int:
+    from mathft_jax.likelihood import completion_log_likelihoods  # noqa: PLC0415
+    samples = [(record["problem"], sample) for record in records for sample in record["samples"]]
+    ll, tokens = completion_log_likelihoods(
+        params, cfg, vocab, [generation_prompt(p) for p, _ in samples],
+        [s["text"] for _, s in samples], batch_size=rows_for(batch_size, partitioner.batch_shards),
+        partitioner=partitioner, start_id=start_id)
+    for (_, sample), value in zip(samples, np.exp(ll / np.maximum(tokens, 1))):
+        sample["score"] = float(value)
+    return len(samples)

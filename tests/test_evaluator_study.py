@@ -16,11 +16,16 @@ ROW = dict(heldout_pair_accuracy=0.6, test_pair_accuracy=0.62, test_auc=0.76, rr
 def test_settings_touch_only_the_scr_stage():
     # The base stages (SSFT, sampling) are shared between settings, so a setting may only
     # bind what the SCR, score and evaluate stages read.
-    allowed = ("scr/", "evaluator_", "pairwise_examples.", "score_records.", "pipeline.scr_task")
+    allowed = ("scr/", "evaluator_", "pairwise_examples.", "sequence_pair_examples.",
+               "score_records.", "pipeline.scr_task")
     for name, (_, bindings) in study.SETTINGS.items():
         for b in bindings:
             assert b.startswith(allowed), (name, b)
     assert study._pairs_seen(study._setting(steps=300, batch=32)) == 300 * 8
+    # a generation-format pair is 2 rows, and its evaluator scores by likelihood
+    likelihood = study._setting(steps=300, batch=32, evaluator="likelihood")
+    assert study._pairs_seen(likelihood) == 300 * 16
+    assert "score_records.method='likelihood'" in likelihood
 
 
 def test_markdown_aggregates_seeds_and_counts_wins():

@@ -142,7 +142,7 @@ LAYERS = {
     "data": ("mathft_jax.data",),
     "results": ("mathft_jax.candidates", "mathft_jax.voting", "mathft_jax.report",
                 "mathft_jax.evaluate", "mathft_jax.diagnostics"),
-    "scoring": ("mathft_jax.scoring",),
+    "scoring": ("mathft_jax.scoring", "mathft_jax.likelihood"),
     "rl": ("mathft_jax.rl",),
     "entry": ("mathft_jax.train", "mathft_jax.infer", "mathft_jax.pipeline",
               "mathft_jax.models.__main__", "mathft_jax.convert.import_hf",

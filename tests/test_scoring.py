@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mathft_jax import partitioning, scoring
-from mathft_jax.data.formats import evaluator_prompt
+from mathft_jax.data.formats import evaluator_prompt, generation_prompt
 from mathft_jax.models import Decoder, DecoderConfig
 from mathft_jax.models.decoder import init_params
 
@@ -18,6 +18,8 @@ SOLUTIONS = ["2+3=5. \\boxed{5}", "7*6=42, so \\boxed{42}", "It is \\boxed{6}", 
 
 class FakeVocab:
     """A byte-level vocabulary folded into 64 ids (seqio-free): what score_solutions needs."""
+
+    eos_id = 1
 
     def encode(self, text):
         return [3 + b % 61 for b in text.encode("utf-8")]
@@ -141,3 +143,35 @@ def test_score_records_steps_is_the_least_score_over_line_prefixes(params):
                           batch_size=3, start_id=START)
     assert whole[0]["score"] >= records[0]["samples"][0]["score"]  # the whole is one prefix
     assert whole[1]["score"] == pytest.approx(records[0]["samples"][1]["score"], abs=1e-6)
+
+
+def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(params):
+    """method='likelihood': S = exp(log P(X + EOS | generation prompt) / tokens), the
+    tokens being X's and its EOS; the rows are batched, padded and filled, the values are
+    those of one forward over each example alone."""
+    vocab = FakeVocab()
+    records = [{"problem": p, "samples": [{"text": s}, {"text": s + " 1"}]}
+               for p, s in zip(PROBLEMS[:3], SOLUTIONS[:3])]
+    assert scoring.score_records(params, CFG, vocab, records, batch_size=4, start_id=START,
+                                 method="likelihood") == 6
+    for record in records:
+        for sample in record["samples"]:
+            context = [START] + vocab.encode(generation_prompt(record["problem"]))
+            target = vocab.encode(sample["text"]) + [vocab.eos_id]
+            want = np.exp(direct_logprob(params, context, target) / len(target))
+            assert 0 < sample["score"] < 1
+            np.testing.assert_allclose(sample["score"], want, rtol=1e-4)
+    # the ranking follows the likelihood, not the label score of the same samples
+    label = [dict(s) for s in records[0]["samples"]]
+    scoring.score_records(params, CFG, vocab, [{"problem": PROBLEMS[0], "samples": label}],
+                          start_id=START)
+    assert label[0]["score"] != pytest.approx(records[0]["samples"][0]["score"], abs=1e-3)
+
+
+def test_score_records_rejects_unknown_methods_and_steps_with_likelihood(params):
+    records = [{"problem": PROBLEMS[0], "samples": [{"text": SOLUTIONS[0]}]}]
+    with pytest.raises(ValueError, match=r"score_records.method='loglik': choose from"):
+        scoring.score_records(params, CFG, FakeVocab(), records, method="loglik")
+    with pytest.raises(ValueError, match="does not combine with method='likelihood'"):
+        scoring.score_records(params, CFG, FakeVocab(), records, method="likelihood", steps=True)
+    assert "score" not in records[0]["samples"][0]
