@@ -3,6 +3,7 @@ every stage's outputs exist and are well-formed, and a pipeline killed during SC
 there and finishes. Also: every run gin file parses."""
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -89,6 +90,27 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     assert f"initialising parameters from {control / 'ssft' / 'checkpoints'}" in out.stderr
     assert sorted(p.name for p in control.iterdir()) == ["evaluate", "mtsf", "sample_eval", "ssft"]
     assert set(json.loads((control / "evaluate" / "results.json").read_text())) == {"ssft", "mtsf"}
+
+    # The likelihood evaluator: an SCR stage on generation-format pairs, scoring by the mean
+    # token probability. At learning rate 0 it is the SSFT model, so a score is the sampler's
+    # recorded likelihood of the sample, exp(logprob / num_tokens), where the sample ended on
+    # its EOS (the scorer appends one to every text) and its text encodes back to the tokens
+    # sampled (this barely trained model also samples ids that decode to no text).
+    lik = tmp_path / "likelihood"
+    lik.mkdir()
+    for stage in ("ssft", "sample_train", "scr_data", "sample_eval"):
+        os.symlink(run / stage, lik / stage)
+    out = _pipeline(lik, "pipeline.variant='ssft_scr'", "scr/learning_rate_schedule.peak=0.0",
+                    "pipeline.scr_task='scr_sequence_pairwise'",
+                    "scr/train.objective=@sequence_objective", "score_records.method='likelihood'",
+                    "pipeline.ignore_config_changes=True")
+    assert out.returncode == 0, out.stderr[-4000:]
+    scored = candidates.read_candidates(str(lik / "score" / "ssft.jsonl"))
+    ended = [s for r in scored for s in r["samples"] if s["num_tokens"] < 48]
+    same = [s["score"] == pytest.approx(math.exp(s["logprob"] / s["num_tokens"]), rel=1e-3)
+            for s in ended if len(s["text"].encode("utf-8")) + 1 == s["num_tokens"]]
+    print("likelihood scores equal to the recorded ones:", sum(same), "of", len(same), len(ended))
+    assert len(same) > 10 and all(same)
 
 
 @pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in
