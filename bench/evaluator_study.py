@@ -9,8 +9,10 @@ the test problems. Every evaluator setting then reuses that base (its stages are
 so settings differ only in what the SCR stage does) and runs SCR -> score -> evaluate.
 
 A setting varies the evaluator's data (problems, pairs per problem, steps), its loss
-(margin, xent, a mix), its labels (the paper's words, or one token each) and its template
-(the paper's, or the generation prompt followed by the question). For each it reports:
+(margin, xent, a mix), its labels (the paper's words, or one token each), its template
+(the paper's, or the generation prompt followed by the question) and its form (a label
+read after the candidate, or a likelihood evaluator: `_setting(evaluator="likelihood")`).
+For each it reports:
 held-out pair accuracy (10% of the training problems, never trained on), and on the test
 problems the within-problem pair accuracy and AUC of S, RR.Top-K, W.RR.MajK and Maj1@N,
 with the generator's own mean log-probability (RR.LL.Top-K) as the baseline to beat.
@@ -62,8 +64,16 @@ def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="
     """gin bindings of one evaluator setting (SCR-side only: the base stages are shared).
     evaluator="likelihood": no label; the SCR stage fine-tunes the generator's copy with the
     sequence margin loss on (P, X+), (P, X-) generation-format pairs, and a candidate's score
-    is its mean token probability under it (`score_records.method`), which starts, before any
-    step, as the generator's own RR.LL ranking."""
+    is exp(its mean token log-probability) under it (`score_records.method`), which starts,
+    before any step, as (about) the generator's own RR.LL ranking. Its held-out pair accuracy
+    compares summed log-likelihoods, as `sequence_objective` trains them; the test's compares
+    the scores (means): the same order for equal-length candidates. loss, labels, template
+    and data="prefixes" are the label evaluator's and do not apply."""
+    if evaluator not in ("label", "likelihood"):
+        raise ValueError(f"evaluator={evaluator!r}: 'label' or 'likelihood'")
+    if evaluator == "likelihood" and (data, loss, labels, template) != (
+            "solutions", "margin", "words", "paper"):
+        raise ValueError("a likelihood evaluator takes no loss, labels, template or prefixes")
     weights = {"margin": (1.0, 0.2), "xent": (0.0, 1.0), "mix": (1.0, 1.0)}[loss]
     b = [f"evaluator_heldout.max_train_problems={problems}",
          f"pairwise_examples.num_pairs={pairs}",

@@ -154,7 +154,7 @@ class InferConfig:
     batch_size: problems per step (batch_size * num_samples sequences). The mesh is the one
     every entry point builds (`make_mesh.*` in gin); decoding splits the sequences over its
     data and fsdp axes. evaluator_checkpoint (same DecoderConfig) fills each sample's
-    `score` with S(X|P) (batch size: `score_records.batch_size`).
+    `score` with its S(X|P) (`score_records`: batch size, method).
     engine: "continuous" (`mathft_jax.engine`: `slots` sequences decoded together, default
     batch_size * num_samples, refilled every `chunk` steps from a queue of every problem to
     do, prefilled in groups of batch_size; it always shares prefill) or "static"

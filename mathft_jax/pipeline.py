@@ -116,8 +116,10 @@ class PipelineConfig:
     """The recipe's settings, bound in gin as `pipeline.<field>`.
 
     ssft_task: the SSFT seqio task (MATH: math_ssft_math, math_ssft_prm800k, math_ssft_mix).
-    scr_task: scr_pairwise (margin, `evaluator_objective`) or scr_pointwise (xent,
-    `lm_objective`), built from the graded training candidates.
+    scr_task: scr_pairwise (margin, `evaluator_objective`), scr_pointwise (xent,
+    `lm_objective`), scr_steps_pairwise (line prefixes) or scr_sequence_pairwise (pairs in
+    generation format, `sequence_objective`: a likelihood evaluator, scored with
+    `score_records.method='likelihood'`), built from the graded training candidates.
     sample_task / *_split: the problems `infer` samples (a source of mathft_jax.data.sources).
     evaluator_checkpoint: an SCR evaluator checkpoint (e.g. another run's scr/checkpoints)
     to score the evaluation samples of a variant without an scr stage (ssft, mtsf_control,
@@ -162,6 +164,8 @@ class PipelineConfig:
             raise settings.SettingError(
                 f"pipeline.evaluator_checkpoint is for variants without an scr stage; variant "
                 f"{self.variant!r} scores with its own evaluator")
+        if "score" in VARIANTS[self.variant]:
+            _check_score_method(self.scr_task)
         if self.stop_after is not None and self.stop_after not in self.stages:
             raise settings.SettingError(
                 f"pipeline.stop_after={self.stop_after!r} is not a stage of variant "
@@ -182,6 +186,20 @@ class PipelineConfig:
     @property
     def generators(self) -> list:
         return [g for g in GENERATORS if g in self.stages]
+
+
+def _check_score_method(scr_task: str) -> None:
+    """The run's own evaluator is read the way it was trained: an evaluator of sequence pairs
+    in generation format by its likelihood, a label evaluator by its label."""
+    try:
+        method = gin.query_parameter("score_records.method")
+    except ValueError:  # unbound: the default
+        method = "label"
+    if (scr_task == "scr_sequence_pairwise") != (method == "likelihood"):
+        raise settings.SettingError(
+            f"pipeline.scr_task={scr_task!r} with score_records.method={method!r}: an "
+            "evaluator trained on scr_sequence_pairwise scores with method='likelihood', and "
+            "method='likelihood' needs that task (gin_configs/runs/ssft_scr_likelihood.gin)")
 
 
 def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
@@ -380,8 +398,9 @@ def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
 
 
 def score_stage(run: Run, generator: str, evaluator: str) -> dict:
-    """Fill every evaluation sample's `score` with S(X|P) of the SCR evaluator checkpoint
-    `evaluator` (`PipelineConfig.evaluator`)."""
+    """Fill every evaluation sample's `score` by the SCR evaluator checkpoint `evaluator`
+    (`PipelineConfig.evaluator`): its S(X|P), or its likelihood of the sample
+    (`score_records.method`)."""
     from mathft_jax import checkpoints, partitioning, scoring
     from mathft_jax.data import vocab as vocab_lib
     from mathft_jax.models.config import DecoderConfig

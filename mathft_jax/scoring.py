@@ -127,28 +127,35 @@ SCORE_METHODS = ("label", "likelihood")
 @gin.configurable(denylist=["params", "cfg", "vocab", "records"])
 def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
                   batch_size: int = 64, steps: bool = False, method: str = "label",
-                  **kwargs) -> int:
+                  loss_chunk: int = 0, **kwargs) -> int:
     """Set every sample's `score`, in place, for candidates records (docs/formats.md);
-    returns how many were scored. `batch_size` (gin `score_records.batch_size`, the one
-    setting for infer's and the pipeline's scoring) and the keyword arguments as
-    `score_solutions`.
+    returns how many were scored. `batch_size` is gin `score_records.batch_size`, the one
+    setting for infer's and the pipeline's scoring.
 
     method (gin `score_records.method`):
-      label       S(X|P) of an SCR evaluator, the paper's
+      label       S(X|P) of an SCR evaluator, the paper's; the keyword arguments as
+                  `score_solutions`
       likelihood  exp(mean token log-probability of X + EOS given the generation prompt),
-                  in (0, 1], for a checkpoint in generation format: the generator itself
-                  (the RR.LL baseline's ranking) or one trained on sequence pairs
-                  (`sequence_objective`, `dpo_objective`)
+                  the geometric-mean token probability, in (0, 1], for a checkpoint in
+                  generation format: the generator itself (then it ranks as the RR.LL
+                  baseline, up to the EOS it appends to a sample cut at the decode limit) or
+                  one trained on sequence pairs (`sequence_objective`, `dpo_objective`).
+                  Keyword arguments: `partitioner`, `start_id`; `loss_chunk` as the
+                  objectives' (every position's logits are needed here, not the last one's:
+                  set it for large vocabularies)
     steps (label only): score = the least S over the candidate's line prefixes
     (formats.solution_prefixes), for an evaluator trained on them (task
     scr_steps_pairwise): a solution is as good as its worst step."""
     if method not in SCORE_METHODS:
         raise ValueError(f"score_records.method={method!r}: choose from {SCORE_METHODS}")
+    if method == "label" and loss_chunk:
+        raise ValueError("score_records.loss_chunk applies to method='likelihood' only (the "
+                         "label path reads the last position's logits alone)")
     if method == "likelihood":
         if steps:
             raise ValueError("score_records.steps=True scores line prefixes with an evaluator's "
                              "label; it does not combine with method='likelihood'")
-        return _score_by_likelihood(params, cfg, vocab, records, batch_size, **kwargs)
+        return _score_by_likelihood(params, cfg, vocab, records, batch_size, loss_chunk, **kwargs)
     # Per record, per sample: the texts to score (the sample, or each of its line prefixes).
     parts = [[solution_prefixes(s["text"]) if steps else [s["text"]] for s in r["samples"]]
              for r in records]
@@ -166,14 +173,14 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
 
 
 def _score_by_likelihood(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
-                         batch_size: int, partitioner: Partitioner = NO_MESH,
+                         batch_size: int, loss_chunk: int, partitioner: Partitioner = NO_MESH,
                          start_id: Optional[int] = None) -> int:
     from mathft_jax.likelihood import completion_log_likelihoods  # noqa: PLC0415
     samples = [(record["problem"], sample) for record in records for sample in record["samples"]]
     ll, tokens = completion_log_likelihoods(
         params, cfg, vocab, [generation_prompt(p) for p, _ in samples],
         [s["text"] for _, s in samples], batch_size=rows_for(batch_size, partitioner.batch_shards),
-        partitioner=partitioner, start_id=start_id)
+        partitioner=partitioner, start_id=start_id, loss_chunk=loss_chunk)
     for (_, sample), value in zip(samples, np.exp(ll / np.maximum(tokens, 1))):
         sample["score"] = float(value)
     return len(samples)

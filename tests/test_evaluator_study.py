@@ -3,6 +3,8 @@ aggregates seeds and counts wins, and the results section is replaced in place."
 import importlib.util
 import pathlib
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("evaluator_study", REPO / "bench" / "evaluator_study.py")
 study = importlib.util.module_from_spec(spec)
@@ -26,6 +28,10 @@ def test_settings_touch_only_the_scr_stage():
     likelihood = study._setting(steps=300, batch=32, evaluator="likelihood")
     assert study._pairs_seen(likelihood) == 300 * 16
     assert "score_records.method='likelihood'" in likelihood
+    with pytest.raises(ValueError, match="takes no loss, labels, template or prefixes"):
+        study._setting(evaluator="likelihood", data="prefixes")
+    with pytest.raises(ValueError, match="evaluator='lik'"):
+        study._setting(evaluator="lik")
 
 
 def test_markdown_aggregates_seeds_and_counts_wins():

@@ -101,6 +101,7 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     for stage in ("ssft", "sample_train", "scr_data", "sample_eval"):
         os.symlink(run / stage, lik / stage)
     out = _pipeline(lik, "pipeline.variant='ssft_scr'", "scr/learning_rate_schedule.peak=0.0",
+                    "scr/train.total_steps=1", "scr/train.checkpoint_every=1",
                     "pipeline.scr_task='scr_sequence_pairwise'",
                     "scr/train.objective=@sequence_objective", "score_records.method='likelihood'",
                     "pipeline.ignore_config_changes=True")
@@ -163,3 +164,23 @@ def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
     info = pipeline._evaluate_stage(run, ["ssft", "mtsf"], True, 8, 10, None, "mathft")
     assert info == {"generators": ["ssft", "mtsf"]}
     assert not os.path.exists(run.stage_dir("evaluate"))
+
+
+def test_the_score_method_must_fit_the_evaluator_trained(tmp_path):
+    """A label evaluator is read by its label and one trained on sequence pairs (generation
+    format) by its likelihood; a mismatch would score silently wrong, so it stops first."""
+    from mathft_jax import scoring  # noqa: F401 (registers score_records)
+    likelihood = dict(run_dir=str(tmp_path), variant="ssft_scr", scr_task="scr_sequence_pairwise")
+    with pytest.raises(pipeline.settings.SettingError, match="with score_records.method='label'"):
+        pipeline.PipelineConfig(**likelihood).validate()
+    gin.clear_config()
+    try:
+        gin.bind_parameter("score_records.method", "likelihood")
+        pipeline.PipelineConfig(**likelihood).validate()
+        with pytest.raises(pipeline.settings.SettingError, match="needs that task"):
+            pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf").validate()
+        # a variant without an scr stage is scored by another run's evaluator: not checked
+        pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
+                                evaluator_checkpoint="other/scr/checkpoints").validate()
+    finally:
+        gin.clear_config()

@@ -161,17 +161,25 @@ def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(para
             want = np.exp(direct_logprob(params, context, target) / len(target))
             assert 0 < sample["score"] < 1
             np.testing.assert_allclose(sample["score"], want, rtol=1e-4)
-    # the ranking follows the likelihood, not the label score of the same samples
-    label = [dict(s) for s in records[0]["samples"]]
-    scoring.score_records(params, CFG, vocab, [{"problem": PROBLEMS[0], "samples": label}],
-                          start_id=START)
-    assert label[0]["score"] != pytest.approx(records[0]["samples"][0]["score"], abs=1e-3)
+    # on 8 devices (a batch of 3 rounds up to 4 rows a shard pair), and with the output
+    # projection a chunk of positions at a time: the same scores
+    partitioner = partitioning.Partitioner.create(
+        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
+    again = [{"problem": r["problem"], "samples": [{"text": s["text"]} for s in r["samples"]]}
+             for r in records]
+    scoring.score_records(sharded, CFG, vocab, again, batch_size=3, start_id=START,
+                          method="likelihood", partitioner=partitioner, loss_chunk=16)
+    np.testing.assert_allclose([s["score"] for r in again for s in r["samples"]],
+                               [s["score"] for r in records for s in r["samples"]], rtol=1e-5)
 
 
-def test_score_records_rejects_unknown_methods_and_steps_with_likelihood(params):
+def test_score_records_rejects_settings_that_do_not_fit_the_method(params):
     records = [{"problem": PROBLEMS[0], "samples": [{"text": SOLUTIONS[0]}]}]
     with pytest.raises(ValueError, match=r"score_records.method='loglik': choose from"):
         scoring.score_records(params, CFG, FakeVocab(), records, method="loglik")
     with pytest.raises(ValueError, match="does not combine with method='likelihood'"):
         scoring.score_records(params, CFG, FakeVocab(), records, method="likelihood", steps=True)
+    with pytest.raises(ValueError, match="loss_chunk applies to method='likelihood' only"):
+        scoring.score_records(params, CFG, FakeVocab(), records, loss_chunk=16)
     assert "score" not in records[0]["samples"][0]

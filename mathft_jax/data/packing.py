@@ -60,7 +60,8 @@ def write_segment(batch: dict[str, np.ndarray], row: int, start: int, segment_id
 
 def rows_from_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
                        start_id: int = 0) -> dict[str, np.ndarray]:
-    """One unpacked row per example (mainly for tests)."""
+    """One unpacked row per example: the rows `likelihood` scores (DPO's reference, the
+    likelihood scorer), and tests' batches."""
     batch = empty_batch(len(examples), length)
     for row, (inputs, targets) in enumerate(examples):
         inputs, targets = fit_to_length(inputs, targets, length)
