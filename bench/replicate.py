@@ -15,6 +15,10 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
   grpo_process  the same with the process reward (grpo_process.gin)
   grpo_dynamic  grpo with dynamic sampling: batches of groups whose rewards differ
                 (grpo_dynamic.gin)
+  likelihood    steps_margin's SSFT samples re-ranked by a likelihood evaluator instead of
+                the paper's (ssft_scr_likelihood.gin: SCR on the same training samples as
+                generation-format pairs, scored by exp(mean token log-probability); the
+                evaluator study's finding, docs/RESULTS.md)
 control, dpo and the grpo runs train no evaluator: steps_margin's scores their test samples
 (`pipeline.evaluator_checkpoint`), so their RR.Top-K is comparable with MTSF's.
 
@@ -53,11 +57,13 @@ RUNS = {
     "grpo": ["gin_configs/runs/grpo.gin"],
     "grpo_process": ["gin_configs/runs/grpo_process.gin"],
     "grpo_dynamic": ["gin_configs/runs/grpo_dynamic.gin"],
+    "likelihood": ["gin_configs/runs/ssft_scr_likelihood.gin"],
 }
 # Stages a run takes from steps_margin's, so that they differ only where they should.
 SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": ("ssft",),
                  "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",),
-                 "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",)}
+                 "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",),
+                 "likelihood": ("ssft", "sample_train", "scr_data", "sample_eval")}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
 SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic")
 # Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
@@ -207,6 +213,8 @@ def cells(per_seed: list, k: int, minutes: dict | None = None, seeds=None) -> li
             lambda r: value(r["steps_margin"], "ssft", name))
         add("ssft", "SSFT generator, xent evaluator", name, ["steps_xent"],
             lambda r: value(r["steps_xent"], "ssft", name))
+        add("ssft", "SSFT generator, likelihood evaluator", name, ["likelihood"],
+            lambda r: value(r["likelihood"], "ssft", name))
     for name in ("pass_at_1", "maj1_at_n", "rr_topk"):
         add("mtsf", "SSFT", name, ["steps_margin"], lambda r: value(r["steps_margin"], "ssft", name))
         add("mtsf", "MTSF (margin)", name, ["steps_margin"],

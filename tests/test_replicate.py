@@ -63,6 +63,7 @@ def test_a_missing_metric_is_a_dash_not_an_error():
 def test_selected_runs_bring_the_run_they_share_stages_with():
     assert replicate.selected_runs("grpo,control") == ["steps_margin", "control", "grpo"]
     assert replicate.selected_runs("terse") == ["terse"]
+    assert replicate.selected_runs("likelihood") == ["steps_margin", "likelihood"]
     assert replicate.selected_runs("") == list(replicate.RUNS)
     with pytest.raises(SystemExit, match="unknown"):
         replicate.selected_runs("ppo")
@@ -101,3 +102,12 @@ def test_grpo_process_gets_its_own_rows_and_win_count():
     text = replicate.sections(replicate.cells(alone, 4, seeds=[5, 7]), 4)
     assert "beats the control: GRPO (process reward) 2 of 2)" in text
     assert "GRPO 1 of 2" not in text
+
+
+def test_the_likelihood_evaluator_gets_a_row_beside_the_papers():
+    res = lambda rr: {g: {"metrics": {m: {"value": rr if m == "rr_topk" else 0.3}  # noqa: E731
+                                      for m in replicate.METRICS}} for g in ("ssft", "mtsf")}
+    rows = replicate.cells([{"steps_margin": res(0.2), "likelihood": res(0.35)}], k=4)
+    text = replicate.table(rows, "ssft", 4)
+    assert "| SSFT generator, margin evaluator | 30.0 | 30.0 | 30.0 | 30.0 | 20.0 | 30.0 |" in text
+    assert "| SSFT generator, likelihood evaluator | 30.0 | 30.0 | 30.0 | 30.0 | 35.0 | 30.0 |" in text
