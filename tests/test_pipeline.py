@@ -91,8 +91,8 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     assert sorted(p.name for p in control.iterdir()) == ["evaluate", "mtsf", "sample_eval", "ssft"]
     assert set(json.loads((control / "evaluate" / "results.json").read_text())) == {"ssft", "mtsf"}
 
-    # The likelihood evaluator: an SCR stage on generation-format pairs, scoring by the mean
-    # token probability. At learning rate 0 it is the SSFT model, so a score is the sampler's
+    # The likelihood evaluator: an SCR stage on generation-format pairs, scoring by exp(mean
+    # token log-probability). At learning rate 0 it is the SSFT model, so a score is the sampler's
     # recorded likelihood of the sample, exp(logprob / num_tokens), where the sample ended on
     # its EOS (the scorer appends one to every text) and its text encodes back to the tokens
     # sampled (this barely trained model also samples ids that decode to no text).
