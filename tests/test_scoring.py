@@ -85,10 +85,15 @@ def test_default_labels_are_the_ones_the_evaluator_was_trained_on(params):
                                atol=1e-5, rtol=0)
 
 
-def test_eight_devices_score_like_one(params):
+def eight_devices(params):
+    """(partitioner, params sharded) on a data=2, fsdp=2, tensor=2 mesh of 8 devices."""
     partitioner = partitioning.Partitioner.create(
         CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
-    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
+    return partitioner, jax.device_put(params, partitioner.param_shardings(CFG))
+
+
+def test_eight_devices_score_like_one(params):
+    partitioner, sharded = eight_devices(params)
     kw = dict(batch_size=3, start_id=START)
     one = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, **kw)
     eight = scoring.score_solutions(sharded, CFG, FakeVocab(), PROBLEMS, SOLUTIONS,
@@ -163,9 +168,7 @@ def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(para
             np.testing.assert_allclose(sample["score"], want, rtol=1e-4)
     # on 8 devices (a batch of 3 rounds up to 4 rows a shard pair), and with the output
     # projection a chunk of positions at a time: the same scores
-    partitioner = partitioning.Partitioner.create(
-        CFG, partitioning.make_mesh(data=2, fsdp=2, tensor=2))
-    sharded = jax.device_put(params, partitioner.param_shardings(CFG))
+    partitioner, sharded = eight_devices(params)
     again = [{"problem": r["problem"], "samples": [{"text": s["text"]} for s in r["samples"]]}
              for r in records]
     scoring.score_records(sharded, CFG, vocab, again, batch_size=3, start_id=START,
