@@ -20,6 +20,11 @@ from mathft_jax.grading import extract_answer
 from mathft_jax.parallel import parallel_map
 
 
+# How `samples[].score` was made (`scoring.score_records`): a label evaluator's probability of
+# being right, or a likelihood that only ranks (no calibration is read from it).
+SCORE_METHODS = ("label", "likelihood")
+
+
 class CandidatesError(ValueError):
     """A malformed candidates line; the message starts with file:line."""
 
@@ -37,6 +42,8 @@ def validate_record(record: object) -> None:
     for field in ("problem_id", "problem", "gold"):
         if not isinstance(record.get(field), str):
             raise ValueError(f"{field!r} must be a string")
+    if record.get("score_method", "label") not in SCORE_METHODS:
+        raise ValueError(f"'score_method' must be one of {list(SCORE_METHODS)}")
     samples = record.get("samples")
     if not isinstance(samples, list) or not samples:
         raise ValueError("'samples' must be a non-empty list")

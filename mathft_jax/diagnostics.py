@@ -130,7 +130,8 @@ def ranking(values: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]]
 
 def summarize(problems: Sequence[voting.GradedProblem], k: int, n_resamples: int = 1000,
               seed: int = 0) -> dict:
-    """{"evaluator": ranking + calibration + histogram of S (None without scores),
+    """{"evaluator": ranking + calibration + histogram of S (None without scores; calibration
+    None unless every score is a label evaluator's probability in [0, 1]),
     "loglik": ranking of the mean log-probability (None without it),
     "baselines": {name: {value, ci_low, ci_high, n_problems}},
     "deltas": {"a - b": {value, ci_low, ci_high, n_problems}}} (paired bootstrap)."""
@@ -140,8 +141,9 @@ def summarize(problems: Sequence[voting.GradedProblem], k: int, n_resamples: int
     if scored:
         flat_s = [s for p in scored for s in p.scores]
         flat_c = [c for p in scored for c in p.correct]
+        probabilities = all(p.score_method == "label" for p in scored)
         evaluator = (ranking([p.scores for p in scored], [p.correct for p in scored])
-                     | {"calibration": calibration(flat_s, flat_c),
+                     | {"calibration": calibration(flat_s, flat_c) if probabilities else None,
                         "histogram": histogram(flat_s, flat_c)})
     loglik = (ranking([p.mean_logprobs for p in with_ll], [p.correct for p in with_ll])
               if with_ll else None)
@@ -204,6 +206,9 @@ def markdown(diagnostics: dict, k: int) -> str:
                  f"Random.Top-{k} is the exact expectation of re-ranking the top-{k} clusters "
                  "by random scores.")
     calib = (diagnostics["evaluator"] or {}).get("calibration")
+    if diagnostics["evaluator"] and not calib:
+        lines.append("S ranks candidates but is not a probability of being right (a "
+                     "likelihood score, or scores outside [0, 1]): no calibration.")
     if calib:
         lines += ["", "| S bin | samples | mean S | accuracy |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| [{b['low']:.1f}, {b['high']:.1f}) | {b['count']} | {_num(b['mean_score'])} | "

@@ -139,7 +139,7 @@ def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
         rel.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
         rel.set_title(f"Reliability (ECE {calib['ece']:.3f})")
     else:
-        rel.text(0.5, 0.5, "scores outside [0, 1]: no calibration", ha="center")
+        rel.text(0.5, 0.5, "scores are not probabilities:\nno calibration", ha="center")
     rel.set_xlabel("S (evaluator score)")
     rel.set_ylabel("fraction correct")
     rel.set_xlim(0, 1)

@@ -121,9 +121,6 @@ def score_groups(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     return [flat[end - len(group):end] for group, end in zip(solutions, ends)]
 
 
-SCORE_METHODS = ("label", "likelihood")
-
-
 @gin.configurable(denylist=["params", "cfg", "vocab", "records"])
 def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
                   batch_size: int = 64, steps: bool = False, method: str = "label",
@@ -146,11 +143,14 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
     steps (label only): score = the least S over the candidate's line prefixes
     (formats.solution_prefixes), for an evaluator trained on them (task
     scr_steps_pairwise): a solution is as good as its worst step."""
+    from mathft_jax.candidates import SCORE_METHODS  # noqa: PLC0415 (the format's home)
     if method not in SCORE_METHODS:
         raise ValueError(f"score_records.method={method!r}: choose from {SCORE_METHODS}")
     if method == "label" and loss_chunk:
         raise ValueError("score_records.loss_chunk applies to method='likelihood' only (the "
                          "label path reads the last position's logits alone)")
+    for record in records:  # evaluate reads calibration only from probabilities ('label')
+        record["score_method"] = method
     if method == "likelihood":
         if steps:
             raise ValueError("score_records.steps=True scores line prefixes with an evaluator's "

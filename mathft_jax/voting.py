@@ -76,6 +76,8 @@ class GradedProblem:
     `cluster_correct[j]` is c(C_j); `scores` is None unless every sample has one.
     `mean_logprobs[i]` is sample i's mean token log-probability under its generator
     (`logprob / num_tokens`; -inf for no tokens), None unless every sample has both fields.
+    `score_method` is how the scores were made (the record's `score_method`): 'label' scores
+    are probabilities of being right, 'likelihood' scores only rank.
     """
 
     correct: tuple[bool, ...]
@@ -83,6 +85,7 @@ class GradedProblem:
     cluster_correct: tuple[bool, ...]
     scores: tuple[float, ...] | None
     mean_logprobs: tuple[float, ...] | None = None
+    score_method: str = "label"
 
 
 def grade_problem(record: dict, policy: str | None = None, grader: str = "mathft") -> GradedProblem:
@@ -98,7 +101,8 @@ def grade_problem(record: dict, policy: str | None = None, grader: str = "mathft
     scores = [s.get("score") for s in record["samples"]]
     scores = None if any(s is None for s in scores) else tuple(float(s) for s in scores)
     return GradedProblem(correct, tuple(labels), tuple(correct[c.representative] for c in clusters),
-                         scores, _mean_logprobs(record["samples"]))
+                         scores, _mean_logprobs(record["samples"]),
+                         record.get("score_method", "label"))
 
 
 def _mean_logprobs(samples: Sequence[dict]) -> tuple[float, ...] | None:

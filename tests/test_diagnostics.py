@@ -119,6 +119,25 @@ def test_summary_deltas_are_paired_over_problems():
     assert "| RR.LL.All | 50.00 |" in text
 
 
+def test_likelihood_scores_rank_but_are_not_calibrated():
+    """A likelihood evaluator's S ranks and is in (0, 1], but is not a probability of being
+    right: its records say so (`score_method`) and no calibration is read from them."""
+    def summary(method):
+        record = _record([("1", -1.0, 1), ("2", -0.5, 1), ("1", -2.0, 2)], scores=[0.9, 0.2, 0.4])
+        if method:
+            record["score_method"] = method
+        graded = evaluate.grade_records([record], processes=1, progress=False)
+        return diagnostics.summarize(graded, k=1, n_resamples=10)["evaluator"]
+
+    likelihood, label = summary("likelihood"), summary(None)
+    assert likelihood["calibration"] is None and label["calibration"]["ece"] > 0
+    assert likelihood["auc"] == label["auc"] == 1.0  # ranked alike
+    row = "| evaluator S | 1.000 | 1.000 | 2 | n/a |"
+    text = diagnostics.markdown({"evaluator": likelihood, "loglik": None, "baselines": {},
+                                 "deltas": {}}, 1)
+    assert row in text and "no calibration" in text and "| S bin |" not in text
+
+
 def test_no_scores_no_evaluator_diagnostics():
     result = evaluate.evaluate_records([_record([("1", -1.0, 1)])], k=1, processes=1, progress=False)
     assert result["diagnostics"]["evaluator"] is None

@@ -139,6 +139,7 @@ def _line_two(text: str):
 
 
 NEGATIVE = json.dumps(record("neg", "1", ["1", "2"], [0.5, -1]))
+UNKNOWN_METHOD = json.dumps(record("meth", "1", ["1", "2"], [0.5, 0.5]) | {"score_method": "vibes"})
 BAD_INPUTS = {  # name: (make the --candidates path, extra flags, exit code, message)
     "missing file": (lambda t: str(t / "nope.jsonl"), [], 2, "--candidates={path}: no such file"),
     "directory": (lambda t: str(t), [], 2, "--candidates={path}: is a directory"),
@@ -147,6 +148,8 @@ BAD_INPUTS = {  # name: (make the --candidates path, extra flags, exit code, mes
                   [], 1, "{path}:2: not UTF-8 text (byte 0xff"),
     "malformed": (_line_two("{not json"), [], 1, "{path}:2: Expecting property name"),
     "negative score": (_line_two(NEGATIVE), [], 1, "{path}:2: samples[1].score is -1: scores must be >= 0"),
+    "unknown score_method": (_line_two(UNKNOWN_METHOD), [], 1,
+                             "{path}:2: 'score_method' must be one of ['label', 'likelihood']"),
     "k=0": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--k=0"], 2, "flag --k=0: 0 is not a positive"),
     "k<0": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--k=-3"], 2, "flag --k=-3: -3 is not a positive"),
     "k not int": (_line_two(GOOD_LINE.replace('"ok"', '"ok2"')), ["--k=two"], 2, "flag --k=two:"),

@@ -159,6 +159,7 @@ def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(para
                for p, s in zip(PROBLEMS[:3], SOLUTIONS[:3])]
     assert scoring.score_records(params, CFG, vocab, records, batch_size=4, start_id=START,
                                  method="likelihood") == 6
+    assert all(record["score_method"] == "likelihood" for record in records)  # for evaluate
     for record in records:
         for sample in record["samples"]:
             context = [START] + vocab.encode(generation_prompt(record["problem"]))
