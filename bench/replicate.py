@@ -15,6 +15,8 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
   grpo_process  the same with the process reward (grpo_process.gin)
   grpo_dynamic  grpo with dynamic sampling: batches of groups whose rewards differ
                 (grpo_dynamic.gin)
+  grpo_sft      grpo plus a supervised term: each policy step also learns the control's
+                batch of reference solutions, at the control's schedule (grpo_sft.gin)
   likelihood    steps_margin's SSFT samples re-ranked by a likelihood evaluator instead of
                 the paper's (ssft_scr_likelihood.gin: SCR on the same training samples as
                 generation-format pairs, scored by exp(mean token log-probability); the
@@ -57,27 +59,30 @@ RUNS = {
     "grpo": ["gin_configs/runs/grpo.gin"],
     "grpo_process": ["gin_configs/runs/grpo_process.gin"],
     "grpo_dynamic": ["gin_configs/runs/grpo_dynamic.gin"],
+    "grpo_sft": ["gin_configs/runs/grpo_sft.gin"],
     "likelihood": ["gin_configs/runs/ssft_scr_likelihood.gin"],
 }
 # Stages a run takes from steps_margin's, so that they differ only where they should.
 SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": ("ssft",),
                  "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",),
-                 "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",),
+                 "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",), "grpo_sft": ("ssft",),
                  "likelihood": ("ssft", "sample_train", "scr_data", "sample_eval")}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
-SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic")
+SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic", "grpo_sft")
 # Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
 EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "scr", "mtsf")),
                 "control: SSFT continued": ("control", ("mtsf",)),
                 "DPO": ("dpo", ("sample_train", "scr_data", "dpo_data", "dpo")),
                 "GRPO": ("grpo", ("grpo",)),
                 "GRPO (process reward)": ("grpo_process", ("grpo",)),
-                "GRPO (dynamic sampling)": ("grpo_dynamic", ("grpo",))}
+                "GRPO (dynamic sampling)": ("grpo_dynamic", ("grpo",)),
+                "GRPO + supervised term": ("grpo_sft", ("grpo",))}
 # The rows of the DPO/GRPO comparison: (row, run, generator).
 RL_ROWS = (("SSFT", "steps_margin", "ssft"), ("MTSF (margin)", "steps_margin", "mtsf"),
            ("control: SSFT continued", "control", "mtsf"), ("DPO", "dpo", "dpo"),
            ("GRPO", "grpo", "grpo"), ("GRPO (process reward)", "grpo_process", "grpo"),
-           ("GRPO (dynamic sampling)", "grpo_dynamic", "grpo"))
+           ("GRPO (dynamic sampling)", "grpo_dynamic", "grpo"),
+           ("GRPO + supervised term", "grpo_sft", "grpo"))
 EXTRA_COMPUTE = """\
 "Equal extra compute" is the same extra budget after the shared SSFT checkpoint: every
 method takes **100 generator optimizer steps** (MTSF's `mtsf` stage; the control's SSFT

@@ -56,17 +56,6 @@ def global_batch(local: dict, partitioner: partitioning.Partitioner) -> dict:
     return {k: partitioner.to_global(v) for k, v in local.items()}
 
 
-def _dataset(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
-             pack: bool, shuffle: bool = True, num_epochs: Optional[int] = None):
-    from mathft_jax.data import dataset
-    try:
-        dataset.get_provider(task)  # registers the tasks from the gin configuration
-    except ValueError as e:
-        raise ValueError(f"train.task={e}") from e
-    return dataset.get_dataset(task, split, sequence_length, batch_size, shuffle=shuffle,
-                               seed=seed, pack=pack, num_epochs=num_epochs)
-
-
 @gin.configurable("train")
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -151,10 +140,12 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
     if data_iterator is None:
         if task is None:
             raise ValueError("train.task is not set (a seqio task or mixture name)")
-        data_iterator = _dataset(task, train_split, sequence_length, batch_size, seed, pack)
+        from mathft_jax.data.dataset import task_batches  # noqa: PLC0415 (seqio)
+        data_iterator = task_batches(task, train_split, sequence_length, batch_size, seed, pack)
         if eval_every and eval_iterator_fn is None:
-            eval_iterator_fn = lambda: _dataset(task, eval_split, sequence_length, batch_size,  # noqa: E731
-                                                seed, pack, shuffle=False, num_epochs=1)
+            eval_iterator_fn = lambda: task_batches(  # noqa: E731
+                task, eval_split, sequence_length, batch_size, seed, pack, shuffle=False,
+                num_epochs=1)
 
     schedule = learning_rate_schedule(train_steps=total_steps)
     optimizer = make_optimizer(schedule=schedule)

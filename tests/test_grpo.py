@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mathft_jax import checkpoints, decoding, partitioning, trainer
+from mathft_jax import checkpoints, decoding, objectives, partitioning, trainer
 from mathft_jax.metrics_writer import read_metrics
 from mathft_jax.models import Decoder
 from mathft_jax.models.decoder import init_params
@@ -233,6 +233,39 @@ def test_objective_normalisations_by_hand(normalization):
 
 
 @pytest.mark.parametrize("normalization", grpo.NORMALIZATIONS)
+def test_supervised_term_adds_the_weighted_mean_cross_entropy_of_the_solutions(normalization):
+    """with_supervised: after the trainer's division by the rollout's weight, the loss and its
+    gradient are GRPO's plus weight x the solutions' mean token cross-entropy, whatever the
+    normaliser; the solution rows ride under `sft/` keys and change nothing else."""
+    rng = np.random.default_rng(1)
+    batch = _rows(rng)
+    params = nn.unbox(init_params(TINY, jax.random.PRNGKey(0)))
+    model = Decoder(TINY)
+    logp, _ = grpo.policy_token_stats(model, params, batch)
+    batch.update(old_log_probs=logp + 0.1, advantages=np.array([1.0, -2.0, 0.5, 3.0], np.float32))
+    solutions = _rows(np.random.default_rng(2))
+    solutions["decoder_loss_weights"][:, :3] = 1.0  # 3 + 2, 3 + 5, 3 + 7, 3 + 0 tokens
+    both = {**batch, **{grpo.SUPERVISED + k: v for k, v in solutions.items()}}
+    policy = functools.partial(grpo.grpo_objective, normalization=normalization)
+
+    def mean_loss(fn, data):
+        return lambda p: (lambda out: out["loss"] / out["weight"])(fn(model, p, data))
+
+    combined = mean_loss(grpo.with_supervised(policy, 0.3), both)
+    want = lambda p: (mean_loss(policy, batch)(p)  # noqa: E731
+                      + 0.3 * mean_loss(objectives.lm_objective, solutions)(p))
+    xent = objectives.lm_objective(model, params, solutions)
+    assert float(xent["weight"]) == 5 + 8 + 10 + 3  # the solutions' tokens, hand-counted
+    assert float(combined(params)) == pytest.approx(float(want(params)), rel=1e-5)
+    out = grpo.with_supervised(policy, 0.3)(model, params, both)
+    assert float(out["sft_xent"] / out["weight"]) == pytest.approx(
+        float(xent["xent"] / xent["weight"]), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(combined)(params)),
+                    jax.tree_util.tree_leaves(jax.grad(want)(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalization", grpo.NORMALIZATIONS)
 @pytest.mark.parametrize("softcap", [None, 5.0], ids=["untied", "tied+softcap"])
 def test_loss_chunk_gives_the_loss_and_gradients_of_full_logits(normalization, softcap):
     """Off the sampling policy (ratios != 1, some clipped) and with a KL term: the chunked
@@ -405,3 +438,64 @@ def test_dynamic_sampling_fills_the_batch_with_signal_and_resumes_at_its_data_po
     assert (resumed.start_iteration, resumed.final_iteration) == (1, 2)
     assert checkpoints.tree_equal(_params(whole.model_dir), _params(resumed.model_dir))
     assert _rows_without_time(resumed.model_dir)[-1] == rows[1]
+
+
+class SolutionRows:
+    """Packed-like rows of `rows` x `length` tokens, a new draw per batch (its index seeds
+    it), resumable as the dataset iterators are: a stand-in for `grpo.sft_task`'s batches."""
+
+    def __init__(self, rows=8, length=48):
+        self.rows, self.length, self.index = rows, length, 0
+
+    def __next__(self):
+        rng = np.random.default_rng(self.index)
+        self.index += 1
+        tokens = rng.integers(3, TINY.vocab_size, (self.rows, self.length + 1)).astype(np.int32)
+        return {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+                "decoder_loss_weights": np.ones((self.rows, self.length), np.float32)}
+
+    def get_state(self):
+        return {"index": self.index}
+
+    def set_state(self, state):
+        self.index = state["index"]
+
+
+def test_supervised_term_resumes_at_its_solution_position_and_8_devices_match_one(tmp_path):
+    """With grpo.sft_weight each policy step also learns a batch of solutions: the run logs
+    their cross-entropy, a killed run resumes at the same solution batch (bit-identical), and
+    8 devices give the iteration of one."""
+    def run(name, **kw):
+        return _run_loop(tmp_path, name, sft_weight=2.0, solutions=SolutionRows(), **kw)
+
+    whole = run("whole")
+    rows = _rows_without_time(whole.model_dir)
+    assert all(r["grpo/sft_xent"] > 0 for r in rows)
+    # the loss is GRPO's plus 2 x the solutions' cross-entropy (which is ~log 64 here)
+    assert rows[0]["grpo/loss"] > 2 * 0.9 * math.log(TINY.vocab_size)
+
+    CRASH["after"] = 8 + 3  # iteration 1's completions, then 3 into iteration 2
+    with pytest.raises(KeyboardInterrupt):
+        run("killed")
+    resumed = run("killed")
+    assert (resumed.start_iteration, resumed.final_iteration) == (1, 2)
+    assert checkpoints.tree_equal(_params(whole.model_dir), _params(resumed.model_dir))
+    assert _rows_without_time(resumed.model_dir)[-1] == rows[1]
+
+    sharded = run("sharded", iterations=1,
+                  mesh=lambda: partitioning.make_mesh(data=2, fsdp=2, tensor=2))
+    got = _rows_without_time(sharded.model_dir)[0]
+    assert got["grpo/sft_xent"] == pytest.approx(rows[0]["grpo/sft_xent"], rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(_params(sharded.model_dir)),
+                    jax.tree_util.tree_leaves(_params(str(tmp_path / "whole" / "1")))):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+    from mathft_jax import settings
+    _run_loop(tmp_path, "plain", iterations=1)  # a checkpoint with no solution position
+    with pytest.raises(settings.SettingError, match="was run without it"):
+        run("plain")
+    with pytest.raises(settings.SettingError, match="takes one micro-batch"):
+        run("other", micro_batches=2)
+    with pytest.raises(settings.SettingError, match="sft_batch_size=12 must be divisible"):
+        _run_loop(tmp_path, "odd", sft_weight=1.0, solutions=SolutionRows(rows=12),
+                  sft_batch_size=12, mesh=lambda: partitioning.make_mesh(data=8))

@@ -291,3 +291,17 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
     iterator = DatasetIterator(units, config, start_id, num_epochs)
     iterator.stats = stats
     return iterator
+
+
+def task_batches(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
+                 pack: bool, shuffle: bool = True, num_epochs: Optional[int] = None,
+                 setting: str = "train.task") -> DatasetIterator:
+    """A training stage's batches of `task` (the trainer's, GRPO's supervised term): every
+    process the same global batch, resumable with get_state / set_state. An unknown task is
+    a ValueError naming `setting`, the binding that chose it."""
+    try:
+        get_provider(task)  # registers the tasks from the gin configuration
+    except ValueError as e:
+        raise ValueError(f"{setting}={e}") from e
+    return get_dataset(task, split, sequence_length, batch_size, shuffle=shuffle, seed=seed,
+                       pack=pack, num_epochs=num_epochs)

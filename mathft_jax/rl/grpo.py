@@ -1,7 +1,7 @@
 """GRPO's pure functions: group-relative advantages, the k3 KL estimator, the clipped
 policy-gradient loss, and `grpo_objective`, an objective of the trainer's kind (sums and a
 `weight`), so `trainer.make_train_step` runs GRPO's steps with its micro-batches, sharding
-and optimizer unchanged.
+and optimizer unchanged; `with_supervised` adds the MLE of reference solutions to it.
 
 Per completion token t of a row with advantage A (DeepSeekMath's GRPO, Shao et al. 2024):
 
@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from mathft_jax.fused_loss import chunked_row_sums
-from mathft_jax.objectives import hidden_and_head, model_inputs
+from mathft_jax.objectives import hidden_and_head, lm_objective, model_inputs
 
 Batch = Dict[str, jax.Array]
 NORMALIZATIONS = ("token", "sequence", "constant")
 ROW_SUMS = ("loss", "pg", "kl", "clipped", "entropy")  # grpo_objective's per-row sums
+SUPERVISED = "sft/"  # prefix of the reference-solution rows riding in a GRPO batch
 
 
 def group_advantages(rewards: jax.Array, scale_std: bool = True, eps: float = 1e-4) -> jax.Array:
@@ -143,3 +144,28 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
             "token_kl": jnp.sum(kl),
             "token_clipped": jnp.sum(clipped),
             "token_entropy": jnp.sum(entropy)}
+
+
+def with_supervised(objective, weight: float):
+    """`objective` (GRPO's) plus `weight` times the MLE of reference solutions, in one step
+    (single-stage SFT + RL, as SRFT and LUFFY mix demonstrations into GRPO). The batch holds
+    the rollout rows and, under keys prefixed `sft/`, a batch of packed solution rows (the
+    SSFT task's). The trainer divides every sum by the rollout's `weight`, so the solution
+    rows' summed loss is rescaled by weight_rollout / tokens_solutions: the step minimises
+
+        GRPO's normalised loss + weight * mean token cross-entropy of the solutions,
+
+    exactly, in one micro-batch (the loop allows no more with a supervised term). Metric
+    `sft_xent`: that mean cross-entropy."""
+    def combined(model, params, batch: Batch):
+        rollout = {k: v for k, v in batch.items() if not k.startswith(SUPERVISED)}
+        solutions = {k[len(SUPERVISED):]: v for k, v in batch.items()
+                     if k.startswith(SUPERVISED)}
+        sums = dict(objective(model, params, rollout))
+        mle = lm_objective(model, params, solutions)
+        scale = sums["weight"] / jnp.maximum(mle["weight"], 1.0)
+        sums["loss"] = sums["loss"] + weight * scale * mle["loss"]
+        sums["sft_xent"] = jax.lax.stop_gradient(scale * mle["xent"])
+        return sums
+
+    return combined

@@ -14,12 +14,14 @@ Each iteration k (1, 2, ...):
   4 old/ref   teacher-forced token log-probs of the rows under the policy that sampled
               (= pi_old) and, when kl_coef > 0, under the frozen reference
   5 update    `steps_per_iteration` steps of `trainer.make_train_step` with `grpo_objective`
-              (micro-batches, sharding and optimizer as the trainer's)
+              (micro-batches, sharding and optimizer as the trainer's); with `sft_weight`
+              > 0 each step also takes the MLE of the next batch of reference solutions
+              (`grpo.with_supervised`)
   6 log       reward, accuracy, KL, clip fraction, response length, entropy, ... to
               metrics.jsonl and TensorBoard (`MetricsWriter`, prefix `grpo/`)
   7 save      every `checkpoint_every` iterations: policy, optimizer state and
               {"iteration", "step", "seed", "position"} (`checkpoints.save`, step = iteration;
-              position: prompts consumed so far)
+              position: prompts consumed so far), and the solution batches' data position
 
 Exactly resumable: the prompts, the sampler's streams and everything after them are pure
 functions of (seed, iteration, data position, state), so a run killed anywhere (SIGKILL
@@ -82,7 +84,11 @@ class GrpoConfig:
     the pipeline's grpo stage sets it to `pipeline.grader`). Dr. GRPO: scale_std=False and
     `grpo_objective.normalization = 'constant'`. max_sampling_rounds: rollouts of
     prompts_per_iteration problems an iteration may take to fill its batch with groups whose
-    rewards differ (1: no dynamic sampling).
+    rewards differ (1: no dynamic sampling). sft_weight > 0: every policy step also
+    minimises sft_weight x the mean token cross-entropy of the next `sft_batch_size` packed
+    `sequence_length` rows of reference solutions of `sft_task` (default: `task`; the
+    pipeline's grpo stage sets its SSFT task), split `split` (single-stage SFT + RL,
+    `grpo.with_supervised`); one micro-batch.
     """
 
     model_dir: Optional[str] = None
@@ -114,6 +120,9 @@ class GrpoConfig:
     keep_checkpoints: int = 2
     async_checkpoints: bool = True
     log_every: int = 1
+    sft_weight: float = 0.0
+    sft_task: Optional[str] = None
+    sft_batch_size: int = 16
 
     def validate(self) -> "GrpoConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -125,12 +134,18 @@ class GrpoConfig:
                        max_sampling_rounds=self.max_sampling_rounds,
                        micro_batches=self.micro_batches, checkpoint_every=self.checkpoint_every,
                        keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
-                       top_k=(self.top_k, 0), max_problems=self.max_problems)
+                       top_k=(self.top_k, 0), max_problems=self.max_problems,
+                       sft_batch_size=self.sft_batch_size)
         settings.check_real("grpo", "kl_coef", self.kl_coef, 0.0, math.inf)
         settings.check_real("grpo", "temperature", self.temperature, 0.0, math.inf,
                             low_open=True)
         settings.check_real("grpo", "evaluator_weight", self.evaluator_weight, -math.inf,
                             math.inf)
+        settings.check_real("grpo", "sft_weight", self.sft_weight, 0.0, math.inf)
+        if self.sft_weight and self.micro_batches > 1:
+            raise settings.SettingError(
+                f"grpo.sft_weight={self.sft_weight} takes one micro-batch (the solution rows "
+                f"are normalised over the whole batch); grpo.micro_batches={self.micro_batches}")
         if not self.model_dir:
             raise settings.SettingError("grpo.model_dir is not set")
         try:
@@ -146,21 +161,23 @@ class GrpoConfig:
 
 def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] = None,
          mesh_fn: Callable = partitioning.make_mesh, vocabulary=None,
-         problems: Optional[Sequence[dict]] = None, progress: bool = True,
+         problems: Optional[Sequence[dict]] = None, solutions=None, progress: bool = True,
          **fields) -> GrpoResult:
     """Run (or resume) GRPO in `config.model_dir`; see the module docstring.
 
     config: the run's settings (default: `GrpoConfig()` from gin, in the current gin scope);
     `fields` replace some of them. The keyword-only arguments are hooks, not configuration:
     the model config (default `DecoderConfig()`), the mesh, the vocabulary (default gin's
-    `get_vocabulary()`), the problems in place of the task's, the progress bar.
+    `get_vocabulary()`), the problems in place of the task's, the solution batches in place
+    of `sft_task`'s (an iterator of row dicts with `get_state`/`set_state`), the progress bar.
     """
     c = settings.resolve(GrpoConfig, config, **fields)
     (model_dir, init_checkpoint, reference_checkpoint, task, split, problems_file, max_problems,
      iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
      top_p, sequence_length, steps_per_iteration, max_sampling_rounds, micro_batches, kl_coef,
      scale_std, evaluator_checkpoint, evaluator_weight, grader, objective, seed, checkpoint_every,
-     keep_checkpoints, async_checkpoints, log_every) = (  # every field, in field order
+     keep_checkpoints, async_checkpoints, log_every, sft_weight, sft_task, sft_batch_size) = (
+        # every field, in field order
         getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
     cfg = model or DecoderConfig()
     cfg.validate()
@@ -170,6 +187,10 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         raise settings.SettingError(
             f"grpo: prompts_per_iteration * num_generations = {rows} rows must split into "
             f"micro_batches={micro_batches} of rows divisible by the mesh's data*fsdp="
+            f"{partitioner.batch_shards}")
+    if sft_weight and sft_batch_size % partitioner.batch_shards:
+        raise settings.SettingError(
+            f"grpo.sft_batch_size={sft_batch_size} must be divisible by the mesh's data*fsdp="
             f"{partitioner.batch_shards}")
     if sequence_length > cfg.max_seq_len:
         raise settings.SettingError(f"grpo.sequence_length={sequence_length} exceeds "
@@ -194,9 +215,14 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
     writer = MetricsWriter(model_dir)
     provenance.record(model_dir)
+    if not sft_weight:
+        solutions = None
+    elif solutions is None:
+        solutions = _solution_batches(sft_task or task, split, sequence_length, sft_batch_size,
+                                      seed)
     state, start, position = _restore_or_init(mngr, cfg, optimizer, abstract, shardings,
                                               init_checkpoint, seed, partitioner,
-                                              prompts_per_iteration)
+                                              prompts_per_iteration, solutions)
     reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
                            cfg, optimizer, shardings, seed, partitioner)
     evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
@@ -204,6 +230,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
 
     model = Decoder(cfg)
     loss = functools.partial(objective, kl_coef=kl_coef, temperature=temperature)
+    if sft_weight:
+        loss = grpo_lib.with_supervised(loss, sft_weight)
     with partitioner.context():
         step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches,
                                           partitioner),
@@ -259,7 +287,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                 step_metrics = []
                 with partitioner.context():
                     for _ in range(steps_per_iteration):
-                        state, m = step_fn(state, batch)
+                        state, m = step_fn(state, _with_solutions(batch, solutions,
+                                                                  partitioner))
                         step_metrics.append(m)
                 step_metrics = [{k: float(v) for k, v in jax.device_get(m).items()}
                                 for m in step_metrics]
@@ -278,9 +307,11 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                 logging.warning("SIGTERM: saving iteration %d and exiting", iteration)
                 preempted = saving = True
             if saving:
-                checkpoints.save(mngr, iteration, state.params, state.opt_state,
-                                 {"iteration": iteration, "step": int(state.step), "seed": seed,
-                                  "position": position})
+                meta = {"iteration": iteration, "step": int(state.step), "seed": seed,
+                        "position": position}
+                if solutions is not None:
+                    meta["sft_data"] = solutions.get_state()
+                checkpoints.save(mngr, iteration, state.params, state.opt_state, meta)
                 writer.flush()
             if preempted:
                 break
@@ -329,6 +360,22 @@ def _stack_groups(rows: Sequence[dict], chosen: list, g: int) -> dict:
             for k in rows[0]}
 
 
+def _solution_batches(task: str, split: str, sequence_length: int, batch_size: int, seed: int):
+    """The reference solutions' packed rows, read as the trainer reads its task."""
+    from mathft_jax.data.dataset import task_batches  # noqa: PLC0415 (seqio)
+    return task_batches(task, split, sequence_length, batch_size, seed, pack=True,
+                        setting="grpo.sft_task")
+
+
+def _with_solutions(batch: dict, solutions, partitioner: partitioning.Partitioner) -> dict:
+    """The step's batch: the rollout's rows, plus the next solution rows under `sft/` keys."""
+    if solutions is None:
+        return batch
+    rows = next(solutions)
+    return {**batch, **{grpo_lib.SUPERVISED + k: partitioner.to_global(v)
+                        for k, v in rows.items()}}
+
+
 def _training_batch(rows: dict, reward: np.ndarray, scale_std: bool, params, reference,
                     stats_fn, partitioner: partitioning.Partitioner) -> dict:
     """The rollout rows plus advantages, the sampling policy's token log-probs (teacher
@@ -366,6 +413,8 @@ def _iteration_metrics(reward, batch_reward, parts, lengths, entropy, steps: lis
            "loss": float(np.mean([m["loss"] for m in steps])),
            "grad_norm": float(np.mean([m["grad_norm"] for m in steps])),
            "learning_rate": steps[-1]["learning_rate"]}
+    if "sft_xent" in first:
+        out["sft_xent"] = float(np.mean([m["sft_xent"] for m in steps]))
     out.update({f"reward_{k}": float(v.mean()) for k, v in parts.items()})
     out.update({f"seconds_{k}": v for k, v in seconds.items()})
     return out
@@ -385,8 +434,10 @@ class _Timer:
 
 
 def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
-                     partitioner, prompts_per_iteration) -> tuple[TrainState, int, int]:
-    """(state, iteration done, data position) of the latest checkpoint, else of the start."""
+                     partitioner, prompts_per_iteration,
+                     solutions=None) -> tuple[TrainState, int, int]:
+    """(state, iteration done, data position) of the latest checkpoint, else of the start;
+    the solution batches, where there are any, are set to the checkpoint's position."""
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("grpo: resuming after iteration %d in %s", latest, mngr.directory)
@@ -399,6 +450,12 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
         done = int(meta["iteration"])
         # checkpoints from before dynamic sampling hold no position: P prompts an iteration
         position = int(meta.get("position", done * prompts_per_iteration))
+        if solutions is not None:
+            if "sft_data" not in meta:
+                raise settings.SettingError(
+                    f"grpo.sft_weight > 0 but {mngr.directory} was run without it (its "
+                    "checkpoint holds no solution data position)")
+            solutions.set_state(meta["sft_data"])
         return TrainState(step=step, params=params, opt_state=opt_state), done, position
     if init_checkpoint:
         params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
