@@ -114,13 +114,15 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     assert len(same) > 10 and all(same)
 
 
-@pytest.mark.parametrize("name", sorted(os.path.basename(p) for p in
-                                        glob.glob(os.path.join(REPO, "gin_configs", "runs", "*.gin"))))
+@pytest.mark.parametrize("name", sorted(os.path.relpath(p, os.path.join(REPO, "gin_configs"))
+                                        for pattern in ("runs/*.gin", "demo/*.gin")
+                                        for p in glob.glob(os.path.join(REPO, "gin_configs",
+                                                                        pattern))))
 def test_run_configs_parse(name):
     gin.clear_config()
     try:
         files = ([] if "math" not in name else ["gin_configs/models/tiny.gin"])
-        gin_utils.parse_gin(files + [f"gin_configs/runs/{name}"])
+        gin_utils.parse_gin(files + [f"gin_configs/{name}"])
         if "base" not in name:  # the *_base.gin files are shared settings, not runs
             assert gin.query_parameter("pipeline.variant") in pipeline.VARIANTS
     finally:
