@@ -49,7 +49,7 @@ HELDOUT = 0.1  # share of the training problems held out from the evaluator's tr
 GENERATION_TEMPLATE = ("Problem:\\n{problem}\\n\\nSolution:\\n{solution}\\n\\n"
                        "The above candidate solution is")
 
-# Generator strength: SSFT steps (synthetic_base.gin: 350, as `make demo`).
+# Generator strength: SSFT steps (synthetic_base.gin: 350; `make demo` now takes 800).
 GENERATORS = {
     "ssft350": ["ssft/train.total_steps=350"],
     "ssft1000": ["ssft/train.total_steps=1000"],
@@ -97,9 +97,10 @@ def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="
     return b
 
 
-# name -> (what it varies, bindings). "demo" is make demo's SCR stage on more data.
+# name -> (what it varies, bindings). "demo" is synthetic_base.gin's SCR stage (make demo's
+# until it took the likelihood evaluator); the others vary it.
 SETTINGS = {
-    "demo": ("make demo's SCR (128 problems, 4 pairs, 80 steps)", _setting(problems=128)),
+    "demo": ("the base SCR (128 problems, 4 pairs, 80 steps)", _setting(problems=128)),
     "data_1k": ("1024 problems, 4 pairs, 80 steps", _setting()),
     "data_1k_300": ("1024 problems, 4 pairs, 300 steps", _setting(steps=300)),
     "data_1k_10p_600": ("1024 problems, 10 pairs, 600 steps", _setting(pairs=10, steps=600)),
@@ -252,7 +253,7 @@ def run_study(out_dir: str, seeds: list, generators: list, settings: list,
                     if report_only:
                         continue
                     # SSFT, the evaluator's data and the test samples, once per generator
-                    # (its SCR stage is make demo's, on the base's data: setting "demo").
+                    # (its SCR stage is synthetic_base.gin's, on the base's data: setting "demo").
                     secs = run_pipeline(base, seed, base_bindings + ["pipeline.stop_after='sample_eval'"]
                                         + SETTINGS["demo"][1], log)
                     print(f"seed {seed} {gen} base: {secs:.0f} s", flush=True)

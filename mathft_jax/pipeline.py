@@ -380,13 +380,15 @@ def _grpo_config(cfg: PipelineConfig, run: Run):
     """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
     training split of the sampled task, its `correct` reward judged by `pipeline.grader` (as
     the scr_data and evaluate stages judge); a supervised term (`grpo.sft_weight`) learns
-    the SSFT task's solutions."""
+    the SSFT task's solutions unless `grpo.sft_task` names others."""
     from mathft_jax.rl import loop
     with gin.config_scope("grpo"):
-        return loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
-                               init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
-                               split=cfg.train_split, grader=cfg.grader,
-                               sft_task=cfg.ssft_task).validate()
+        config = loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
+                                 init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
+                                 split=cfg.train_split, grader=cfg.grader).validate()
+    if config.sft_weight and config.sft_task is None:  # (unset without: no change to a record)
+        config = dataclasses.replace(config, sft_task=cfg.ssft_task)
+    return config
 
 
 def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:

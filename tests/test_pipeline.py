@@ -129,6 +129,24 @@ def test_run_configs_parse(name):
         gin.clear_config()
 
 
+def test_grpo_supervised_term_learns_the_ssft_tasks_solutions(tmp_path):
+    """grpo.sft_weight > 0: the solutions are the SSFT task's unless grpo.sft_task names
+    others; without the term sft_task stays unset, so grpo stages recorded before the option
+    are no change."""
+    run = pipeline.Run(str(tmp_path))
+    config = lambda: pipeline._grpo_config(  # noqa: E731
+        pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
+                                ssft_task="synthetic_arith_terse"), run)
+    try:
+        assert config().sft_task is None
+        gin.bind_parameter("grpo/grpo.sft_weight", 1.0)
+        assert config().sft_task == "synthetic_arith_terse"
+        gin.bind_parameter("grpo/grpo.sft_task", "synthetic_arith_steps")
+        assert config().sft_task == "synthetic_arith_steps"
+    finally:
+        gin.clear_config()
+
+
 def test_unknown_variant_is_a_clear_error(tmp_path):
     from mathft_jax import pipeline
     with pytest.raises(ValueError, match="pipeline.variant='best'"):
