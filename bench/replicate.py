@@ -97,7 +97,8 @@ control samples nothing. Equal steps are not equal FLOPs: MTSF's and the control
 see 16 packed 256-token rows (4,096 tokens); DPO's 16 pairs are 32 unpacked rows (~130
 real tokens each) plus one reference pass over the pairs; GRPO's 40 unpacked 256-token
 rows hold ~125 real tokens each, and each iteration adds two teacher-forced passes (the
-sampling policy's and the reference's log-probs). The table therefore gives each method's
+sampling policy's and the reference's log-probs); GRPO with a supervised term adds the
+control's 16 packed rows to each of its steps. The table therefore gives each method's
 measured time on its extra stages (DONE.json; stages shared with MTSF counted in each
 method that uses them), so the real cost is visible."""
 LABELS = {"extra_minutes": "extra stage time (min)"}
