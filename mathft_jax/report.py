@@ -122,8 +122,10 @@ def save_figure(fig, path: str) -> None:
 
 def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
     """Reliability diagram (accuracy and mean S per bin against the diagonal) beside the
-    histograms of S for correct and incorrect samples."""
+    histograms of S for correct and incorrect samples. Scores that are not probabilities
+    (a likelihood evaluator's) get the accuracy per bin of S alone, with no diagonal."""
     import matplotlib
+    import numpy as np
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -138,13 +140,18 @@ def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
                  color="C3", label="(mean S, accuracy)")
         rel.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
         rel.set_title(f"Reliability (ECE {calib['ece']:.3f})")
+        rel.legend(loc="upper left")
     else:
-        rel.text(0.5, 0.5, "scores are not probabilities:\nno calibration", ha="center")
+        h = evaluator["histogram"]
+        right, wrong = np.asarray(h["correct"], float), np.asarray(h["incorrect"], float)
+        seen = right + wrong > 0
+        rel.bar(np.asarray(h["edges"][:-1])[seen], (right / np.maximum(right + wrong, 1))[seen],
+                np.diff(h["edges"])[seen], align="edge", alpha=0.6, edgecolor="k")
+        rel.set_title("Accuracy by S (S ranks; not a probability)")
     rel.set_xlabel("S (evaluator score)")
     rel.set_ylabel("fraction correct")
     rel.set_xlim(0, 1)
     rel.set_ylim(0, 1)
-    rel.legend(loc="upper left")
     h = evaluator["histogram"]
     edges = h["edges"]
     hist.stairs(h["correct"], edges, lw=2, label="correct")

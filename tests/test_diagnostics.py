@@ -119,7 +119,7 @@ def test_summary_deltas_are_paired_over_problems():
     assert "| RR.LL.All | 50.00 |" in text
 
 
-def test_likelihood_scores_rank_but_are_not_calibrated():
+def test_likelihood_scores_rank_but_are_not_calibrated(tmp_path):
     """A likelihood evaluator's S ranks and is in (0, 1], but is not a probability of being
     right: its records say so (`score_method`) and no calibration is read from them."""
     def summary(method):
@@ -136,6 +136,9 @@ def test_likelihood_scores_rank_but_are_not_calibrated():
     text = diagnostics.markdown({"evaluator": likelihood, "loglik": None, "baselines": {},
                                  "deltas": {}}, 1)
     assert row in text and "no calibration" in text and "| S bin |" not in text
+    from mathft_jax import report
+    report.plot_evaluator(str(tmp_path / "e.png"), likelihood, "likelihood")  # no diagonal
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_no_scores_no_evaluator_diagnostics():
