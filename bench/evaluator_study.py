@@ -49,7 +49,7 @@ HELDOUT = 0.1  # share of the training problems held out from the evaluator's tr
 GENERATION_TEMPLATE = ("Problem:\\n{problem}\\n\\nSolution:\\n{solution}\\n\\n"
                        "The above candidate solution is")
 
-# Generator strength: SSFT steps (synthetic_base.gin: 350; `make demo` now takes 800).
+# Generator strength: SSFT steps (synthetic_base.gin: 350; `make demo` now takes 650).
 GENERATORS = {
     "ssft350": ["ssft/train.total_steps=350"],
     "ssft1000": ["ssft/train.total_steps=1000"],

@@ -31,7 +31,7 @@ stage time of each method's extra stages (DONE.json, shared stages counted in ea
 that uses them) is reported beside the metrics.
 
 The settings are gin_configs/runs/synthetic_base.gin's (`make demo` adds the likelihood
-evaluator and 800 SSFT steps to them), plus the
+evaluator and 650 SSFT steps to them), plus the
 `--gin_file`s and `--gin_bindings` given, applied to every run after its own gin file. It
 writes docs/RESULTS.md: mean +- std over seeds per cell, the command and the machine, from
 every run whose results exist for all seeds (`--runs` picks what to run; runs whose stages
@@ -376,7 +376,7 @@ def main():
 
 Liu et al. (2023)'s recipe at toy scale: the ~1M-parameter `tiny` model on the synthetic
 arithmetic curriculum (level 2), settings of `gin_configs/runs/synthetic_base.gin` (those
-of `make demo` before it took 800 SSFT steps and the likelihood evaluator): SSFT 350
+of `make demo` before it took 650 SSFT steps and the likelihood evaluator): SSFT 350
 steps, SCR 80 steps, MTSF 100 steps, N = {n} samples, K = {k},
 {problems} test problems.{regime} Values are percentages, mean ± std over seeds {seeds}
 (the seed sets the trainer's data order and initialisation and the sampler's rng).

@@ -123,7 +123,8 @@ def save_figure(fig, path: str) -> None:
 def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
     """Reliability diagram (accuracy and mean S per bin against the diagonal) beside the
     histograms of S for correct and incorrect samples. Scores that are not probabilities
-    (a likelihood evaluator's) get the accuracy per bin of S alone, with no diagonal."""
+    (a likelihood evaluator's) get the accuracy per bin of S alone, with no diagonal;
+    scores outside [0, 1] get neither."""
     import matplotlib
     import numpy as np
     matplotlib.use("Agg")
@@ -141,13 +142,15 @@ def plot_evaluator(path: str, evaluator: dict, title: str) -> None:
         rel.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
         rel.set_title(f"Reliability (ECE {calib['ece']:.3f})")
         rel.legend(loc="upper left")
-    else:
+    elif evaluator["histogram"]["edges"][0] >= 0 and evaluator["histogram"]["edges"][-1] <= 1:
         h = evaluator["histogram"]
         right, wrong = np.asarray(h["correct"], float), np.asarray(h["incorrect"], float)
         seen = right + wrong > 0
         rel.bar(np.asarray(h["edges"][:-1])[seen], (right / np.maximum(right + wrong, 1))[seen],
                 np.diff(h["edges"])[seen], align="edge", alpha=0.6, edgecolor="k")
         rel.set_title("Accuracy by S (S ranks; not a probability)")
+    else:
+        rel.text(0.5, 0.5, "scores outside [0, 1]: no calibration", ha="center")
     rel.set_xlabel("S (evaluator score)")
     rel.set_ylabel("fraction correct")
     rel.set_xlim(0, 1)

@@ -149,12 +149,12 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
     if method == "label" and loss_chunk:
         raise ValueError("score_records.loss_chunk applies to method='likelihood' only (the "
                          "label path reads the last position's logits alone)")
+    if method == "likelihood" and steps:
+        raise ValueError("score_records.steps=True scores line prefixes with an evaluator's "
+                         "label; it does not combine with method='likelihood'")
     for record in records:  # evaluate reads calibration only from probabilities ('label')
         record["score_method"] = method
     if method == "likelihood":
-        if steps:
-            raise ValueError("score_records.steps=True scores line prefixes with an evaluator's "
-                             "label; it does not combine with method='likelihood'")
         return _score_by_likelihood(params, cfg, vocab, records, batch_size, loss_chunk, **kwargs)
     # Per record, per sample: the texts to score (the sample, or each of its line prefixes).
     parts = [[solution_prefixes(s["text"]) if steps else [s["text"]] for s in r["samples"]]

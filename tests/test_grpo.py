@@ -494,8 +494,31 @@ def test_supervised_term_resumes_at_its_solution_position_and_8_devices_match_on
     _run_loop(tmp_path, "plain", iterations=1)  # a checkpoint with no solution position
     with pytest.raises(settings.SettingError, match="was run without it"):
         run("plain")
+    with pytest.raises(settings.SettingError, match="was run with a supervised term"):
+        _run_loop(tmp_path, "whole", iterations=3)  # its term dropped on resume
     with pytest.raises(settings.SettingError, match="takes one micro-batch"):
         run("other", micro_batches=2)
     with pytest.raises(settings.SettingError, match="sft_batch_size=12 must be divisible"):
         _run_loop(tmp_path, "odd", sft_weight=1.0, solutions=SolutionRows(rows=12),
                   sft_batch_size=12, mesh=lambda: partitioning.make_mesh(data=8))
+
+
+def test_solution_batches_read_the_task_as_training_does():
+    """The supervised term's rows are the trainer's batches of the task (packed, seeded,
+    resumable through JSON checkpoint metadata); an unknown task names grpo.sft_task."""
+    import json
+    from mathft_jax.data import dataset
+    rows = loop._solution_batches("synthetic_arith_steps", "train", 64, 8, seed=3)
+    trainer_rows = dataset.get_dataset("synthetic_arith_steps", "train", 64, 8, shuffle=True,
+                                       seed=3, pack=True)
+    first, want = next(rows), next(trainer_rows)
+    assert first.keys() == want.keys() and first["decoder_target_tokens"].shape == (8, 64)
+    for key in want:
+        np.testing.assert_array_equal(first[key], want[key])
+    state = json.loads(json.dumps(rows.get_state()))
+    second = next(rows)
+    rows.set_state(state)
+    np.testing.assert_array_equal(next(rows)["decoder_input_tokens"],
+                                  second["decoder_input_tokens"])
+    with pytest.raises(ValueError, match="grpo.sft_task='nope' is not a registered"):
+        loop._solution_batches("nope", "train", 64, 8, seed=0)

@@ -61,8 +61,9 @@ def test_writes_the_candidates_schema_with_scores(setup, uninterrupted):
     records = candidates.read_candidates(str(setup / "full.jsonl"))
     assert [r["problem_id"] for r in records] == [f"p{i}" for i in range(NUM_PROBLEMS)]
     for i, record in enumerate(records):
-        assert set(record) == {"problem_id", "problem", "gold", "extraction_policy", "samples"}
-        assert record["extraction_policy"] == "strict"
+        assert set(record) == {"problem_id", "problem", "gold", "extraction_policy",
+                               "score_method", "samples"}
+        assert record["extraction_policy"] == "strict" and record["score_method"] == "label"
         assert record["problem"] == f"What is {i}+{i}?" and record["gold"] == str(2 * i)
         assert len(record["samples"]) == 2
         for sample in record["samples"]:

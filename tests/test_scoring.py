@@ -186,4 +186,4 @@ def test_score_records_rejects_settings_that_do_not_fit_the_method(params):
         scoring.score_records(params, CFG, FakeVocab(), records, method="likelihood", steps=True)
     with pytest.raises(ValueError, match="loss_chunk applies to method='likelihood' only"):
         scoring.score_records(params, CFG, FakeVocab(), records, loss_chunk=16)
-    assert "score" not in records[0]["samples"][0]
+    assert "score" not in records[0]["samples"][0] and "score_method" not in records[0]

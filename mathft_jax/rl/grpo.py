@@ -153,17 +153,19 @@ def with_supervised(objective, weight: float):
     SSFT task's). The trainer divides every sum by the rollout's `weight`, so the solution
     rows' summed loss is rescaled by weight_rollout / tokens_solutions: the step minimises
 
-        GRPO's normalised loss + weight * mean token cross-entropy of the solutions,
+        GRPO's normalised loss + weight * mean token loss of the solutions
 
-    exactly, in one micro-batch (the loop allows no more with a supervised term). Metric
-    `sft_xent`: that mean cross-entropy."""
+    (`lm_objective`'s: cross-entropy plus the model's z-loss; bind `lm_objective.loss_chunk`
+    for a large vocabulary), exactly, in one micro-batch (the loop allows no more with a
+    supervised term). Metric `sft_xent`: the solutions' mean token cross-entropy."""
     def combined(model, params, batch: Batch):
         rollout = {k: v for k, v in batch.items() if not k.startswith(SUPERVISED)}
         solutions = {k[len(SUPERVISED):]: v for k, v in batch.items()
                      if k.startswith(SUPERVISED)}
         sums = dict(objective(model, params, rollout))
         mle = lm_objective(model, params, solutions)
-        scale = sums["weight"] / jnp.maximum(mle["weight"], 1.0)
+        # the trainer divides by max(weight, 1): a rollout of (near) zero weight keeps the term
+        scale = jnp.maximum(sums["weight"], 1.0) / jnp.maximum(mle["weight"], 1.0)
         sums["loss"] = sums["loss"] + weight * scale * mle["loss"]
         sums["sft_xent"] = jax.lax.stop_gradient(scale * mle["xent"])
         return sums

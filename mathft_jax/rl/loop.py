@@ -456,6 +456,10 @@ def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
                     f"grpo.sft_weight > 0 but {mngr.directory} was run without it (its "
                     "checkpoint holds no solution data position)")
             solutions.set_state(meta["sft_data"])
+        elif "sft_data" in meta:
+            raise settings.SettingError(
+                f"grpo.sft_weight=0 but {mngr.directory} was run with a supervised term (its "
+                "checkpoint holds a solution data position): set grpo.sft_weight as it was")
         return TrainState(step=step, params=params, opt_state=opt_state), done, position
     if init_checkpoint:
         params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
