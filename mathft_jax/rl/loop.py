@@ -85,10 +85,10 @@ class GrpoConfig:
     `grpo_objective.normalization = 'constant'`. max_sampling_rounds: rollouts of
     prompts_per_iteration problems an iteration may take to fill its batch with groups whose
     rewards differ (1: no dynamic sampling). sft_weight > 0: every policy step also
-    minimises sft_weight x the mean token cross-entropy of the next `sft_batch_size` packed
-    `sequence_length` rows of reference solutions of `sft_task` (default: `task`; the
-    pipeline's grpo stage sets its SSFT task), split `split` (single-stage SFT + RL,
-    `grpo.with_supervised`); one micro-batch.
+    minimises sft_weight x the mean token loss (`lm_objective`'s) of the next
+    `sft_batch_size` packed `sequence_length` rows of reference solutions of `sft_task`
+    (default: `task`; the pipeline's grpo stage sets its SSFT task), split `split`
+    (single-stage SFT + RL, `grpo.with_supervised`); one micro-batch.
     """
 
     model_dir: Optional[str] = None
