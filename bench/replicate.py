@@ -17,6 +17,7 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
                 (grpo_dynamic.gin)
   grpo_sft      grpo plus a supervised term: each policy step also learns the control's
                 batch of reference solutions, at the control's schedule (grpo_sft.gin)
+  grpo_sft_dynamic  grpo_sft with grpo_dynamic's sampling (grpo_sft_dynamic.gin)
   likelihood    steps_margin's SSFT samples re-ranked by a likelihood evaluator instead of
                 the paper's (ssft_scr_likelihood.gin: SCR on the same training samples as
                 generation-format pairs, scored by exp(mean token log-probability); the
@@ -61,15 +62,18 @@ RUNS = {
     "grpo_process": ["gin_configs/runs/grpo_process.gin"],
     "grpo_dynamic": ["gin_configs/runs/grpo_dynamic.gin"],
     "grpo_sft": ["gin_configs/runs/grpo_sft.gin"],
+    "grpo_sft_dynamic": ["gin_configs/runs/grpo_sft_dynamic.gin"],
     "likelihood": ["gin_configs/runs/ssft_scr_likelihood.gin"],
 }
 # Stages a run takes from steps_margin's, so that they differ only where they should.
 SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": ("ssft",),
                  "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",),
                  "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",), "grpo_sft": ("ssft",),
+                 "grpo_sft_dynamic": ("ssft",),
                  "likelihood": ("ssft", "sample_train", "scr_data", "sample_eval")}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
-SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic", "grpo_sft")
+SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic", "grpo_sft",
+                    "grpo_sft_dynamic")
 # Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
 EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "scr", "mtsf")),
                 "control: SSFT continued": ("control", ("mtsf",)),
@@ -77,13 +81,15 @@ EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "
                 "GRPO": ("grpo", ("grpo",)),
                 "GRPO (process reward)": ("grpo_process", ("grpo",)),
                 "GRPO (dynamic sampling)": ("grpo_dynamic", ("grpo",)),
-                "GRPO + supervised term": ("grpo_sft", ("grpo",))}
+                "GRPO + supervised term": ("grpo_sft", ("grpo",)),
+                "GRPO + supervised term, dynamic sampling": ("grpo_sft_dynamic", ("grpo",))}
 # The rows of the DPO/GRPO comparison: (row, run, generator).
 RL_ROWS = (("SSFT", "steps_margin", "ssft"), ("MTSF (margin)", "steps_margin", "mtsf"),
            ("control: SSFT continued", "control", "mtsf"), ("DPO", "dpo", "dpo"),
            ("GRPO", "grpo", "grpo"), ("GRPO (process reward)", "grpo_process", "grpo"),
            ("GRPO (dynamic sampling)", "grpo_dynamic", "grpo"),
-           ("GRPO + supervised term", "grpo_sft", "grpo"))
+           ("GRPO + supervised term", "grpo_sft", "grpo"),
+           ("GRPO + supervised term, dynamic sampling", "grpo_sft_dynamic", "grpo"))
 EXTRA_COMPUTE = """\
 "Equal extra compute" is the same extra budget after the shared SSFT checkpoint: every
 method takes **100 generator optimizer steps** (MTSF's `mtsf` stage; the control's SSFT
