@@ -17,7 +17,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from waiting import HANG_LIMIT_S
+from waiting import HANG_LIMIT_S, wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_SH = str(REPO / "launch" / "run.sh")
@@ -78,12 +78,11 @@ class Launch:
         return int(m.group(1))
 
     def wait_until(self, predicate, timeout=RUN_TIMEOUT_S, what="condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
+        def happened():
             self._record()
-            assert self.proc.poll() is None, f"run.sh exited before {what}:\n{self.output()[-4000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.3)
+            return predicate()
+
+        wait_for(happened, what, proc=self.proc, limit_s=timeout, poll_s=0.3, output=self.output)
         self._record()
 
     def wait(self, timeout=RUN_TIMEOUT_S) -> int:

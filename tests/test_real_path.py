@@ -15,7 +15,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -25,6 +24,7 @@ pytest.importorskip("gcsfs")
 
 from gcs_emulator import gcs_emulator  # noqa: E402
 from real_path_utils import math_lines, save_tiny_llama, train_tokenizer  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mathft-test"
@@ -77,15 +77,6 @@ def _run(command, env, cwd, **kwargs):
     return subprocess.Popen([sys.executable, *argv[1:]], env=env, cwd=cwd, **kwargs)
 
 
-def _wait_for(predicate, proc, what, timeout_s=1500):
-    """Wait for an event (with a generous limit for a loaded machine)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert proc.poll() is None, f"the process exited before {what}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
-        time.sleep(0.5)
-
-
 def test_readme_real_path_on_gcs_emulator(tmp_path, data_dir):
     from etils import epath
 
@@ -121,7 +112,7 @@ def test_readme_real_path_on_gcs_emulator(tmp_path, data_dir):
         first = _run(pipeline_cmd, env, tmp_path, stdout=subprocess.DEVNULL,
                      stderr=open(tmp_path / "pipeline_first.log", "w"))
         try:
-            _wait_for(lambda: epath.Path(f"{run}/ssft/DONE.json").exists(), first, "SSFT")
+            wait_for(lambda: epath.Path(f"{run}/ssft/DONE.json").exists(), "SSFT", proc=first)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()

@@ -6,6 +6,7 @@ shared cores) must never reach it. MATHFT_TEST_HANG_LIMIT_S overrides it.
 """
 import os
 import subprocess
+import threading
 import time
 from typing import Callable, Optional
 
@@ -27,3 +28,26 @@ def wait_for(predicate: Callable[[], bool], what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"hung: no {what} after {limit_s:.0f} s")
         time.sleep(poll_s)
+
+
+def finishes(fn: Callable[[], object], limit_s: float = HANG_LIMIT_S):
+    """fn(), run in a thread that the caller waits on for up to `limit_s`: a hang (say, a
+    size guard gone and a computation without end) fails the test instead of stalling the
+    suite. Returns what fn returned; re-raises what it raised."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        raise AssertionError(f"hung: {getattr(fn, '__name__', 'the call')} still running "
+                             f"after {limit_s:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")

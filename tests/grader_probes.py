@@ -1,0 +1,70 @@
+"""Probes for the grader's bounds that need no stopwatch: they record which mechanism ended a
+call (a size guard, the call's deadline, a sympy request cut off at its timeout), so a test
+can say "a guard answered this" on a loaded machine as on an idle one.
+
+Shared by tests/test_grading_fuzz.py and tests/test_grading_timeouts.py; the timing goals
+themselves are bench/grader_soak.py's.
+"""
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+from mathft_jax.grading import deadline as deadline_lib
+from mathft_jax.grading import equiv, timeout
+
+@contextlib.contextmanager
+def deadline_expiries():
+    """Yields a list that gains an entry whenever a grading call's deadline has run out."""
+    expired = []
+
+    class RecordingDeadline(deadline_lib.Deadline):
+        def check(self):
+            try:
+                super().check()
+            except deadline_lib.DeadlineExceeded:
+                expired.append(self)
+                raise
+
+        def remaining(self):
+            left = super().remaining()
+            if left <= 0:
+                expired.append(self)
+            return left
+
+    with mock.patch.object(equiv, "Deadline", RecordingDeadline):
+        yield expired
+
+
+@contextlib.contextmanager
+def sympy_requests(answer=None):
+    """Yields the list of (a, b, timeout_s) sympy requests made; `answer` (a function of the
+    request) replaces the helpers' reply, else the helpers answer."""
+    requests = []
+    real = timeout.HELPERS.equal
+
+    def equal(a_source, b_source, timeout_s=timeout.DEFAULT_TIMEOUT_S):
+        requests.append((a_source, b_source, timeout_s))
+        if answer is not None:
+            return answer(a_source, b_source, timeout_s)
+        return real(a_source, b_source, timeout_s)
+
+    with mock.patch.object(timeout.HELPERS, "equal", equal):
+        yield requests
+
+
+class FakeClock:
+    """`time` for deadline.py: stands still unless a test moves it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@contextlib.contextmanager
+def fake_clock():
+    clock = FakeClock()
+    with mock.patch.object(deadline_lib, "time", clock):
+        yield clock
