@@ -13,6 +13,7 @@ from unittest import mock
 from mathft_jax.grading import deadline as deadline_lib
 from mathft_jax.grading import equiv, timeout
 
+
 @contextlib.contextmanager
 def deadline_expiries():
     """Yields a list that gains an entry whenever a grading call's deadline has run out."""

@@ -61,7 +61,7 @@ def test_other_thread():
 
     thread = threading.Thread(target=run)
     thread.start()
-    thread.join(timeout=120)
+    thread.join(timeout=HANG_LIMIT_S)
     assert not thread.is_alive() and not errors, errors
 
 
@@ -85,7 +85,7 @@ def test_hung_sympy_step_is_killed_and_the_helper_restarts(in_thread):
     result = {}
 
     def run():
-        helper.wait_ready(time.monotonic() + 120)  # start-up is not part of the request
+        helper.wait_ready(time.monotonic() + HANG_LIMIT_S)  # start-up is not part of the request
         result["warm"] = helper.equal("Symbol('x')", "Symbol('x')")
         result["process"] = helper._process
         result["slow"] = helper.equal(SLOW, "Symbol('x')", timeout_s=0.5)
@@ -97,7 +97,7 @@ def test_hung_sympy_step_is_killed_and_the_helper_restarts(in_thread):
         if in_thread:
             thread = threading.Thread(target=run)
             thread.start()
-            thread.join(timeout=120)
+            thread.join(timeout=HANG_LIMIT_S)
         else:
             run()
     finally:
@@ -125,7 +125,7 @@ def test_pool_serves_threads_at_once_and_bounds_the_wait():
     finally:
         pool.stop()  # the slow requests end as "cannot decide"
         for thread in threads:
-            thread.join(timeout=120)
+            thread.join(timeout=HANG_LIMIT_S)
     assert results == [None, None, None]
     assert pool.equal("Symbol('x')*2", "Symbol('x')+Symbol('x')", timeout_s=120) is True
     pool.stop()
