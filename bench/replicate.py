@@ -34,7 +34,8 @@ that uses them) is reported beside the metrics.
 The settings are gin_configs/runs/synthetic_base.gin's (`make demo` adds the likelihood
 evaluator and 650 SSFT steps to them), plus the
 `--gin_file`s and `--gin_bindings` given, applied to every run after its own gin file. It
-writes docs/RESULTS.md: mean +- std over seeds per cell, the command and the machine, from
+writes docs/RESULTS.md: mean +- std over seeds per cell (and each GRPO run's Pass@1 against
+the control's per seed, with an interval paired over problems), the command and the machine, from
 every run whose results exist for all seeds (`--runs` picks what to run; runs whose stages
 another shares are run too). Stages of finished runs are skipped, so a rerun resumes.
 """
@@ -290,6 +291,44 @@ def table(rows: list, section: str, k: int, first: str = "") -> str:
     return "\n".join(lines)
 
 
+def paired_pass_at_1(run_a: str, gen_a: str, run_b: str, gen_b: str) -> tuple:
+    """(a - b, low, high) in points: Pass@1 of `run_a`'s `gen_a` test samples minus
+    `run_b`'s `gen_b`, paired over problems (each keeps both pass rates; bootstrap 95%,
+    seeded). It covers the test samples' randomness only, not training's."""
+    from mathft_jax import candidates, voting
+    rates = []
+    for run, generator in ((run_a, gen_a), (run_b, gen_b)):
+        records = candidates.read_candidates(os.path.join(run, "score", f"{generator}.jsonl"))
+        rates.append({r["problem_id"]: float(np.mean(voting.grade_problem(r).correct))
+                      for r in records})
+    if rates[0].keys() != rates[1].keys():
+        raise SystemExit(f"{run_a} and {run_b} sampled different test problems")
+    diffs = [100 * (rates[0][p] - rates[1][p]) for p in sorted(rates[0])]
+    low, high = voting.bootstrap_ci(diffs)
+    return float(np.mean(diffs)), low, high
+
+
+def grpo_intervals(out_dir: str, seeds: list, runs: list) -> dict:
+    """{(seed, row): paired_pass_at_1 of the GRPO row's run against the control}."""
+    if "control" not in runs:
+        return {}
+    return {(seed, row): paired_pass_at_1(os.path.join(out_dir, f"seed{seed}", run), "grpo",
+                                          os.path.join(out_dir, f"seed{seed}", "control"), "mtsf")
+            for seed in seeds for row, run, _ in RL_ROWS if run.startswith("grpo") and run in runs}
+
+
+def interval_table(intervals: dict) -> str:
+    """Seeds by GRPO rows, each cell "difference [low, high]"."""
+    seeds = list(dict.fromkeys(seed for seed, _ in intervals))
+    methods = list(dict.fromkeys(row for _, row in intervals))
+    lines = ["| seed | " + " | ".join(f"{m} - control" for m in methods) + " |",
+             "| --- |" + " ---: |" * len(methods)]
+    for seed in seeds:
+        lines.append(f"| {seed} | " + " | ".join(
+            "{:+.1f} [{:+.1f}, {:+.1f}]".format(*intervals[seed, m]) for m in methods) + " |")
+    return "\n".join(lines)
+
+
 def wins(rows: list, method: str = "GRPO") -> tuple:
     """(seeds where `method`'s Pass@1 beats the control's, seeds compared)."""
     diffs = [r[3][0] for r in rows if r[0] == "grpo_vs_control" and r[2] == f"{method} - control"]
@@ -302,8 +341,9 @@ def complete_runs(out_dir: str, seeds: list) -> list:
         out_dir, f"seed{seed}", name, "evaluate", "results.json")) for seed in seeds)]
 
 
-def sections(rows: list, k: int) -> str:
-    """The report's tables, each under its heading where it has rows."""
+def sections(rows: list, k: int, intervals: dict | None = None) -> str:
+    """The report's tables, each under its heading where it has rows (intervals:
+    `grpo_intervals`)."""
     parts = []
     style = table(rows, "style", k)
     if style:
@@ -325,6 +365,10 @@ each run's SSFT row is sampled in that run, so the differences are paired):
         versus = (f"\n\nGRPO against the control, Pass@1 per seed, all from the same SSFT "
                   f"checkpoint (seeds on which it beats the control: {beats}):\n\n"
                   f"{table(rows, 'grpo_vs_control', k, 'seed')}" if beats else "")
+        if intervals:
+            versus += ("\n\nThe same differences with a 95% interval, paired over the test "
+                       "problems (bootstrap; it covers the test samples' randomness, not "
+                       f"training's):\n\n{interval_table(intervals)}")
         parts.append(f"""## DPO and GRPO against MTSF and its control
 
 Each from the same seed's SSFT checkpoint (steps_margin's `ssft`, linked); RR.Top-{k} of
@@ -392,7 +436,7 @@ Command: `{command}` ({minutes:.0f} minutes of stage time, summed from the stage
 DONE.json){'; ' + args.note if args.note else ''}.
 Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}.
 
-{sections(rows, k)}
+{sections(rows, k, grpo_intervals(out_dir, seeds, runs))}
 
 ## Per seed
 
