@@ -42,6 +42,7 @@ another shares are run too). Stages of finished runs are skipped, so a rerun res
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -291,19 +292,28 @@ def table(rows: list, section: str, k: int, first: str = "") -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=None)
+def _pass_rates(run_dir: str, generator: str) -> dict:
+    """{problem_id: pass rate} of a run's test samples (sample_eval/), graded as its
+    evaluate stage graded them (results.json's grader, and policy where it re-extracted)."""
+    from mathft_jax import candidates, voting
+    grading = results(run_dir)[generator]["grading"]
+    policy = grading["policy"] if grading.get("re_extracted") else None
+    records = candidates.read_candidates(os.path.join(run_dir, "sample_eval", f"{generator}.jsonl"))
+    return {r["problem_id"]: float(np.mean(voting.grade_problem(r, policy, grading["grader"]).correct))
+            for r in records}
+
+
 def paired_pass_at_1(run_a: str, gen_a: str, run_b: str, gen_b: str) -> tuple:
     """(a - b, low, high) in points: Pass@1 of `run_a`'s `gen_a` test samples minus
     `run_b`'s `gen_b`, paired over problems (each keeps both pass rates; bootstrap 95%,
-    seeded). It covers the test samples' randomness only, not training's."""
-    from mathft_jax import candidates, voting
-    rates = []
-    for run, generator in ((run_a, gen_a), (run_b, gen_b)):
-        records = candidates.read_candidates(os.path.join(run, "score", f"{generator}.jsonl"))
-        rates.append({r["problem_id"]: float(np.mean(voting.grade_problem(r).correct))
-                      for r in records})
-    if rates[0].keys() != rates[1].keys():
+    seeded). It covers the test set (which problems, and their sampled solutions), not
+    training's randomness."""
+    from mathft_jax import voting
+    a, b = _pass_rates(run_a, gen_a), _pass_rates(run_b, gen_b)
+    if a.keys() != b.keys():
         raise SystemExit(f"{run_a} and {run_b} sampled different test problems")
-    diffs = [100 * (rates[0][p] - rates[1][p]) for p in sorted(rates[0])]
+    diffs = [100 * (a[p] - b[p]) for p in sorted(a)]
     low, high = voting.bootstrap_ci(diffs)
     return float(np.mean(diffs)), low, high
 
@@ -367,8 +377,9 @@ each run's SSFT row is sampled in that run, so the differences are paired):
                   f"{table(rows, 'grpo_vs_control', k, 'seed')}" if beats else "")
         if intervals:
             versus += ("\n\nThe same differences with a 95% interval, paired over the test "
-                       "problems (bootstrap; it covers the test samples' randomness, not "
-                       f"training's):\n\n{interval_table(intervals)}")
+                       "problems (bootstrap; it covers the test set, which problems and their "
+                       f"sampled solutions, not training's randomness):\n\n"
+                       f"{interval_table(intervals)}")
         parts.append(f"""## DPO and GRPO against MTSF and its control
 
 Each from the same seed's SSFT checkpoint (steps_margin's `ssft`, linked); RR.Top-{k} of

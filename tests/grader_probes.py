@@ -1,6 +1,7 @@
-"""Probes for the grader's bounds that need no stopwatch: they record which mechanism ended a
-call (a size guard, the call's deadline, a sympy request cut off at its timeout), so a test
-can say "a guard answered this" on a loaded machine as on an idle one.
+"""Probes for the grader's bounds that need no stopwatch: the sympy requests a call made,
+whether `is_equiv`'s deadline ran out, and a fake clock under which the deadline never runs
+out unless a test moves it. With them a test can say "a size guard answered this" or "the
+deadline ended this" on a loaded machine as on an idle one.
 
 Shared by tests/test_grading_fuzz.py and tests/test_grading_timeouts.py; the timing goals
 themselves are bench/grader_soak.py's.
@@ -16,7 +17,8 @@ from mathft_jax.grading import equiv, timeout
 
 @contextlib.contextmanager
 def deadline_expiries():
-    """Yields a list that gains an entry whenever a grading call's deadline has run out."""
+    """Yields a list that gains an entry whenever an `is_equiv` call's deadline has run out
+    (`grade` and the prm800k grader make their own deadlines, which this does not see)."""
     expired = []
 
     class RecordingDeadline(deadline_lib.Deadline):

@@ -8,7 +8,6 @@ Every call returns within the documented per-call bound plus a margin, never rai
 deadline, the margin only absorbs one guarded step and scheduling; the calls this used to
 catch took 28-300 s. Timing goals proper live in bench/grader_soak.py.
 """
-import importlib
 import pathlib
 import threading
 import time
@@ -18,9 +17,9 @@ import pytest
 
 import grader_probes
 import hostile_answers
-from waiting import finishes
-from mathft_jax.grading import (answer_key, deadline, equiv, extract_answer, grade, is_equiv,
-                                normalize, values, warm_up)
+from mathft_jax.grading import (answer_key, deadline, equiv, extract, extract_answer, grade,
+                                is_equiv, normalize, timeout, values, warm_up)
+from waiting import HANG_LIMIT_S, finishes
 
 SEED = 20261201
 COUNT = 1200
@@ -78,7 +77,7 @@ def test_from_several_threads_at_once():
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=600)
+        thread.join(timeout=HANG_LIMIT_S)
     assert not any(t.is_alive() for t in threads) and not errors, errors
     assert not problems, problems[:10]
 
@@ -102,7 +101,8 @@ def test_one_deadline_for_the_whole_call():
     powers = [30 + i % 20 for i in range(75)]
     left = "(" + ", ".join(f"(2x+2y+2z+2)^{{{k}}}" for k in powers) + ")"
     right = "(" + ", ".join(f"2^{{{k}}}(x+y+z+1)^{{{k}}}" for k in powers) + ")"
-    with grader_probes.fake_clock() as clock:
+    with grader_probes.fake_clock() as clock, \
+            mock.patch.object(timeout, "DEFAULT_TIMEOUT_S", 3.0):  # a step's own cap: above 1 s
         def slow_yes(a, b, timeout_s):  # a step that takes 0.25 s and shows its pair equal
             clock.now += 0.25
             return True
@@ -122,18 +122,18 @@ NESTED_POWERS = ("\\sin((2^{10000})^{1000})", "\\tan((10^{1000})^{1000})",
 
 
 def test_nested_powers_stop_at_the_intermediate():
-    """A size guard ends each of these, neither the deadline nor sympy: the clock stands
-    still, so without the guards the call would run until the hang limit."""
+    """A size guard (TooBig at an intermediate) ends each of these, not the deadline: the
+    clock stands still, so without the guards the calls would run to the hang limit."""
+    for answer in NESTED_POWERS:
+        with pytest.raises(values.TooBig):
+            values.numeric_value(equiv._scalar_info(answer)[0], {})
+
     def compare_all():
         for answer in NESTED_POWERS:
             assert is_equiv(answer, "1") is False and is_equiv(answer, answer + " ") is True
 
-    with grader_probes.fake_clock(), grader_probes.sympy_requests() as requests:
+    with grader_probes.fake_clock():
         finishes(compare_all)
-    assert not requests
-    for answer in NESTED_POWERS:
-        with pytest.raises(values.TooBig):
-            values.numeric_value(equiv._scalar_info(answer)[0], {})
 
 
 def test_big_integers_compare_exactly_past_the_str_limit():
@@ -156,7 +156,6 @@ def test_extraction_is_linear_on_unclosed_groups():
             assert extract_answer(text + "\\boxed{7}") == "7"
             assert extract_answer("\\boxed{3}" + text) == "3"
 
-    extract = importlib.import_module("mathft_jax.grading.extract")
     with mock.patch.object(extract, "_closing_braces", wraps=extract._closing_braces) as scans:
         finishes(extract_all)
     assert scans.call_count == 6  # one pass for each of the 6 calls

@@ -112,7 +112,8 @@ def test_readme_real_path_on_gcs_emulator(tmp_path, data_dir):
         first = _run(pipeline_cmd, env, tmp_path, stdout=subprocess.DEVNULL,
                      stderr=open(tmp_path / "pipeline_first.log", "w"))
         try:
-            wait_for(lambda: epath.Path(f"{run}/ssft/DONE.json").exists(), "SSFT", proc=first)
+            wait_for(lambda: epath.Path(f"{run}/ssft/DONE.json").exists(), "SSFT", proc=first,
+                     poll_s=0.5)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()

@@ -113,21 +113,26 @@ def test_the_likelihood_evaluator_gets_a_row_beside_the_papers():
     assert "| SSFT generator, likelihood evaluator | 30.0 | 30.0 | 30.0 | 30.0 | 35.0 | 30.0 |" in text
 
 
-def _score_file(run_dir, generator, correct_counts, problems=None):
-    """A graded run's test samples: problem i has correct_counts[i] of 4 samples right."""
+def _test_samples(run_dir, generator, correct_counts, problems=None):
+    """A run's graded test samples: problem i has correct_counts[i] of 4 samples right."""
     from mathft_jax import candidates
     records = [{"problem_id": f"p{i}", "problem": f"{i} + 1?", "gold": str(i + 1),
                 "samples": [{"text": f"\\boxed{{{i + 1 if s < right else 0}}}",
                              "answer": str(i + 1 if s < right else 0)} for s in range(4)]}
                for i, right in enumerate(correct_counts)][:problems]
-    os.makedirs(os.path.join(run_dir, "score"), exist_ok=True)
-    candidates.write_candidates(os.path.join(run_dir, "score", f"{generator}.jsonl"), records)
+    for stage in ("sample_eval", "evaluate"):
+        os.makedirs(os.path.join(run_dir, stage), exist_ok=True)
+    candidates.write_candidates(os.path.join(run_dir, "sample_eval", f"{generator}.jsonl"), records)
+    with open(os.path.join(run_dir, "evaluate", "results.json"), "w") as f:
+        json.dump({generator: {"grading": {"grader": "mathft", "policy": "strict",
+                                           "re_extracted": False}}}, f)
+    replicate._pass_rates.cache_clear()
 
 
 def test_paired_interval_of_grpo_against_the_control(tmp_path):
     seed = tmp_path / "seed3"
-    _score_file(str(seed / "control"), "mtsf", [1, 2, 0, 4, 2, 1])
-    _score_file(str(seed / "grpo_sft"), "grpo", [2, 2, 1, 4, 3, 1])  # +1 sample on 3 of 6
+    _test_samples(str(seed / "control"), "mtsf", [1, 2, 0, 4, 2, 1])
+    _test_samples(str(seed / "grpo_sft"), "grpo", [2, 2, 1, 4, 3, 1])  # +1 sample on 3 of 6
     diff, low, high = replicate.paired_pass_at_1(str(seed / "grpo_sft"), "grpo",
                                                  str(seed / "control"), "mtsf")
     assert diff == pytest.approx(100 * 3 / 24)
@@ -137,6 +142,6 @@ def test_paired_interval_of_grpo_against_the_control(tmp_path):
     table = replicate.interval_table(intervals)
     assert table.splitlines()[-1] == f"| 3 | {diff:+.1f} [{low:+.1f}, {high:+.1f}] |"
     assert replicate.grpo_intervals(str(tmp_path), [3], ["grpo_sft"]) == {}  # no control
-    _score_file(str(seed / "control"), "mtsf", [1, 2, 0], problems=3)
+    _test_samples(str(seed / "control"), "mtsf", [1, 2, 0], problems=3)
     with pytest.raises(SystemExit, match="different test problems"):
         replicate.paired_pass_at_1(str(seed / "grpo_sft"), "grpo", str(seed / "control"), "mtsf")
