@@ -300,8 +300,8 @@ def _pass_rates(run_dir: str, generator: str) -> dict:
     grading = results(run_dir)[generator]["grading"]
     policy = grading["policy"] if grading.get("re_extracted") else None
     records = candidates.read_candidates(os.path.join(run_dir, "sample_eval", f"{generator}.jsonl"))
-    return {r["problem_id"]: float(np.mean(voting.grade_problem(r, policy, grading["grader"]).correct))
-            for r in records}
+    graded = (voting.grade_problem(r, policy, grading["grader"]) for r in records)
+    return {r["problem_id"]: float(np.mean(g.correct)) for r, g in zip(records, graded)}
 
 
 def paired_pass_at_1(run_a: str, gen_a: str, run_b: str, gen_b: str) -> tuple:

@@ -137,7 +137,8 @@ def test_paired_interval_of_grpo_against_the_control(tmp_path):
                                                  str(seed / "control"), "mtsf")
     assert diff == pytest.approx(100 * 3 / 24)
     assert 0.0 <= low < diff < high <= 25.0  # every problem gains 0 or 25 points
-    intervals = replicate.grpo_intervals(str(tmp_path), [3], ["steps_margin", "control", "grpo_sft"])
+    intervals = replicate.grpo_intervals(str(tmp_path), [3],
+                                         ["steps_margin", "control", "grpo_sft"])
     assert list(intervals) == [(3, "GRPO + supervised term")]
     table = replicate.interval_table(intervals)
     assert table.splitlines()[-1] == f"| 3 | {diff:+.1f} [{low:+.1f}, {high:+.1f}] |"
