@@ -42,7 +42,6 @@ another shares are run too). Stages of finished runs are skipped, so a rerun res
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -54,6 +53,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import paired_pass_at_1 as paired  # noqa: E402
 RUNS = {
     "steps_margin": ["gin_configs/runs/mtsf.gin"],
     "steps_xent": ["gin_configs/runs/mtsf_xent.gin"],
@@ -292,30 +293,19 @@ def table(rows: list, section: str, k: int, first: str = "") -> str:
     return "\n".join(lines)
 
 
-@functools.lru_cache(maxsize=None)
-def _pass_rates(run_dir: str, generator: str) -> dict:
-    """{problem_id: pass rate} of a run's test samples (sample_eval/), graded as its
-    evaluate stage graded them (results.json's grader, and policy where it re-extracted)."""
-    from mathft_jax import candidates, voting
-    grading = results(run_dir)[generator]["grading"]
-    policy = grading["policy"] if grading.get("re_extracted") else None
-    records = candidates.read_candidates(os.path.join(run_dir, "sample_eval", f"{generator}.jsonl"))
-    graded = (voting.grade_problem(r, policy, grading["grader"]) for r in records)
-    return {r["problem_id"]: float(np.mean(g.correct)) for r, g in zip(records, graded)}
-
-
 def paired_pass_at_1(run_a: str, gen_a: str, run_b: str, gen_b: str) -> tuple:
-    """(a - b, low, high) in points: Pass@1 of `run_a`'s `gen_a` test samples minus
-    `run_b`'s `gen_b`, paired over problems (each keeps both pass rates; bootstrap 95%,
-    seeded). It covers the test set (which problems, and their sampled solutions), not
-    training's randomness."""
-    from mathft_jax import voting
-    a, b = _pass_rates(run_a, gen_a), _pass_rates(run_b, gen_b)
-    if a.keys() != b.keys():
+    """(a - b, low, high) in points: Pass@1 of `run_a`'s `gen_a` test samples (sample_eval/)
+    minus `run_b`'s `gen_b`, paired over problems (bench/paired_pass_at_1.py), each graded as
+    its evaluate stage graded it (results.json's grader, and policy where it re-extracted)."""
+    rates = []
+    for run, generator in ((run_a, gen_a), (run_b, gen_b)):
+        grading = results(run)[generator]["grading"]
+        policy = grading["policy"] if grading.get("re_extracted") else None
+        rates.append(paired.pass_rates(os.path.join(run, "sample_eval", f"{generator}.jsonl"),
+                                       policy, grading["grader"]))
+    if rates[0].keys() != rates[1].keys():
         raise SystemExit(f"{run_a} and {run_b} sampled different test problems")
-    diffs = [100 * (a[p] - b[p]) for p in sorted(a)]
-    low, high = voting.bootstrap_ci(diffs)
-    return float(np.mean(diffs)), low, high
+    return paired.paired_difference(*rates)[:3]
 
 
 def grpo_intervals(out_dir: str, seeds: list, runs: list) -> dict:

@@ -126,7 +126,7 @@ def _test_samples(run_dir, generator, correct_counts, problems=None):
     with open(os.path.join(run_dir, "evaluate", "results.json"), "w") as f:
         json.dump({generator: {"grading": {"grader": "mathft", "policy": "strict",
                                            "re_extracted": False}}}, f)
-    replicate._pass_rates.cache_clear()
+    replicate.paired.pass_rates.cache_clear()
 
 
 def test_paired_interval_of_grpo_against_the_control(tmp_path):
@@ -146,3 +146,16 @@ def test_paired_interval_of_grpo_against_the_control(tmp_path):
     _test_samples(str(seed / "control"), "mtsf", [1, 2, 0], problems=3)
     with pytest.raises(SystemExit, match="different test problems"):
         replicate.paired_pass_at_1(str(seed / "grpo_sft"), "grpo", str(seed / "control"), "mtsf")
+
+
+def test_paired_pass_at_1_script_on_two_files(tmp_path):
+    import subprocess
+    import sys
+    _test_samples(str(tmp_path / "old"), "ssft", [1, 2, 0, 4, 2, 1])
+    _test_samples(str(tmp_path / "new"), "ssft", [2, 2, 1, 4], problems=4)
+    files = [str(tmp_path / run / "sample_eval" / "ssft.jsonl") for run in ("new", "old")]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "bench", "paired_pass_at_1.py"),
+                          *files], capture_output=True, text=True, check=True).stdout
+    # over the 4 problems both hold: 9/16 against 7/16 right
+    assert out.startswith("Pass@1 56.2 - 43.8 = +12.5 [")
+    assert out.rstrip().endswith("points over 4 problems (paired bootstrap, 95%)")
