@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning,
                         provenance, scoring, settings, storage)
 from mathft_jax import engine as engine_lib
-from mathft_jax.data import formats
+from mathft_jax.data import formats, sources
 from mathft_jax.grading import POLICIES, extract_answer
 from mathft_jax.models.config import DecoderConfig
 
@@ -45,7 +45,6 @@ PARTS_SUFFIX = ".parts"
 
 def load_problems(task: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
     """[{"problem_id", "problem", "gold"}] of a problem source (`sources.problem_records`)."""
-    from mathft_jax.data import sources
     try:
         return sources.problem_records(task, split, problems_file)
     except sources.UnknownSource as e:
@@ -232,7 +231,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     partitioner.check_batch_divisible(batch_size, "infer.batch_size")
     slots = run.slots or batch_size * num_samples
     partitioner.check_batch_divisible(slots, "infer.slots")
-    problems = load_problems(task, split, problems_file)[:max_problems]
+    problems = sources.first(load_problems(task, split, problems_file), max_problems,
+                             "infer.max_problems")
     todo = [i for i, done in enumerate(done_mask(problems, output_path)) if not done]
     logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo), num_samples)
 

@@ -207,6 +207,20 @@ def test_state_of_another_configuration_is_refused():
         other.set_state(it.get_state())
 
 
+def test_max_examples_keeps_the_first_examples_and_is_part_of_the_state():
+    def make(max_examples=None, **kw):
+        return dataset.get_dataset("synthetic_arith_steps", "validation", 256, 8, seed=3,
+                                   num_epochs=1, max_examples=max_examples, **kw)
+    first_50 = _example_keys(make(shuffle=False))[:50]
+    kept = _example_keys(make(50))
+    assert len(kept) == 50 and sorted(kept) == sorted(first_50)
+    assert make(50, pack=False).stats["examples"] == 50
+    with pytest.raises(ValueError, match="another configuration.*max_examples"):
+        make(60).set_state(make(50).get_state())
+    with pytest.raises(ValueError, match="max_examples=0: must be at least 1"):
+        make(0)
+
+
 def test_finite_iteration_ends_and_covers_every_example():
     it = dataset.get_dataset("synthetic_arith_terse", "test", 256, 16, num_epochs=2, pack=False)
     batches = list(it)

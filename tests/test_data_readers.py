@@ -143,3 +143,15 @@ def test_candidates_are_graded_where_correct_is_absent(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     [record] = readers.read_candidates(path)
     assert [s["correct"] for s in record["samples"]] == [True, False, False]
+
+
+def test_asking_for_more_problems_than_a_source_has_warns_and_gives_them_all(caplog):
+    from mathft_jax.data import sources
+    records = sources.problem_records("synthetic_arith_steps", "test")
+    with caplog.at_level(logging.WARNING):
+        assert sources.first(records, len(records), "infer.max_problems") == records
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert sources.first(records, len(records) + 1, "infer.max_problems") == records
+    assert f"infer.max_problems={len(records) + 1}, but there are only {len(records)}" in caplog.text
+    assert sources.first(records, 3, "infer.max_problems") == records[:3]

@@ -87,7 +87,8 @@ def _group(examples: list[dict]) -> list[list[int]]:
     return units
 
 
-def _build_units(name: str, split: str, length: int, drop_overlong: bool) -> tuple[_Units, dict]:
+def _build_units(name: str, split: str, length: int, drop_overlong: bool,
+                 max_examples: Optional[int] = None) -> tuple[_Units, dict]:
     provider = get_provider(name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
     rates = [provider.get_rate(t) if isinstance(provider, seqio.Mixture) else 1.0 for t in tasks]
@@ -95,7 +96,7 @@ def _build_units(name: str, split: str, length: int, drop_overlong: bool) -> tup
     stats = {"examples": 0, "overlong": 0, "dropped": 0, "truncated": 0}
     for task in tasks:
         task_units, task_examples = [], load_examples(task.name, split)
-        for unit in _group(task_examples):
+        for unit in _group(task_examples)[:max_examples]:
             members = [task_examples[i] for i in unit]
             overlong = [len(m["inputs"]) + len(m["targets"]) > length for m in members]
             stats["examples"] += len(members)
@@ -265,20 +266,25 @@ def total_length(sequence_length: Union[int, Mapping[str, int]]) -> int:
 def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Mapping[str, int]],
                 batch_size: int, shuffle: bool = True, seed: int = 0,
                 shard: tuple[int, int] = (0, 1), pack: bool = True, drop_overlong: bool = False,
-                num_epochs: Optional[int] = None) -> DatasetIterator:
+                num_epochs: Optional[int] = None,
+                max_examples: Optional[int] = None) -> DatasetIterator:
     """Feature-converted numpy batches of a registered task or mixture (see DatasetIterator).
 
     `shard=(jax.process_index(), jax.process_count())`: each process gets a disjoint share,
     all processes together get everything; every process must use the same seed.
     Over-long examples are truncated (`packing.fit_to_length`) or, with `drop_overlong`,
     dropped; counts are logged and kept in `iterator.stats`. `num_epochs=None` repeats
-    forever, reshuffling every epoch.
+    forever, reshuffling every epoch. `max_examples` keeps only the first that many examples
+    of each task's split (an evaluator pair counts as one), for data-scaling studies: e.g.
+    `ssft/get_dataset.max_examples = 500` trains SSFT on 500 worked solutions.
     """
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"get_dataset.max_examples={max_examples}: must be at least 1")
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} out of range for {count} shards")
     length = total_length(sequence_length)
-    units, stats = _build_units(task_or_mixture, split, length, drop_overlong)
+    units, stats = _build_units(task_or_mixture, split, length, drop_overlong, max_examples)
     unit_size = max((len(unit) for task_units in units.units for unit in task_units), default=1)
     if unit_size > 1 and (pack or batch_size % unit_size):
         raise ValueError(f"{task_or_mixture} yields groups of {unit_size} rows (evaluator pairs): "
@@ -287,6 +293,8 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
     config = {"task": task_or_mixture, "split": split, "length": length, "batch_size": batch_size,
               "shuffle": shuffle, "seed": seed, "shard": [index, count], "pack": pack,
               "drop_overlong": drop_overlong, "num_units": units.num_units}
+    if max_examples is not None:  # only where set, so older checkpoints' states still match
+        config["max_examples"] = max_examples
     start_id = vocab.decoder_start_id(provider.output_features["targets"].vocabulary)
     iterator = DatasetIterator(units, config, start_id, num_epochs)
     iterator.stats = stats

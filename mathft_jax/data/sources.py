@@ -12,6 +12,7 @@ Register another with `@register("name")` on a function `(split, require_answer)
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional
 
 from mathft_jax.data import paths, readers, synthetic
@@ -53,6 +54,15 @@ def problem_records(name: str, split: str, problems_file: Optional[str] = None) 
     if len(set(ids)) != len(ids):
         raise ValueError(f"{problems_file or name}/{split}: problem ids are not unique")
     return records
+
+
+def first(records: list, max_problems: Optional[int], setting: str) -> list:
+    """The first `max_problems` records (all where None), with a warning where `setting`
+    asks for more than there are: a silent shortfall would pass for the number asked."""
+    if max_problems is not None and max_problems > len(records):
+        logging.warning("%s=%d, but there are only %d problems: using all %d", setting,
+                        max_problems, len(records), len(records))
+    return records[:max_problems]
 
 
 @register("math500")

@@ -198,7 +198,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     if problems is None:
         from mathft_jax.data import sources  # noqa: PLC0415
         problems = sources.problem_records(task, split, problems_file)
-        problems = [p for p in problems if p["gold"]][:max_problems]  # gradable ones only
+        problems = sources.first([p for p in problems if p["gold"]], max_problems,  # gradable
+                                 "grpo.max_problems")
     if not problems:
         raise ValueError("grpo: no problems to train on")
     weights = rewards_lib.reward_weights()
