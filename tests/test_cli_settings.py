@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from train_utils import SMALL_TRAIN_SPLIT
 from waiting import HANG_LIMIT_S, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +81,7 @@ def _loaded(pid, library):
 def test_sigterm_during_train_start_up_exits_cleanly(tmp_path):
     model_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "mathft_jax.train", "--gin_file=gin_configs/models/tiny.gin",
-           "--gin_bindings=train.task='synthetic_arith_steps'",
+           "--gin_bindings=train.task='synthetic_arith_steps'", SMALL_TRAIN_SPLIT,
            f"--gin_bindings=train.model_dir='{model_dir}'", "--gin_bindings=train.total_steps=50"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

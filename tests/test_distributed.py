@@ -17,6 +17,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from train_utils import SMALL_TRAIN_SPLIT
 from waiting import HANG_LIMIT_S, wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def _complete_steps(model_dir) -> list[int]:
 
 def _train_cli(model_dir, steps):
     return [PY, "-m", "mathft_jax.train", f"--gin_file={TINY_GIN}",
-            "--gin_bindings=train.task='synthetic_arith_steps'",
+            "--gin_bindings=train.task='synthetic_arith_steps'", SMALL_TRAIN_SPLIT,
             f"--gin_bindings=train.model_dir='{model_dir}'",
             f"--gin_bindings=train.total_steps={steps}", "--gin_bindings=train.batch_size=8",
             "--gin_bindings=train.sequence_length=64", "--gin_bindings=train.checkpoint_every=1000"]

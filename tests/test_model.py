@@ -1,5 +1,6 @@
 """The decoder: shapes, variants, packing, KV cache, parameter counts and config errors."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,17 @@ TINY = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_k
 
 
 def _params(cfg, seed=0):
-    return nn.unbox(init_params(cfg, jax.random.PRNGKey(seed)))
+    return nn.unbox(_init(cfg, jax.random.PRNGKey(seed)))
+
+
+# Jitted: op-by-op (eager) Flax dispatches and compiles every primitive on its own, several
+# times slower than one compiled forward on a 2-core machine.
+_init = jax.jit(init_params, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("return_hidden",))
+def _apply(cfg, params, tokens, **kwargs):
+    return Decoder(cfg).apply({"params": params}, tokens, **kwargs)
 
 
 def _tokens(b, t, vocab, seed=1):
@@ -34,7 +45,7 @@ def _tokens(b, t, vocab, seed=1):
 def test_forward_shapes_and_finite(overrides):
     cfg = dataclasses.replace(TINY, **overrides).validate()
     p = _params(cfg)
-    logits = Decoder(cfg).apply({"params": p}, _tokens(2, 10, cfg.vocab_size))
+    logits = _apply(cfg, p, _tokens(2, 10, cfg.vocab_size))
     assert logits.shape == (2, 10, cfg.vocab_size)
     assert logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
@@ -44,8 +55,8 @@ def test_causal_future_tokens_do_not_change_past_logits():
     p = _params(TINY)
     a = _tokens(1, 12, TINY.vocab_size, seed=3)
     b = a.at[:, 8:].set((a[:, 8:] + 1) % TINY.vocab_size)
-    la = Decoder(TINY).apply({"params": p}, a)
-    lb = Decoder(TINY).apply({"params": p}, b)
+    la = _apply(TINY, p, a)
+    lb = _apply(TINY, p, b)
     np.testing.assert_allclose(la[:, :8], lb[:, :8], atol=1e-6)
     assert not np.allclose(la[:, 8:], lb[:, 8:])
 
@@ -57,9 +68,9 @@ def test_packed_equals_separate():
     packed = jnp.concatenate([ex1, ex2, jnp.zeros((1, 4), jnp.int32)], axis=1)
     seg = jnp.array([[1] * 7 + [2] * 5 + [0] * 4])
     pos = jnp.array([list(range(7)) + list(range(5)) + [0] * 4])
-    lp = Decoder(TINY).apply({"params": p}, packed, positions=pos, segment_ids=seg)
-    l1 = Decoder(TINY).apply({"params": p}, ex1)
-    l2 = Decoder(TINY).apply({"params": p}, ex2)
+    lp = _apply(TINY, p, packed, positions=pos, segment_ids=seg)
+    l1 = _apply(TINY, p, ex1)
+    l2 = _apply(TINY, p, ex2)
     np.testing.assert_allclose(lp[:, :7], l1, atol=1e-5)
     np.testing.assert_allclose(lp[:, 7:12], l2, atol=1e-5)
 
@@ -69,14 +80,14 @@ def test_kv_cache_decode_matches_full_forward(scan):
     cfg = dataclasses.replace(TINY, scan_layers=scan)
     p = _params(cfg)
     toks = _tokens(2, 9, cfg.vocab_size, 6)
-    full = Decoder(cfg).apply({"params": p}, toks)
+    full = _apply(cfg, p, toks)
     cache = init_cache(cfg, 2, 16)
     idx = jnp.zeros((2,), jnp.int32)
     # prefill 5 tokens, then one token at a time
-    logits, cache = Decoder(cfg).apply({"params": p}, toks[:, :5], cache=cache, cache_index=idx)
+    logits, cache = _apply(cfg, p, toks[:, :5], cache=cache, cache_index=idx)
     np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
     for t in range(5, 9):
-        logits, cache = Decoder(cfg).apply({"params": p}, toks[:, t:t + 1], cache=cache,
+        logits, cache = _apply(cfg, p, toks[:, t:t + 1], cache=cache,
                                            cache_index=jnp.full((2,), t, jnp.int32))
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5)
 
@@ -85,13 +96,13 @@ def test_return_hidden_gives_what_the_head_maps_to_the_logits():
     from mathft_jax.models.decoder import head_logits, output_projection
     for cfg in (TINY, dataclasses.replace(TINY, tie_embeddings=False, final_logit_softcap=3.0)):
         p, toks = _params(cfg), _tokens(2, 6, cfg.vocab_size)
-        hidden = Decoder(cfg).apply({"params": p}, toks, return_hidden=True)
+        hidden = _apply(cfg, p, toks, return_hidden=True)
         assert hidden.shape == (2, 6, cfg.d_model)
         np.testing.assert_allclose(
             head_logits(hidden, output_projection(p, cfg), cfg.final_logit_softcap),
-            Decoder(cfg).apply({"params": p}, toks), atol=1e-6)
+            _apply(cfg, p, toks), atol=1e-6)
     with pytest.raises(ValueError, match="return_hidden is for training losses"):
-        Decoder(TINY).apply({"params": _params(TINY)}, toks, cache=init_cache(TINY, 2, 8),
+        _apply(TINY, _params(TINY), toks, cache=init_cache(TINY, 2, 8),
                             cache_index=jnp.zeros((2,), jnp.int32), return_hidden=True)
 
 
@@ -111,8 +122,8 @@ def test_fused_attention_call_matches_xla_attention(monkeypatch, overrides):
     seg = jnp.array([[1] * 7 + [2] * 6 + [0] * 3, [1] * 16])
     pos = jnp.array([list(range(7)) + list(range(6)) + [0] * 3, list(range(16))])
     for kw in ({}, {"segment_ids": seg, "positions": pos}):
-        ref = Decoder(cfg).apply({"params": p}, toks, **kw)
-        out = Decoder(fused).apply({"params": p}, toks, **kw)
+        ref = _apply(cfg, p, toks, **kw)
+        out = _apply(fused, p, toks, **kw)
         real = np.asarray(seg != 0) if kw else np.ones((2, 16), bool)
         np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], atol=2e-5)
         assert np.isfinite(np.asarray(out)).all()  # padding rows too
@@ -126,14 +137,15 @@ def test_scan_and_remat_match_unrolled():
     unrolled = {k: v for k, v in p.items() if k != "layers"}
     for i in range(cfg.num_layers):
         unrolled[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], p["layers"]["layer"])
-    ref = Decoder(TINY).apply({"params": unrolled}, toks)
-    np.testing.assert_allclose(Decoder(cfg).apply({"params": p}, toks), ref, atol=1e-5)
+    ref = _apply(TINY, unrolled, toks)
+    np.testing.assert_allclose(_apply(cfg, p, toks), ref, atol=1e-5)
 
     def loss(params, c):
-        return jnp.mean(Decoder(c).apply({"params": params}, toks) ** 2)
+        return jnp.mean(_apply(c, params, toks) ** 2)
     remat = dataclasses.replace(TINY, remat_policy="full")
-    g1 = jax.grad(loss)(unrolled, TINY)
-    g2 = jax.grad(loss)(unrolled, remat)
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g1 = grad(unrolled, TINY)
+    g2 = grad(unrolled, remat)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
 
 

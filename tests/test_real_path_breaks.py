@@ -51,6 +51,7 @@ def test_hf_tokenizer_encodes_inside_tf_data_and_tf_function(tokenizer_json):
 def test_tasks_follow_the_vocabulary_bound_in_gin_after_import(hf_vocab_bound):
     """The tasks module is imported (and was once registered) long before gin is parsed;
     reading a task must use the vocabulary bound now, with its BOS as the start token."""
+    gin.bind_parameter("synthetic_problems.split_sizes", {"train": 200})  # any size shows it
     examples = dataset.load_examples("synthetic_arith_steps", "train")
     first = examples[0]
     assert first["inputs"].tolist() == hf_vocab_bound.encode(first["inputs_pretokenized"])

@@ -3,6 +3,10 @@ import numpy as np
 
 from mathft_jax.models import DecoderConfig
 
+# For a CLI test that trains on the synthetic task: 2,000 problems in the train split, not
+# 20,000, which every process would tokenise before its first step (gin_configs/runs/smoke.gin's).
+SMALL_TRAIN_SPLIT = "--gin_bindings=synthetic_problems.split_sizes={'train': 2000}"
+
 TINY = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                      head_dim=8, mlp_dim=64, max_seq_len=64)
 
