@@ -14,12 +14,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # caches its choice of tf.io.gfile on first use, so it is made before any test runs.
 os.environ.setdefault("EPATH_USE_TF", "false")
 # One persistent compilation cache for the test workers and the CLIs they start, which would
-# otherwise each recompile the same tiny programs (about a third of a smoke pipeline's time).
-# Entries are keyed by program, devices and XLA flags; a size bound turns on JAX's file lock,
-# so two workers never read an entry half written. It lives in .pytest_cache (git-ignored).
+# otherwise each recompile the same tiny programs (about a third of a smoke pipeline's time),
+# as would a test that builds a second loop of the same shapes. Entries are keyed by
+# program, devices and XLA flags. A size bound turns on JAX's file lock, so that no process
+# reads an entry half written; the lock's LRU bookkeeping scans every entry on each write,
+# so programs that compile in under 0.5 s (most of them, a small share of the time) are
+# not stored. It lives in .pytest_cache (git-ignored).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import pathlib  # noqa: E402
