@@ -1,6 +1,7 @@
 """Toy-scale replication of Liu et al. (2023) on the synthetic curriculum, over seeds.
 
-    .venv/bin/python bench/replicate.py --seeds=0,1,2 --out_dir=runs/replicate
+    .venv/bin/python bench/replicate.py --seeds=0,1,2 --out_dir=runs/replicate \
+        --results_md=docs/RESULTS.md                            # the canonical tables
     .venv/bin/python bench/replicate.py --seeds=0,1,2 --runs=steps_margin,control,dpo,grpo \
         --gin_bindings="evaluator_objective.xent_weight=0.5"     # a regime change, every run
 
@@ -395,7 +396,9 @@ def main():
                    help="a gin file for every run, after its own (the regime); repeatable")
     p.add_argument("--gin_bindings", action="append", default=[],
                    help="a gin binding for every run, last (the regime); repeatable")
-    p.add_argument("--results_md", default="docs/RESULTS.md")
+    p.add_argument("--results_md", default="",
+                   help="where the report goes (default <out_dir>/RESULTS.md); "
+                   "docs/RESULTS.md only when named, so a variant run cannot overwrite it")
     p.add_argument("--note", default="", help="how the runs were made (load, resumes), for the record")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -447,7 +450,8 @@ Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.pyt
                     for g in res} for name, res in r.items()} for r in per_seed], indent=None)}
 ```
 """
-    path = os.path.join(REPO, args.results_md)
+    path = (os.path.join(REPO, args.results_md) if args.results_md
+            else os.path.join(out_dir, "RESULTS.md"))
     if os.path.exists(path):  # the hand-written reading of the tables is kept
         with open(path) as f:
             old = f.read()
