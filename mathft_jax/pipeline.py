@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 import gin
 from absl import logging
 
-from mathft_jax import (atomic, candidates, distributed, evaluate, grading, provenance, report,
-                        settings, storage)
+from mathft_jax import (atomic, candidates, distributed, evaluate, grading, metrics_writer,
+                        provenance, report, settings, storage)
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -238,7 +238,8 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         "sample_eval": lambda: {g: _sample_stage(cfg, run, "sample_eval", g) for g in generators},
         "score": lambda: {g: score_stage(run, g, cfg.evaluator(run)) for g in generators},
         "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, cfg.k,
-                                            cfg.bootstrap_resamples, cfg.processes, cfg.grader),
+                                            cfg.bootstrap_resamples, cfg.processes, cfg.grader,
+                                            [s for s in stages if s in TRAIN_STAGES + ("grpo",)]),
     }
     for index, stage in enumerate(stages, 1):
         if run.done(stage):
@@ -420,11 +421,13 @@ def score_stage(run: Run, generator: str, evaluator: str) -> dict:
 
 
 def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
-                    resamples: int, processes: Optional[int], grader: str) -> dict:
+                    resamples: int, processes: Optional[int], grader: str,
+                    trained: Sequence[str]) -> dict:
     """Grade, summarise and report on process 0 only: grading is host work with no
     collective, and only process 0 writes. The others wait at the stage's barrier in
     `pipeline` and then read results.json. The barrier here first: on a resumed run it may
-    be the first collective, and gloo (CPU) gives a late peer only 30 s to join that one."""
+    be the first collective, and gloo (CPU) gives a late peer only 30 s to join that one.
+    The report also plots the training curves of the `trained` stages that logged any."""
     distributed.barrier("pipeline_evaluate_start")
     if not distributed.is_main_process():
         return {"generators": list(generators)}
@@ -434,7 +437,9 @@ def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
     results = {g: {**evaluate.summarize_problems(problems, k, resamples),
                    "grading": evaluate.grading_info(records[g], None, grader)}
                for g, problems in graded.items()}
-    report.write_report(out_dir, results, graded, k)
+    training = {s: metrics_writer.read_metrics(run.checkpoint(s)) for s in trained
+                if storage.exists(storage.join(run.checkpoint(s), "metrics.jsonl"))}
+    report.write_report(out_dir, results, graded, k, training)
     atomic.write_json(run.results(), results, indent=1)
     return {"generators": list(generators)}
 

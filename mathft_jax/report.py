@@ -7,16 +7,23 @@
                         correctness, on that generator's candidates (diagnostics.py; the
                         report also tabulates AUC, pair accuracy, ECE, the baselines and
                         RR.Top-K - Maj1@N with a paired bootstrap interval)
+  training.png          each training stage's curves from its metrics.jsonl (a pipeline
+                        run's report only)
 """
 from __future__ import annotations
 
+import math
 import os
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from mathft_jax import atomic, diagnostics, voting
 
 CURVE_METRICS = ("maj1_at_n", "rr_topk", "wrr_majk")
 NAMES = {"ssft": "SSFT", "mtsf": "MTSF", "dpo": "DPO", "grpo": "GRPO"}
+# What training.png draws of a stage's metrics.jsonl: its loss, and the held-out loss where
+# it was measured; for GRPO, whose loss says little of progress, its reward and accuracy.
+TRAINING_CURVES = {"grpo": ("grpo/reward", "grpo/accuracy")}
+LOSS_CURVES = ("train/loss", "eval/loss")
 
 
 def results_table(results: Mapping[str, dict]) -> str:
@@ -52,7 +59,10 @@ def accuracy_vs_n(problems: Sequence[voting.GradedProblem], k: int, repeats: int
 
 
 def write_report(out_dir: str, results: Mapping[str, dict],
-                 graded: Mapping[str, Sequence[voting.GradedProblem]], k: int) -> str:
+                 graded: Mapping[str, Sequence[voting.GradedProblem]], k: int,
+                 training: Optional[Mapping[str, Sequence[dict]]] = None) -> str:
+    """report.md and its plots in out_dir. `training`: {stage: its metrics.jsonl rows},
+    drawn in training.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,6 +103,8 @@ def write_report(out_dir: str, results: Mapping[str, dict],
 
     text = ["# mathft_jax pipeline report", "", results_table(results), "",
             "![accuracy against N](accuracy_vs_n.png)", "", "![SSFT against MTSF](ssft_vs_mtsf.png)", ""]
+    if training and plot_training(os.path.join(out_dir, "training.png"), training):
+        text += ["![training curves](training.png)", ""]
     for g, result in results.items():
         if "diagnostics" not in result:  # results.json of an older run
             continue
@@ -107,6 +119,45 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     path = os.path.join(out_dir, "report.md")
     atomic.write_text(path, "\n".join(text))
     return path
+
+
+def plot_training(path: str, training: Mapping[str, Sequence[dict]]) -> bool:
+    """One panel per training stage: `TRAINING_CURVES` (default `LOSS_CURVES`) against its
+    step. False, and no file, where no stage logged any of them."""
+    curves = {}
+    for stage, rows in training.items():
+        lines = {key: [(r["step"], r[key]) for r in rows
+                       if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+                 for key in TRAINING_CURVES.get(stage, LOSS_CURVES)}
+        lines = {key: points for key, points in lines.items() if points}
+        if lines:
+            curves[stage] = lines
+    if not curves:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), squeeze=False)
+    for ax, (stage, lines) in zip(axes[0], curves.items()):
+        for i, (key, points) in enumerate(lines.items()):
+            steps, values = zip(*points)
+            if len(points) <= 20:
+                ax.plot(steps, values, marker="o", ms=3, color=f"C{i}", label=key)
+                continue
+            # Noisy per-step values (GRPO's 5 prompts an iteration): faint, under the
+            # trailing mean of a tenth of the run.
+            w = len(points) // 10
+            ax.plot(steps, values, color=f"C{i}", alpha=0.3, lw=1)
+            ax.plot(steps[w - 1:], [sum(values[j - w + 1:j + 1]) / w for j in range(w - 1, len(values))],
+                    color=f"C{i}", label=f"{key} (mean of {w})")
+        ax.set_title(stage)
+        ax.set_xlabel("iteration" if stage == "grpo" else "step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
 
 
 def save_figure(fig, path: str) -> None:

@@ -159,3 +159,21 @@ def test_report_shows_the_diagnostics_and_plots_them(tmp_path):
     assert "| evaluator S | 1.000 | 1.000 | 2 |" in text and "RR.LL.Top-1" in text
     assert "![evaluator diagnostics, SSFT](evaluator_ssft.png)" in text
     assert (tmp_path / "evaluator_ssft.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_plots_the_training_curves_it_is_given(tmp_path):
+    from mathft_jax import report
+    records = [_record([("1", -1.0, 1), ("2", -0.5, 1)])]
+    graded = evaluate.grade_records(records, processes=1, progress=False)
+    results = {"ssft": evaluate.summarize_problems(graded, k=1, n_resamples=10)}
+    training = {"ssft": [{"step": 1, "train/loss": 2.0}, {"step": 2, "train/loss": float("nan")},
+                         {"step": 2, "eval/loss": 1.5}],
+                "grpo": [{"step": 1, "grpo/reward": 0.5, "grpo/accuracy": 0.4}],
+                "scr": [{"step": 1, "train/mfu": 0.1}]}  # none of its curves: no panel
+    path = report.write_report(str(tmp_path / "with"), results, {"ssft": graded}, 1, training)
+    assert "![training curves](training.png)" in open(path).read()
+    assert (tmp_path / "with" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    nothing = {"scr": [{"step": 1, "train/loss": float("inf")}]}
+    path = report.write_report(str(tmp_path / "without"), results, {"ssft": graded}, 1, nothing)
+    assert "training.png" not in open(path).read()
+    assert not (tmp_path / "without" / "training.png").exists()

@@ -77,7 +77,9 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     report = (run / "evaluate" / "report.md").read_text()
     assert "RR.Top-2" in report and "| Pass@1 |" in report
     assert "Evaluator diagnostics and baselines (MTSF generator's candidates)" in report
-    for png in ("accuracy_vs_n.png", "ssft_vs_mtsf.png", "evaluator_ssft.png", "evaluator_mtsf.png"):
+    assert "![training curves](training.png)" in report  # ssft, scr and mtsf logged a loss
+    for png in ("accuracy_vs_n.png", "ssft_vs_mtsf.png", "evaluator_ssft.png", "evaluator_mtsf.png",
+                "training.png"):
         assert (run / "evaluate" / png).read_bytes()[:4] == b"\x89PNG"
     assert "| Pass@1 |" in out.stdout  # the table is printed at the end
 
