@@ -14,9 +14,12 @@ Object stores have no rename and no append. What holds where:
 Appending (metrics.jsonl) is emulated remotely by rewriting the whole object
 (`metrics_writer`).
 
-Testing against a GCS emulator: etils picks `tf.io.gfile` for `gs://` when TensorFlow is
-installed, which talks to the real endpoint; `EPATH_USE_TF=false` makes it use gcsfs, which
-honours `STORAGE_EMULATOR_HOST` (tests/gcs_emulator.py).
+A GCS emulator: `STORAGE_EMULATOR_HOST` is all a user sets (tests/gcs_emulator.py runs
+one). Two libraries would ignore it and talk to the real endpoint, so `use_emulator_everywhere`
+(run at import, before either is used) points them at it too: etils picks `tf.io.gfile` for
+`gs://` when TensorFlow is installed (`EPATH_USE_TF=false` makes it use gcsfs, which honours
+the variable), and TensorStore, which writes Orbax's arrays, reads `TENSORSTORE_GCS_HTTP_URL`
+(without it a checkpoint save retried the real GCS forever, with no credentials).
 """
 from __future__ import annotations
 
@@ -27,6 +30,19 @@ from etils import epath
 
 PathLike = Union[str, os.PathLike]
 _SCHEMES = ("gs://", "s3://", "gcs://")
+
+
+def use_emulator_everywhere() -> None:
+    """Where `STORAGE_EMULATOR_HOST` is set, send epath and TensorStore there too (a value
+    the user set for either wins)."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not host:
+        return
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host if "://" in host else f"http://{host}")
+
+
+use_emulator_everywhere()
 
 
 def is_remote(p: PathLike) -> bool:

@@ -29,13 +29,54 @@ def test_math500_count(data_dir):
     assert all(p.answer for p in math500)
 
 
-def test_prm800k_train_split_skips_boxless_and_logs(data_dir, caplog):
+def test_prm800k_train_split_reads_null_answers_from_the_solution_and_skips_empty_boxes(
+        data_dir, caplog):
     path = data_dir / "prm800k/math_splits/train.jsonl"
     assert len(readers.read_math_splits(path)) == 12000
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.WARNING):
         kept = readers.read_math_splits(path, require_answer=True)
     assert len(kept) == 11998
-    assert "skipped 2 of 12000 problems" in caplog.text
+    answers = {p.problem_id: p.answer for p in kept}
+    # `answer: null` beside a solution ending in `\boxed 2` / `\boxed 9`: read from it
+    assert answers["train/algebra/24014.json"] == "2" and answers["train/algebra/25040.json"] == "9"
+    # `answer: ""` and an empty `\boxed{}`: nothing to grade against, skipped and named
+    assert "skipped 2 of 12000 problems without an answer" in caplog.text
+    assert "train/number_theory/7115.json, train/number_theory/7117.json" in caplog.text
+
+
+def _problems_file(tmp_path, rows, name="problems.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"problem": f"p{i}", "solution": "s", "unique_id": f"id{i}",
+                                        **row}) + "\n" for i, row in enumerate(rows)))
+    return path
+
+
+def test_math_answers_numbers_and_empty_answers(tmp_path, caplog):
+    path = _problems_file(tmp_path, [
+        {"answer": 0}, {"answer": 4.5}, {"answer": None, "solution": "so $\\boxed 7$."},
+        {"answer": "  ", "solution": "$\\boxed{12}$"}, {"answer": "", "solution": "$\\boxed{}$"},
+        {"solution": "no box"}])
+    assert [p.answer for p in readers.read_jsonl_problems(path)] == ["0", "4.5", "7", "12", None, None]
+    with caplog.at_level(logging.WARNING):
+        kept = readers.read_jsonl_problems(path, require_answer=True)
+    assert [p.problem_id for p in kept] == ["id0", "id1", "id2", "id3"]
+    assert "skipped 2 of 6 problems without an answer" in caplog.text and "id4, id5" in caplog.text
+    bad = _problems_file(tmp_path, [{"answer": "1"}, {"answer": [1]}], "bad.jsonl")
+    with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: 'answer' must be a string or a number, not list"):
+        readers.read_jsonl_problems(bad)
+
+
+def test_problems_to_sample_skip_those_without_an_answer_and_name_repeated_ids(tmp_path, caplog):
+    from mathft_jax.data import sources
+    path = _problems_file(tmp_path, [{"answer": "1"}, {"answer": "", "solution": "$\\boxed{}$"}])
+    with caplog.at_level(logging.WARNING):
+        records = sources.problem_records("math500", "test", problems_file=str(path))
+    assert records == [{"problem_id": "id0", "problem": "p0", "gold": "1"}]  # never gold ""
+    assert "skipped 1 of 2 problems without an answer" in caplog.text
+    twice = _problems_file(tmp_path, [{"answer": "1", "unique_id": "a"}, {"answer": "2", "unique_id": "a"}],
+                           "twice.jsonl")
+    with pytest.raises(readers.DataFormatError, match="problem ids are not unique: 'a'"):
+        sources.problem_records("math500", "test", problems_file=str(twice))
 
 
 def test_math_folder_layout_matches_jsonl(data_dir, tmp_path):

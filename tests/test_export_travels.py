@@ -366,10 +366,15 @@ def test_a_step_on_gcs_exports_with_no_other_flag(hf_dirs, tmp_path, monkeypatch
         _, _, params = fine_tuned_model_dir(tmp_path / "ckpt", model_dir)
         assert "gs://travels/run/ssft/checkpoints/tokenizer/tokenizer.json" in \
             epath.Path(f"{model_dir}/vocab.gin").read_text()
+        # STORAGE_EMULATOR_HOST alone, as a user sets it: mathft_jax.storage points epath
+        # (gcsfs) and TensorStore (the weights) at the emulator too; neither would otherwise
+        # (TensorStore retried the real endpoint forever: the timeout would fail the test).
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("EPATH_USE_TF", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_CLOUD_PROJECT")}
         subprocess.run([sys.executable, "-m", "mathft_jax.convert.export_hf",
                         f"--checkpoint={model_dir}/{STEP}", f"--out={tmp_path / 'export'}"],
                        check=True, cwd=REPO, timeout=180,
-                       env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                       env={**env, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
     assert not (REPO / "gs:").exists() and not (pathlib.Path.cwd() / "gs:").exists()
     generation = json.loads((tmp_path / "export" / "generation_config.json").read_text())
     ids = [generation[f"{k}_token_id"] for k in ("bos", "eos", "pad")]

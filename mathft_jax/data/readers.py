@@ -31,7 +31,7 @@ class Problem:
     problem_id: str
     problem: str
     solution: str
-    answer: Optional[str]  # None where the solution has no boxed answer
+    answer: Optional[str]  # None where neither the record nor its solution gives one
     level: str = ""
     subject: str = ""
 
@@ -77,12 +77,29 @@ def _keep_answered(problems: list[Problem], source: PathLike, require_answer: bo
         return problems
     kept = [p for p in problems if p.answer is not None]
     if len(kept) != len(problems):
-        logging.info("%s: skipped %d of %d problems without a \\boxed{} answer",
-                     source, len(problems) - len(kept), len(problems))
+        logging.warning("%s: skipped %d of %d problems without an answer (`answer` empty or "
+                        "absent, and no non-empty \\boxed{} in the solution): %s", source,
+                        len(problems) - len(kept), len(problems),
+                        ", ".join(p.problem_id for p in problems if p.answer is None)[:300])
     return kept
 
 
 # ----------------------------------------------------------------------------- MATH
+
+
+def _math_answer(record: dict, solution: str, where: str) -> Optional[str]:
+    """The record's `answer` (a number is taken as its text), else its solution's last box;
+    None where neither gives a non-empty one. PRM800K's split files have `answer: null`
+    beside a solution ending in `\\boxed 2`, and `answer: ""` for an empty box."""
+    answer = record.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
+        raise DataFormatError(f"{where}: 'answer' must be a string or a number, "
+                              f"not {type(answer).__name__}")
+    if isinstance(answer, (int, float)):
+        answer = str(answer)
+    if answer is None or not answer.strip():
+        answer = grading.extract_answer(solution)
+    return answer if answer and answer.strip() else None
 
 
 def _math_problem(record: dict, where: str, default_id: str) -> Problem:
@@ -91,7 +108,7 @@ def _math_problem(record: dict, where: str, default_id: str) -> Problem:
         problem_id=str(record.get("unique_id") or default_id),
         problem=require(record, "problem", where),
         solution=solution,
-        answer=record["answer"] if "answer" in record else grading.extract_answer(solution),
+        answer=_math_answer(record, solution, where),
         level=str(record.get("level", "")),
         subject=str(record.get("type") or record.get("subject") or ""),
     )

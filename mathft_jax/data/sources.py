@@ -12,6 +12,7 @@ Register another with `@register("name")` on a function `(split, require_answer)
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Callable, Optional
 
@@ -45,14 +46,19 @@ def problems(name: str, split: str, require_answer: bool = False) -> list[reader
 
 def problem_records(name: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
     """[{"problem_id", "problem", "gold"}]: what `infer` samples and `rl` trains on. A
-    `problems_file` (MATH-style JSON lines or folder) wins over the source `name`; `gold`
-    is "" where a problem has no answer. Problem ids must be unique."""
-    found = readers.read_math(problems_file, split) if problems_file else problems(name, split)
-    records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer or ""}
+    `problems_file` (MATH-style JSON lines or folder) wins over the source `name`. Problems
+    with no answer are skipped, with a warning that counts them: nothing could grade their
+    samples, which would count as wrong. Problem ids must be unique."""
+    found = (readers.read_math(problems_file, split, require_answer=True) if problems_file
+             else problems(name, split, require_answer=True))
+    records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer}
                for p in found]
-    ids = [r["problem_id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{problems_file or name}/{split}: problem ids are not unique")
+    repeated = sorted({i for i, n in collections.Counter(r["problem_id"] for r in records).items()
+                       if n > 1})
+    if repeated:
+        raise readers.DataFormatError(
+            f"{problems_file or name}/{split}: problem ids are not unique: "
+            f"{', '.join(map(repr, repeated[:5]))}{' ...' if len(repeated) > 5 else ''}")
     return records
 
 

@@ -198,8 +198,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     if problems is None:
         from mathft_jax.data import sources  # noqa: PLC0415
         problems = sources.problem_records(task, split, problems_file)
-        problems = sources.first([p for p in problems if p["gold"]], max_problems,  # gradable
-                                 "grpo.max_problems")
+        problems = sources.first(problems, max_problems, "grpo.max_problems")
     if not problems:
         raise ValueError("grpo: no problems to train on")
     weights = rewards_lib.reward_weights()
