@@ -9,8 +9,10 @@ or FILE:LINE), not a 20-line traceback. Entry points raise
 and run under `cli_errors.run(main)` (what `entry.run_module` does), which prints
 `<tool>: error: <message>` on one line of stderr and exits with the code. Flag-parsing
 errors (a bad integer, a value below a flag's `lower_bound`) are usage errors too. With
-`--debug` or `--verbosity=1` (or higher) the traceback is printed as well. Any other
-exception is a bug and keeps its traceback.
+`--debug` or `--verbosity=1` (or higher) the traceback is printed as well. A
+FileNotFoundError is the user's too (a path that does not exist: its message names it) and
+exits 1 the same way. Any other exception is a bug and keeps its traceback. Tools that parse
+their own flags with argparse (the converters) run their work under `guard`.
 
 Validating a setting, before anything is built or written:
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
 
@@ -73,26 +75,45 @@ def _wants_traceback() -> bool:
     return bool(_DEBUG.value) or values["verbosity"].value >= 1
 
 
-def exit_with(error: BaseException, code: int, prog: str | None = None) -> NoReturn:
-    """Print `<prog>: error: <message>` (and the traceback when asked for) and exit."""
-    if _wants_traceback():
+def exit_with(error: BaseException, code: int, prog: str | None = None,
+              with_traceback: Optional[bool] = None) -> NoReturn:
+    """Print `<prog>: error: <message>` (and the traceback when asked for: `with_traceback`,
+    else `--debug` / `--verbosity`) and exit."""
+    if _wants_traceback() if with_traceback is None else with_traceback:
         traceback.print_exception(error)
     print(f"{prog or _prog()}: error: {one_line(error)}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
+# What a user's input can raise, and its exit code.
+USER_ERRORS = (CliError, app.UsageError, FileNotFoundError)
+
+
+def _exit_code(error: BaseException) -> int:
+    if isinstance(error, CliError):
+        return error.exit_code
+    return USAGE_EXIT if isinstance(error, app.UsageError) else DATA_EXIT
+
+
 def wrap(main: Callable[[Sequence[str]], object], prog: str | None = None):
-    """`main` with `CliError` (and absl's `app.UsageError`) turned into one-line exits."""
+    """`main` with the `USER_ERRORS` turned into one-line exits."""
 
     def wrapped(argv):
         try:
             return main(argv)
-        except CliError as error:
-            exit_with(error, error.exit_code, prog)
-        except app.UsageError as error:
-            exit_with(error, USAGE_EXIT, prog)
+        except USER_ERRORS as error:
+            exit_with(error, _exit_code(error), prog)
 
     return wrapped
+
+
+def guard(work: Callable[[], object], prog: str, debug: bool = False):
+    """`work()` for a tool that parses its own flags (argparse), with the `USER_ERRORS` as
+    one-line exits; `debug` (its `--debug` flag) prints the traceback too."""
+    try:
+        return work()
+    except USER_ERRORS as error:
+        exit_with(error, _exit_code(error), prog, with_traceback=debug)
 
 
 def parse_flags(argv: Sequence[str], prog: str | None = None) -> list[str]:

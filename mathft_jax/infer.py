@@ -48,7 +48,7 @@ def load_problems(task: str, split: str, problems_file: Optional[str] = None) ->
     try:
         return sources.problem_records(task, split, problems_file)
     except sources.UnknownSource as e:
-        raise ValueError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
+        raise settings.SettingError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
 
 
 # ----------------------------------------------------------------------------- chunked output

@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 import gin
 from absl import logging
 
-from mathft_jax import (atomic, candidates, distributed, evaluate, grading, metrics_writer,
-                        provenance, report, settings, storage)
+from mathft_jax import (atomic, candidates, cli_errors, distributed, evaluate, grading,
+                        metrics_writer, provenance, report, settings, storage)
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -68,8 +68,12 @@ NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "preference_file.path", "pipeline.evaluator_checkpoint")
 
 
-class Preempted(RuntimeError):
-    """A training stage stopped on SIGTERM; rerun the pipeline to resume it."""
+class Preempted(cli_errors.CliError):
+    """A training stage stopped on SIGTERM, its checkpoint saved; rerun the pipeline to resume
+    it. One line, exit 75 (EX_TEMPFAIL: try again), so a wrapper can tell it from a finished
+    run (0) and a failed one."""
+
+    exit_code = 75
 
 
 class Run:
@@ -361,7 +365,7 @@ def _scr_data_stage(run: Run, processes: Optional[int], grader: str = "mathft") 
              "pairs": dict(pair_stats), "pointwise": dict(point_stats)}
     logging.info("evaluator data: %s", stats)
     if not pair_stats.get("pairs"):
-        raise ValueError("no (correct, incorrect) pairs in the training candidates: the SSFT "
+        raise cli_errors.DataError("no (correct, incorrect) pairs in the training candidates: the SSFT "
                          f"model is always right or always wrong ({stats}); train longer or "
                          "sample more")
     return stats

@@ -134,12 +134,12 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
             f"train.micro_batches={micro_batches}: micro-batches of {batch_size // micro_batches} "
             f"rows do not divide the mesh's {partitioner.batch_shards} data shards")
     if sequence_length > cfg.max_seq_len:
-        raise ValueError(f"train.sequence_length={sequence_length} exceeds "
-                         f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
+        raise settings.SettingError(f"train.sequence_length={sequence_length} exceeds "
+                                    f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
     # Data before compilation: a missing task fails here, in seconds.
     if data_iterator is None:
         if task is None:
-            raise ValueError("train.task is not set (a seqio task or mixture name)")
+            raise settings.SettingError("train.task is not set (a seqio task or mixture name)")
         from mathft_jax.data.dataset import task_batches  # noqa: PLC0415 (seqio)
         data_iterator = task_batches(task, train_split, sequence_length, batch_size, seed, pack)
         if eval_every and eval_iterator_fn is None:

@@ -395,6 +395,28 @@ def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
         gin.clear_config()
 
 
+def test_converter_errors_are_one_line_on_the_command_line(saved, tmp_path):
+    d = _hf_dir_with_tokenizer(saved, tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "eos_token_id": None}))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    with pytest.raises(ConversionError, match="names no EOS token"):
+        tokenizer.hf_tokenizer_files(d)
+
+    def cli(tool, *args):
+        return subprocess.run([sys.executable, "-m", f"mathft_jax.convert.{tool}", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=HANG_LIMIT_S,
+                              env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+    no_eos = cli("import_hf", f"--hf_dir={d}", f"--out={tmp_path / 'ck'}")
+    assert no_eos.returncode == 1 and "Traceback" not in no_eos.stderr, no_eos.stderr[-2000:]
+    assert no_eos.stderr.strip().splitlines()[-1].startswith("import_hf: error: ")
+    assert "names no EOS token" in no_eos.stderr and not (tmp_path / "ck").exists()
+    missing = cli("export_hf", f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path / 'ex'}",
+                  "--debug")  # the traceback too, on request
+    assert missing.returncode == 1 and "Traceback" in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("export_hf: error: ")
+
+
 # ---------------------------------------------------------------- published sizes
 PUBLISHED = {  # parameters, from the model cards (HF "Model size")
     "llama3_8b": 8.03e9, "qwen2_7b": 7.62e9, "qwen2.5_math_1.5b": 1.54e9,

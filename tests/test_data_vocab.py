@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 seqio = pytest.importorskip("seqio")
 
 from mathft_jax.data import vocab  # noqa: E402
+from mathft_jax.settings import SettingError  # noqa: E402
 
 SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3, the seqio convention plus a BOS
 
@@ -103,6 +104,9 @@ def test_hf_vocabulary_ids_and_pickling(tokenizer_json):
     assert (by_name.eos_id, by_name.bos_id) == (1, 3)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         vocab.HfTokenizerVocabulary(str(tokenizer_json), eos_token="<eos_missing>")
+    # no EOS at all: named now, not as a TensorFlow error at the first padded batch
+    with pytest.raises(SettingError, match="names no EOS token; bind get_vocabulary.eos_id"):
+        vocab.HfTokenizerVocabulary(str(tokenizer_json), bos_id=3)
 
 
 def test_get_vocabulary_dispatch_and_decoder_start(tokenizer_json, spm_path):
@@ -110,8 +114,11 @@ def test_get_vocabulary_dispatch_and_decoder_start(tokenizer_json, spm_path):
     assert isinstance(vocab.get_vocabulary(str(spm_path)), seqio.SentencePieceVocabulary)
     from_dir = vocab.get_vocabulary(str(tokenizer_json.parent), bos_id=3, eos_id=1)
     assert isinstance(from_dir, vocab.HfTokenizerVocabulary)
-    with pytest.raises(ValueError, match="unknown vocabulary"):
+    with pytest.raises(SettingError, match="'/no/such/tokenizer.json': not found .* if the "
+                       "checkpoint moved, bind get_vocabulary.name_or_path"):
         vocab.get_vocabulary("/no/such/tokenizer.json")
+    with pytest.raises(SettingError, match="expected 'byte', a SentencePiece"):
+        vocab.get_vocabulary(str(spm_path.parent))  # a folder with no tokenizer.json
     assert vocab.decoder_start_id(from_dir) == 3  # BOS starts the decoder for HF models
     assert vocab.decoder_start_id(vocab.get_vocabulary("byte")) == 0
     assert vocab.decoder_start_id(vocab.get_vocabulary(str(spm_path))) == 0  # bos_id = -1

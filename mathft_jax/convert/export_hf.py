@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from absl import logging
 
-from mathft_jax import checkpoints, model_files, partitioning
+from mathft_jax import checkpoints, cli_errors, model_files, partitioning
 from mathft_jax.convert import hf, model_gin, tokenizer
 from mathft_jax.convert.staging import staged_dir
 
@@ -92,9 +92,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--dtype", default=None,
                         help="tensor dtype (default: the imported checkpoint's, else the params')")
     parser.add_argument("--max_shard_bytes", type=int, default=hf.DEFAULT_SHARD_BYTES)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
-    params_dir = export_checkpoint(args.checkpoint, args.out, gin_file=args.gin_file,
-                                   dtype=args.dtype, max_shard_bytes=args.max_shard_bytes)
+    params_dir = cli_errors.guard(
+        lambda: export_checkpoint(args.checkpoint, args.out, gin_file=args.gin_file,
+                                  dtype=args.dtype, max_shard_bytes=args.max_shard_bytes),
+        "export_hf", args.debug)
     print(json.dumps({"wrote": args.out, "params": params_dir}))
 
 

@@ -17,7 +17,7 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
-from mathft_jax import checkpoints, model_files, partitioning
+from mathft_jax import checkpoints, cli_errors, model_files, partitioning
 from mathft_jax.convert import hf, tokenizer
 from mathft_jax.convert.staging import staged_dir
 
@@ -55,8 +55,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="store and run the model in this dtype (default: stored as the "
                              "checkpoint's, float32 parameters and the checkpoint's compute dtype)")
     parser.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
-    cfg = import_checkpoint(args.hf_dir, args.out, dtype=args.dtype, scan_layers=args.scan_layers)
+    cfg = cli_errors.guard(lambda: import_checkpoint(args.hf_dir, args.out, dtype=args.dtype,
+                                                     scan_layers=args.scan_layers),
+                           "import_hf", args.debug)
     print(f"wrote {args.out}: {cfg.family}, {cfg.num_layers} layers, d_model {cfg.d_model}, "
           f"vocab {cfg.vocab_size}, {cfg.param_dtype}", file=sys.stderr)
 

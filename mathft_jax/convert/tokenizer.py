@@ -62,10 +62,17 @@ class TokenizerFiles:
 
 
 def hf_tokenizer_files(hf_dir) -> TokenizerFiles:
+    """The directory's tokenizer.json and ids. It must name an EOS token: training appends
+    it to every solution and sampling stops on it."""
     path = epath.Path(hf_dir) / TOKENIZER_JSON
     if not path.exists():
         raise ConversionError(f"{path}: missing; the HF directory has no tokenizer.json")
-    return TokenizerFiles(str(path), *special_token_ids(hf_dir))
+    files = TokenizerFiles(str(path), *special_token_ids(hf_dir))
+    if files.eos_id is None:
+        raise ConversionError(f"{hf_dir}: names no EOS token (config.json's eos_token_id, "
+                              "tokenizer_config.json's eos_token): set one of them to the "
+                              "token that ends a solution")
+    return files
 
 
 def hf_vocabulary(hf_dir):

@@ -16,12 +16,14 @@ import re
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from mathft_jax import grading, storage
+from mathft_jax.cli_errors import DataError
 
 PathLike = Union[str, pathlib.Path]
 
 
-class DataFormatError(ValueError):
-    """Input data that does not match its documented schema."""
+class DataFormatError(DataError):
+    """Input data that does not match its documented schema (a ValueError; from the command
+    line, a one-line error naming FILE:LINE, exit 1)."""
 
 
 @dataclasses.dataclass(frozen=True)

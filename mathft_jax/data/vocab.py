@@ -13,6 +13,8 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
+from mathft_jax.settings import SettingError
+
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
     """A seqio Vocabulary over a HuggingFace `tokenizer.json`, via the `tokenizers` package.
@@ -32,6 +34,10 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         self._tokenizer = None
         self._eos_id = eos_id if eos_id is not None else self._token_id(eos_token)
         self._bos_id = bos_id if bos_id is not None else self._token_id(bos_token)
+        if self._eos_id is None:  # seqio appends EOS to every target; sampling stops on it
+            raise SettingError(f"{self._path}: the tokenizer names no EOS token; bind "
+                               "get_vocabulary.eos_id (or get_vocabulary.eos_token) to the "
+                               "token that ends a solution")
         super().__init__(extra_ids=extra_ids)
 
     # Lazy loading keeps the object picklable (gin deep-copies configurable arguments).
@@ -132,8 +138,14 @@ def get_vocabulary(name_or_path: str = "byte", **kwargs) -> seqio.Vocabulary:
         return HfTokenizerVocabulary(str(path), **kwargs)
     if path.suffix == ".model" and path.exists():
         return seqio.SentencePieceVocabulary(str(path), **kwargs)
-    raise ValueError(f"unknown vocabulary {name_or_path!r}: expected 'byte', an existing "
-                     "SentencePiece .model file or a HuggingFace tokenizer.json")
+    if not path.exists():
+        raise SettingError(f"get_vocabulary.name_or_path={name_or_path!r}: not found (a "
+                           "checkpoint's vocab.gin names its tokenizer/ by absolute path: if "
+                           "the checkpoint moved, bind get_vocabulary.name_or_path to its "
+                           "tokenizer/ folder there)")
+    raise SettingError(f"get_vocabulary.name_or_path={name_or_path!r}: expected 'byte', a "
+                       "SentencePiece .model file, a HuggingFace tokenizer.json or a folder "
+                       "holding one")
 
 
 def decoder_start_id(vocabulary: seqio.Vocabulary) -> int:

@@ -200,7 +200,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         problems = sources.problem_records(task, split, problems_file)
         problems = sources.first(problems, max_problems, "grpo.max_problems")
     if not problems:
-        raise ValueError("grpo: no problems to train on")
+        raise settings.SettingError("grpo: no problems to train on (grpo.task, grpo.split, "
+                                    "grpo.problems_file)")
     weights = rewards_lib.reward_weights()
     if vocabulary is None:
         from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415
