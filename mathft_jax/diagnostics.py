@@ -211,6 +211,8 @@ def markdown(diagnostics: dict, k: int) -> str:
                      "likelihood score, or scores outside [0, 1]): no calibration.")
     if calib:
         lines += ["", "| S bin | samples | mean S | accuracy |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| [{b['low']:.1f}, {b['high']:.1f}) | {b['count']} | {_num(b['mean_score'])} | "
-                  f"{_num(b['accuracy'])} |" for b in calib["bins"] if b["count"]]
+        last = calib["bins"][-1]["high"]  # the last bin holds S = 1.0 too (_bin_index)
+        lines += [f"| [{b['low']:.1f}, {b['high']:.1f}{']' if b['high'] == last else ')'} | "
+                  f"{b['count']} | {_num(b['mean_score'])} | {_num(b['accuracy'])} |"
+                  for b in calib["bins"] if b["count"]]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from mathft_jax import atomic, diagnostics, grading, storage, voting
 from mathft_jax.grading import agreement
@@ -52,8 +52,13 @@ def grading_info(records: list[dict], policy: str | None, grader: str) -> dict:
 
 def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
                        n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
-    """{"k", "n_problems", "n_samples", "metrics": {name: {value, ci_low, ci_high, n_problems}}}."""
+    """{"k", "n_problems", "n_samples", "metrics": {name: {value, ci_low, ci_high, n_problems}}}.
+    Warns where K exceeds every problem's samples: MajK@N and RR.Top-K then keep every
+    cluster, so they say nothing that their K means."""
     sizes = [len(problem.correct) for problem in problems]
+    if sizes and k > max(sizes):
+        logging.warning("K=%d exceeds the %d samples of any problem: MajK@N and RR.Top-K keep "
+                        "every cluster (RR.Top-K is RR.All)", k, max(sizes))
     return {
         "k": k,
         "n_problems": len(problems),

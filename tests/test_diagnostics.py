@@ -1,5 +1,6 @@
 """Evaluator diagnostics and baselines against hand-computed values."""
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -159,6 +160,18 @@ def test_report_shows_the_diagnostics_and_plots_them(tmp_path):
     assert "| evaluator S | 1.000 | 1.000 | 2 |" in text and "RR.LL.Top-1" in text
     assert "![evaluator diagnostics, SSFT](evaluator_ssft.png)" in text
     assert (tmp_path / "evaluator_ssft.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| [0.9, 1.0] | 1 |" in text and "| [0.2, 0.3) | 1 |" in text  # 1.0 is in the last bin
+
+
+def test_k_above_every_problems_samples_warns(caplog):
+    graded = evaluate.grade_records([_record([("1", -1.0, 1), ("2", -0.5, 1)])], processes=1,
+                                    progress=False)
+    with caplog.at_level(logging.WARNING):
+        evaluate.summarize_problems(graded, k=2, n_resamples=10)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        evaluate.summarize_problems(graded, k=3, n_resamples=10)
+    assert "K=3 exceeds the 2 samples of any problem" in caplog.text
 
 
 def test_report_plots_the_training_curves_it_is_given(tmp_path):
