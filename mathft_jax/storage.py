@@ -23,6 +23,7 @@ the variable), and TensorStore, which writes Orbax's arrays, reads `TENSORSTORE_
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Union
 
@@ -40,6 +41,10 @@ def use_emulator_everywhere() -> None:
         return
     os.environ.setdefault("EPATH_USE_TF", "false")
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host if "://" in host else f"http://{host}")
+    # gcsfs asks GCS's control plane, which emulators lack, for each bucket's layout, and
+    # warns of the failure every time (hundreds of lines a run); it then works as it should.
+    logging.getLogger("gcsfs").addFilter(
+        lambda record: not record.getMessage().startswith("Could not determine bucket type"))
 
 
 use_emulator_everywhere()
