@@ -18,6 +18,7 @@ from mathft_jax import atomic, storage
 from mathft_jax import grading
 from mathft_jax.grading import extract_answer
 from mathft_jax.parallel import parallel_map
+from mathft_jax.user_errors import DataError
 
 
 # How `samples[].score` was made (`scoring.score_records`): a label evaluator's probability of
@@ -25,8 +26,9 @@ from mathft_jax.parallel import parallel_map
 SCORE_METHODS = ("label", "likelihood")
 
 
-class CandidatesError(ValueError):
-    """A malformed candidates line; the message starts with file:line."""
+class CandidatesError(DataError):
+    """A malformed candidates line; the message starts with file:line (from the command
+    line, one line, exit 1)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,29 +28,12 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
 
-USAGE_EXIT = 2
-DATA_EXIT = 1
+# The error types live where no flag is defined, so that library modules (readers,
+# converters) raise them without defining --debug; re-exported here for the entry points.
+from mathft_jax.user_errors import (DATA_EXIT, USAGE_EXIT, CliError, DataError,  # noqa: F401
+                                    UsageError)
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Print the traceback of a usage or data error.")
-
-
-class CliError(ValueError):
-    """An error meant for the user: printed as one line, exits with `exit_code`. A
-    ValueError, so a setting check can raise it where callers (and tests) catch ValueError."""
-
-    exit_code = DATA_EXIT
-
-
-class UsageError(CliError):
-    """A bad flag or binding: its value, not the data, is wrong (exit 2)."""
-
-    exit_code = USAGE_EXIT
-
-
-class DataError(CliError):
-    """A bad input file or record (exit 1); the message names FILE or FILE:LINE."""
-
-    exit_code = DATA_EXIT
 
 
 GIN_SUFFIX = "\n  In call to configurable"

@@ -53,12 +53,12 @@ def grading_info(records: list[dict], policy: str | None, grader: str) -> dict:
 def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
                        n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """{"k", "n_problems", "n_samples", "metrics": {name: {value, ci_low, ci_high, n_problems}}}.
-    Warns where K exceeds every problem's samples: MajK@N and RR.Top-K then keep every
-    cluster, so they say nothing that their K means."""
+    Warns where K is at least every problem's samples: MajK@N and RR.Top-K then keep every
+    cluster (there are at most N), so they say nothing that their K means."""
     sizes = [len(problem.correct) for problem in problems]
-    if sizes and k > max(sizes):
-        logging.warning("K=%d exceeds the %d samples of any problem: MajK@N and RR.Top-K keep "
-                        "every cluster (RR.Top-K is RR.All)", k, max(sizes))
+    if sizes and k >= max(sizes):
+        logging.warning("K=%d is not below the %d samples of any problem: MajK@N and RR.Top-K "
+                        "keep every cluster (RR.Top-K is RR.All)", k, max(sizes))
     return {
         "k": k,
         "n_problems": len(problems),

@@ -29,6 +29,8 @@ scopes, e.g. `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_o
 from __future__ import annotations
 
 if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax import preemption as _preemption
+    _preemption.install()  # first: a SIGTERM during the slow imports below is kept
     from mathft_jax.entry import run_module
     run_module("mathft_jax.pipeline")
 
@@ -42,7 +44,7 @@ import gin
 from absl import logging
 
 from mathft_jax import (atomic, candidates, cli_errors, distributed, evaluate, grading,
-                        metrics_writer, provenance, report, settings, storage)
+                        metrics_writer, preemption, provenance, report, settings, storage)
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -210,6 +212,7 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
     """Run (or resume) the recipe; returns the evaluation results. config defaults to
     `PipelineConfig()` from gin; `fields` replace some of its settings."""
     cfg = settings.resolve(PipelineConfig, config, **fields)
+    preemption.install()
     run = Run(cfg.run_dir)
     stages, generators = cfg.stages, cfg.generators
     logging.info("pipeline %s in %s: %s", cfg.variant, run.root, " -> ".join(stages))
@@ -257,6 +260,10 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
                 [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS,
                 resolved[stage]))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
+            # A SIGTERM during a stage that does not train (sampling, grading, scoring) is
+            # kept until the stage ends; then the run stops as a training stage does.
+            if index < len(stages) and distributed.any_process(preemption.requested()):
+                raise Preempted(f"pipeline preempted after stage {stage}; rerun to resume")
         if stage == cfg.stop_after:
             return {}
     return json.loads(storage.read_text(run.results()))
@@ -365,9 +372,9 @@ def _scr_data_stage(run: Run, processes: Optional[int], grader: str = "mathft") 
              "pairs": dict(pair_stats), "pointwise": dict(point_stats)}
     logging.info("evaluator data: %s", stats)
     if not pair_stats.get("pairs"):
-        raise cli_errors.DataError("no (correct, incorrect) pairs in the training candidates: the SSFT "
-                         f"model is always right or always wrong ({stats}); train longer or "
-                         "sample more")
+        raise cli_errors.DataError(
+            "no (correct, incorrect) pairs in the training candidates: the SSFT model is always "
+            f"right or always wrong ({stats}); train longer or sample more")
     return stats
 
 
@@ -426,7 +433,7 @@ def score_stage(run: Run, generator: str, evaluator: str) -> dict:
 
 def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
                     resamples: int, processes: Optional[int], grader: str,
-                    trained: Sequence[str]) -> dict:
+                    trained: Sequence[str] = ()) -> dict:
     """Grade, summarise and report on process 0 only: grading is host work with no
     collective, and only process 0 writes. The others wait at the stage's barrier in
     `pipeline` and then read results.json. The barrier here first: on a resumed run it may
@@ -441,11 +448,25 @@ def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
     results = {g: {**evaluate.summarize_problems(problems, k, resamples),
                    "grading": evaluate.grading_info(records[g], None, grader)}
                for g, problems in graded.items()}
-    training = {s: metrics_writer.read_metrics(run.checkpoint(s)) for s in trained
-                if storage.exists(storage.join(run.checkpoint(s), "metrics.jsonl"))}
-    report.write_report(out_dir, results, graded, k, training)
+    report.write_report(out_dir, results, graded, k, _training_metrics(run, trained))
     atomic.write_json(run.results(), results, indent=1)
     return {"generators": list(generators)}
+
+
+def _training_metrics(run: Run, stages: Sequence[str]) -> dict:
+    """{stage: its metrics.jsonl rows} for the report's training curves. A file that is
+    missing (a linked or older stage) or unreadable is left out, with a warning where it
+    exists: a plot is not worth failing the run for."""
+    found = {}
+    for stage in stages:
+        path = storage.join(run.checkpoint(stage), "metrics.jsonl")
+        try:
+            found[stage] = metrics_writer.read_metrics(run.checkpoint(stage))
+        except (OSError, ValueError) as error:  # absent; a torn or foreign line
+            if storage.exists(path):
+                logging.warning("%s: unreadable, no training curves of %s (%s)", path, stage,
+                                error)
+    return found
 
 
 def main(argv):

@@ -69,8 +69,9 @@ def make_preferences(output_path: str = gin.REQUIRED,
     records = (from_candidates(readers.read_candidates(candidates_path)) if candidates_path
                else read_preferences(preferences_path))
     if not records:
-        raise readers.DataFormatError(f"no preference pairs in {candidates_path or preferences_path} (every "
-                         "problem's candidates are all correct or all incorrect?)")
+        raise readers.DataFormatError(
+            f"no preference pairs in {candidates_path or preferences_path} (every problem's "
+            "candidates are all correct or all incorrect?)")
     cfg = DecoderConfig().validate()
     if sequence_length > cfg.max_seq_len:
         raise settings.SettingError(f"make_preferences.sequence_length={sequence_length} exceeds "

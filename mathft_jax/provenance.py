@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 import gin
 
 from mathft_jax import atomic, distributed, storage
-from mathft_jax.cli_errors import UsageError
+from mathft_jax.user_errors import UsageError
 
 OPERATIVE = "config.gin"
 BINDINGS = "bindings.json"

@@ -123,11 +123,17 @@ def write_report(out_dir: str, results: Mapping[str, dict],
 
 def plot_training(path: str, training: Mapping[str, Sequence[dict]]) -> bool:
     """One panel per training stage: `TRAINING_CURVES` (default `LOSS_CURVES`) against its
-    step. False, and no file, where no stage logged any of them."""
+    step. The rows of one step merge, the later values winning (a resumed stage logs the
+    steps after its checkpoint again). False, and no file, where no stage logged any."""
     curves = {}
     for stage, rows in training.items():
-        lines = {key: [(r["step"], r[key]) for r in rows
-                       if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        by_step = {}
+        for row in rows:
+            if isinstance(row.get("step"), int):
+                by_step.setdefault(row["step"], {}).update(row)
+        lines = {key: [(step, by_step[step][key]) for step in sorted(by_step)
+                       if isinstance(by_step[step].get(key), (int, float))
+                       and math.isfinite(by_step[step][key])]
                  for key in TRAINING_CURVES.get(stage, LOSS_CURVES)}
         lines = {key: points for key, points in lines.items() if points}
         if lines:
@@ -135,6 +141,7 @@ def plot_training(path: str, training: Mapping[str, Sequence[dict]]) -> bool:
     if not curves:
         return False
     import matplotlib
+    import numpy as np
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -148,9 +155,10 @@ def plot_training(path: str, training: Mapping[str, Sequence[dict]]) -> bool:
             # Noisy per-step values (GRPO's 5 prompts an iteration): faint, under the
             # trailing mean of a tenth of the run.
             w = len(points) // 10
+            sums = np.cumsum((0.0,) + values)
             ax.plot(steps, values, color=f"C{i}", alpha=0.3, lw=1)
-            ax.plot(steps[w - 1:], [sum(values[j - w + 1:j + 1]) / w for j in range(w - 1, len(values))],
-                    color=f"C{i}", label=f"{key} (mean of {w})")
+            ax.plot(steps[w - 1:], (sums[w:] - sums[:-w]) / w, color=f"C{i}",
+                    label=f"{key} (mean of {w})")
         ax.set_title(stage)
         ax.set_xlabel("iteration" if stage == "grpo" else "step")
         ax.grid(alpha=0.3)

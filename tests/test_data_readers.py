@@ -61,9 +61,11 @@ def test_math_answers_numbers_and_empty_answers(tmp_path, caplog):
         kept = readers.read_jsonl_problems(path, require_answer=True)
     assert [p.problem_id for p in kept] == ["id0", "id1", "id2", "id3"]
     assert "skipped 2 of 6 problems without an answer" in caplog.text and "id4, id5" in caplog.text
-    bad = _problems_file(tmp_path, [{"answer": "1"}, {"answer": [1]}], "bad.jsonl")
-    with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: 'answer' must be a string or a number, not list"):
-        readers.read_jsonl_problems(bad)
+    for value in ([1], True, float("nan")):
+        bad = _problems_file(tmp_path, [{"answer": "1"}, {"answer": value}], "bad.jsonl")
+        with pytest.raises(readers.DataFormatError, match=r"bad.jsonl:2: 'answer' must be a "
+                           r"string or a finite number, not"):
+            readers.read_jsonl_problems(bad)
 
 
 def test_problems_to_sample_skip_those_without_an_answer_and_name_repeated_ids(tmp_path, caplog):
@@ -77,6 +79,9 @@ def test_problems_to_sample_skip_those_without_an_answer_and_name_repeated_ids(t
                            "twice.jsonl")
     with pytest.raises(readers.DataFormatError, match="problem ids are not unique: 'a'"):
         sources.problem_records("math500", "test", problems_file=str(twice))
+    unanswered = _problems_file(tmp_path, [{"solution": "no box"}], "unanswered.jsonl")
+    with pytest.raises(readers.DataFormatError, match="no problem has an answer"):
+        sources.problem_records("math500", "test", problems_file=str(unanswered))
 
 
 def test_math_folder_layout_matches_jsonl(data_dir, tmp_path):

@@ -163,29 +163,37 @@ def test_report_shows_the_diagnostics_and_plots_them(tmp_path):
     assert "| [0.9, 1.0] | 1 |" in text and "| [0.2, 0.3) | 1 |" in text  # 1.0 is in the last bin
 
 
-def test_k_above_every_problems_samples_warns(caplog):
+def test_k_not_below_every_problems_samples_warns(caplog):
     graded = evaluate.grade_records([_record([("1", -1.0, 1), ("2", -0.5, 1)])], processes=1,
                                     progress=False)
     with caplog.at_level(logging.WARNING):
-        evaluate.summarize_problems(graded, k=2, n_resamples=10)
+        evaluate.summarize_problems(graded, k=1, n_resamples=10)
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
-        evaluate.summarize_problems(graded, k=3, n_resamples=10)
-    assert "K=3 exceeds the 2 samples of any problem" in caplog.text
+        evaluate.summarize_problems(graded, k=2, n_resamples=10)  # 2 samples: 2 clusters at most
+    assert "K=2 is not below the 2 samples of any problem" in caplog.text
 
 
-def test_report_plots_the_training_curves_it_is_given(tmp_path):
+def test_report_plots_the_training_curves_it_is_given(tmp_path, monkeypatch):
     from mathft_jax import report
     records = [_record([("1", -1.0, 1), ("2", -0.5, 1)])]
     graded = evaluate.grade_records(records, processes=1, progress=False)
     results = {"ssft": evaluate.summarize_problems(graded, k=1, n_resamples=10)}
     training = {"ssft": [{"step": 1, "train/loss": 2.0}, {"step": 2, "train/loss": float("nan")},
                          {"step": 2, "eval/loss": 1.5}],
-                "grpo": [{"step": 1, "grpo/reward": 0.5, "grpo/accuracy": 0.4}],
+                "grpo": [{"step": i, "grpo/reward": 0.5, "grpo/accuracy": 0.4} for i in range(1, 31)],
                 "scr": [{"step": 1, "train/mfu": 0.1}]}  # none of its curves: no panel
     path = report.write_report(str(tmp_path / "with"), results, {"ssft": graded}, 1, training)
     assert "![training curves](training.png)" in open(path).read()
     assert (tmp_path / "with" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    drawn = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: drawn.update(
+        {ax.get_title(): [line.get_xydata().tolist() for line in ax.get_lines()] for ax in fig.axes}))
+    # a resumed stage logged steps 2 and 3 again: one point a step, the later value, in order
+    assert report.plot_training("unused.png", {"mtsf": [
+        {"step": 1, "train/loss": 3.0}, {"step": 2, "train/loss": 2.0}, {"step": 3, "train/loss": 1.0},
+        {"step": 2, "train/loss": 2.5}, {"step": 3, "train/loss": 1.5}, {"step": 4, "train/loss": 0.5}]})
+    assert drawn == {"mtsf": [[[1, 3.0], [2, 2.5], [3, 1.5], [4, 0.5]]]}
     nothing = {"scr": [{"step": 1, "train/loss": float("inf")}]}
     path = report.write_report(str(tmp_path / "without"), results, {"ssft": graded}, 1, nothing)
     assert "training.png" not in open(path).read()

@@ -132,7 +132,8 @@ def _in(name: str, prefixes) -> bool:
 LAYERS = {
     "plumbing": ("mathft_jax.storage", "mathft_jax.atomic", "mathft_jax.settings",
                  "mathft_jax.preemption", "mathft_jax.parallel", "mathft_jax.distributed",
-                 "mathft_jax.provenance", "mathft_jax.metrics_writer", "mathft_jax.cli_errors"),
+                 "mathft_jax.provenance", "mathft_jax.metrics_writer", "mathft_jax.cli_errors",
+                 "mathft_jax.user_errors"),
     "grading": ("mathft_jax.grading",),
     "model": ("mathft_jax.models", "mathft_jax.partitioning", "mathft_jax.batching",
               "mathft_jax.losses", "mathft_jax.fused_loss", "mathft_jax.objectives",

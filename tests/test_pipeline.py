@@ -188,6 +188,41 @@ def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
     assert not os.path.exists(run.stage_dir("evaluate"))
 
 
+def test_a_sigterm_during_a_stage_stops_the_pipeline_after_it(tmp_path, monkeypatch):
+    from mathft_jax import preemption
+    gin.clear_config()
+    gin_utils.parse_gin(["gin_configs/runs/smoke.gin"],
+                        [f"pipeline.run_dir='{tmp_path}'", "pipeline.variant='ssft'"])
+    ran = []
+
+    def sampling(cfg, run, stage, generator):  # a SIGTERM arrives while it samples
+        ran.append(stage)
+        preemption._requested.set()  # noqa: SLF001 (what the handler does)
+    monkeypatch.setattr(pipeline, "_train_stage", lambda cfg, run, stage: ran.append(stage))
+    monkeypatch.setattr(pipeline, "_sample_stage", sampling)
+    try:
+        with pytest.raises(pipeline.Preempted, match="preempted after stage sample_eval; rerun"):
+            pipeline.pipeline()
+    finally:
+        preemption.reset()
+        gin.clear_config()
+    assert ran == ["ssft", "sample_eval"]  # the stage it was in finished; evaluate did not run
+    assert (tmp_path / "sample_eval" / "DONE.json").exists()
+    assert not (tmp_path / "evaluate").exists()
+
+
+def test_training_curves_leave_out_a_missing_or_unreadable_metrics_file(tmp_path, caplog):
+    run = pipeline.Run(str(tmp_path))
+    for stage, text in (("ssft", '{"step": 1, "train/loss": 2.0}\n{"step": 2, "tra'),
+                        ("scr", '{"step": 1, "train/loss": 1.0}\n')):
+        os.makedirs(run.checkpoint(stage))
+        with open(os.path.join(run.checkpoint(stage), "metrics.jsonl"), "w") as f:
+            f.write(text)
+    found = pipeline._training_metrics(run, ["ssft", "scr", "mtsf"])  # mtsf: never trained
+    assert found == {"scr": [{"step": 1, "train/loss": 1.0}]}
+    assert "ssft/checkpoints/metrics.jsonl: unreadable, no training curves of ssft" in caplog.text
+
+
 def test_the_score_method_must_fit_the_evaluator_trained(tmp_path):
     """A label evaluator is read by its label and one trained on sequence pairs (generation
     format) by its likelihood; a mismatch would score silently wrong, so it stops first."""

@@ -191,6 +191,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run):
     # Kill once a save has committed, so the resume starts from a checkpoint, not step 0.
     wait_for(lambda: checkpoints.any_complete(str(d)) is not None, "a committed save", proc,
              output=proc.stdout.read)
+    assert proc.poll() is None, "the run finished before it could be killed"
     proc.kill()
     proc.wait()
     assert checkpoints.any_complete(str(d)) in (4, 8)  # 8 only if the run got that far

@@ -30,6 +30,9 @@ def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: 
     says so for both).
     """
     hf_dir, out = pathlib.Path(hf_dir), pathlib.Path(out).absolute()
+    # The tokenizer first: a bad one (no EOS) fails before the weights are read.
+    has_tokenizer = (hf_dir / tokenizer.TOKENIZER_JSON).exists()
+    vocabulary = tokenizer.hf_tokenizer_files(hf_dir) if has_tokenizer else None
     with staged_dir(out) as tmp:
         cfg, params = hf.load_hf(hf_dir, mesh=mesh if mesh is not None else partitioning.make_mesh(),
                                  dtype=dtype, scan_layers=scan_layers)
@@ -40,8 +43,6 @@ def import_checkpoint(hf_dir, out, *, dtype: Optional[str] = None, scan_layers: 
         comment = (f"Imported from {hf_dir.absolute()} by mathft_jax.convert.import_hf.\n"
                    "Parameters are float32 for fine-tuning (bind DecoderConfig.param_dtype to "
                    "the compute dtype to halve inference memory).")
-        has_tokenizer = (hf_dir / tokenizer.TOKENIZER_JSON).exists()
-        vocabulary = tokenizer.hf_tokenizer_files(hf_dir) if has_tokenizer else None
         model_files.write_model_files(tmp, cfg, vocabulary, hf_side_dir=hf_dir, comment=comment,
                                       final_dir=out)
     return cfg

@@ -10,13 +10,14 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
 import re
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from mathft_jax import grading, storage
-from mathft_jax.cli_errors import DataError
+from mathft_jax.user_errors import DataError
 
 PathLike = Union[str, pathlib.Path]
 
@@ -82,8 +83,12 @@ def _keep_answered(problems: list[Problem], source: PathLike, require_answer: bo
         logging.warning("%s: skipped %d of %d problems without an answer (`answer` empty or "
                         "absent, and no non-empty \\boxed{} in the solution): %s", source,
                         len(problems) - len(kept), len(problems),
-                        ", ".join(p.problem_id for p in problems if p.answer is None)[:300])
+                        _first_ids([p.problem_id for p in problems if p.answer is None]))
     return kept
+
+
+def _first_ids(ids: list[str], most: int = 10) -> str:
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 # ----------------------------------------------------------------------------- MATH
@@ -94,14 +99,15 @@ def _math_answer(record: dict, solution: str, where: str) -> Optional[str]:
     None where neither gives a non-empty one. PRM800K's split files have `answer: null`
     beside a solution ending in `\\boxed 2`, and `answer: ""` for an empty box."""
     answer = record.get("answer")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
-        raise DataFormatError(f"{where}: 'answer' must be a string or a number, "
-                              f"not {type(answer).__name__}")
+    if (isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None)))
+            or isinstance(answer, float) and not math.isfinite(answer)):
+        raise DataFormatError(f"{where}: 'answer' must be a string or a finite number, "
+                              f"not {answer!r}"[:300])
     if isinstance(answer, (int, float)):
         answer = str(answer)
     if answer is None or not answer.strip():
         answer = grading.extract_answer(solution)
-    return answer if answer and answer.strip() else None
+    return answer.strip() if answer and answer.strip() else None
 
 
 def _math_problem(record: dict, where: str, default_id: str) -> Problem:

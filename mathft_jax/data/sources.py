@@ -51,6 +51,10 @@ def problem_records(name: str, split: str, problems_file: Optional[str] = None) 
     samples, which would count as wrong. Problem ids must be unique."""
     found = (readers.read_math(problems_file, split, require_answer=True) if problems_file
              else problems(name, split, require_answer=True))
+    if not found:
+        raise readers.DataFormatError(f"{problems_file or name}/{split}: no problem has an "
+                                      "answer (an `answer` field, or a \\boxed{} in the "
+                                      "solution) to grade samples against")
     records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer}
                for p in found]
     repeated = sorted({i for i, n in collections.Counter(r["problem_id"] for r in records).items()
