@@ -29,8 +29,6 @@ scopes, e.g. `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_o
 from __future__ import annotations
 
 if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
-    from mathft_jax import preemption as _preemption
-    _preemption.install()  # first: a SIGTERM during the slow imports below is kept
     from mathft_jax.entry import run_module
     run_module("mathft_jax.pipeline")
 
@@ -212,7 +210,6 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
     """Run (or resume) the recipe; returns the evaluation results. config defaults to
     `PipelineConfig()` from gin; `fields` replace some of its settings."""
     cfg = settings.resolve(PipelineConfig, config, **fields)
-    preemption.install()
     run = Run(cfg.run_dir)
     stages, generators = cfg.stages, cfg.generators
     logging.info("pipeline %s in %s: %s", cfg.variant, run.root, " -> ".join(stages))
@@ -260,8 +257,10 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
                 [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS,
                 resolved[stage]))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
-            # A SIGTERM during a stage that does not train (sampling, grading, scoring) is
-            # kept until the stage ends; then the run stops as a training stage does.
+            # A training stage installs the SIGTERM handler (preemption.install); a SIGTERM
+            # during a later stage that does not train (sampling, scoring) then only sets
+            # the flag, so the run stops once that stage ends, as a training stage does.
+            # Before any training stage, SIGTERM ends the process: sampling resumes by chunk.
             if index < len(stages) and distributed.any_process(preemption.requested()):
                 raise Preempted(f"pipeline preempted after stage {stage}; rerun to resume")
         if stage == cfg.stop_after:
