@@ -45,10 +45,7 @@ PARTS_SUFFIX = ".parts"
 
 def load_problems(task: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
     """[{"problem_id", "problem", "gold"}] of a problem source (`sources.problem_records`)."""
-    try:
-        return sources.problem_records(task, split, problems_file)
-    except sources.UnknownSource as e:
-        raise settings.SettingError(f"infer.task={task!r}: {e}, or set infer.problems_file") from None
+    return sources.problem_records(task, split, problems_file, setting="infer")
 
 
 # ----------------------------------------------------------------------------- chunked output

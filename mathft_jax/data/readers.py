@@ -83,11 +83,12 @@ def _keep_answered(problems: list[Problem], source: PathLike, require_answer: bo
         logging.warning("%s: skipped %d of %d problems without an answer (`answer` empty or "
                         "absent, and no non-empty \\boxed{} in the solution): %s", source,
                         len(problems) - len(kept), len(problems),
-                        _first_ids([p.problem_id for p in problems if p.answer is None]))
+                        first_ids([p.problem_id for p in problems if p.answer is None]))
     return kept
 
 
-def _first_ids(ids: list[str], most: int = 10) -> str:
+def first_ids(ids: list[str], most: int = 10) -> str:
+    """The first `most` ids for a message, and how many more there are."""
     return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 

@@ -17,6 +17,7 @@ import logging
 from typing import Callable, Optional
 
 from mathft_jax.data import paths, readers, synthetic
+from mathft_jax.settings import SettingError
 
 Source = Callable[[str, bool], list]
 _SOURCES: dict[str, Source] = {}
@@ -44,13 +45,22 @@ def problems(name: str, split: str, require_answer: bool = False) -> list[reader
     return _SOURCES[name](split, require_answer)
 
 
-def problem_records(name: str, split: str, problems_file: Optional[str] = None) -> list[dict]:
+def problem_records(name: str, split: str, problems_file: Optional[str] = None,
+                    setting: Optional[str] = None) -> list[dict]:
     """[{"problem_id", "problem", "gold"}]: what `infer` samples and `rl` trains on. A
     `problems_file` (MATH-style JSON lines or folder) wins over the source `name`. Problems
     with no answer are skipped, with a warning that counts them: nothing could grade their
-    samples, which would count as wrong. Problem ids must be unique."""
-    found = (readers.read_math(problems_file, split, require_answer=True) if problems_file
-             else problems(name, split, require_answer=True))
+    samples, which would count as wrong. Problem ids must be unique. `setting` (`infer`,
+    `grpo`): an unknown source is a SettingError naming `<setting>.task`."""
+    if problems_file:
+        found = readers.read_math(problems_file, split, require_answer=True)
+    else:
+        try:
+            found = problems(name, split, require_answer=True)
+        except UnknownSource as e:
+            if setting is None:
+                raise
+            raise SettingError(f"{setting}.task={name!r}: {e}, or set {setting}.problems_file") from None
     if not found:
         raise readers.DataFormatError(f"{problems_file or name}/{split}: no problem has an "
                                       "answer (an `answer` field, or a \\boxed{} in the "
@@ -60,9 +70,8 @@ def problem_records(name: str, split: str, problems_file: Optional[str] = None) 
     repeated = sorted({i for i, n in collections.Counter(r["problem_id"] for r in records).items()
                        if n > 1})
     if repeated:
-        raise readers.DataFormatError(
-            f"{problems_file or name}/{split}: problem ids are not unique: "
-            f"{', '.join(map(repr, repeated[:5]))}{' ...' if len(repeated) > 5 else ''}")
+        raise readers.DataFormatError(f"{problems_file or name}/{split}: problem ids are not "
+                                      f"unique: {readers.first_ids(list(map(repr, repeated)))}")
     return records
 
 

@@ -197,10 +197,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
     if problems is None:
         from mathft_jax.data import sources  # noqa: PLC0415
-        try:
-            problems = sources.problem_records(task, split, problems_file)
-        except sources.UnknownSource as e:
-            raise settings.SettingError(f"grpo.task={task!r}: {e}, or set grpo.problems_file") from None
+        problems = sources.problem_records(task, split, problems_file, setting="grpo")
         problems = sources.first(problems, max_problems, "grpo.max_problems")
     if not problems:
         raise settings.SettingError("grpo: no problems to train on (grpo.task, grpo.split, "
