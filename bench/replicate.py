@@ -19,6 +19,8 @@ Per seed (the trainer's data order and initialisation, the sampler's rng, GRPO's
   grpo_sft      grpo plus a supervised term: each policy step also learns the control's
                 batch of reference solutions, at the control's schedule (grpo_sft.gin)
   grpo_sft_dynamic  grpo_sft with grpo_dynamic's sampling (grpo_sft_dynamic.gin)
+  grpo_sft_wide grpo_sft with 4x the prompts an iteration: 8,000 rollouts, not equal
+                extra compute (grpo_sft_wide.gin)
   likelihood    steps_margin's SSFT samples re-ranked by a likelihood evaluator instead of
                 the paper's (ssft_scr_likelihood.gin: SCR on the same training samples as
                 generation-format pairs, scored by exp(mean token log-probability); the
@@ -67,17 +69,18 @@ RUNS = {
     "grpo_dynamic": ["gin_configs/runs/grpo_dynamic.gin"],
     "grpo_sft": ["gin_configs/runs/grpo_sft.gin"],
     "grpo_sft_dynamic": ["gin_configs/runs/grpo_sft_dynamic.gin"],
+    "grpo_sft_wide": ["gin_configs/runs/grpo_sft_wide.gin"],
     "likelihood": ["gin_configs/runs/ssft_scr_likelihood.gin"],
 }
 # Stages a run takes from steps_margin's, so that they differ only where they should.
 SHARED_STAGES = {"steps_xent": ("ssft", "sample_train", "scr_data"), "control": ("ssft",),
                  "dpo": ("ssft", "sample_train", "scr_data"), "grpo": ("ssft",),
                  "grpo_process": ("ssft",), "grpo_dynamic": ("ssft",), "grpo_sft": ("ssft",),
-                 "grpo_sft_dynamic": ("ssft",),
+                 "grpo_sft_dynamic": ("ssft",), "grpo_sft_wide": ("ssft",),
                  "likelihood": ("ssft", "sample_train", "scr_data", "sample_eval")}
 # Runs with no evaluator of their own, scored by steps_margin's (its scr stage).
 SCORED_BY_MARGIN = ("control", "dpo", "grpo", "grpo_process", "grpo_dynamic", "grpo_sft",
-                    "grpo_sft_dynamic")
+                    "grpo_sft_dynamic", "grpo_sft_wide")
 # Each method's stages beyond SSFT (by its row in RL_ROWS): (run, stages), for its cost.
 EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "scr", "mtsf")),
                 "control: SSFT continued": ("control", ("mtsf",)),
@@ -86,14 +89,16 @@ EXTRA_STAGES = {"MTSF (margin)": ("steps_margin", ("sample_train", "scr_data", "
                 "GRPO (process reward)": ("grpo_process", ("grpo",)),
                 "GRPO (dynamic sampling)": ("grpo_dynamic", ("grpo",)),
                 "GRPO + supervised term": ("grpo_sft", ("grpo",)),
-                "GRPO + supervised term, dynamic sampling": ("grpo_sft_dynamic", ("grpo",))}
+                "GRPO + supervised term, dynamic sampling": ("grpo_sft_dynamic", ("grpo",)),
+                "GRPO + supervised term, 4x rollouts": ("grpo_sft_wide", ("grpo",))}
 # The rows of the DPO/GRPO comparison: (row, run, generator).
 RL_ROWS = (("SSFT", "steps_margin", "ssft"), ("MTSF (margin)", "steps_margin", "mtsf"),
            ("control: SSFT continued", "control", "mtsf"), ("DPO", "dpo", "dpo"),
            ("GRPO", "grpo", "grpo"), ("GRPO (process reward)", "grpo_process", "grpo"),
            ("GRPO (dynamic sampling)", "grpo_dynamic", "grpo"),
            ("GRPO + supervised term", "grpo_sft", "grpo"),
-           ("GRPO + supervised term, dynamic sampling", "grpo_sft_dynamic", "grpo"))
+           ("GRPO + supervised term, dynamic sampling", "grpo_sft_dynamic", "grpo"),
+           ("GRPO + supervised term, 4x rollouts", "grpo_sft_wide", "grpo"))
 EXTRA_COMPUTE = """\
 "Equal extra compute" is the same extra budget after the shared SSFT checkpoint: every
 method takes **100 generator optimizer steps** (MTSF's `mtsf` stage; the control's SSFT

@@ -3,10 +3,13 @@ and the share of each iteration's wall time in sampling, grading and training.
 
     python bench/rl_throughput.py                     # tiny, 8 prompts x 8 completions
     python bench/rl_throughput.py --iterations=6 --prompts=16 --generations=8 --steps=2
+    python bench/rl_throughput.py --gin_bindings="grpo.init_checkpoint='runs/x/ssft/checkpoints'" \
+      --gin_bindings=grpo.length_bucket=0    # a trained policy's lengths; whole rows
 
-Runs `mathft_jax.rl.loop.grpo` as `python -m mathft_jax.rl` would (gin_configs/runs/grpo.gin,
-random init: speed does not depend on the weights) and reads its per-iteration metrics. The
-first iteration compiles and is left out. "train" holds the teacher-forced old-policy and
+Runs `mathft_jax.rl.loop.grpo` as `python -m mathft_jax.rl` would (gin_configs/runs/grpo.gin;
+random init unless `grpo.init_checkpoint` is bound: the weights set how long completions
+are, hence how far `grpo.length_bucket` cuts the rows) and reads its metrics. The first
+iteration compiles and is left out. "train" holds the teacher-forced old-policy and
 reference passes as well as the policy steps; "other" is logging and checkpointing.
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ def parse_args():
     p.add_argument("--max_decode_len", type=int, default=96)
     p.add_argument("--steps", type=int, default=1, help="policy steps per iteration")
     p.add_argument("--gin_file", default="gin_configs/runs/grpo.gin")
+    p.add_argument("--gin_bindings", action="append", default=[], help="repeatable")
     p.add_argument("--out", default="")
     return p.parse_args()
 
@@ -40,7 +44,7 @@ def main():
     if args.iterations < 2:
         raise SystemExit("--iterations must be >= 2: the first one compiles and is not timed")
     gin.clear_config()
-    gin_utils.parse_gin([args.gin_file])
+    gin_utils.parse_gin([args.gin_file], args.gin_bindings)
     with tempfile.TemporaryDirectory() as model_dir, gin.config_scope("grpo"):
         loop.grpo(model_dir=model_dir, iterations=args.iterations,
                   prompts_per_iteration=args.prompts, num_generations=args.generations,
@@ -61,13 +65,15 @@ def main():
         "train_steps_per_s": args.steps / phases["train"],
         "sampled_tokens_per_s": statistics.median(r["grpo/response_length"] for r in timed)
         * samples / phases["sample"],
+        "row_length": statistics.median(r["grpo/row_length"] for r in timed),
         "share": {k: v / wall for k, v in phases.items()},
         "seconds": phases,
     }
     path = common.write_json("rl_throughput", result, args.out)
     share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in result["share"].items())
     print(f"\n| {samples} samples/iteration | {result['samples_per_s']:.1f} samples/s | "
-          f"{result['train_steps_per_s']:.2f} train steps/s | {share} |  ({path})")
+          f"{result['train_steps_per_s']:.2f} train steps/s | rows of "
+          f"{result['row_length']:.0f} | {share} |  ({path})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from mathft_jax import checkpoints, decoding, objectives, partitioning, trainer
 from mathft_jax.metrics_writer import read_metrics
 from mathft_jax.models import Decoder
 from mathft_jax.models.decoder import init_params
+from mathft_jax.data.packing import empty_batch, write_segment
 from mathft_jax.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.rl import grpo, loop, rewards, rollout
 from train_utils import TINY
@@ -415,6 +416,36 @@ def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path, monk
     for a, b in zip(jax.tree_util.tree_leaves(_params(sharded.model_dir)),
                     jax.tree_util.tree_leaves(after_one)):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_trim_rows_cuts_the_shared_padding_to_a_bucket_multiple():
+    rows = empty_batch(3, 40)
+    for row, n in enumerate((5, 11)):  # the third row stays empty
+        write_segment(rows, row, 0, 1, np.arange(3, 3 + n // 2, dtype=np.int32),
+                      np.arange(3, 3 + n - n // 2, dtype=np.int32), 0)
+    trimmed = rollout.trim_rows(rows, 8)
+    assert {v.shape for v in trimmed.values()} == {(3, 16)}  # the longest row ends at 11
+    for k, v in rows.items():
+        np.testing.assert_array_equal(trimmed[k], v[:, :16])
+        assert not v[:, 16:].any(), k  # only padding was cut
+    assert rollout.trim_rows(rows, 0) is rows
+    assert rollout.trim_rows(rows, 64)["decoder_segment_ids"].shape == (3, 40)  # at most L
+    assert rollout.trim_rows(empty_batch(2, 40), 8)["decoder_segment_ids"].shape == (2, 8)
+
+
+def test_trimmed_rows_give_the_iteration_of_whole_rows(tmp_path):
+    whole = _run_loop(tmp_path, "whole", iterations=1, length_bucket=0)
+    trimmed = _run_loop(tmp_path, "trimmed", iterations=1, length_bucket=8)
+    got, want = (_rows_without_time(r.model_dir)[0] for r in (trimmed, whole))
+    assert want["grpo/row_length"] == 48 and got["grpo/row_length"] < 48
+    assert got.pop("grpo/row_length") % 8 == 0
+    want.pop("grpo/row_length")
+    assert got.keys() == want.keys()
+    for key in got:
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(jax.tree_util.tree_leaves(_params(trimmed.model_dir)),
+                    jax.tree_util.tree_leaves(_params(whole.model_dir))):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_dynamic_sampling_fills_the_batch_with_signal_and_resumes_at_its_data_position(

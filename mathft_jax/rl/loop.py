@@ -88,7 +88,9 @@ class GrpoConfig:
     minimises sft_weight x the mean token loss (`lm_objective`'s) of the next
     `sft_batch_size` packed `sequence_length` rows of reference solutions of `sft_task`
     (default: `task`; the pipeline's grpo stage sets its SSFT task), split `split`
-    (single-stage SFT + RL, `grpo.with_supervised`); one micro-batch.
+    (single-stage SFT + RL, `grpo.with_supervised`); one micro-batch. length_bucket: the
+    rollout rows are trained cut to their longest row, rounded up to a multiple of this
+    (`rollout.trim_rows`; metric `row_length`); 0 trains whole `sequence_length` rows.
     """
 
     model_dir: Optional[str] = None
@@ -123,6 +125,7 @@ class GrpoConfig:
     sft_weight: float = 0.0
     sft_task: Optional[str] = None
     sft_batch_size: int = 16
+    length_bucket: int = 64
 
     def validate(self) -> "GrpoConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -135,7 +138,8 @@ class GrpoConfig:
                        micro_batches=self.micro_batches, checkpoint_every=self.checkpoint_every,
                        keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
                        top_k=(self.top_k, 0), max_problems=self.max_problems,
-                       sft_batch_size=self.sft_batch_size)
+                       sft_batch_size=self.sft_batch_size,
+                       length_bucket=(self.length_bucket, 0))
         settings.check_real("grpo", "kl_coef", self.kl_coef, 0.0, math.inf)
         settings.check_real("grpo", "temperature", self.temperature, 0.0, math.inf,
                             low_open=True)
@@ -176,7 +180,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
      iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
      top_p, sequence_length, steps_per_iteration, max_sampling_rounds, micro_batches, kl_coef,
      scale_std, evaluator_checkpoint, evaluator_weight, grader, objective, seed, checkpoint_every,
-     keep_checkpoints, async_checkpoints, log_every, sft_weight, sft_task, sft_batch_size) = (
+     keep_checkpoints, async_checkpoints, log_every, sft_weight, sft_task, sft_batch_size,
+     length_bucket) = (
         # every field, in field order
         getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
     cfg = model or DecoderConfig()
@@ -276,7 +281,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                 if with_signal >= prompts_per_iteration:
                     break
             chosen = choose_groups([r.reward for r in rounds], prompts_per_iteration)
-            rows = _stack_groups([r.rows for r in rounds], chosen, num_generations)
+            rows = rollout_lib.trim_rows(
+                _stack_groups([r.rows for r in rounds], chosen, num_generations), length_bucket)
             reward = np.concatenate([r.reward for r in rounds])
             parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
             batch_reward = np.stack([rounds[r].reward[i] for r, i in chosen])
@@ -296,6 +302,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
             last = _iteration_metrics(reward, batch_reward, parts,
                                       np.concatenate([r.lengths for r in rounds]),
                                       entropy, step_metrics, timer.seconds)
+            last["row_length"] = float(rows["decoder_segment_ids"].shape[1])  # after trimming
             if not all(math.isfinite(v) for v in last.values()):
                 raise FloatingPointError(f"non-finite GRPO metrics at iteration {iteration}: {last}")
             if iteration % log_every == 0 or iteration == iterations:

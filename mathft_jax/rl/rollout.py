@@ -57,6 +57,21 @@ def rollout_batch(params, cfg, vocab, problems: Sequence[dict], sampling: decodi
     return Rollout(batch, texts, samples.lengths)
 
 
+def trim_rows(rows: dict, bucket: int) -> dict:
+    """Rows [B, L] cut to the end of their longest row, rounded up to a multiple of `bucket`
+    (at most L; 0: as they are). A row's trailing padding changes nothing before it (causal
+    attention, masked loss), so this only saves the padding's compute; with prompts and
+    completions far shorter than `sequence_length` that is most of a step. Each new length
+    compiles the steps once more: `bucket` bounds how many lengths there are."""
+    if not bucket:
+        return rows
+    length = rows["decoder_segment_ids"].shape[1]
+    used = np.flatnonzero(rows["decoder_segment_ids"].any(axis=0))
+    end = int(used[-1]) + 1 if used.size else 1
+    keep = min(length, -(-end // bucket) * bucket)
+    return {k: v[:, :keep] for k, v in rows.items()}
+
+
 def problem_indices(num_problems: int, seed: int, first: int, count: int) -> np.ndarray:
     """Problems of global prompt positions first .. first + count - 1: epoch e is a
     permutation seeded by (seed, e), so the order is pure arithmetic on the position (a
