@@ -7,13 +7,15 @@
 Resumable: each batch of problems goes to its own chunk file in `<output_path>.parts/`
 (written to a temporary file, then renamed), a restarted run skips the problems found there,
 and the final file is merged from the chunks the same way, so a crash never leaves a
-truncated file. Sample j of problem i always draws from rng stream i * N + j: a resumed run
-writes what an uninterrupted one would. Every process runs this (multi-host); process 0
-alone writes.
+truncated file. SIGTERM stops it after the chunk it is sampling (exit 75). Sample j of
+problem i always draws from rng stream i * N + j: a resumed run writes what an
+uninterrupted one would. Every process runs this (multi-host); process 0 alone writes.
 """
 from __future__ import annotations
 
 if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
+    from mathft_jax import preemption as _preemption
+    _preemption.install()  # first: SIGTERM stops between chunks, keeping what is written
     from mathft_jax.entry import run_module
     run_module("mathft_jax.infer")
 
@@ -31,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning,
-                        provenance, scoring, settings, storage)
+                        preemption, provenance, scoring, settings, storage)
 from mathft_jax import engine as engine_lib
 from mathft_jax.data import formats, sources
 from mathft_jax.grading import POLICIES, extract_answer
@@ -253,6 +255,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         batches = ((todo[b:b + batch_size], decoding.generate(
             params, cfg, prompts[b:b + batch_size], sampling, prompt_ids=todo[b:b + batch_size],
             pad_to=batch_size, **common)) for b in range(0, len(todo), batch_size))
+    _stop_if_preempted(len(problems) - len(todo), len(problems), output_path, bar)
     for index, samples in batches:
         batch = [problems[i] for i in index]
         records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
@@ -265,12 +268,23 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         bar.update(len(batch))
         bar.set_postfix(samples=sampled * num_samples,
                         tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
+        _stop_if_preempted(len(problems) - len(todo) + sampled, len(problems), output_path, bar)
     bar.close()
     if writer:
         merge(output_path, problems, read_done(output_path))
         provenance.write_operative(output_path + ".config.gin")  # the run's operative config
         logging.info("infer: wrote %s (and its operative config, .config.gin)", output_path)
     return output_path
+
+
+def _stop_if_preempted(done: int, total: int, output_path: str, bar) -> None:
+    """After a SIGTERM (the handler of `preemption.install`), stop between chunks: what is
+    written stays, and a rerun resumes there. A collective, as every process samples every
+    chunk."""
+    if distributed.any_process(preemption.requested()):
+        bar.close()
+        raise preemption.Preempted(f"infer preempted after {done} of {total} problems "
+                                   f"({output_path}); rerun to resume")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -43,6 +43,7 @@ from absl import logging
 
 from mathft_jax import (atomic, candidates, cli_errors, distributed, evaluate, grading,
                         metrics_writer, preemption, provenance, report, settings, storage)
+from mathft_jax.preemption import Preempted  # noqa: F401 (stages raise it; exit 75)
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -66,14 +67,6 @@ SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
                 "preference_file.path", "pipeline.evaluator_checkpoint")
-
-
-class Preempted(cli_errors.CliError):
-    """A training stage stopped on SIGTERM, its checkpoint saved; rerun the pipeline to resume
-    it. One line, exit 75 (EX_TEMPFAIL: try again), so a wrapper can tell it from a finished
-    run (0) and a failed one."""
-
-    exit_code = 75
 
 
 class Run:
@@ -258,9 +251,9 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
                 resolved[stage]))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
             # A training stage installs the SIGTERM handler (preemption.install); a SIGTERM
-            # during a later stage that does not train (sampling, scoring) then only sets
-            # the flag, so the run stops once that stage ends, as a training stage does.
-            # Before any training stage, SIGTERM ends the process: sampling resumes by chunk.
+            # during a later stage then only sets the flag: sampling stops after its chunk
+            # (infer), scoring and grading when they end, here. Before any training stage,
+            # SIGTERM ends the process: sampling resumes by chunk.
             if index < len(stages) and distributed.any_process(preemption.requested()):
                 raise Preempted(f"pipeline preempted after stage {stage}; rerun to resume")
         if stage == cfg.stop_after:

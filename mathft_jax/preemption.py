@@ -9,7 +9,17 @@ from __future__ import annotations
 import signal
 import threading
 
+from mathft_jax.user_errors import CliError
+
 _requested = threading.Event()
+
+
+class Preempted(CliError):
+    """A stage stopped on SIGTERM with its work so far kept (a training checkpoint, the
+    sampled chunks); rerun the same command to resume. One line, exit 75 (EX_TEMPFAIL: try
+    again), so a wrapper can tell it from a finished run (0) and a failed one."""
+
+    exit_code = 75
 
 
 def _handler(signum, frame):

@@ -105,6 +105,30 @@ def test_crash_leaves_complete_chunks_and_resume_redoes_only_the_rest(setup, uni
     assert read_lines(output) == uninterrupted
 
 
+def test_sigterm_stops_after_the_chunk_being_sampled_and_a_rerun_resumes(
+        setup, uninterrupted, monkeypatch):
+    from mathft_jax import preemption
+    output = str(setup / "preempted.jsonl")
+    real_generate = decoding.generate
+
+    def sigterm_while_sampling(*args, **kwargs):  # what the SIGTERM handler does, mid-chunk
+        preemption._requested.set()  # noqa: SLF001
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "generate", sigterm_while_sampling)
+    try:
+        with pytest.raises(preemption.Preempted, match="after 8 of 10 problems.*rerun to resume"):
+            run(setup, output, engine="static")
+    finally:
+        preemption.reset()
+    assert preemption.Preempted.exit_code == 75
+    assert not os.path.exists(output)
+    assert os.listdir(infer_lib.parts_dir(output)) == ["00000000.jsonl"]  # that chunk is kept
+    monkeypatch.setattr(decoding, "generate", real_generate)
+    run(setup, output, engine="static")
+    assert read_lines(output) == uninterrupted
+
+
 def test_an_unreadable_chunk_is_redone_but_an_unreadable_final_file_is_an_error(tmp_path):
     output = str(tmp_path / "cands.jsonl")
     good = {"problem_id": "a", "problem": "p", "gold": "1",
