@@ -43,7 +43,7 @@ from absl import logging
 
 from mathft_jax import (atomic, candidates, cli_errors, distributed, evaluate, grading,
                         metrics_writer, preemption, provenance, report, settings, storage)
-from mathft_jax.preemption import Preempted  # noqa: F401 (stages raise it; exit 75)
+from mathft_jax.preemption import Preempted
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
