@@ -30,7 +30,8 @@ control, dpo and the grpo runs train no evaluator: steps_margin's scores their t
 
 Equal extra compute (EXTRA_COMPUTE, written into the report): every method after SSFT takes
 the same 100 generator optimizer steps as MTSF's stage; the methods that learn from sampled
-training solutions get about the 2,048 that MTSF samples (128 problems x 16); the measured
+training solutions get about the 2,048 that MTSF samples (128 problems x 16; grpo_sft_wide,
+a diagnostic, 8,000); the measured
 stage time of each method's extra stages (DONE.json, shared stages counted in each method
 that uses them) is reported beside the metrics.
 
@@ -107,7 +108,8 @@ and the methods that learn from sampled training solutions get **about 2,048 of 
 MTSF and DPO share `sample_train`'s 128 problems x 16 samples; GRPO samples its own
 on-policy, 50 iterations x 5 prompts x 8 generations = 2,000 (with dynamic sampling, up to
 4 rounds of 5 prompts an iteration: up to 8,000; `grpo/prompts_sampled` in its
-metrics.jsonl counts them). MTSF spends 80 more optimizer steps on its evaluator; the
+metrics.jsonl counts them). GRPO with a supervised term and 4x rollouts (20 prompts an
+iteration: 8,000) is outside this budget: it asks what more samples buy. MTSF spends 80 more optimizer steps on its evaluator; the
 control samples nothing. Equal steps are not equal FLOPs: MTSF's and the control's steps
 see 16 packed 256-token rows (4,096 tokens); DPO's 16 pairs are 32 unpacked rows (~130
 real tokens each) plus one reference pass over the pairs; GRPO's 40 unpacked 256-token

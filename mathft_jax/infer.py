@@ -255,7 +255,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         batches = ((todo[b:b + batch_size], decoding.generate(
             params, cfg, prompts[b:b + batch_size], sampling, prompt_ids=todo[b:b + batch_size],
             pad_to=batch_size, **common)) for b in range(0, len(todo), batch_size))
-    _stop_if_preempted(len(problems) - len(todo), len(problems), output_path, bar)
+    if todo:
+        _stop_if_preempted(len(problems) - len(todo), len(problems), output_path, bar)
     for index, samples in batches:
         batch = [problems[i] for i in index]
         records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
@@ -268,7 +269,9 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         bar.update(len(batch))
         bar.set_postfix(samples=sampled * num_samples,
                         tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
-        _stop_if_preempted(len(problems) - len(todo) + sampled, len(problems), output_path, bar)
+        if sampled < len(todo):  # after the last chunk: merge, as if no SIGTERM came
+            _stop_if_preempted(len(problems) - len(todo) + sampled, len(problems), output_path,
+                               bar)
     bar.close()
     if writer:
         merge(output_path, problems, read_done(output_path))

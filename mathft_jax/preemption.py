@@ -1,8 +1,10 @@
 """SIGTERM handling: TPU VMs and schedulers send SIGTERM before preempting a job.
 
-The handler only sets a flag; the train loop checks it between steps, saves a checkpoint
-at the current step and exits cleanly. In multi-process runs the flag is agreed on by all
-processes (see `distributed.any_process`) so that every process saves the same step.
+The handler only sets a flag. The train and GRPO loops check it between steps, save a
+checkpoint at the current step and exit cleanly; infer checks it between chunks and raises
+`Preempted` (exit 75) with the chunks written kept. In multi-process runs the flag is agreed
+on by all processes (see `distributed.any_process`), so every process stops at the same
+point.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def _handler(signum, frame):
 def install() -> None:
     """Install the SIGTERM handler (main thread only; elsewhere it is a no-op). Entry
     points call it first thing, before any slow import, so a SIGTERM during start-up is
-    kept (not cleared) and honoured when the train loop begins."""
+    kept (not cleared) and honoured when the loop begins (infer: before its first chunk)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _handler)
 

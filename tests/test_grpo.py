@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from mathft_jax import checkpoints, decoding, objectives, partitioning, trainer
+from mathft_jax.data.packing import empty_batch, write_segment
 from mathft_jax.metrics_writer import read_metrics
 from mathft_jax.models import Decoder
 from mathft_jax.models.decoder import init_params
-from mathft_jax.data.packing import empty_batch, write_segment
 from mathft_jax.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.rl import grpo, loop, rewards, rollout
 from train_utils import TINY
@@ -231,6 +231,10 @@ def test_objective_normalisations_by_hand(normalization):
     assert float(out["weight"]) == want[1]
     assert float(out["token_kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(out["tokens"]) == 14.0 and float(out["token_clipped"]) == 0.0
+    # rows the loop trimmed from 12 positions to 10: Dr. GRPO's constant is still 4 x 12
+    out = grpo.grpo_objective(model, params, {**batch, "full_length": np.full(4, 12.0)},
+                              kl_coef=0.5, normalization=normalization, temperature=0.7)
+    assert float(out["weight"]) == (4 * 12.0 if normalization == "constant" else want[1])
 
 
 @pytest.mark.parametrize("normalization", grpo.NORMALIZATIONS)
@@ -270,7 +274,8 @@ def test_supervised_term_adds_the_weighted_mean_cross_entropy_of_the_solutions(n
 @pytest.mark.parametrize("softcap", [None, 5.0], ids=["untied", "tied+softcap"])
 def test_loss_chunk_gives_the_loss_and_gradients_of_full_logits(normalization, softcap):
     """Off the sampling policy (ratios != 1, some clipped) and with a KL term: the chunked
-    output projection (fused_loss.chunked_row_sums) changes neither the sums nor the grads."""
+    output projection (fused_loss.chunked_row_sums) changes neither the sums nor the grads,
+    also where the chunk does not divide the rows' length (16 positions padded to 18)."""
     cfg = TINY.replace(dtype="float32", tie_embeddings=softcap is not None,
                        final_logit_softcap=softcap)
     rng = np.random.default_rng(1)
@@ -290,7 +295,7 @@ def test_loss_chunk_gives_the_loss_and_gradients_of_full_logits(normalization, s
 
     (_, ref), ref_grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     (_, sums), grads = jax.jit(jax.value_and_grad(
-        functools.partial(loss, loss_chunk=4), has_aux=True))(params)
+        functools.partial(loss, loss_chunk=6), has_aux=True))(params)
     assert 0 < float(ref["token_clipped"]) < float(ref["tokens"]) and float(ref["token_kl"]) > 0
     for k in ref:
         np.testing.assert_allclose(sums[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -335,6 +340,7 @@ def test_one_update_raises_rewarded_completions_log_probability():
 
 def _run_loop(tmp_path, name, mesh=None, iterations=2, reward="digits", **kw):
     kw.setdefault("kl_coef", 0.05)
+    kw.setdefault("length_bucket", 16)  # rows of 48 trained cut to 32 or 48
     gin.bind_parameter("reward_weights.weights", {reward: 1.0, "crash_test": 1.0, "boxed": 0.1})
     gin.bind_parameter("learning_rate_schedule.peak", 3e-3)
     return loop.grpo(model_dir=str(tmp_path / name), problems=PROBLEMS, iterations=iterations,
@@ -433,7 +439,9 @@ def test_trim_rows_cuts_the_shared_padding_to_a_bucket_multiple():
     assert rollout.trim_rows(empty_batch(2, 40), 8)["decoder_segment_ids"].shape == (2, 8)
 
 
-def test_trimmed_rows_give_the_iteration_of_whole_rows(tmp_path):
+@pytest.mark.parametrize("normalization", ["token", "constant"])
+def test_trimmed_rows_give_the_iteration_of_whole_rows(tmp_path, normalization):
+    gin.bind_parameter("grpo_objective.normalization", normalization)
     whole = _run_loop(tmp_path, "whole", iterations=1, length_bucket=0)
     trimmed = _run_loop(tmp_path, "trimmed", iterations=1, length_bucket=8)
     got, want = (_rows_without_time(r.model_dir)[0] for r in (trimmed, whole))

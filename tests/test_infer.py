@@ -105,27 +105,29 @@ def test_crash_leaves_complete_chunks_and_resume_redoes_only_the_rest(setup, uni
     assert read_lines(output) == uninterrupted
 
 
+@pytest.mark.parametrize("engine", ["static", "continuous"])
 def test_sigterm_stops_after_the_chunk_being_sampled_and_a_rerun_resumes(
-        setup, uninterrupted, monkeypatch):
+        setup, uninterrupted, monkeypatch, engine):
     from mathft_jax import preemption
-    output = str(setup / "preempted.jsonl")
-    real_generate = decoding.generate
+    output = str(setup / f"preempted_{engine}.jsonl")
+    real_records = infer_lib.make_records
 
     def sigterm_while_sampling(*args, **kwargs):  # what the SIGTERM handler does, mid-chunk
         preemption._requested.set()  # noqa: SLF001
-        return real_generate(*args, **kwargs)
+        return real_records(*args, **kwargs)
 
-    monkeypatch.setattr(decoding, "generate", sigterm_while_sampling)
+    monkeypatch.setattr(infer_lib, "make_records", sigterm_while_sampling)
     try:
         with pytest.raises(preemption.Preempted, match="after 8 of 10 problems.*rerun to resume"):
-            run(setup, output, engine="static")
+            run(setup, output, engine=engine)
+        assert preemption.Preempted.exit_code == 75
+        assert not os.path.exists(output)
+        assert os.listdir(infer_lib.parts_dir(output)) == ["00000000.jsonl"]  # that chunk stays
+        preemption.reset()
+        run(setup, output, engine=engine)  # a SIGTERM during the last chunk: it merges anyway
+        assert preemption.requested()
     finally:
         preemption.reset()
-    assert preemption.Preempted.exit_code == 75
-    assert not os.path.exists(output)
-    assert os.listdir(infer_lib.parts_dir(output)) == ["00000000.jsonl"]  # that chunk is kept
-    monkeypatch.setattr(decoding, "generate", real_generate)
-    run(setup, output, engine="static")
     assert read_lines(output) == uninterrupted
 
 

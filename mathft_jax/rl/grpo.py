@@ -97,7 +97,9 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
     the sampler's (the loop passes it), so ratios and KL are of the sampled distribution.
     loss_chunk > 0: the output projection `loss_chunk` positions at a time
     (`fused_loss.chunked_row_sums`), as the other objectives: the same sums and gradients
-    without the [batch, length, vocab] logits.
+    without the [batch, length, vocab] logits; rows it does not divide (the loop's trimmed
+    rows) are padded up to whole chunks. `constant` normalisation divides by rows x length,
+    the length before trimming where the batch gives it (`full_length`).
 
     Besides the loss, sums whose ratios are the per-token metrics whatever the normaliser:
     token_kl / tokens, token_clipped / tokens, token_entropy / tokens.
@@ -107,6 +109,13 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
                          f"{NORMALIZATIONS}")
     if kl_coef and "ref_log_probs" not in batch:
         raise KeyError("grpo_objective.kl_coef > 0 needs the batch feature 'ref_log_probs'")
+    rows, length = batch["decoder_loss_weights"].shape
+    # Dr. GRPO's constant: the rows' length before the loop trimmed their padding, so
+    # trimming changes no loss (the float feature `full_length` [batch], where it is given)
+    constant = (jnp.sum(batch["full_length"].astype(jnp.float32)) if "full_length" in batch
+                else jnp.float32(rows * length))
+    if loss_chunk and length > loss_chunk and length % loss_chunk:
+        batch = _pad_length(batch, -length % loss_chunk)  # trimmed rows: whole chunks again
     mask = batch["decoder_loss_weights"].astype(jnp.float32)
     advantages = batch["advantages"]
     has_ref = "ref_log_probs" in batch
@@ -136,14 +145,19 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
         weight = jnp.sum((row_tokens > 0).astype(jnp.float32))
     else:
         loss = jnp.sum(row_loss)
-        weight = (jnp.sum(row_tokens) if normalization == "token"
-                  else jnp.float32(mask.shape[0] * mask.shape[1]))
+        weight = jnp.sum(row_tokens) if normalization == "token" else constant
     return {"loss": loss, "weight": weight,
             "pg_loss": jnp.sum(pg),
             "tokens": jnp.sum(row_tokens),
             "token_kl": jnp.sum(kl),
             "token_clipped": jnp.sum(clipped),
             "token_entropy": jnp.sum(entropy)}
+
+
+def _pad_length(batch: Batch, pad: int) -> Batch:
+    """The batch's [batch, length] features with `pad` empty positions more (zeros: no
+    segment, no loss); per-row features ([batch]) as they are."""
+    return {k: jnp.pad(v, ((0, 0), (0, pad))) if v.ndim == 2 else v for k, v in batch.items()}
 
 
 def with_supervised(objective, weight: float):

@@ -288,7 +288,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
             batch_reward = np.stack([rounds[r].reward[i] for r, i in chosen])
             with timer("train"):
                 batch = _training_batch(rows, batch_reward, scale_std, state.params, reference,
-                                        stats_fn, partitioner)
+                                        stats_fn, partitioner, sequence_length)
                 entropy = float(batch.pop("entropy_mean"))
                 batch = {k: partitioner.to_global(v) for k, v in batch.items()}
                 step_metrics = []
@@ -385,12 +385,14 @@ def _with_solutions(batch: dict, solutions, partitioner: partitioning.Partitione
 
 
 def _training_batch(rows: dict, reward: np.ndarray, scale_std: bool, params, reference,
-                    stats_fn, partitioner: partitioning.Partitioner) -> dict:
+                    stats_fn, partitioner: partitioning.Partitioner, full_length: int) -> dict:
     """The rollout rows plus advantages, the sampling policy's token log-probs (teacher
-    forced: one pass) and the reference's; `entropy_mean` rides along for the metrics."""
+    forced: one pass) and the reference's, and the rows' length before trimming
+    (`full_length`, Dr. GRPO's constant); `entropy_mean` rides along for the metrics."""
     batch = dict(rows)
     batch["advantages"] = np.asarray(
         grpo_lib.group_advantages(reward, scale_std), np.float32).reshape(-1)
+    batch["full_length"] = np.full(len(batch["advantages"]), full_length, np.float32)
     device_rows = {k: partitioner.to_global(v) for k, v in rows.items()}
     with partitioner.context():
         old, entropy = stats_fn(params, device_rows)
