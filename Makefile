@@ -11,8 +11,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # tests; 17.9 min for 1,098 later that day; 20.4 min for 1,101 on 2026-12-06, and 26.0 min
 # with another busy process beside it; with the shared compilation cache, 19.9 and then 20.2
 # min for 1,103, and 33.8 min beside a replicate run: over the 20-minute goal, see the
-# slowest tests with PYTEST_ARGS="-n 2 --dist loadfile --durations=30"). PYTEST_ARGS= runs
-# it serially.
+# slowest tests with PYTEST_ARGS="-n 2 --dist loadfile --durations=30"). Compiling at XLA's
+# optimisation level 0 (tests/xla_env.py) then took a cold run from 16:10 to 11:23.
+# PYTEST_ARGS= runs it serially.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: test demo venv bench clean

@@ -1,13 +1,14 @@
-"""Test set-up: fake CPU devices for sharding tests, and the shared-data fixture.
+"""Test set-up: fake CPU devices for sharding tests, fast compiles (tests/xla_env.py), and
+the shared-data fixture.
 
 XLA_FLAGS must be set before JAX initialises its backends, so it is set here at import
 time, before any test module imports jax.
 """
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+from xla_env import EIGHT_DEVICES, FAST_COMPILE, with_flags  # noqa: E402 (tests/ is on sys.path)
+
+os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), EIGHT_DEVICES, FAST_COMPILE)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # gs:// through gcsfs, which honours STORAGE_EMULATOR_HOST (tests/gcs_emulator.py): etils

@@ -5,12 +5,13 @@ import pathlib
 import subprocess
 import sys
 from waiting import HANG_LIMIT_S
+from xla_env import one_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = one_device_env(JAX_PLATFORMS="cpu")
     out, profiles = tmp_path / "mfu.json", tmp_path / "profiles"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "mfu.py"), "--smoke", f"--out={out}",
                         f"--profile_dir={profiles}"],

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 from waiting import HANG_LIMIT_S
+from xla_env import one_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+ENV = one_device_env(TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def _run(script, *args):

@@ -8,6 +8,7 @@ import sys
 import pytest
 from train_utils import SMALL_TRAIN_SPLIT
 from waiting import HANG_LIMIT_S, wait_for
+from xla_env import one_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(module, *bindings, gin_file="gin_configs/models/tiny.gin"):
     cmd = [sys.executable, "-m", module, f"--gin_file={gin_file}",
            *[f"--gin_bindings={b}" for b in bindings]]
-    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
+    return subprocess.run(cmd, cwd=REPO, env=one_device_env(),
                           capture_output=True, text=True, timeout=HANG_LIMIT_S)
 
 
@@ -83,7 +84,7 @@ def test_sigterm_during_train_start_up_exits_cleanly(tmp_path):
     cmd = [sys.executable, "-m", "mathft_jax.train", "--gin_file=gin_configs/models/tiny.gin",
            "--gin_bindings=train.task='synthetic_arith_steps'", SMALL_TRAIN_SPLIT,
            f"--gin_bindings=train.model_dir='{model_dir}'", "--gin_bindings=train.total_steps=50"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, XLA_FLAGS=""),
+    proc = subprocess.Popen(cmd, cwd=REPO, env=one_device_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # The event: numpy's extension is mapped, so the slow imports (jax, gin, data) are under
     # way; the handler must already be there.

@@ -24,6 +24,7 @@ from mathft_jax.convert.export_hf import export_checkpoint  # noqa: E402
 from mathft_jax.convert.import_hf import import_checkpoint  # noqa: E402
 from mathft_jax.models import Decoder, count_params  # noqa: E402
 from waiting import HANG_LIMIT_S  # noqa: E402
+from xla_env import one_device_env  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 128
@@ -210,7 +211,7 @@ def test_round_trip_through_checkpoint_and_transformers(saved, tmp_path, family)
 def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
     hf_dir, _ = saved("gemma")
     out = tmp_path / "ckpt"
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = one_device_env(JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-m", "mathft_jax.convert.import_hf", f"--hf_dir={hf_dir}",
                     f"--out={out}", "--dtype=float32"], check=True, env=env, cwd=REPO,
                    timeout=HANG_LIMIT_S)
@@ -406,7 +407,7 @@ def test_converter_errors_are_one_line_on_the_command_line(saved, tmp_path):
     def cli(tool, *args):
         return subprocess.run([sys.executable, "-m", f"mathft_jax.convert.{tool}", *args],
                               capture_output=True, text=True, cwd=REPO, timeout=HANG_LIMIT_S,
-                              env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                              env=one_device_env(JAX_PLATFORMS="cpu"))
     no_eos = cli("import_hf", f"--hf_dir={d}", f"--out={tmp_path / 'ck'}")
     assert no_eos.returncode == 1 and "Traceback" not in no_eos.stderr, no_eos.stderr[-2000:]
     assert no_eos.stderr.strip().splitlines()[-1].startswith("import_hf: error: ")

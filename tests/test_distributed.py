@@ -19,6 +19,7 @@ import psutil
 import pytest
 from train_utils import SMALL_TRAIN_SPLIT
 from waiting import HANG_LIMIT_S, wait_for
+from xla_env import FAST_COMPILE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN_SH = str(REPO / "launch" / "run.sh")
@@ -35,7 +36,7 @@ BAD_INPUT_TIMEOUT_S = HANG_LIMIT_S
 
 def _env(**extra) -> dict:
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # run.sh --devices_per_process sets the device count
+    env["XLA_FLAGS"] = FAST_COMPILE  # run.sh --devices_per_process adds the device count
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", MATHFT_INIT_TIMEOUT="60",
                PYTHONUNBUFFERED="1", PYTHON=PY)
     env.update(extra)

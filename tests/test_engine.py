@@ -207,9 +207,23 @@ def test_infer_continuous_killed_and_resumed_writes_the_static_file(setup, monke
     assert os.listdir(infer_lib.parts_dir(output)) == ["00000000.jsonl"]
     monkeypatch.setattr(engine, "_compiled", real)
     assert read_lines(run_infer(setup, output, engine="continuous", chunk=5)) == static
-    uninterrupted = read_lines(run_infer(setup, setup / "c2.jsonl", engine="continuous", slots=8,
-                                         chunk=3))
-    assert uninterrupted == static
+    # Other slots: other batch shapes, so the log-likelihoods may differ in their last bits,
+    # and so in the file's 4th decimal; the samples are the same.
+    other_slots = read_lines(run_infer(setup, setup / "c2.jsonl", engine="continuous", slots=8,
+                                       chunk=3))
+    assert [_without_logprobs(line) for line in other_slots] == \
+        [_without_logprobs(line) for line in static]
+    np.testing.assert_allclose(_logprobs(other_slots), _logprobs(static), rtol=0, atol=2e-4)
+
+
+def _without_logprobs(line):
+    record = json.loads(line)
+    record["samples"] = [{k: v for k, v in s.items() if k != "logprob"} for s in record["samples"]]
+    return record
+
+
+def _logprobs(lines):
+    return [s["logprob"] for line in lines for s in json.loads(line)["samples"]]
 
 
 def test_infer_rejects_an_unknown_engine(setup):

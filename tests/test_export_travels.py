@@ -28,6 +28,7 @@ from mathft_jax.convert.export_hf import export_checkpoint  # noqa: E402
 from mathft_jax.convert.import_hf import import_checkpoint  # noqa: E402
 from mathft_jax.data import formats  # noqa: E402
 from mathft_jax.data import vocab as vocab_lib  # noqa: E402
+from xla_env import FAST_COMPILE, one_device_env  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPECIALS = ["<pad>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>"]  # ids 0..4
@@ -193,7 +194,7 @@ def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_t
         subprocess.run([sys.executable, "-m", "mathft_jax.convert.export_hf",
                         f"--checkpoint={model_dir / str(STEP)}", f"--out={out}"], check=True,
                        cwd=REPO, timeout=180,
-                       env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                       env=one_device_env(JAX_PLATFORMS="cpu"))
     else:
         assert export_checkpoint(model_dir / str(STEP), out).endswith(f"{STEP}/params")
 
@@ -374,7 +375,7 @@ def test_a_step_on_gcs_exports_with_no_other_flag(hf_dirs, tmp_path, monkeypatch
         subprocess.run([sys.executable, "-m", "mathft_jax.convert.export_hf",
                         f"--checkpoint={model_dir}/{STEP}", f"--out={tmp_path / 'export'}"],
                        check=True, cwd=REPO, timeout=180,
-                       env={**env, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                       env={**env, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu"})
     assert not (REPO / "gs:").exists() and not (pathlib.Path.cwd() / "gs:").exists()
     generation = json.loads((tmp_path / "export" / "generation_config.json").read_text())
     ids = [generation[f"{k}_token_id"] for k in ("bos", "eos", "pad")]

@@ -14,6 +14,7 @@ import pytest
 
 from mathft_jax import candidates, gin_utils, pipeline, voting
 from waiting import HANG_LIMIT_S, wait_for
+from xla_env import one_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def _pipeline(run_dir, *bindings, log=None):
     cmd = [sys.executable, "-m", "mathft_jax.pipeline", "--gin_file=gin_configs/runs/smoke.gin",
            f"--gin_bindings=pipeline.run_dir='{run_dir}'", "--gin_bindings=scr/train.total_steps=40",
            *[f"--gin_bindings={b}" for b in bindings]]
-    env = dict(os.environ, XLA_FLAGS="")  # one CPU device: the pipeline's own default
+    env = one_device_env()
     if log is None:
         return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=HANG_LIMIT_S)

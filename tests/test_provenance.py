@@ -10,6 +10,7 @@ import gin
 import pytest
 
 from mathft_jax import provenance, train
+from xla_env import one_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +19,7 @@ def _pipeline(run_dir, *bindings):
     cmd = [sys.executable, "-m", "mathft_jax.pipeline", "--gin_file=gin_configs/runs/smoke.gin",
            f"--gin_bindings=pipeline.run_dir='{run_dir}'", "--gin_bindings=pipeline.stop_after='ssft'",
            *[f"--gin_bindings={b}" for b in bindings]]
-    env = dict(os.environ, XLA_FLAGS="")
+    env = one_device_env()
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 

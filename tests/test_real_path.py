@@ -25,6 +25,7 @@ pytest.importorskip("gcsfs")
 from gcs_emulator import gcs_emulator  # noqa: E402
 from real_path_utils import math_lines, save_tiny_llama, train_tokenizer  # noqa: E402
 from waiting import wait_for  # noqa: E402
+from xla_env import FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mathft-test"
@@ -94,7 +95,7 @@ def test_readme_real_path_on_gcs_emulator(tmp_path, data_dir):
     run = f"gs://{BUCKET}/runs/mtsf_math"
     with gcs_emulator(BUCKET, str(tmp_path / "gcs.log")):
         env = dict(os.environ, HF_MODEL=str(hf_model), CKPT=str(tmp_path / "ckpt"), RUN=run,
-                   XLA_FLAGS="", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   XLA_FLAGS=FAST_COMPILE, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         logs = open(tmp_path / "commands.log", "w")
 
         def run_to_end(command):
