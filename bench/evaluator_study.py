@@ -43,6 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 from replicate import share_stages  # noqa: E402  (the same links between runs)
 BASE_GIN = "gin_configs/runs/ssft_scr.gin"
+LIKELIHOOD_GIN = "gin_configs/evaluators/likelihood.gin"  # the likelihood evaluator's one home
 HELDOUT = 0.1  # share of the training problems held out from the evaluator's training
 # The generation prompt, then the evaluator's question: the candidate is read in the very
 # format the SSFT model was trained to write it in.
@@ -91,10 +92,25 @@ def _setting(problems=1024, pairs=4, steps=80, batch=16, loss="margin", labels="
         b += ["pipeline.scr_task='scr_steps_pairwise'", "score_records.steps=True"]
     if template == "generation":
         b += [f"evaluator_prompt.template='{GENERATION_TEMPLATE}'"]
-    if evaluator == "likelihood":
-        b += ["pipeline.scr_task='scr_sequence_pairwise'", "scr/train.objective=@sequence_objective",
-              f"sequence_pair_examples.num_pairs={pairs}", "score_records.method='likelihood'"]
+    if evaluator == "likelihood":  # the file's settings, then this setting's pairs and lr
+        b = gin_file_bindings(LIKELIHOOD_GIN) + b + [f"sequence_pair_examples.num_pairs={pairs}"]
     return b
+
+
+def gin_file_bindings(path: str) -> list:
+    """A gin file of plain bindings as `--gin_bindings` (`name=value`), so that a setting
+    starts from the file and overrides what it varies after it."""
+    bindings = []
+    with open(os.path.join(REPO, path)) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if "=" not in line or line.startswith(("include", "import")):
+                raise ValueError(f"{path}: {line!r} is not a plain binding")
+            name, value = line.split("=", 1)
+            bindings.append(f"{name.strip()}={value.strip()}")
+    return bindings
 
 
 # name -> (what it varies, bindings). "demo" is synthetic_base.gin's SCR stage (make demo's
