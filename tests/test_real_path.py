@@ -25,7 +25,7 @@ pytest.importorskip("gcsfs")
 from gcs_emulator import gcs_emulator  # noqa: E402
 from real_path_utils import math_lines, save_tiny_llama, train_tokenizer  # noqa: E402
 from waiting import wait_for  # noqa: E402
-from xla_env import FAST_COMPILE
+from xla_env import FAST_COMPILE  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mathft-test"
