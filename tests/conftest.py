@@ -20,7 +20,8 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 # program, devices and XLA flags. A size bound turns on JAX's file lock, so that no process
 # reads an entry half written; the lock's LRU bookkeeping scans every entry on each write,
 # so programs that compile in under 0.5 s (most of them, a small share of the time) are
-# not stored. It lives in .pytest_cache (git-ignored).
+# not stored (cold runs at 0.2 s and 1.0 s took 13:21 and 13:55 against 11:23, one run each,
+# 2026-12-06). It lives in .pytest_cache (git-ignored).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
