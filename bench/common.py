@@ -17,10 +17,11 @@ import jax  # noqa: E402
 def model_config(gin_files, bindings=(), **overrides):
     """The DecoderConfig of these model gin files (plus field overrides), validated."""
     import gin
-    from mathft_jax import gin_utils
+    from mathft_jax.core import gin_utils
+    from mathft_jax.models.config import DecoderConfig
     gin.clear_config()
     gin_utils.parse_gin(gin_files, bindings)
-    cfg = gin_utils.model_config().replace(**overrides).validate()
+    cfg = DecoderConfig().replace(**overrides).validate()
     gin.clear_config()
     return cfg
 

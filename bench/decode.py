@@ -13,7 +13,7 @@ Needs jax, flax and gin-config only (no seqio/TensorFlow). Writes JSON to bench/
 
 `--workload=math_spread`: static batching (`decoding.generate`, --spread_batches batches of
 --spread_rows rows = rows / N prompts x N samples) against the continuous-batching engine
-(`mathft_jax.engine`, --spread_rows slots, every prompt in one queue, prefilled in the static
+(`sampling.engine`, --spread_rows slots, every prompt in one queue, prefilled in the static
 batches' groups), on prompts of --prompt_len tokens whose samples end with the lengths of
 MATH's reference solutions (../shared/data/math/train.jsonl: characters /
 --chars_per_token, + EOS, capped at --decode_len). A random model never chooses its length,
@@ -75,7 +75,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mathft_jax import batching, decoding, gin_utils  # noqa: E402
+from mathft_jax.core import gin_utils  # noqa: E402
+from mathft_jax.models.config import DecoderConfig  # noqa: E402
+from mathft_jax.sampling import batching, decoding
 from mathft_jax.models import count_params, kv_cache_bytes_per_token  # noqa: E402
 from mathft_jax.models.decoder import init_params  # noqa: E402
 
@@ -188,7 +190,7 @@ def install_eos_hazard(hazard: np.ndarray, prompt_len: int) -> None:
 
 
 def measure_spread(params, cfg, n: int, args) -> list:
-    from mathft_jax import engine
+    from mathft_jax.sampling import engine
     batch = max(1, args.spread_rows // n)  # prompts per static batch
     rng = np.random.default_rng(0)
     size = (args.spread_batches * batch, args.prompt_len)
@@ -251,7 +253,7 @@ def machine() -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     gin_utils.parse_gin(args.gin_file, args.gin_bindings)
-    cfg = gin_utils.model_config().validate()
+    cfg = DecoderConfig().validate()
     params = nn.unbox(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0)))
     shared_opts = {"both": (True, False), "yes": (True,), "no": (False,)}[args.shared]
     results = []

@@ -207,7 +207,7 @@ def curriculum(base: str, k: int) -> dict:
       graded answers (a tied pair counts half, as for any S) and its RR.Top-K (ties go to
       the first sample, as for any S), K the base run's (`study_k`);
     maj1_at_n and rr_ll_topk (the generator's mean log-probability) beside them."""
-    from mathft_jax import diagnostics, voting  # noqa: PLC0415  (the repo's package)
+    from mathft_jax.results import diagnostics, voting  # noqa: PLC0415  (the repo's package)
     from mathft_jax.data import formats  # noqa: PLC0415
     right = [s for r in read_jsonl(os.path.join(base, "sample_train", "candidates.jsonl"))
              for s, ok in zip(r["samples"], voting.grade_problem(r).correct) if ok]

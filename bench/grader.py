@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from warm_pool import warm_pool  # noqa: E402
 
-from mathft_jax import evaluate, voting  # noqa: E402
+from mathft_jax import evaluate  # noqa: E402
+from mathft_jax.results import voting
 from mathft_jax.data.paths import math_splits_dir  # noqa: E402
 from mathft_jax.grading import equiv, grade, is_equiv, warm_up  # noqa: E402
 

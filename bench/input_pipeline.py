@@ -73,11 +73,13 @@ def measure_tiny_trainer(batches: list, steps: int) -> dict:
     import jax.numpy as jnp
     import flax.linen as nn
 
-    from mathft_jax import gin_utils, trainer
+    from mathft_jax.core import gin_utils
+    from mathft_jax.models.config import DecoderConfig
+    from mathft_jax.training import trainer
     from mathft_jax.models import Decoder, init_params
 
     gin_utils.parse_gin(["gin_configs/models/tiny.gin"])
-    cfg = gin_utils.model_config()
+    cfg = DecoderConfig()
     model = Decoder(cfg)
     params = nn.unbox(init_params(cfg, jax.random.PRNGKey(0)))
     grad_fn = jax.jit(jax.value_and_grad(lambda p, b: trainer.lm_objective(model, p, b)["loss"]))

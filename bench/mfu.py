@@ -63,11 +63,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mathft_jax import hardware, partitioning  # noqa: E402
+from mathft_jax.models import partitioning  # noqa: E402
+from mathft_jax.training import hardware
 from mathft_jax.models import sizes  # noqa: E402
 from mathft_jax.models.config import DecoderConfig  # noqa: E402
-from mathft_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from mathft_jax.trainer import abstract_state, init_state, lm_objective, make_train_step  # noqa: E402
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from mathft_jax.training.trainer import (abstract_state, init_state, lm_objective,  # noqa: E402
+                                         make_train_step)
 
 PALM_LARGER = ("palm_540b", "palm_62b", "palm_8b")  # biggest first
 PROFILED_STEPS = 2  # with --profile_dir, traced after the timed steps
@@ -247,7 +249,7 @@ def largest_batch_train(name: str, cfg: DecoderConfig, batches, seq_len: int, op
 
 def measure_decode(name: str, cfg: DecoderConfig, prompts: int, samples: int, prompt_len: int,
                    decode_len: int, budget: Budget) -> dict:
-    from mathft_jax import decoding
+    from mathft_jax.sampling import decoding
     from mathft_jax.models.decoder import init_params
     if budget.left() <= 0:
         return emit({"kind": "decode", "model": name, "skipped": "time budget spent"})

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mathft_jax import hardware, losses, partitioning
+from mathft_jax.models import partitioning
+from mathft_jax.training import hardware, losses
 from mathft_jax.models import Decoder, flops_per_token
 from mathft_jax.models.decoder import init_params
 

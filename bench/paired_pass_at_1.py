@@ -26,7 +26,7 @@ sys.path.insert(0, REPO)
 def pass_rates(path: str, policy: str | None = None, grader: str = "mathft") -> dict:
     """{problem_id: pass rate} of a candidates file, graded by `grader` (answers as
     recorded, or extracted again under `policy`)."""
-    from mathft_jax import candidates, voting
+    from mathft_jax.results import candidates, voting
     records = candidates.read_candidates(path)
     graded = (voting.grade_problem(r, policy, grader) for r in records)
     return {r["problem_id"]: float(np.mean(g.correct)) for r, g in zip(records, graded)}
@@ -34,7 +34,7 @@ def pass_rates(path: str, policy: str | None = None, grader: str = "mathft") -> 
 
 def paired_difference(a: dict, b: dict) -> tuple:
     """(mean of a - b, low, high, problems) in points over the problem ids both hold."""
-    from mathft_jax import voting
+    from mathft_jax.results import voting
     shared = sorted(a.keys() & b.keys())
     if not shared:
         raise SystemExit("the two files share no problem_id")

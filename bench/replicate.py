@@ -283,7 +283,7 @@ def _cell(values: list) -> str:
 
 def table(rows: list, section: str, k: int, first: str = "") -> str:
     """A markdown table of one section of `cells` ("" where the section has no rows)."""
-    from mathft_jax.voting import metric_label
+    from mathft_jax.results.voting import metric_label
     picked = [r for r in rows if r[0] == section]
     if not picked:
         return ""

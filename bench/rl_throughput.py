@@ -21,8 +21,8 @@ import tempfile
 import common  # noqa: F401  (sys.path)
 import gin
 
-from mathft_jax import gin_utils
-from mathft_jax.metrics_writer import read_metrics
+from mathft_jax.core import gin_utils
+from mathft_jax.core.metrics_writer import read_metrics
 from mathft_jax.rl import loop
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from mathft_jax import decoding  # noqa: E402
+from mathft_jax.sampling import decoding  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parent / "out" / "sampler.json"
 

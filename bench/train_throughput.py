@@ -14,9 +14,9 @@ import jax
 import numpy as np
 
 from model_step import parse_args, report, throughput_record
-from mathft_jax import partitioning
-from mathft_jax.optim import learning_rate_schedule, make_optimizer
-from mathft_jax.trainer import abstract_state, init_state, make_train_step
+from mathft_jax.models import partitioning
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.trainer import abstract_state, init_state, make_train_step
 
 
 def measure(name: str, args) -> dict:

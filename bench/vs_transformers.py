@@ -4,7 +4,7 @@
 
 For each model (a tiny and a ~20M-parameter Llama-shaped model, built with transformers
 and imported with `mathft_jax.convert.hf.load_hf`):
-  - decoding: tokens/s of `mathft_jax.decoding.generate` against transformers'
+  - decoding: tokens/s of `mathft_jax.sampling.decoding.generate` against transformers'
     `generate` (KV cache on), greedy and sampled (temperature 1, no top-k/top-p), N = 1, 16
     and 64 sequences of one prompt, fixed-length generation (our EOS id is -1, theirs is
     None with min_new_tokens = max_new_tokens), so both produce exactly N * G tokens;
@@ -38,7 +38,7 @@ import optax
 import torch
 import transformers
 
-from mathft_jax import decoding
+from mathft_jax.sampling import decoding
 from mathft_jax.convert import hf
 from mathft_jax.models import Decoder
 

@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-python3}"
 usage() {
   cat <<'EOF'
 launch/run.sh: run a mathft_jax entry point (train, infer, pipeline) on several processes.
-Every process runs the same command; jax.distributed connects them (mathft_jax.distributed).
+Every process runs the same command; jax.distributed connects them (mathft_jax.core.distributed).
 
   launch/run.sh local [options] -- <command...>
       N processes on this machine (CPU collectives through gloo). Each gets

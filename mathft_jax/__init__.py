@@ -7,3 +7,7 @@ cheap and never pulls TensorFlow.
 """
 
 __version__ = "0.1.0"
+
+from mathft_jax.core import moved as _moved  # noqa: E402  (old module paths stay importable)
+
+_moved.install()

@@ -1,5 +1,5 @@
 """Evaluate a candidates file: grade, cluster, and report the paper's metrics with 95% CIs,
-the evaluator's diagnostics and the baselines it must beat (mathft_jax/diagnostics.py).
+the evaluator's diagnostics and the baselines it must beat (mathft_jax/results/diagnostics.py).
 
     python -m mathft_jax.evaluate --candidates=FILE [--k=8] [--out=JSON] [--skip_bad_lines]
                                   [--plot=PNG]
@@ -7,15 +7,15 @@ the evaluator's diagnostics and the baselines it must beat (mathft_jax/diagnosti
 Grading and clustering run in a process pool over all cores; the printed markdown table and
 the JSON are deterministic (seeded bootstrap, ordered pool map).
 
-Errors are one line on stderr (mathft_jax/cli_errors.py; `--debug` adds the traceback) and
+Errors are one line on stderr (mathft_jax/core/cli_errors.py; `--debug` adds the traceback) and
 write nothing: exit 2 for a usage error (a missing --candidates, a path that is missing or a
 directory, --k or --processes below 1), exit 1 for bad data (an empty file, a line that is
 not UTF-8, not JSON or breaks the schema, a negative score: FILE:LINE in the message).
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
-    from mathft_jax.entry import run_module
+if __name__ == "__main__":  # run the package module once (see mathft_jax/core/entry.py)
+    from mathft_jax.core.entry import run_module
     run_module("mathft_jax.evaluate")
 
 
@@ -26,11 +26,13 @@ from collections.abc import Sequence
 
 from absl import flags, logging
 
-from mathft_jax import atomic, diagnostics, grading, storage, voting
+from mathft_jax import grading
+from mathft_jax.core import atomic, storage
+from mathft_jax.results import diagnostics, voting
 from mathft_jax.grading import agreement
-from mathft_jax.candidates import CandidatesError, read_candidates_report
-from mathft_jax.cli_errors import DataError, UsageError
-from mathft_jax.parallel import parallel_map
+from mathft_jax.results.candidates import CandidatesError, read_candidates_report
+from mathft_jax.core.cli_errors import DataError, UsageError
+from mathft_jax.core.pool import parallel_map
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -204,7 +206,7 @@ def main(argv) -> None:
     print(f"\nwrote {out}")
     evaluator = result["diagnostics"]["evaluator"]
     if _PLOT.value and evaluator is not None:
-        from mathft_jax import report  # matplotlib: only when a plot is asked for
+        from mathft_jax.results import report  # matplotlib: only when a plot is asked for
         report.plot_evaluator(_PLOT.value, evaluator, f"Evaluator scores in {path}")
         print(f"wrote {_PLOT.value}")
     elif _PLOT.value:

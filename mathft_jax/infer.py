@@ -13,10 +13,10 @@ uninterrupted one would. Every process runs this (multi-host); process 0 alone w
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
-    from mathft_jax import preemption as _preemption
+if __name__ == "__main__":  # run the package module once (see mathft_jax/core/entry.py)
+    from mathft_jax.core import preemption as _preemption
     _preemption.install()  # first: SIGTERM stops between chunks, keeping what is written
-    from mathft_jax.entry import run_module
+    from mathft_jax.core.entry import run_module
     run_module("mathft_jax.infer")
 
 
@@ -32,9 +32,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax import (candidates, checkpoints, decoding, distributed, partitioning,
-                        preemption, provenance, scoring, settings, storage)
-from mathft_jax import engine as engine_lib
+from mathft_jax.convert import checkpoints
+from mathft_jax.core import distributed, preemption, provenance, settings, storage
+from mathft_jax.models import partitioning
+from mathft_jax.results import candidates
+from mathft_jax.sampling import decoding
+from mathft_jax.scoring import evaluator
+from mathft_jax.sampling import engine as engine_lib
 from mathft_jax.data import formats, sources
 from mathft_jax.grading import POLICIES, extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -153,7 +157,7 @@ class InferConfig:
     every entry point builds (`make_mesh.*` in gin); decoding splits the sequences over its
     data and fsdp axes. evaluator_checkpoint (same DecoderConfig) fills each sample's
     `score` with its S(X|P) (`score_records`: batch size, method).
-    engine: "continuous" (`mathft_jax.engine`: `slots` sequences decoded together, default
+    engine: "continuous" (`mathft_jax.sampling.engine`: `slots` sequences decoded together, default
     batch_size * num_samples, refilled every `chunk` steps from a queue of every problem to
     do, prefilled in groups of batch_size; it always shares prefill) or "static"
     (`decoding.generate`, a batch at a time, each until its longest sample ends). Both write
@@ -236,8 +240,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo), num_samples)
 
     params = checkpoints.load_params(checkpoint, cfg, partitioner) if todo else None
-    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
-                 if todo and evaluator_checkpoint else None)
+    evaluator_params = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
+                        if todo and evaluator_checkpoint else None)
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
@@ -260,8 +264,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     for index, samples in batches:
         batch = [problems[i] for i in index]
         records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
-        if evaluator is not None:  # every process: scoring is collective on a mesh
-            scoring.score_records(evaluator, cfg, vocab, records, partitioner=partitioner,
+        if evaluator_params is not None:  # every process: scoring is collective on a mesh
+            evaluator.score_records(evaluator_params, cfg, vocab, records, partitioner=partitioner,
                                   start_id=start_id)
         if writer:
             write_chunk(output_path, index[0], records)
@@ -295,6 +299,6 @@ def _stop_if_preempted(done: int, total: int, output_path: str, bar) -> None:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from mathft_jax import entry
+    from mathft_jax.core import entry
     entry.parse_gin_flags()
     infer(InferConfig())

@@ -28,8 +28,8 @@ scopes, e.g. `ssft/train.total_steps = 400`, `scr/train.objective = @evaluator_o
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
-    from mathft_jax.entry import run_module
+if __name__ == "__main__":  # run the package module once (see mathft_jax/core/entry.py)
+    from mathft_jax.core.entry import run_module
     run_module("mathft_jax.pipeline")
 
 
@@ -41,9 +41,11 @@ from typing import Optional, Sequence
 import gin
 from absl import logging
 
-from mathft_jax import (atomic, candidates, cli_errors, distributed, evaluate, grading,
-                        metrics_writer, preemption, provenance, report, settings, storage)
-from mathft_jax.preemption import Preempted
+from mathft_jax import evaluate, grading
+from mathft_jax.core import (atomic, cli_errors, distributed, metrics_writer, preemption,
+                             provenance, settings, storage)
+from mathft_jax.results import candidates, report
+from mathft_jax.core.preemption import Preempted
 
 VARIANTS = {
     "ssft": ("ssft", "sample_eval", "evaluate"),
@@ -373,8 +375,8 @@ def _scr_data_stage(run: Run, processes: Optional[int], grader: str = "mathft") 
 def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
     """Preference pairs of the graded training candidates, with the SSFT checkpoint's
     log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
-    from mathft_jax import preferences
-    return preferences.make_preferences(
+    from mathft_jax.scoring import reference
+    return reference.make_preferences(
         output_path=run.preferences(), reference_checkpoint=run.checkpoint("ssft"),
         candidates_path=run.graded_train_candidates(),
         sequence_length=_train_config(cfg, run, "dpo").sequence_length)
@@ -405,19 +407,21 @@ def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
     return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
 
 
-def score_stage(run: Run, generator: str, evaluator: str) -> dict:
-    """Fill every evaluation sample's `score` by the SCR evaluator checkpoint `evaluator`
+def score_stage(run: Run, generator: str, evaluator_dir: str) -> dict:
+    """Fill every evaluation sample's `score` by the SCR evaluator checkpoint `evaluator_dir`
     (`PipelineConfig.evaluator`): its S(X|P), or its likelihood of the sample
     (`score_records.method`)."""
-    from mathft_jax import checkpoints, partitioning, scoring
+    from mathft_jax.convert import checkpoints
+    from mathft_jax.models import partitioning
+    from mathft_jax.scoring import evaluator
     from mathft_jax.data import vocab as vocab_lib
     from mathft_jax.models.config import DecoderConfig
     records = candidates.read_candidates(run.eval_candidates(generator))
     cfg = DecoderConfig().validate()
     partitioner = partitioning.Partitioner.create(cfg)
-    params = checkpoints.load_params(evaluator, cfg, partitioner)
-    scored = scoring.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
-                                   partitioner=partitioner)
+    params = checkpoints.load_params(evaluator_dir, cfg, partitioner)
+    scored = evaluator.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
+                                     partitioner=partitioner)
     if distributed.is_main_process():
         candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
     return {"scored": scored}
@@ -463,7 +467,7 @@ def _training_metrics(run: Run, stages: Sequence[str]) -> dict:
 
 def main(argv):
     del argv
-    from mathft_jax import entry
+    from mathft_jax.core import entry
     entry.parse_gin_flags()
     results = pipeline()
     if results and distributed.is_main_process():

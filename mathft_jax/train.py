@@ -9,10 +9,10 @@ with an error naming the step; nothing after the last good step is saved.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
-    from mathft_jax import preemption as _preemption
+if __name__ == "__main__":  # run the package module once (see mathft_jax/core/entry.py)
+    from mathft_jax.core import preemption as _preemption
     _preemption.install()  # first: a SIGTERM during the slow imports below still ends cleanly
-    from mathft_jax.entry import run_module
+    from mathft_jax.core.entry import run_module
     run_module("mathft_jax.train")
 
 
@@ -27,14 +27,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from mathft_jax import (checkpoints, distributed, entry, hardware, model_files, partitioning,
-                        preemption, provenance, settings)
-from mathft_jax.metrics_writer import MetricsWriter
+from mathft_jax.convert import checkpoints, model_files
+from mathft_jax.core import distributed, entry, preemption, provenance, settings
+from mathft_jax.models import partitioning
+from mathft_jax.training import hardware
+from mathft_jax.core.metrics_writer import MetricsWriter
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
-from mathft_jax.optim import learning_rate_schedule, make_optimizer
-from mathft_jax.objectives import lm_objective, rows_per_group
-from mathft_jax.trainer import abstract_state, init_state, make_eval_step, make_train_step
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.objectives import lm_objective, rows_per_group
+from mathft_jax.training.trainer import abstract_state, init_state, make_eval_step, make_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -260,7 +262,7 @@ def _save(mngr, step, state, data_iterator) -> None:
 
 def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
                      data_iterator, partitioner):
-    from mathft_jax.trainer import TrainState
+    from mathft_jax.training.trainer import TrainState
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("resuming from step %d in %s", latest, mngr.directory)

@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from mathft_jax import distributed  # noqa: E402
+from mathft_jax.core import distributed  # noqa: E402
 
 
 def main():

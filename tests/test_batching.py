@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mathft_jax import batching
+from mathft_jax.sampling import batching
 
 
 @pytest.mark.parametrize("n,want", [(0, 16), (1, 16), (16, 16), (17, 32), (33, 64), (64, 64),

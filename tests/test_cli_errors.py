@@ -2,7 +2,7 @@
 import pytest
 from absl import app
 
-from mathft_jax import cli_errors
+from mathft_jax.core import cli_errors
 
 
 def _raising(error):

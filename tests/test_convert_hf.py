@@ -17,7 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mathft_jax import gin_utils, partitioning  # noqa: E402
+from mathft_jax.core import gin_utils  # noqa: E402
+from mathft_jax.models.config import DecoderConfig  # noqa: E402
+from mathft_jax.models import partitioning
 from mathft_jax.convert import families, hf, model_gin, tokenizer  # noqa: E402
 from mathft_jax.convert.errors import ConversionError  # noqa: E402
 from mathft_jax.convert.export_hf import export_checkpoint  # noqa: E402
@@ -171,7 +173,7 @@ def test_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
 
 
 def test_bfloat16_import_fine_tunes_in_float32_and_exports_as_it_came(tmp_path):
-    from mathft_jax import checkpoints
+    from mathft_jax.convert import checkpoints
     model = build_hf_model("qwen2").to(torch.bfloat16)
     model.save_pretrained(tmp_path / "hf")
     _, original = hf.load_hf(tmp_path / "hf")  # bfloat16, as stored
@@ -216,12 +218,12 @@ def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
                     f"--out={out}", "--dtype=float32"], check=True, env=env, cwd=REPO,
                    timeout=HANG_LIMIT_S)
     cfg, params = hf.load_hf(hf_dir, dtype="float32")
-    from mathft_jax import checkpoints  # train.init_checkpoint's reader
+    from mathft_jax.convert import checkpoints  # train.init_checkpoint's reader
     assert tree_equal(checkpoints.load_params(str(out), cfg), params)
     import gin
     try:
         gin_utils.parse_gin([str(out / "model.gin")])
-        assert gin_utils.model_config() == cfg
+        assert DecoderConfig() == cfg
     finally:
         gin.clear_config()
     assert model_gin.read_model_gin(out / "model.gin") == cfg

@@ -327,7 +327,9 @@ def test_evaluator_heldout_split_is_disjoint_by_problem(bound_tasks):
 
 
 def test_scr_training_reports_heldout_pair_accuracy(bound_tasks, tmp_path):
-    from mathft_jax import metrics_writer, objectives, train
+    from mathft_jax import train
+    from mathft_jax.core import metrics_writer
+    from mathft_jax.training import objectives
     from mathft_jax.models import DecoderConfig
     with gin.unlock_config():
         gin.bind_parameter("evaluator_heldout.fraction", 0.3)

@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 seqio = pytest.importorskip("seqio")
 
 from mathft_jax.data import vocab  # noqa: E402
-from mathft_jax.settings import SettingError  # noqa: E402
+from mathft_jax.core.settings import SettingError  # noqa: E402
 
 SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3, the seqio convention plus a BOS
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mathft_jax import batching, decoding, partitioning
-from mathft_jax.decoding import SamplingParams
+from mathft_jax.models import partitioning
+from mathft_jax.sampling import batching, decoding
+from mathft_jax.sampling.decoding import SamplingParams
 from mathft_jax.models import Decoder, DecoderConfig
 from mathft_jax.models.decoder import init_params
 

@@ -5,7 +5,8 @@ import logging
 import numpy as np
 import pytest
 
-from mathft_jax import diagnostics, evaluate, voting
+from mathft_jax import evaluate
+from mathft_jax.results import diagnostics, voting
 
 
 def test_auc_counts_ties_as_half():
@@ -137,7 +138,7 @@ def test_likelihood_scores_rank_but_are_not_calibrated(tmp_path):
     text = diagnostics.markdown({"evaluator": likelihood, "loglik": None, "baselines": {},
                                  "deltas": {}}, 1)
     assert row in text and "no calibration" in text and "| S bin |" not in text
-    from mathft_jax import report
+    from mathft_jax.results import report
     report.plot_evaluator(str(tmp_path / "e.png"), likelihood, "likelihood")  # no diagonal
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -150,7 +151,7 @@ def test_no_scores_no_evaluator_diagnostics():
 
 
 def test_report_shows_the_diagnostics_and_plots_them(tmp_path):
-    from mathft_jax import report
+    from mathft_jax.results import report
     records = [_record([("1", -1.0, 1), ("2", -0.5, 1), ("1", -2.0, 2)], scores=[0.9, 0.2, 0.4])]
     graded = evaluate.grade_records(records, processes=1, progress=False)
     results = {"ssft": evaluate.summarize_problems(graded, k=1, n_resamples=10)}
@@ -175,7 +176,7 @@ def test_k_not_below_every_problems_samples_warns(caplog):
 
 
 def test_report_plots_the_training_curves_it_is_given(tmp_path, monkeypatch):
-    from mathft_jax import report
+    from mathft_jax.results import report
     records = [_record([("1", -1.0, 1), ("2", -0.5, 1)])]
     graded = evaluate.grade_records(records, processes=1, progress=False)
     results = {"ssft": evaluate.summarize_problems(graded, k=1, n_resamples=10)}

@@ -253,7 +253,7 @@ def test_two_process_infer_writes_the_one_process_candidates(launcher, tmp_path)
     import flax.linen as nn
     import gin
     import jax
-    from mathft_jax import checkpoints
+    from mathft_jax.convert import checkpoints
     from mathft_jax.models.config import DecoderConfig
     from mathft_jax.models.decoder import init_params
 
@@ -446,7 +446,7 @@ def _init_alone(**env):
 
 
 def test_initialize_rejects_inconsistent_arguments_before_touching_jax():
-    from mathft_jax import distributed
+    from mathft_jax.core import distributed
     with pytest.raises(distributed.DistributedInitError, match="not in \\[0, 2\\)"):
         distributed.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
     with pytest.raises(distributed.DistributedInitError, match="needs a coordinator address"):
@@ -489,7 +489,7 @@ def test_multislice_mesh_puts_only_the_dcn_axis_across_slices():
     only, so fsdp/tensor collectives stay on ICI. (Fake devices: only their slice_index
     matters to create_hybrid_device_mesh.)"""
     import dataclasses
-    from mathft_jax import partitioning
+    from mathft_jax.models import partitioning
 
     @dataclasses.dataclass(frozen=True)
     class FakeDevice:

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mathft_jax import losses, objectives, optim, partitioning, preferences, trainer
+from mathft_jax.models import partitioning
+from mathft_jax.scoring import reference
+from mathft_jax.training import losses, objectives, optim, trainer
 from mathft_jax.data import preferences as preference_file
 from mathft_jax.models import Decoder
 from mathft_jax.models.config import DecoderConfig
@@ -157,7 +159,8 @@ def test_reference_log_likelihoods_reach_the_batches_exactly(tmp_path):
     dpo_objective with the reference's own parameters: log 2 a pair, and the batch's
     `ref_log_likelihood` is the float32 the reference computed."""
     pytest.importorskip("seqio")
-    from mathft_jax import candidates, checkpoints
+    from mathft_jax.convert import checkpoints
+    from mathft_jax.results import candidates
     from mathft_jax.data import dataset, paths  # noqa: F401 (registers preference_file)
     cfg = DecoderConfig(**BYTE_MODEL)
     params = nn.unbox(init_params(cfg, jax.random.PRNGKey(3)))
@@ -171,7 +174,7 @@ def test_reference_log_likelihoods_reach_the_batches_exactly(tmp_path):
     for key, value in BYTE_MODEL.items():
         gin.bind_parameter(f"DecoderConfig.{key}", value)
     out = str(tmp_path / "prefs.jsonl")
-    info = preferences.make_preferences(output_path=out, reference_checkpoint=str(tmp_path / "ref"),
+    info = reference.make_preferences(output_path=out, reference_checkpoint=str(tmp_path / "ref"),
                                         candidates_path=str(tmp_path / "graded.jsonl"),
                                         sequence_length=48, batch_size=8)
     assert info["pairs"] == 5

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import seqio
 
-from mathft_jax import batching, checkpoints, decoding, engine, gin_utils, partitioning, settings
+from mathft_jax.convert import checkpoints
+from mathft_jax.core import gin_utils, settings
+from mathft_jax.models import partitioning
+from mathft_jax.sampling import batching, decoding, engine
 from mathft_jax import infer as infer_lib
-from mathft_jax.decoding import SamplingParams
+from mathft_jax.sampling.decoding import SamplingParams
 from mathft_jax.models import DecoderConfig
 from mathft_jax.models import layers
 from mathft_jax.models.decoder import init_params
@@ -160,7 +163,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine_infer")
     gin.clear_config()
     gin_utils.parse_gin(bindings=MODEL_BINDINGS)
-    cfg = gin_utils.model_config()
+    cfg = DecoderConfig()
     weights = nn.unbox(init_params(cfg, jax.random.PRNGKey(0)))
     checkpoints.save_params(str(root / "ckpt"), jax.tree_util.tree_map(lambda x: x * 3.0, weights))
     with open(root / "problems.jsonl", "w") as f:

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from mathft_jax import candidates, evaluate
+from mathft_jax import evaluate
+from mathft_jax.results import candidates
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ def test_write_then_read_round_trip_is_atomic(tmp_path):
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    from mathft_jax import atomic
+    from mathft_jax.core import atomic
     path = tmp_path / "results.json"
     atomic.write_json(str(path), {"step": 1})
 
@@ -50,7 +51,7 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, mon
 
 
 def test_atomic_files_get_the_mode_a_plain_open_would(tmp_path):
-    from mathft_jax import atomic
+    from mathft_jax.core import atomic
     old = os.umask(0o022)
     try:
         atomic.write_text(str(tmp_path / "report.md"), "x")

@@ -23,7 +23,8 @@ pytest.importorskip("seqio")
 import gin  # noqa: E402
 from etils import epath  # noqa: E402
 
-from mathft_jax import checkpoints, decoding, model_files  # noqa: E402
+from mathft_jax.convert import checkpoints, model_files  # noqa: E402
+from mathft_jax.sampling import decoding
 from mathft_jax.convert.export_hf import export_checkpoint  # noqa: E402
 from mathft_jax.convert.import_hf import import_checkpoint  # noqa: E402
 from mathft_jax.data import formats  # noqa: E402
@@ -169,7 +170,9 @@ def hf_greedy(model, prompt, max_new_tokens):
 
 def infer_greedy_text(checkpoint, vocab, tmp_path, max_decode_len):
     """`mathft_jax.infer` greedy on PROBLEM with the model_dir's model.gin: the sample's text."""
-    from mathft_jax import candidates, gin_utils, infer
+    from mathft_jax import infer
+    from mathft_jax.core import gin_utils
+    from mathft_jax.results import candidates
     problems = tmp_path / "problems.jsonl"
     problems.write_text(json.dumps({"problem": PROBLEM, "solution": r"$\boxed{63}$"}) + "\n")
     try:
@@ -367,7 +370,7 @@ def test_a_step_on_gcs_exports_with_no_other_flag(hf_dirs, tmp_path, monkeypatch
         _, _, params = fine_tuned_model_dir(tmp_path / "ckpt", model_dir)
         assert "gs://travels/run/ssft/checkpoints/tokenizer/tokenizer.json" in \
             epath.Path(f"{model_dir}/vocab.gin").read_text()
-        # STORAGE_EMULATOR_HOST alone, as a user sets it: mathft_jax.storage points epath
+        # STORAGE_EMULATOR_HOST alone, as a user sets it: mathft_jax.core.storage points epath
         # (gcsfs) and TensorStore (the weights) at the emulator too; neither would otherwise
         # (TensorStore retried the real endpoint forever: the timeout would fail the test).
         env = {k: v for k, v in os.environ.items()

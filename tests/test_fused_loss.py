@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mathft_jax import partitioning
-from mathft_jax.fused_loss import fused_head_cross_entropy
+from mathft_jax.models import partitioning
+from mathft_jax.training.fused_loss import fused_head_cross_entropy
 from mathft_jax.models import Decoder, DecoderConfig
 from mathft_jax.models.decoder import init_params
-from mathft_jax.objectives import evaluator_objective, lm_objective, sequence_objective
+from mathft_jax.training.objectives import evaluator_objective, lm_objective, sequence_objective
 
 CFG = DecoderConfig(vocab_size=96, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                     head_dim=8, mlp_dim=64, max_seq_len=32, dtype="float32")

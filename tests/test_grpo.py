@@ -11,12 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mathft_jax import checkpoints, decoding, objectives, partitioning, trainer
+from mathft_jax.convert import checkpoints
+from mathft_jax.models import partitioning
+from mathft_jax.sampling import decoding
+from mathft_jax.training import objectives, trainer
 from mathft_jax.data.packing import empty_batch, write_segment
-from mathft_jax.metrics_writer import read_metrics
+from mathft_jax.core.metrics_writer import read_metrics
 from mathft_jax.models import Decoder
 from mathft_jax.models.decoder import init_params
-from mathft_jax.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.rl import grpo, loop, rewards, rollout
 from train_utils import TINY
 
@@ -148,7 +151,7 @@ def test_rewards_by_name_and_weights():
 def test_correct_reward_is_the_pipelines_judgment_by_the_chosen_grader(monkeypatch):
     """`correct` is candidates.grade_sample's verdict by the grader given (the pipeline's
     `pipeline.grader` in its grpo stage), not always mathft's."""
-    from mathft_jax import candidates
+    from mathft_jax.results import candidates
     from mathft_jax.grading import graders
     monkeypatch.setitem(graders.GRADERS, "contrary", graders.Grader(
         "contrary", lambda text, answer, gold, deadline: answer == "5", lambda: "contrary 1"))
@@ -352,7 +355,7 @@ def _run_loop(tmp_path, name, mesh=None, iterations=2, reward="digits", **kw):
 
 
 def test_settings_fail_early_naming_the_binding(tmp_path):
-    from mathft_jax import settings
+    from mathft_jax.core import settings
     with pytest.raises(settings.SettingError, match="grpo.model_dir is not set"):
         loop.grpo(problems=PROBLEMS)
     with pytest.raises(settings.SettingError, match="grpo.num_generations=0"):
@@ -529,7 +532,7 @@ def test_supervised_term_resumes_at_its_solution_position_and_8_devices_match_on
                     jax.tree_util.tree_leaves(_params(str(tmp_path / "whole" / "1")))):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
 
-    from mathft_jax import settings
+    from mathft_jax.core import settings
     _run_loop(tmp_path, "plain", iterations=1)  # a checkpoint with no solution position
     with pytest.raises(settings.SettingError, match="was run without it"):
         run("plain")

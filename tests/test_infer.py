@@ -11,7 +11,11 @@ import pytest
 import numpy as np
 import seqio
 
-from mathft_jax import candidates, checkpoints, decoding, gin_utils
+from mathft_jax.convert import checkpoints
+from mathft_jax.core import gin_utils
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.results import candidates
+from mathft_jax.sampling import decoding
 from mathft_jax import infer as infer_lib
 from mathft_jax.models.decoder import init_params
 
@@ -28,7 +32,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     gin.clear_config()
     gin_utils.parse_gin(bindings=MODEL_BINDINGS)
-    cfg = gin_utils.model_config()
+    cfg = DecoderConfig()
     checkpoints.save_params(str(root / "ckpt"), nn.unbox(init_params(cfg, jax.random.PRNGKey(0))))
     problems = root / "problems.jsonl"
     with open(problems, "w") as f:
@@ -108,7 +112,7 @@ def test_crash_leaves_complete_chunks_and_resume_redoes_only_the_rest(setup, uni
 @pytest.mark.parametrize("engine", ["static", "continuous"])
 def test_sigterm_stops_after_the_chunk_being_sampled_and_a_rerun_resumes(
         setup, uninterrupted, monkeypatch, engine):
-    from mathft_jax import preemption
+    from mathft_jax.core import preemption
     output = str(setup / f"preempted_{engine}.jsonl")
     real_records = infer_lib.make_records
 
@@ -174,7 +178,7 @@ def test_cli_runs_from_gin_files(setup, tmp_path):
 
 
 def test_records_keep_the_extraction_policy_that_read_them():
-    from mathft_jax import decoding
+    from mathft_jax.sampling import decoding
 
     vocab = seqio.ByteVocabulary()
     text = "So the answer is 12."

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mathft_jax import losses, objectives
+from mathft_jax.training import losses, objectives
 from mathft_jax.models import Decoder
 from mathft_jax.models.decoder import init_params
 import flax.linen as nn

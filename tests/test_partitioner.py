@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mathft_jax import partitioning
+from mathft_jax.models import partitioning
 from mathft_jax.models import DecoderConfig
 from mathft_jax.models.decoder import init_params
-from mathft_jax.partitioning import NO_MESH, Partitioner
+from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 

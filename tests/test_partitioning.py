@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mathft_jax import partitioning
+from mathft_jax.models import partitioning
 from mathft_jax.models import Decoder, DecoderConfig
 from mathft_jax.models.decoder import init_params
 

@@ -12,7 +12,9 @@ import sys
 import gin
 import pytest
 
-from mathft_jax import candidates, gin_utils, pipeline, voting
+from mathft_jax import pipeline
+from mathft_jax.core import gin_utils
+from mathft_jax.results import candidates, voting
 from waiting import HANG_LIMIT_S, wait_for
 from xla_env import one_device_env
 
@@ -190,7 +192,7 @@ def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
 
 
 def test_a_sigterm_during_a_stage_stops_the_pipeline_after_it(tmp_path, monkeypatch):
-    from mathft_jax import preemption
+    from mathft_jax.core import preemption
     gin.clear_config()
     gin_utils.parse_gin(["gin_configs/runs/smoke.gin"],
                         [f"pipeline.run_dir='{tmp_path}'", "pipeline.variant='ssft'"])
@@ -227,7 +229,7 @@ def test_training_curves_leave_out_a_missing_or_unreadable_metrics_file(tmp_path
 def test_the_score_method_must_fit_the_evaluator_trained(tmp_path):
     """A label evaluator is read by its label and one trained on sequence pairs (generation
     format) by its likelihood; a mismatch would score silently wrong, so it stops first."""
-    from mathft_jax import scoring  # noqa: F401 (registers score_records)
+    from mathft_jax.scoring import evaluator  # noqa: F401 (registers score_records)
     likelihood = dict(run_dir=str(tmp_path), variant="ssft_scr", scr_task="scr_sequence_pairwise")
     with pytest.raises(pipeline.settings.SettingError, match="with score_records.method='label'"):
         pipeline.PipelineConfig(**likelihood).validate()

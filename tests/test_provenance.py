@@ -9,7 +9,8 @@ import sys
 import gin
 import pytest
 
-from mathft_jax import provenance, train
+from mathft_jax import train
+from mathft_jax.core import provenance
 from xla_env import one_device_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

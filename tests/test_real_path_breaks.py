@@ -13,7 +13,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tokenizers")
 
-from mathft_jax import objectives, optim, partitioning, scoring, trainer  # noqa: E402
+from mathft_jax.models import partitioning  # noqa: E402
+from mathft_jax.scoring import evaluator
+from mathft_jax.training import objectives, optim, trainer
 from mathft_jax.data import dataset, formats, vocab  # noqa: E402
 from mathft_jax.models import Decoder, DecoderConfig  # noqa: E402
 from mathft_jax.models.decoder import init_params  # noqa: E402
@@ -92,8 +94,8 @@ def test_evaluator_training_and_scoring_compute_the_same_label_likelihood(hf_voc
     labels = (formats.evaluator_target(True), formats.evaluator_target(False))
     context = [BOS] + v.encode(formats.evaluator_prompt(problem, solution))
     assert context[1:] == example["inputs"].tolist()
-    label_ids = tuple(scoring.encode_label(v, t) for t in labels)
-    logps = scoring.label_logprobs(params, jnp.asarray([context]), jnp.asarray([len(context)]),
+    label_ids = tuple(evaluator.encode_label(v, t) for t in labels)
+    logps = evaluator.label_logprobs(params, jnp.asarray([context]), jnp.asarray([len(context)]),
                                    cfg=cfg, labels=label_ids)
     # rows 0, 1 = (X+, correct), (X+, incorrect): the first pair's positive solution
     np.testing.assert_allclose(np.asarray(rows[:2]), np.asarray(logps[0]), rtol=1e-5, atol=1e-5)
@@ -123,7 +125,8 @@ def test_micro_batches_keep_objective_row_groups_whole(objective, group):
 
 def test_run_paths_keep_gs_urls():
     """`os.path.abspath('gs://b/x')` is `<cwd>/gs:/b/x`: run paths must stay URLs."""
-    from mathft_jax import pipeline, storage
+    from mathft_jax import pipeline
+    from mathft_jax.core import storage
     run = pipeline.Run("gs://bucket/runs/x")
     assert run.checkpoint("ssft") == "gs://bucket/runs/x/ssft/checkpoints"
     assert run.eval_candidates("mtsf", scored=True) == "gs://bucket/runs/x/score/mtsf.jsonl"

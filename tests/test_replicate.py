@@ -115,7 +115,7 @@ def test_the_likelihood_evaluator_gets_a_row_beside_the_papers():
 
 def _test_samples(run_dir, generator, correct_counts, problems=None):
     """A run's graded test samples: problem i has correct_counts[i] of 4 samples right."""
-    from mathft_jax import candidates
+    from mathft_jax.results import candidates
     records = [{"problem_id": f"p{i}", "problem": f"{i} + 1?", "gold": str(i + 1),
                 "samples": [{"text": f"\\boxed{{{i + 1 if s < right else 0}}}",
                              "answer": str(i + 1 if s < right else 0)} for s in range(4)]}

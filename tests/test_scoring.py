@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mathft_jax import partitioning, scoring
+from mathft_jax.models import partitioning
+from mathft_jax.scoring import evaluator
 from mathft_jax.data.formats import evaluator_prompt, generation_prompt
 from mathft_jax.models import Decoder, DecoderConfig
 from mathft_jax.models.decoder import init_params
@@ -55,7 +56,7 @@ def direct_scores(params, problems, solutions, labels=(" correct", " incorrect")
 
 
 def test_scores_match_full_forward_logits(params):
-    got = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, batch_size=3,
+    got = evaluator.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, batch_size=3,
                                   start_id=START)
     want = direct_scores(params, PROBLEMS, SOLUTIONS)
     assert got.shape == (4,) and ((got > 0) & (got < 1)).all()
@@ -65,7 +66,7 @@ def test_scores_match_full_forward_logits(params):
 
 def test_single_token_labels(params):
     labels = ("Y", "N")
-    got = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
+    got = evaluator.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
                                   batch_size=2, start_id=START, labels=labels)
     np.testing.assert_allclose(got, direct_scores(params, PROBLEMS[:2], SOLUTIONS[:2], labels),
                                atol=1e-5, rtol=0)
@@ -77,7 +78,7 @@ def test_default_labels_are_the_ones_the_evaluator_was_trained_on(params):
         gin.bind_parameter("evaluator_target.positive", "Y")
         gin.bind_parameter("evaluator_target.negative", "N")
     try:
-        got = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
+        got = evaluator.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
                                       batch_size=2, start_id=START)
     finally:
         gin.clear_config()
@@ -95,8 +96,8 @@ def eight_devices(params):
 def test_eight_devices_score_like_one(params):
     partitioner, sharded = eight_devices(params)
     kw = dict(batch_size=3, start_id=START)
-    one = scoring.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, **kw)
-    eight = scoring.score_solutions(sharded, CFG, FakeVocab(), PROBLEMS, SOLUTIONS,
+    one = evaluator.score_solutions(params, CFG, FakeVocab(), PROBLEMS, SOLUTIONS, **kw)
+    eight = evaluator.score_solutions(sharded, CFG, FakeVocab(), PROBLEMS, SOLUTIONS,
                                     partitioner=partitioner, **kw)
     np.testing.assert_allclose(eight, one, atol=1e-6, rtol=0)
 
@@ -104,38 +105,38 @@ def test_eight_devices_score_like_one(params):
 def test_bad_inputs(params):
     vocab = FakeVocab()
     with pytest.raises(ValueError, match=r"problems \(2\) and solutions \(1\)"):
-        scoring.score_solutions(params, CFG, vocab, PROBLEMS[:2], SOLUTIONS[:1], start_id=START)
+        evaluator.score_solutions(params, CFG, vocab, PROBLEMS[:2], SOLUTIONS[:1], start_id=START)
     with pytest.raises(ValueError, match="evaluator contexts\\[0\\] has"):
-        scoring.score_solutions(params, CFG, vocab, ["x" * 300], ["y"], start_id=START,
+        evaluator.score_solutions(params, CFG, vocab, ["x" * 300], ["y"], start_id=START,
                                 truncate=False)
-    assert scoring.score_solutions(params, CFG, vocab, [], [], start_id=START).shape == (0,)
+    assert evaluator.score_solutions(params, CFG, vocab, [], [], start_id=START).shape == (0,)
 
 
 def test_long_contexts_are_truncated_not_rejected(params):
-    got = scoring.score_solutions(params, CFG, FakeVocab(), ["x" * 300], ["y"], batch_size=1,
+    got = evaluator.score_solutions(params, CFG, FakeVocab(), ["x" * 300], ["y"], batch_size=1,
                                   start_id=START)
     assert got.shape == (1,) and np.isfinite(got).all()
 
 
 def test_score_groups_split_one_flat_call_per_problem(params):
     vocab = FakeVocab()
-    flat = scoring.score_solutions(params, CFG, vocab, PROBLEMS, SOLUTIONS, batch_size=3,
+    flat = evaluator.score_solutions(params, CFG, vocab, PROBLEMS, SOLUTIONS, batch_size=3,
                                    start_id=START)
     problems = ["What is 2+3?", "No solutions here.", "Compute 7*6.", "Find x if x-4=1."]
     groups = [[SOLUTIONS[0], SOLUTIONS[2]], [], [SOLUTIONS[1]], [SOLUTIONS[3]]]
-    got = scoring.score_groups(params, CFG, vocab, problems, groups, batch_size=3, start_id=START)
+    got = evaluator.score_groups(params, CFG, vocab, problems, groups, batch_size=3, start_id=START)
     assert [g.shape for g in got] == [(2,), (0,), (1,), (1,)]
     np.testing.assert_allclose(np.concatenate(got), flat[[0, 2, 1, 3]], atol=1e-6, rtol=0)
-    assert scoring.score_groups(params, CFG, vocab, [], [], start_id=START) == []
+    assert evaluator.score_groups(params, CFG, vocab, [], [], start_id=START) == []
     with pytest.raises(ValueError, match=r"problems \(1\) and solution groups \(2\)"):
-        scoring.score_groups(params, CFG, vocab, PROBLEMS[:1], [[], []], start_id=START)
+        evaluator.score_groups(params, CFG, vocab, PROBLEMS[:1], [[], []], start_id=START)
 
 
 def test_score_records_steps_is_the_least_score_over_line_prefixes(params):
     solutions = ["3 + 4 = 7\n7 * 2 = 15\n\\boxed{15}", "\\boxed{9}", "1 + 1 = 2\n\\boxed{2}"]
     records = [{"problem": PROBLEMS[0], "samples": [{"text": t} for t in solutions[:2]]},
                {"problem": PROBLEMS[1], "samples": [{"text": solutions[2]}]}]
-    assert scoring.score_records(params, CFG, FakeVocab(), records, batch_size=3,
+    assert evaluator.score_records(params, CFG, FakeVocab(), records, batch_size=3,
                                  start_id=START, steps=True) == 3
     for record in records:
         for sample in record["samples"]:
@@ -144,7 +145,7 @@ def test_score_records_steps_is_the_least_score_over_line_prefixes(params):
             want = direct_scores(params, [record["problem"]] * len(prefixes), prefixes).min()
             np.testing.assert_allclose(sample["score"], want, atol=1e-5, rtol=0)
     whole = [dict(s) for s in records[0]["samples"]]
-    scoring.score_records(params, CFG, FakeVocab(), [{"problem": PROBLEMS[0], "samples": whole}],
+    evaluator.score_records(params, CFG, FakeVocab(), [{"problem": PROBLEMS[0], "samples": whole}],
                           batch_size=3, start_id=START)
     assert whole[0]["score"] >= records[0]["samples"][0]["score"]  # the whole is one prefix
     assert whole[1]["score"] == pytest.approx(records[0]["samples"][1]["score"], abs=1e-6)
@@ -157,7 +158,7 @@ def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(para
     vocab = FakeVocab()
     records = [{"problem": p, "samples": [{"text": s}, {"text": s + " 1"}]}
                for p, s in zip(PROBLEMS[:3], SOLUTIONS[:3])]
-    assert scoring.score_records(params, CFG, vocab, records, batch_size=4, start_id=START,
+    assert evaluator.score_records(params, CFG, vocab, records, batch_size=4, start_id=START,
                                  method="likelihood") == 6
     assert all(record["score_method"] == "likelihood" for record in records)  # for evaluate
     for record in records:
@@ -172,7 +173,7 @@ def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(para
     partitioner, sharded = eight_devices(params)
     again = [{"problem": r["problem"], "samples": [{"text": s["text"]} for s in r["samples"]]}
              for r in records]
-    scoring.score_records(sharded, CFG, vocab, again, batch_size=3, start_id=START,
+    evaluator.score_records(sharded, CFG, vocab, again, batch_size=3, start_id=START,
                           method="likelihood", partitioner=partitioner, loss_chunk=16)
     np.testing.assert_allclose([s["score"] for r in again for s in r["samples"]],
                                [s["score"] for r in records for s in r["samples"]], rtol=1e-5)
@@ -181,9 +182,9 @@ def test_likelihood_scores_are_the_mean_token_probability_of_a_full_forward(para
 def test_score_records_rejects_settings_that_do_not_fit_the_method(params):
     records = [{"problem": PROBLEMS[0], "samples": [{"text": SOLUTIONS[0]}]}]
     with pytest.raises(ValueError, match=r"score_records.method='loglik': choose from"):
-        scoring.score_records(params, CFG, FakeVocab(), records, method="loglik")
+        evaluator.score_records(params, CFG, FakeVocab(), records, method="loglik")
     with pytest.raises(ValueError, match="does not combine with method='likelihood'"):
-        scoring.score_records(params, CFG, FakeVocab(), records, method="likelihood", steps=True)
+        evaluator.score_records(params, CFG, FakeVocab(), records, method="likelihood", steps=True)
     with pytest.raises(ValueError, match="loss_chunk applies to method='likelihood' only"):
-        scoring.score_records(params, CFG, FakeVocab(), records, loss_chunk=16)
+        evaluator.score_records(params, CFG, FakeVocab(), records, loss_chunk=16)
     assert "score" not in records[0]["samples"][0] and "score_method" not in records[0]

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from mathft_jax import storage
+from mathft_jax.core import storage
 
 EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "EPATH_USE_TF", "TENSORSTORE_GCS_HTTP_URL")
 

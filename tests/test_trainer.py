@@ -11,9 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mathft_jax import checkpoints, losses, partitioning, train
-from mathft_jax.optim import learning_rate_schedule, make_optimizer
-from mathft_jax.trainer import abstract_state, init_state, make_train_step
+from mathft_jax import train
+from mathft_jax.convert import checkpoints
+from mathft_jax.models import partitioning
+from mathft_jax.training import losses
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.trainer import abstract_state, init_state, make_train_step
 from train_utils import TINY, ArrayIterator
 from waiting import HANG_LIMIT_S, wait_for
 
@@ -37,7 +40,7 @@ def _train(tmp_path, name, steps=6, mesh=None, **kw):
 
 
 def _losses(model_dir):
-    from mathft_jax.metrics_writer import read_metrics
+    from mathft_jax.core.metrics_writer import read_metrics
     return np.array([r["train/loss"] for r in read_metrics(model_dir)])
 
 
@@ -68,7 +71,7 @@ def test_schedules():
 
 
 def test_published_peaks_match_whole_device_names():
-    from mathft_jax import hardware
+    from mathft_jax.training import hardware
     assert hardware.published_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert hardware.published_peak_flops("NVIDIA L40S") == 362e12  # not the L4's
     assert hardware.published_peak_flops("NVIDIA L4") == 121e12
@@ -242,7 +245,7 @@ def test_cli_rejects_unknown_binding_and_missing_task(tmp_path):
 def test_held_out_loss_every_eval_every_steps(tmp_path):
     run = _train(tmp_path, "eval", steps=4, eval_every=2, eval_steps=2,
                  eval_iterator_fn=lambda: ArrayIterator(seed=5))
-    from mathft_jax.metrics_writer import read_metrics
+    from mathft_jax.core.metrics_writer import read_metrics
     rows = [r for r in read_metrics(run.model_dir) if "eval/loss" in r]
     assert [r["step"] for r in rows] == [2, 4]
     assert all(np.isfinite(r["eval/loss"]) and 0 <= r["eval/correct"] <= 1 for r in rows)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from mathft_jax import voting
-from mathft_jax.voting import GradedProblem, cluster, problem_metrics
+from mathft_jax.results import voting
+from mathft_jax.results.voting import GradedProblem, cluster, problem_metrics
 
 
 def test_cluster_groups_equivalent_spellings_and_sorts_by_size():

@@ -16,7 +16,8 @@ import conftest  # noqa: F401,E402  (fake devices, before JAX starts)
 
 from train_utils import TINY, ArrayIterator  # noqa: E402
 
-from mathft_jax import checkpoints, train  # noqa: E402
+from mathft_jax import train  # noqa: E402
+from mathft_jax.convert import checkpoints
 
 
 class SlowIterator(ArrayIterator):

@@ -1,5 +1,5 @@
 """The one error type of the converters: the message names the file, field or tensor."""
-from mathft_jax.user_errors import DataError
+from mathft_jax.core.errors import DataError
 
 
 

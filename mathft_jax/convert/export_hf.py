@@ -4,7 +4,7 @@ as an HF directory that `transformers.AutoTokenizer` and `AutoModelForCausalLM` 
 CKPT is any model_dir (import_hf's output or a training stage's checkpoints, local or
 `gs://`), one of its `<step>` directories or a `<step>/params` directory; a model_dir
 exports its latest step. The model config, vocabulary and special ids come from the
-model_dir's files (`mathft_jax.model_files`), and the imported model's `hf/` adds its
+model_dir's files (`mathft_jax.convert.model_files`), and the imported model's `hf/` adds its
 config.json fields and generation settings. DIR gets config.json and
 generation_config.json with our BOS/EOS/PAD ids, the tokenizer files (tokenizer_config.json
 completed or made up), and the safetensors shards. `--gin_file` overrides the model
@@ -20,7 +20,9 @@ from typing import Optional, Sequence
 
 from absl import logging
 
-from mathft_jax import checkpoints, cli_errors, model_files, partitioning
+from mathft_jax.convert import checkpoints, model_files
+from mathft_jax.core import cli_errors
+from mathft_jax.models import partitioning
 from mathft_jax.convert import hf, model_gin, tokenizer
 from mathft_jax.convert.staging import staged_dir
 

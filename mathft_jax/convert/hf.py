@@ -21,7 +21,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from mathft_jax import partitioning
+from mathft_jax.models import partitioning
 from mathft_jax.convert import families, param_map
 from mathft_jax.convert.errors import ConversionError
 from mathft_jax.convert.safetensors_io import ShardedReader, write_sharded

@@ -3,7 +3,7 @@ checkpoint.
 
 CKPT holds the parameters (`checkpoints.save_params`, read by `train.init_checkpoint`,
 `infer` and `export_hf`), stored in the checkpoint's own dtype (exact, compact), and the
-model files every model_dir has (`mathft_jax.model_files`): `model.gin` (the
+model files every model_dir has (`mathft_jax.convert.model_files`): `model.gin` (the
 DecoderConfig: float32 parameters, so fine-tuning keeps float32 master weights and
 optimizer state, and the checkpoint's dtype as the compute dtype; `load_params` casts),
 `vocab.gin` and `tokenizer/` (the tokenizer as `get_vocabulary`, with its special ids,
@@ -17,7 +17,9 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
-from mathft_jax import checkpoints, cli_errors, model_files, partitioning
+from mathft_jax.convert import checkpoints, model_files
+from mathft_jax.core import cli_errors
+from mathft_jax.models import partitioning
 from mathft_jax.convert import hf, tokenizer
 from mathft_jax.convert.staging import staged_dir
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import gin
 
-from mathft_jax import storage
+from mathft_jax.core import storage
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -56,5 +56,5 @@ def scr_candidates_file(path: Optional[str] = None) -> Optional[pathlib.Path]:
 @gin.configurable
 def preference_file(path: Optional[str] = None) -> Optional[pathlib.Path]:
     """Preference file with reference log-likelihoods (docs/formats.md, written by
-    `python -m mathft_jax.preferences`) for the `dpo_pairs` task; no default."""
+    `python -m mathft_jax.scoring.reference`) for the `dpo_pairs` task; no default."""
     return storage.path(path) if path else None

@@ -1,7 +1,7 @@
 """The preference file (docs/formats.md): (prompt, chosen, rejected) pairs for DPO, with the
 frozen reference model's log-likelihoods beside them: read, check, write, build from graded
 candidates, and the `dpo_pairs` task's examples. The reference's log-likelihoods are
-computed by `mathft_jax.preferences` (the model side).
+computed by `mathft_jax.scoring.reference` (the model side).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mathft_jax import atomic
+from mathft_jax.core import atomic
 from mathft_jax.data import formats
 from mathft_jax.data.readers import iter_jsonl
 

@@ -16,8 +16,9 @@ import pathlib
 import re
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from mathft_jax import grading, storage
-from mathft_jax.user_errors import DataError
+from mathft_jax import grading
+from mathft_jax.core import storage
+from mathft_jax.core.errors import DataError
 
 PathLike = Union[str, pathlib.Path]
 
@@ -248,9 +249,9 @@ def read_prm800k_labels(paths: Union[PathLike, Sequence[PathLike]],
 
 
 def read_candidates(path: PathLike) -> list[dict]:
-    """Candidates file (docs/formats.md, read by `mathft_jax.candidates`) where every sample
+    """Candidates file (docs/formats.md, read by `mathft_jax.results.candidates`) where every sample
     carries a bool `correct`: the file's own where present, else the grader's verdict."""
-    from mathft_jax import candidates  # noqa: PLC0415 (pulls the grader only when needed)
+    from mathft_jax.results import candidates  # noqa: PLC0415 (pulls the grader only when needed)
 
     records = candidates.read_candidates(str(path))
     for record in records:

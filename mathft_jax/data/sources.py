@@ -17,7 +17,7 @@ import logging
 from typing import Callable, Optional
 
 from mathft_jax.data import paths, readers, synthetic
-from mathft_jax.settings import SettingError
+from mathft_jax.core.settings import SettingError
 
 Source = Callable[[str, bool], list]
 _SOURCES: dict[str, Source] = {}

@@ -71,7 +71,8 @@ def _preference_examples(path) -> list[dict]:
     from mathft_jax.data import preferences  # noqa: PLC0415
     if path is None:
         raise ValueError("dpo_pairs needs a preference file with reference log-likelihoods: "
-                         "bind preference_file.path = '...' (python -m mathft_jax.preferences)")
+                         "bind preference_file.path = '...' "
+                         "(python -m mathft_jax.scoring.reference)")
     return preferences.preference_examples(preferences.read_preferences(str(path)))
 
 

@@ -13,7 +13,7 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
-from mathft_jax.settings import SettingError
+from mathft_jax.core.settings import SettingError
 
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
@@ -56,7 +56,7 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     @property
     def path(self) -> str:
         """The tokenizer.json this vocabulary reads (its siblings hold the tokenizer's other
-        files, see `mathft_jax.model_files`)."""
+        files, see `mathft_jax.convert.model_files`)."""
         return self._path
 
     def _token_id(self, token: Optional[str]) -> Optional[int]:

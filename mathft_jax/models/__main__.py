@@ -4,8 +4,9 @@ import json
 
 from absl import app, flags
 
-from mathft_jax import entry, gin_utils
+from mathft_jax.core import entry, gin_utils
 from mathft_jax.models import sizes
+from mathft_jax.models.config import DecoderConfig
 
 SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length for the attention FLOPs term.")
 
@@ -14,7 +15,7 @@ def main(argv):
     del argv
     gin_utils.parse_gin(entry.GIN_FILES.value, entry.GIN_BINDINGS.value,
                         entry.GIN_SEARCH_PATHS.value)
-    cfg = gin_utils.model_config().validate()
+    cfg = DecoderConfig().validate()
     print(json.dumps(sizes.summary(cfg, SEQ_LEN.value)))
 
 

@@ -2,7 +2,7 @@
 
 Every parameter is created with `nn.with_logical_partitioning` and every large
 activation is constrained with `nn.with_logical_constraint`, so the partitioning rules
-(`mathft_jax/partitioning.py`) alone decide how the model is sharded.
+(`mathft_jax/models/partitioning.py`) alone decide how the model is sharded.
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ class Attention(nn.Module):
         which leaves its running state exactly unchanged (correction exp(0) = 1, weights
         exp(NEG_INF - max) = 0). A softmax over all S slots is not: XLA:CPU sums in an order
         that depends on S, the logits differ in the last bits, and samples flip (1 of 128
-        MATH-length samples between `decoding.generate` and `mathft_jax.engine` before this).
+        MATH-length samples between `decoding.generate` and `sampling.engine` before this).
         """
         cfg = self.cfg
         b, t, h, hd = q.shape

@@ -24,8 +24,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from mathft_jax.fused_loss import chunked_row_sums
-from mathft_jax.objectives import hidden_and_head, lm_objective, model_inputs
+from mathft_jax.training.fused_loss import chunked_row_sums
+from mathft_jax.training.objectives import hidden_and_head, lm_objective, model_inputs
 
 Batch = Dict[str, jax.Array]
 NORMALIZATIONS = ("token", "sequence", "constant")

@@ -44,14 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mathft_jax import (checkpoints, distributed, grading, partitioning, preemption, provenance,
-                        scoring, settings)
-from mathft_jax.metrics_writer import MetricsWriter
+from mathft_jax import grading
+from mathft_jax.convert import checkpoints
+from mathft_jax.core import distributed, preemption, provenance, settings
+from mathft_jax.models import partitioning
+from mathft_jax.scoring import evaluator
+from mathft_jax.core.metrics_writer import MetricsWriter
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
-from mathft_jax.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.rl import grpo as grpo_lib, rewards as rewards_lib, rollout as rollout_lib
-from mathft_jax.trainer import TrainState, abstract_state, init_state, make_train_step
+from mathft_jax.training.trainer import TrainState, abstract_state, init_state, make_train_step
 
 
 @dataclasses.dataclass
@@ -211,7 +214,7 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     if vocabulary is None:
         from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415
         vocabulary = vocab_lib.get_vocabulary()
-    start_id = scoring.decoder_start_id(vocabulary)
+    start_id = evaluator.decoder_start_id(vocabulary)
     sampling = rollout_lib.sampling_params(num_generations, max_decode_len, temperature, top_k,
                                            top_p, vocabulary.eos_id)
 
@@ -231,8 +234,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
                                               prompts_per_iteration, solutions)
     reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
                            cfg, optimizer, shardings, seed, partitioner)
-    evaluator = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
-                 if evaluator_checkpoint and evaluator_weight else None)
+    evaluator_params = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
+                        if evaluator_checkpoint and evaluator_weight else None)
 
     model = Decoder(cfg)
     loss = functools.partial(objective, kl_coef=kl_coef, temperature=temperature)
@@ -260,9 +263,9 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
         with timer("reward"):
             reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights,
                                                         grader)
-            if evaluator is not None:
-                parts["evaluator"] = np.stack(scoring.score_groups(
-                    evaluator, cfg, vocabulary, [p["problem"] for p in batch_problems],
+            if evaluator_params is not None:
+                parts["evaluator"] = np.stack(evaluator.score_groups(
+                    evaluator_params, cfg, vocabulary, [p["problem"] for p in batch_problems],
                     roll.texts, partitioner=partitioner, start_id=start_id))
                 reward = reward + evaluator_weight * parts["evaluator"]
         return _Round(roll.batch, reward, parts, roll.lengths)
@@ -494,7 +497,7 @@ def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg
 
 def main(argv):
     del argv
-    from mathft_jax import entry  # noqa: PLC0415
+    from mathft_jax.core import entry  # noqa: PLC0415
     entry.parse_gin_flags()
     with gin.config_scope("grpo"):  # the scope the pipeline's grpo stage runs in
         result = grpo()

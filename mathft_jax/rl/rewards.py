@@ -49,7 +49,7 @@ def _graded(gold: str, text: str, grader: str) -> bool:
     # The judgment the pipeline's scr_data and evaluate stages make, by the same grader
     # (candidates is the results layer: imported here, as data.readers does). Cached, so
     # `correct` and `process` on one completion grade it once.
-    from mathft_jax.candidates import grade_sample  # noqa: PLC0415
+    from mathft_jax.results.candidates import grade_sample  # noqa: PLC0415
     return grade_sample({"text": text}, gold, grader=grader)
 
 

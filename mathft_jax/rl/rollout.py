@@ -13,11 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from mathft_jax import decoding
-from mathft_jax.batching import check_prompts
+from mathft_jax.sampling import decoding
+from mathft_jax.sampling.batching import check_prompts
 from mathft_jax.data.formats import generation_prompt
 from mathft_jax.data.packing import empty_batch, write_segment
-from mathft_jax.partitioning import NO_MESH, Partitioner
+from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
 
 @dataclasses.dataclass

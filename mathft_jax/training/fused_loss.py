@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mathft_jax import losses
+from mathft_jax.training import losses
 from mathft_jax.models.decoder import head_logits
 
 HEAD_AXES = ("embed", "vocab")

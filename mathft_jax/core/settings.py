@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Union
 
-from mathft_jax.user_errors import UsageError
+from mathft_jax.core.errors import UsageError
 
 Number = Union[int, float]
 

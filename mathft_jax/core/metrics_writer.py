@@ -14,7 +14,7 @@ from typing import Mapping
 
 from absl import logging
 
-from mathft_jax import atomic, distributed, storage
+from mathft_jax.core import atomic, distributed, storage
 
 
 class MetricsWriter:

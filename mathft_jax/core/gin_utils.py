@@ -20,9 +20,10 @@ def gin_configs_root() -> str:
 # Every module that defines gin configurables; imported before parsing so that a gin file
 # may bind any of them, and an unknown name is an error rather than silently ignored.
 CONFIGURABLE_MODULES = (
-    "mathft_jax.models.config", "mathft_jax.partitioning", "mathft_jax.optim",
-    "mathft_jax.objectives", "mathft_jax.train", "mathft_jax.infer", "mathft_jax.scoring",
-    "mathft_jax.pipeline", "mathft_jax.preferences", "mathft_jax.rl.grpo",
+    "mathft_jax.models.config", "mathft_jax.models.partitioning", "mathft_jax.training.optim",
+    "mathft_jax.training.objectives", "mathft_jax.train", "mathft_jax.infer",
+    "mathft_jax.scoring.evaluator", "mathft_jax.pipeline", "mathft_jax.scoring.reference",
+    "mathft_jax.rl.grpo",
     "mathft_jax.rl.rewards", "mathft_jax.rl.loop",
 )
 # These need seqio/TensorFlow, which accelerator images may lack: skipped when absent.
@@ -68,7 +69,7 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (),
             register_configurables(data=True)
             gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
     except (ValueError, KeyError, IOError) as e:
-        from mathft_jax.cli_errors import UsageError
+        from mathft_jax.core.cli_errors import UsageError
         raise UsageError(f"bad gin configuration: {e}") from e
 
 
@@ -78,7 +79,7 @@ def _resolve(path: str, roots: Sequence[str]) -> str:
     for root in roots:
         if os.path.exists(os.path.join(root, path)):
             return os.path.join(root, path)
-    from mathft_jax.cli_errors import UsageError
+    from mathft_jax.core.cli_errors import UsageError
     raise UsageError(f"bad gin configuration: gin file {path!r} not found (looked in the "
                      f"working directory and {', '.join(roots)})")
 
@@ -99,8 +100,3 @@ def _guard_gin_resource_reader() -> None:
         (reader, exists if check is resource_reader.system_path_file_exists else check)
         for reader, check in config._FILE_READERS]
 
-
-def model_config():
-    """The DecoderConfig that the parsed gin files describe."""
-    from mathft_jax.models.config import DecoderConfig
-    return DecoderConfig()

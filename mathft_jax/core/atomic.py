@@ -3,7 +3,7 @@
 A crash mid-write (of the process or of the machine) leaves the old file (or none), never
 half a file that a resumed run would read as done. On object storage (`gs://`) an object
 is visible only once its upload completes, which gives the same guarantee without a
-temporary file (mathft_jax/storage.py).
+temporary file (mathft_jax/core/storage.py).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 
-from mathft_jax import storage
+from mathft_jax.core import storage
 
 
 def write_text(path: str, text: str) -> None:

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mathft_jax import voting
+from mathft_jax.results import voting
 
 BINS = 10
 BASELINES = ("rr_ll_all", "rr_ll_topk", "random_topk")

@@ -19,8 +19,8 @@ from typing import Iterable, Optional
 
 import gin
 
-from mathft_jax import atomic, distributed, storage
-from mathft_jax.user_errors import UsageError
+from mathft_jax.core import atomic, distributed, moved, storage
+from mathft_jax.core.errors import UsageError
 
 OPERATIVE = "config.gin"
 BINDINGS = "bindings.json"
@@ -123,6 +123,8 @@ def differences(recorded: dict, current: dict, defaults: Optional[dict] = None) 
     `current` has is no difference where its value is `defaults[key]`: a setting added to
     the code after the record was written, at the value that keeps the old behaviour."""
     defaults = defaults or {}
+    # A record made before the package's layer folders names moved modules by their old path.
+    recorded = {k: moved.current_name(v) for k, v in recorded.items()}
 
     def added_at_default(k: str) -> bool:
         return k not in recorded and k in defaults and current[k] == defaults[k]

@@ -1,7 +1,7 @@
 """The reference log-likelihoods of a preference file (docs/formats.md, the format in
 `data/preferences.py`): DPO's frozen reference, computed once and stored with the pairs.
 
-    python -m mathft_jax.preferences --gin_file=gin_configs/models/tiny.gin \\
+    python -m mathft_jax.scoring.reference --gin_file=gin_configs/models/tiny.gin \\
         --gin_bindings="make_preferences.candidates_path='graded.jsonl'" \\
         --gin_bindings="make_preferences.reference_checkpoint='runs/x/ssft/checkpoints'" \\
         --gin_bindings="make_preferences.output_path='prefs.jsonl'"
@@ -16,9 +16,9 @@ or from a preference file of one's own.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.py)
-    from mathft_jax.entry import run_module
-    run_module("mathft_jax.preferences")
+if __name__ == "__main__":  # run the package module once (see mathft_jax/core/entry.py)
+    from mathft_jax.core.entry import run_module
+    run_module("mathft_jax.scoring.reference")
 
 
 import json
@@ -40,7 +40,7 @@ def reference_log_likelihoods(params, cfg, vocab, records: Sequence[dict], seque
     rows the `dpo_pairs` task gives `objectives.dpo_objective` unpacked (same rows, same code:
     `likelihood.completion_log_likelihoods`). partitioner: a `partitioning.Partitioner`
     (default: none, one device)."""
-    from mathft_jax.likelihood import completion_log_likelihoods  # noqa: PLC0415
+    from mathft_jax.scoring.likelihood import completion_log_likelihoods  # noqa: PLC0415
     texts = [(prompt_text(r), text) for r in records for text in (r["chosen"], r["rejected"])]
     ll, _ = completion_log_likelihoods(params, cfg, vocab, [p for p, _ in texts],
                                        [t for _, t in texts], sequence_length=sequence_length,
@@ -59,7 +59,9 @@ def make_preferences(output_path: str = gin.REQUIRED,
     preference file (`preferences_path`), with the reference checkpoint's log-likelihoods.
     sequence_length must be the DPO stage's `train.sequence_length` (rows are truncated to it
     alike). Returns counts."""
-    from mathft_jax import checkpoints, distributed, partitioning, settings  # noqa: PLC0415
+    from mathft_jax.convert import checkpoints  # noqa: PLC0415
+    from mathft_jax.core import distributed, settings
+    from mathft_jax.models import partitioning
     from mathft_jax.data import readers, vocab as vocab_lib  # noqa: PLC0415
     from mathft_jax.models.config import DecoderConfig  # noqa: PLC0415
     settings.check("make_preferences", sequence_length=sequence_length, batch_size=batch_size)
@@ -91,6 +93,6 @@ def make_preferences(output_path: str = gin.REQUIRED,
 
 def main(argv):
     del argv
-    from mathft_jax import entry  # noqa: PLC0415
+    from mathft_jax.core import entry  # noqa: PLC0415
     entry.parse_gin_flags()
     print(json.dumps(make_preferences()), flush=True)

@@ -30,7 +30,7 @@ from absl import app, flags
 
 # The error types live where no flag is defined, so that library modules (readers,
 # converters) raise them without defining --debug; re-exported here for the entry points.
-from mathft_jax.user_errors import (DATA_EXIT, USAGE_EXIT, CliError, DataError,  # noqa: F401
+from mathft_jax.core.errors import (DATA_EXIT, USAGE_EXIT, CliError, DataError,  # noqa: F401
                                     UsageError)
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Print the traceback of a usage or data error.")

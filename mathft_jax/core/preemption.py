@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from mathft_jax.user_errors import CliError
+from mathft_jax.core.errors import CliError
 
 _requested = threading.Event()
 

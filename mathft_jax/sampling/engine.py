@@ -39,12 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mathft_jax import decoding
-from mathft_jax.batching import PAD_ID, bucket_length, check_prompts, pad_prompts, rows_for
-from mathft_jax.decoding import DecodeStatic, SamplingParams, Samples
+from mathft_jax.sampling import decoding
+from mathft_jax.sampling.batching import PAD_ID, bucket_length, check_prompts, pad_prompts, rows_for
+from mathft_jax.sampling.decoding import DecodeStatic, SamplingParams, Samples
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import init_cache
-from mathft_jax.partitioning import NO_MESH, Partitioner
+from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
 DEFAULT_CHUNK = 16
 

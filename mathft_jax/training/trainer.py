@@ -18,8 +18,8 @@ import optax
 
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, init_params
-from mathft_jax.objectives import lm_objective, rows_per_group
-from mathft_jax.partitioning import BATCH_AXES, NO_MESH, Partitioner, with_shardings
+from mathft_jax.training.objectives import lm_objective, rows_per_group
+from mathft_jax.models.partitioning import BATCH_AXES, NO_MESH, Partitioner, with_shardings
 
 Batch = Dict[str, jax.Array]
 Objective = Callable[[Decoder, dict, Batch], Dict[str, jax.Array]]

@@ -27,7 +27,7 @@ from typing import Optional
 from absl import logging
 from etils import epath
 
-from mathft_jax import atomic, distributed, storage
+from mathft_jax.core import atomic, distributed, storage
 from mathft_jax.convert import model_gin, tokenizer
 from mathft_jax.models.config import DecoderConfig
 
@@ -174,7 +174,7 @@ def _write_vocabulary(model_dir: epath.Path, final_dir: epath.Path, vocabulary) 
     _write(model_dir / VOCAB_GIN, gin_text)
 
 
-_VOCAB_COMMENT = "The vocabulary this model is trained with (mathft_jax.model_files)."
+_VOCAB_COMMENT = "The vocabulary this model is trained with (mathft_jax.convert.model_files)."
 
 
 def _kind(vocabulary) -> str:

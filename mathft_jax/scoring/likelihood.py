@@ -15,14 +15,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mathft_jax.batching import bucket_length
+from mathft_jax.sampling.batching import bucket_length
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled(cfg, loss_chunk: int):
     import jax  # noqa: PLC0415 (jax only where a model runs)
 
-    from mathft_jax import objectives  # noqa: PLC0415
+    from mathft_jax.training import objectives  # noqa: PLC0415
     from mathft_jax.models.decoder import Decoder  # noqa: PLC0415
     model = Decoder(cfg)
     return jax.jit(lambda p, b: objectives._row_log_likelihoods(model, p, b, loss_chunk))  # noqa: SLF001
@@ -45,7 +45,7 @@ def completion_log_likelihoods(params, cfg, vocab, prompts: Sequence[str],
     loss_chunk > 0: the output projection that many positions at a time
     (`objectives`' `loss_chunk`): no [batch, length, vocab] logits, for large vocabularies.
     """
-    from mathft_jax import partitioning  # noqa: PLC0415
+    from mathft_jax.models import partitioning  # noqa: PLC0415
     from mathft_jax.data import packing  # noqa: PLC0415
     if len(prompts) != len(completions):
         raise ValueError(f"prompts ({len(prompts)}) and completions ({len(completions)}) "
@@ -55,7 +55,7 @@ def completion_log_likelihoods(params, cfg, vocab, prompts: Sequence[str],
     partitioner = partitioner or partitioning.NO_MESH
     partitioner.check_batch_divisible(batch_size)
     if start_id is None:
-        from mathft_jax.scoring import decoder_start_id  # noqa: PLC0415
+        from mathft_jax.data.vocab import decoder_start_id  # noqa: PLC0415 (seqio)
         start_id = decoder_start_id(vocab)
     examples = [(np.asarray(vocab.encode(p), np.int32),
                  np.asarray(list(vocab.encode(c)) + [int(vocab.eos_id)], np.int32))

@@ -18,7 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mathft_jax import partitioning, storage
+from mathft_jax.core import storage
+from mathft_jax.models import partitioning
 from mathft_jax.models.config import DecoderConfig
 
 

@@ -14,11 +14,12 @@ import json
 import logging
 import math
 
-from mathft_jax import atomic, storage
-from mathft_jax import grading
-from mathft_jax.grading import extract_answer
-from mathft_jax.parallel import parallel_map
-from mathft_jax.user_errors import DataError
+from mathft_jax.core import atomic, storage
+from mathft_jax.grading.extract import extract_answer
+from mathft_jax.grading.graders import grade as grade_answer
+from mathft_jax.grading.timeout import warm_up
+from mathft_jax.core.pool import parallel_map
+from mathft_jax.core.errors import DataError
 
 
 # How `samples[].score` was made (`scoring.score_records`): a label evaluator's probability of
@@ -141,8 +142,8 @@ def grade_sample(sample: dict, gold: str, policy: str | None = None,
     (`grade_candidates`), by `voting.grade_problem` and by the data readers: `grader`
     (grading.GRADERS) on the sample's answer (`sample_answer(sample, policy)`), within the
     grader's per-call bound."""
-    verdict = grading.grade(sample.get("text"), gold, policy or "strict", grader,
-                            answer=sample_answer(sample, policy))
+    verdict = grade_answer(sample.get("text"), gold, policy or "strict", grader,
+                           answer=sample_answer(sample, policy))
     return verdict.correct
 
 
@@ -154,7 +155,7 @@ def grade_candidates(records: list[dict], processes: int | None = None, progress
                      grader: str = "mathft") -> list[dict]:
     """Set `correct` on every sample (in place) with a process pool; returns `records`."""
     grade = functools.partial(_grade_record, grader=grader)
-    graded = parallel_map(grade, records, processes, "grading", progress, grading.warm_up)
+    graded = parallel_map(grade, records, processes, "grading", progress, warm_up)
     for record, grades in zip(records, graded):
         for sample, correct in zip(record["samples"], grades):
             sample["correct"] = correct

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mathft_jax.candidates import grade_sample, sample_answer
+from mathft_jax.results.candidates import grade_sample, sample_answer
 from mathft_jax.grading import answer_key, is_equiv
 
 METRICS = ("pass_at_1", "pass_at_n", "maj1_at_n", "majk_at_n", "rr_all", "rr_topk", "wrr", "wrr_majk")

@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mathft_jax.batching import PAD_ID, check_prompts, pad_prompts, rows_for
+from mathft_jax.sampling.batching import PAD_ID, check_prompts, pad_prompts, rows_for
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
 from mathft_jax.models.layers import CACHE_BLOCK
-from mathft_jax.partitioning import NO_MESH, Partitioner
+from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,8 @@ import math
 import os
 from typing import Mapping, Optional, Sequence
 
-from mathft_jax import atomic, diagnostics, voting
+from mathft_jax.core import atomic
+from mathft_jax.results import diagnostics, voting
 
 CURVE_METRICS = ("maj1_at_n", "rr_topk", "wrr_majk")
 NAMES = {"ssft": "SSFT", "mtsf": "MTSF", "dpo": "DPO", "grpo": "GRPO"}

@@ -21,8 +21,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from mathft_jax import losses
-from mathft_jax.fused_loss import chunked_sequence_log_likelihood, fused_head_cross_entropy
+from mathft_jax.training import losses
+from mathft_jax.training.fused_loss import chunked_sequence_log_likelihood, fused_head_cross_entropy
 from mathft_jax.models.decoder import output_projection
 
 Batch = Dict[str, jax.Array]
@@ -122,7 +122,7 @@ def dpo_objective(model, params, batch: Batch, beta: float = 0.1, loss_type: str
     """DPO on generation-format pairs: rows 2k, 2k+1 = (P, chosen), (P, rejected), as
     `scr_sequence_pairwise` and `dpo_pairs` give them. The frozen reference's sequence
     log-likelihood of each row is the float feature `ref_log_likelihood`, computed once
-    (`mathft_jax.preferences`), so training holds one model. See `losses.dpo_loss`.
+    (`mathft_jax.scoring.reference`), so training holds one model. See `losses.dpo_loss`.
 
     Metrics (per pair): the implicit rewards beta * (log P - log Pref) of chosen and rejected,
     their margin, and pair_accuracy, the share of pairs whose margin is > 0.
@@ -130,7 +130,7 @@ def dpo_objective(model, params, batch: Batch, beta: float = 0.1, loss_type: str
     if "ref_log_likelihood" not in batch:
         raise KeyError("dpo_objective needs the batch feature 'ref_log_likelihood': train on "
                        "a preference file with reference log-likelihoods (python -m "
-                       "mathft_jax.preferences, task dpo_pairs)")
+                       "mathft_jax.scoring.reference, task dpo_pairs)")
     ll = _row_log_likelihoods(model, params, batch, loss_chunk).reshape(-1, 2)
     ref = batch["ref_log_likelihood"].astype(jnp.float32).reshape(-1, 2)
     valid = (batch["pair_id"].reshape(-1, 2)[:, 0] >= 0).astype(jnp.float32)

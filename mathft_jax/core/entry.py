@@ -5,7 +5,7 @@ module beside the `mathft_jax.train` that other modules import; gin configurable
 flags defined in both copies would clash. Each entry module therefore starts with
 
     if __name__ == "__main__":
-        from mathft_jax.entry import run_module; run_module("mathft_jax.train")
+        from mathft_jax.core.entry import run_module; run_module("mathft_jax.train")
 
 which runs the package copy's `main` under absl and exits before the `__main__` copy
 defines anything.
@@ -26,7 +26,7 @@ GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
 
 
 def run_module(name: str) -> None:
-    from mathft_jax import cli_errors  # one-line usage (exit 2) and data (exit 1) errors
+    from mathft_jax.core import cli_errors  # one-line usage (exit 2) and data (exit 1) errors
     module = importlib.import_module(name)
     cli_errors.run(module.main, prog=name.rsplit(".", 1)[-1])
     sys.exit(0)
@@ -34,6 +34,6 @@ def run_module(name: str) -> None:
 
 def parse_gin_flags() -> None:
     """Bring up jax.distributed (multi-host), then parse --gin_file / --gin_bindings."""
-    from mathft_jax import distributed, gin_utils
+    from mathft_jax.core import distributed, gin_utils
     distributed.initialize()
     gin_utils.parse_gin(GIN_FILES.value, GIN_BINDINGS.value, GIN_SEARCH_PATHS.value)

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mathft_jax import decoding
-from mathft_jax.batching import check_prompts, pad_prompts, rows_for
+from mathft_jax.sampling import decoding
+from mathft_jax.sampling.batching import check_prompts, pad_prompts, rows_for
 from mathft_jax.data.formats import (evaluator_prompt, evaluator_target, generation_prompt,
                                      solution_prefixes)
 from mathft_jax.models.config import DecoderConfig
-from mathft_jax.partitioning import NO_MESH, Partitioner
+from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
 
 def label_logprobs(params, contexts, lengths, *, cfg: DecoderConfig, labels: tuple):
@@ -143,7 +143,7 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
     steps (label only): score = the least S over the candidate's line prefixes
     (formats.solution_prefixes), for an evaluator trained on them (task
     scr_steps_pairwise): a solution is as good as its worst step."""
-    from mathft_jax.candidates import SCORE_METHODS  # noqa: PLC0415 (the format's home)
+    from mathft_jax.results.candidates import SCORE_METHODS  # noqa: PLC0415 (the format's home)
     if method not in SCORE_METHODS:
         raise ValueError(f"score_records.method={method!r}: choose from {SCORE_METHODS}")
     if method == "label" and loss_chunk:
@@ -175,7 +175,7 @@ def score_records(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
 def _score_by_likelihood(params, cfg: DecoderConfig, vocab, records: Sequence[dict],
                          batch_size: int, loss_chunk: int, partitioner: Partitioner = NO_MESH,
                          start_id: Optional[int] = None) -> int:
-    from mathft_jax.likelihood import completion_log_likelihoods  # noqa: PLC0415
+    from mathft_jax.scoring.likelihood import completion_log_likelihoods  # noqa: PLC0415
     samples = [(record["problem"], sample) for record in records for sample in record["samples"]]
     ll, tokens = completion_log_likelihoods(
         params, cfg, vocab, [generation_prompt(p) for p, _ in samples],

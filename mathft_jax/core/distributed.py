@@ -251,7 +251,7 @@ def check_shared_dir(directory: str) -> None:
         return
     from jax.experimental import multihost_utils
 
-    from mathft_jax import atomic, storage
+    from mathft_jax.core import atomic, storage
     token_path = storage.join(directory, ".shared_dir_check")
     token = np.asarray([time.time_ns() % (2 ** 31)], np.int32)
     token = np.asarray(multihost_utils.broadcast_one_to_all(token))
