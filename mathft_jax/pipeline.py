@@ -36,32 +36,19 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/core/e
 import dataclasses
 import json
 import time
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 import gin
 from absl import logging
 
-from mathft_jax import evaluate, grading
+from mathft_jax import evaluate
 from mathft_jax.core import (atomic, cli_errors, distributed, metrics_writer, preemption,
                              provenance, settings, storage)
-from mathft_jax.results import candidates, report
 from mathft_jax.core.preemption import Preempted
+from mathft_jax.grading import get_grader
+from mathft_jax.results import candidates, report
 
-VARIANTS = {
-    "ssft": ("ssft", "sample_eval", "evaluate"),
-    "ssft_scr": ("ssft", "sample_train", "scr_data", "scr", "sample_eval", "score", "evaluate"),
-    "mtsf": ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score", "evaluate"),
-    "mtsf_control": ("ssft", "mtsf", "sample_eval", "evaluate"),
-    "dpo": ("ssft", "sample_train", "scr_data", "dpo_data", "dpo", "sample_eval", "evaluate"),
-    "grpo": ("ssft", "grpo", "sample_eval", "evaluate"),
-}
-GENERATORS = ("ssft", "mtsf", "dpo", "grpo")  # stages whose checkpoint is sampled and evaluated
 DONE = "DONE.json"
-SCOPED_STAGES = ("ssft", "sample_train", "scr", "mtsf", "sample_eval", "dpo", "grpo")  # gin scopes
-TRAIN_STAGES = ("ssft", "scr", "mtsf", "dpo")
-# Sampling stages and the generators each samples from.
-SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
-                 "sample_eval": lambda generators: generators}
 # Bindings that change where or how fast, not what a stage computes; `variant` (and
 # `evaluator_checkpoint`) pick the stages, and each stage's own inputs are compared as its
 # resolved TrainConfig/InferConfig (score and evaluate: the evaluator of
@@ -69,6 +56,34 @@ SAMPLE_STAGES = {"sample_train": lambda generators: ["ssft"],
 NOT_SETTINGS = ("pipeline.run_dir", "pipeline.stop_after", "pipeline.processes",
                 "pipeline.ignore_config_changes", "pipeline.variant", "scr_candidates_file.path",
                 "preference_file.path", "pipeline.evaluator_checkpoint")
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the recipe, declared once (STAGES).
+
+    run:       the stage's function, given the run's `Context`; returns what DONE.json keeps.
+    scope:     the gin scope of its settings (`ssft/train.total_steps`), or None.
+    reads:     the artefacts of earlier stages it reads, as "stage.artefact"; "a|b.artefact"
+               reads the first of stages a, b that the variant has. Checked before stage 1.
+    writes:    its artefacts: name -> path under the stage's directory ("{generator}" for one
+               file per generator).
+    configs:   the typed configs it runs with ({"train": TrainConfig, "infer[ssft]": ...}),
+               built and validated before stage 1 and compared with a finished stage's record
+               on a rerun.
+    generator: its checkpoint is a generator: sampled by sample_eval and evaluated.
+    """
+
+    name: str
+    run: Callable[["Context"], Optional[dict]]
+    scope: Optional[str] = None
+    reads: tuple = ()
+    writes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    configs: Callable[["Context"], dict] = lambda ctx: {}
+    generator: bool = False
 
 
 class Run:
@@ -80,6 +95,14 @@ class Run:
     def stage_dir(self, stage: str) -> str:
         return storage.join(self.root, stage)
 
+    def artefact(self, stage: str, name: str, generator: str = "") -> str:
+        """Where `stage` writes its artefact `name` (STAGES[stage].writes)."""
+        return storage.join(self.stage_dir(stage),
+                            STAGES[stage].writes[name].format(generator=generator))
+
+    def checkpoint(self, stage: str) -> str:
+        return self.artefact(stage, "checkpoint")
+
     def done(self, stage: str) -> bool:
         return storage.exists(storage.join(self.stage_dir(stage), DONE))
 
@@ -88,25 +111,294 @@ class Run:
             return
         atomic.write_json(storage.join(self.stage_dir(stage), DONE), info, indent=1)
 
-    # artefacts
-    def checkpoint(self, stage: str) -> str:
-        return storage.join(self.stage_dir(stage), "checkpoints")
 
-    def train_candidates(self) -> str:
-        return storage.join(self.stage_dir("sample_train"), "candidates.jsonl")
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a stage function is given: the run's settings, its paths, the variant's stages."""
 
-    def graded_train_candidates(self) -> str:
-        return storage.join(self.stage_dir("scr_data"), "graded.jsonl")
+    cfg: "PipelineConfig"
+    run: Run
+    stages: tuple
 
-    def eval_candidates(self, generator: str, scored: bool = False) -> str:
-        stage = "score" if scored else "sample_eval"
-        return storage.join(self.stage_dir(stage), f"{generator}.jsonl")
+    @property
+    def generators(self) -> list:
+        return [s for s in self.stages if STAGES[s].generator]
 
-    def preferences(self) -> str:
-        return storage.join(self.stage_dir("dpo_data"), "preferences.jsonl")
+    def source(self, read: str) -> str:
+        """The stage that provides a read ("scr|ssft.checkpoint" -> "scr" or "ssft")."""
+        choices, _ = read.split(".")
+        return next(s for s in choices.split("|") if s in self.stages)
 
-    def results(self) -> str:
-        return storage.join(self.stage_dir("evaluate"), "results.json")
+    def input(self, read: str, generator: str = "") -> str:
+        """The path of a read artefact of an earlier stage."""
+        return self.run.artefact(self.source(read), read.split(".")[1], generator)
+
+    def evaluator(self) -> str:
+        """The checkpoint of the evaluator that scores: the run's scr stage's, or the given one."""
+        return self.cfg.evaluator_checkpoint or self.run.checkpoint("scr")
+
+
+# ------------------------------------------------------------------------------ the stages
+# Each stage's function, then the table. A new stage is one function and one table entry (and
+# its gin scope's settings in a gin file): docs/ARCHITECTURE.md, "Adding a stage".
+
+# A training stage's task, the checkpoint it starts from, and what its task needs of it.
+_TRAIN_TASK = {"ssft": lambda cfg: cfg.ssft_task, "scr": lambda cfg: cfg.scr_task,
+               "mtsf": lambda cfg: cfg.ssft_task, "dpo": lambda cfg: "dpo_pairs"}
+_TRAIN_INIT = {"scr": "ssft.checkpoint", "mtsf": "scr|ssft.checkpoint", "dpo": "ssft.checkpoint"}
+
+
+def _task_needs(task: str) -> dict:
+    """The TrainConfig fields a task's rows fix: pair tasks are read in whole groups by their
+    own objective (unpacked), and pointwise evaluator rows by the LM loss."""
+    from mathft_jax.training import objectives  # noqa: PLC0415
+    pairs = {"scr_pairwise": objectives.evaluator_objective,
+             "scr_steps_pairwise": objectives.evaluator_objective,
+             "scr_sequence_pairwise": objectives.sequence_objective,
+             "dpo_pairs": objectives.dpo_objective}
+    if task in pairs:
+        return {"objective": pairs[task], "pack": False}
+    if task == "scr_pointwise":
+        return {"objective": objectives.lm_objective}
+    return {}
+
+
+def _train_config(ctx: Context, stage: str):
+    """A training stage's TrainConfig: its gin scope's settings plus where it reads and writes
+    (SSFT from the imported checkpoint, SCR from SSFT, MTSF from SCR) and what its task needs:
+    set where only an unscoped default says otherwise, an error where the stage's own scope
+    binds another value."""
+    from mathft_jax import train as train_lib  # noqa: PLC0415
+    task = _TRAIN_TASK[stage](ctx.cfg)
+    init = ctx.input(_TRAIN_INIT[stage]) if stage in _TRAIN_INIT else ctx.cfg.init_checkpoint
+    with gin.config_scope(stage):
+        config = train_lib.TrainConfig(model_dir=ctx.run.checkpoint(stage), task=task,
+                                       init_checkpoint=init)
+    own = provenance.explicit_bindings(["train"], [stage])
+    needs = {}
+    for field, value in _task_needs(task).items():
+        if getattr(config, field) != value and f"{stage}/train.{field}" in own:
+            raise settings.SettingError(
+                f"{stage}/train.{field}={own[f'{stage}/train.{field}']}: stage {stage} trains "
+                f"on {task}, which needs train.{field}={provenance.stable_repr(value)}; drop "
+                "the binding or choose another task")
+        needs[field] = value
+    return dataclasses.replace(config, **needs).validate()
+
+
+def _train_stage(ctx: Context, stage: str) -> dict:
+    from mathft_jax import train as train_lib  # noqa: PLC0415
+    config = _train_config(ctx, stage)
+    with gin.config_scope(stage):  # the optimizer, schedule and objective are scoped too
+        result = train_lib.train(config)
+    if result.preempted:
+        raise Preempted(f"stage {stage} preempted at step {result.final_step}; rerun to resume")
+    return {"final_step": result.final_step, "last_metrics": result.last_metrics}
+
+
+def _train_configs(ctx: Context, stage: str) -> dict:
+    return {"train": _train_config(ctx, stage)}
+
+
+def _sampled(ctx: Context, stage: str) -> list:
+    """The generators a sampling stage samples: SSFT's for the training problems, every
+    generator's for the evaluation problems."""
+    return ["ssft"] if stage == "sample_train" else ctx.generators
+
+
+def _infer_config(ctx: Context, stage: str, generator: str):
+    from mathft_jax import infer  # noqa: PLC0415
+    split = ctx.cfg.train_split if stage == "sample_train" else ctx.cfg.eval_split
+    output = ctx.run.artefact(stage, "candidates", generator)
+    with gin.config_scope(stage):
+        return infer.InferConfig(checkpoint=ctx.run.checkpoint(generator), output_path=output,
+                                 task=ctx.cfg.sample_task, split=split).validate()
+
+
+def _infer_configs(ctx: Context, stage: str) -> dict:
+    return {f"infer[{g}]": _infer_config(ctx, stage, g) for g in _sampled(ctx, stage)}
+
+
+def _sample_stage(ctx: Context, stage: str, generator: str) -> dict:
+    from mathft_jax import infer  # noqa: PLC0415
+    config = _infer_config(ctx, stage, generator)
+    with gin.config_scope(stage):
+        infer.infer(config)
+    return {"output": config.output_path}
+
+
+def _sampling(ctx: Context, stage: str) -> dict:
+    outputs = {g: _sample_stage(ctx, stage, g) for g in _sampled(ctx, stage)}
+    return outputs["ssft"] if stage == "sample_train" else outputs
+
+
+def _scr_data_stage(ctx: Context) -> dict:
+    """Grade the training candidates and count what the evaluator data will hold."""
+    from mathft_jax.data import formats  # noqa: PLC0415
+    records = candidates.read_candidates(ctx.input("sample_train.candidates"))
+    graded = candidates.grade_candidates(records, processes=ctx.cfg.processes,
+                                         grader=ctx.cfg.grader)
+    if distributed.is_main_process():
+        candidates.write_candidates(ctx.run.artefact("scr_data", "graded"), graded)
+    _, pair_stats = formats.pairwise_examples(graded)
+    _, point_stats = formats.pointwise_examples(graded)
+    n = sum(len(r["samples"]) for r in graded)
+    correct = sum(bool(s.get("correct")) for r in graded for s in r["samples"])
+    stats = {"problems": len(graded), "samples": n, "correct_fraction": correct / max(n, 1),
+             "pairs": dict(pair_stats), "pointwise": dict(point_stats)}
+    logging.info("evaluator data: %s", stats)
+    if not pair_stats.get("pairs"):
+        raise cli_errors.DataError(
+            "no (correct, incorrect) pairs in the training candidates: the SSFT model is always "
+            f"right or always wrong ({stats}); train longer or sample more")
+    return stats
+
+
+def _dpo_data_stage(ctx: Context) -> dict:
+    """Preference pairs of the graded training candidates, with the SSFT checkpoint's
+    log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
+    from mathft_jax.scoring import reference  # noqa: PLC0415
+    return reference.make_preferences(
+        output_path=ctx.run.artefact("dpo_data", "preferences"),
+        reference_checkpoint=ctx.input("ssft.checkpoint"),
+        candidates_path=ctx.input("scr_data.graded"),
+        sequence_length=_train_config(ctx, "dpo").sequence_length)
+
+
+def _grpo_config(ctx: Context):
+    """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
+    training split of the sampled task, its `correct` reward judged by `pipeline.grader` (as
+    the scr_data and evaluate stages judge); a supervised term (`grpo.sft_weight`) learns
+    the SSFT task's solutions unless `grpo.sft_task` names others."""
+    from mathft_jax.rl import loop  # noqa: PLC0415
+    cfg = ctx.cfg
+    with gin.config_scope("grpo"):
+        config = loop.GrpoConfig(model_dir=ctx.run.checkpoint("grpo"),
+                                 init_checkpoint=ctx.input("ssft.checkpoint"),
+                                 task=cfg.sample_task, split=cfg.train_split,
+                                 grader=cfg.grader).validate()
+    if config.sft_weight and config.sft_task is None:  # (unset without: no change to a record)
+        config = dataclasses.replace(config, sft_task=cfg.ssft_task)
+    return config
+
+
+def _grpo_stage(ctx: Context) -> dict:
+    from mathft_jax.rl import loop  # noqa: PLC0415
+    config = _grpo_config(ctx)
+    with gin.config_scope("grpo"):  # the optimizer, schedule, objective and rewards too
+        result = loop.grpo(config)
+    if result.preempted:
+        raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; "
+                        "rerun to resume")
+    return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
+
+
+def score_stage(run: Run, generator: str, evaluator_dir: str) -> dict:
+    """Fill every evaluation sample's `score` by the SCR evaluator checkpoint `evaluator_dir`
+    (`Context.evaluator`): its S(X|P), or its likelihood of the sample
+    (`score_records.method`)."""
+    from mathft_jax.convert import checkpoints  # noqa: PLC0415
+    from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415
+    from mathft_jax.models import partitioning  # noqa: PLC0415
+    from mathft_jax.models.config import DecoderConfig  # noqa: PLC0415
+    from mathft_jax.scoring import evaluator  # noqa: PLC0415
+    records = candidates.read_candidates(run.artefact("sample_eval", "candidates", generator))
+    cfg = DecoderConfig().validate()
+    partitioner = partitioning.Partitioner.create(cfg)
+    params = checkpoints.load_params(evaluator_dir, cfg, partitioner)
+    scored = evaluator.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
+                                     partitioner=partitioner)
+    if distributed.is_main_process():
+        candidates.write_candidates(run.artefact("score", "candidates", generator), records)
+    return {"scored": scored}
+
+
+def _evaluate_stage(ctx: Context) -> dict:
+    """Grade, summarise and report on process 0 only: grading is host work with no
+    collective, and only process 0 writes. The others wait at the stage's barrier in
+    `pipeline` and then read results.json. The barrier here first: on a resumed run it may
+    be the first collective, and gloo (CPU) gives a late peer only 30 s to join that one.
+    The report also plots the training curves of the training stages that logged any."""
+    distributed.barrier("pipeline_evaluate_start")
+    generators = ctx.generators
+    if not distributed.is_main_process():
+        return {"generators": generators}
+    cfg, run = ctx.cfg, ctx.run
+    read = ("score|sample_eval.candidates")
+    records = {g: candidates.read_candidates(ctx.input(read, g)) for g in generators}
+    graded = {g: evaluate.grade_records(records[g], cfg.processes, grader=cfg.grader)
+              for g in generators}
+    results = {g: {**evaluate.summarize_problems(problems, cfg.k, cfg.bootstrap_resamples),
+                   "grading": evaluate.grading_info(records[g], None, cfg.grader)}
+               for g, problems in graded.items()}
+    trained = [s for s in ctx.stages if "checkpoint" in STAGES[s].writes]
+    report.write_report(run.stage_dir("evaluate"), results, graded, cfg.k,
+                        _training_metrics(run, trained))
+    atomic.write_json(run.artefact("evaluate", "results"), results, indent=1)
+    return {"generators": generators}
+
+
+def _training_metrics(run: Run, stages) -> dict:
+    """{stage: its metrics.jsonl rows} for the report's training curves. A file that is
+    missing (a linked or older stage) or unreadable is left out, with a warning where it
+    exists: a plot is not worth failing the run for."""
+    found = {}
+    for stage in stages:
+        path = storage.join(run.checkpoint(stage), "metrics.jsonl")
+        try:
+            found[stage] = metrics_writer.read_metrics(run.checkpoint(stage))
+        except (OSError, ValueError) as error:  # absent; a torn or foreign line
+            if storage.exists(path):
+                logging.warning("%s: unreadable, no training curves of %s (%s)", path, stage,
+                                error)
+    return found
+
+
+def _training(name: str, generator: bool = False) -> Stage:
+    return Stage(name, lambda ctx: _train_stage(ctx, name), scope=name,
+                 reads=(_TRAIN_INIT[name],) if name in _TRAIN_INIT else (),
+                 writes={"checkpoint": "checkpoints"},
+                 configs=lambda ctx: _train_configs(ctx, name), generator=generator)
+
+
+def _sampling_stage(name: str, reads: tuple) -> Stage:
+    return Stage(name, lambda ctx: _sampling(ctx, name), scope=name, reads=reads,
+                 writes={"candidates": ("candidates.jsonl" if name == "sample_train"
+                                        else "{generator}.jsonl")},
+                 configs=lambda ctx: _infer_configs(ctx, name))
+
+
+STAGES = {stage.name: stage for stage in (
+    _training("ssft", generator=True),
+    _sampling_stage("sample_train", reads=("ssft.checkpoint",)),
+    Stage("scr_data", _scr_data_stage, reads=("sample_train.candidates",),
+          writes={"graded": "graded.jsonl"}),
+    _training("scr"),
+    _training("mtsf", generator=True),
+    Stage("dpo_data", _dpo_data_stage, reads=("ssft.checkpoint", "scr_data.graded"),
+          writes={"preferences": "preferences.jsonl"}),
+    _training("dpo", generator=True),
+    Stage("grpo", _grpo_stage, scope="grpo", reads=("ssft.checkpoint",),
+          writes={"checkpoint": "checkpoints"}, configs=lambda ctx: {"grpo": _grpo_config(ctx)},
+          generator=True),
+    _sampling_stage("sample_eval", reads=()),  # every generator's checkpoint
+    Stage("score", lambda ctx: {g: score_stage(ctx.run, g, ctx.evaluator())
+                                for g in ctx.generators},
+          reads=("sample_eval.candidates",), writes={"candidates": "{generator}.jsonl"}),
+    Stage("evaluate", _evaluate_stage, reads=("score|sample_eval.candidates",),
+          writes={"results": "results.json"}),
+)}
+VARIANTS = {
+    "ssft": ("ssft", "sample_eval", "evaluate"),
+    "ssft_scr": ("ssft", "sample_train", "scr_data", "scr", "sample_eval", "score", "evaluate"),
+    "mtsf": ("ssft", "sample_train", "scr_data", "scr", "mtsf", "sample_eval", "score", "evaluate"),
+    "mtsf_control": ("ssft", "mtsf", "sample_eval", "evaluate"),
+    "dpo": ("ssft", "sample_train", "scr_data", "dpo_data", "dpo", "sample_eval", "evaluate"),
+    "grpo": ("ssft", "grpo", "sample_eval", "evaluate"),
+}
+
+
+# ------------------------------------------------------------------------------ the driver
 
 
 @gin.configurable("pipeline")
@@ -118,7 +410,8 @@ class PipelineConfig:
     scr_task: scr_pairwise (margin, `evaluator_objective`), scr_pointwise (xent,
     `lm_objective`), scr_steps_pairwise (line prefixes) or scr_sequence_pairwise (pairs in
     generation format, `sequence_objective`: a likelihood evaluator, scored with
-    `score_records.method='likelihood'`), built from the graded training candidates.
+    `score_records.method='likelihood'`), built from the graded training candidates. The
+    scr stage trains with the task's objective, unpacked for the pair tasks.
     sample_task / *_split: the problems `infer` samples (a source of mathft_jax.data.sources).
     evaluator_checkpoint: an SCR evaluator checkpoint (e.g. another run's scr/checkpoints)
     to score the evaluation samples of a variant without an scr stage (ssft, mtsf_control,
@@ -142,7 +435,7 @@ class PipelineConfig:
     k: int = 8
     bootstrap_resamples: int = 1000
     processes: Optional[int] = None
-    grader: str = "mathft"  # who judges answers (scr_data, grpo's reward, evaluate): grading.GRADERS
+    grader: str = "mathft"  # who judges answers (scr_data, grpo's reward, evaluate): GRADERS
     evaluator_checkpoint: Optional[str] = None
     stop_after: Optional[str] = None
     ignore_config_changes: bool = False
@@ -156,7 +449,7 @@ class PipelineConfig:
         settings.check("pipeline", k=self.k, bootstrap_resamples=self.bootstrap_resamples,
                        processes=self.processes)
         try:
-            grading.get_grader(self.grader)
+            get_grader(self.grader)
         except ValueError as error:
             raise settings.SettingError(f"pipeline.grader: {error}") from None
         if self.evaluator_checkpoint and "scr" in VARIANTS[self.variant]:
@@ -169,6 +462,7 @@ class PipelineConfig:
             raise settings.SettingError(
                 f"pipeline.stop_after={self.stop_after!r} is not a stage of variant "
                 f"{self.variant!r}: {', '.join(self.stages)}")
+        _check_reads(self)
         return self
 
     @property
@@ -178,13 +472,21 @@ class PipelineConfig:
             stages = stages[:-1] + ("score", stages[-1])
         return stages
 
-    def evaluator(self, run: "Run") -> str:
-        """The checkpoint of the evaluator that scores: the run's scr stage's, or the given one."""
-        return self.evaluator_checkpoint or run.checkpoint("scr")
-
     @property
     def generators(self) -> list:
-        return [g for g in GENERATORS if g in self.stages]
+        return [s for s in self.stages if STAGES[s].generator]
+
+
+def _check_reads(cfg: PipelineConfig) -> None:
+    """Every artefact a stage reads is written by an earlier stage of the variant."""
+    stages = cfg.stages
+    for index, stage in enumerate(stages):
+        for read in STAGES[stage].reads:
+            choices = read.split(".")[0].split("|")
+            if not any(s in stages[:index] for s in choices):
+                raise settings.SettingError(
+                    f"pipeline.variant={cfg.variant!r}: stage {stage} reads {read}, which no "
+                    f"earlier stage of the variant writes ({' -> '.join(stages)})")
 
 
 def _check_score_method(scr_task: str) -> None:
@@ -204,53 +506,19 @@ def _check_score_method(scr_task: str) -> None:
 def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
     """Run (or resume) the recipe; returns the evaluation results. config defaults to
     `PipelineConfig()` from gin; `fields` replace some of its settings."""
-    cfg = settings.resolve(PipelineConfig, config, **fields)
-    run = Run(cfg.run_dir)
-    stages, generators = cfg.stages, cfg.generators
-    logging.info("pipeline %s in %s: %s", cfg.variant, run.root, " -> ".join(stages))
-    if "scr" in stages:  # the scr tasks read it (bound before the check: it is a setting)
-        with gin.unlock_config():
-            gin.bind_parameter("scr_candidates_file.path", run.graded_train_candidates())
-    if "dpo" in stages:  # the dpo_pairs task reads it
-        with gin.unlock_config():
-            gin.bind_parameter("preference_file.path", run.preferences())
-    with provenance.unrecorded():  # every stage's settings, checked before anything runs
-        configs = {stage: _stage_configs(cfg, run, stage) for stage in stages}
-    resolved = {stage: _resolved(cfg, run, stage, configs[stage]) for stage in stages}
-    distributed.check_shared_dir(run.root)
-    if not cfg.ignore_config_changes:
-        for stage in stages:
-            if run.done(stage):
-                provenance.check_unchanged(
-                    run.stage_dir(stage), f"stage {stage} in {run.root}",
-                    "pipeline.ignore_config_changes", NOT_SETTINGS, resolved[stage],
-                    _field_defaults(configs[stage]))
-    steps = {
-        "ssft": lambda: _train_stage(cfg, run, "ssft"),
-        "sample_train": lambda: _sample_stage(cfg, run, "sample_train", "ssft"),
-        "scr_data": lambda: _scr_data_stage(run, cfg.processes, cfg.grader),
-        "scr": lambda: _train_stage(cfg, run, "scr"),
-        "mtsf": lambda: _train_stage(cfg, run, "mtsf"),
-        "dpo_data": lambda: _dpo_data_stage(cfg, run),
-        "dpo": lambda: _train_stage(cfg, run, "dpo"),
-        "grpo": lambda: _grpo_stage(cfg, run),
-        "sample_eval": lambda: {g: _sample_stage(cfg, run, "sample_eval", g) for g in generators},
-        "score": lambda: {g: score_stage(run, g, cfg.evaluator(run)) for g in generators},
-        "evaluate": lambda: _evaluate_stage(run, generators, "score" in stages, cfg.k,
-                                            cfg.bootstrap_resamples, cfg.processes, cfg.grader,
-                                            [s for s in stages if s in TRAIN_STAGES + ("grpo",)]),
-    }
+    ctx, resolved = prepare(settings.resolve(PipelineConfig, config, **fields))
+    run, stages, cfg = ctx.run, ctx.stages, ctx.cfg
     for index, stage in enumerate(stages, 1):
         if run.done(stage):
             _announce(f"[{index}/{len(stages)}] {stage}: already complete")
         else:
             _announce(f"[{index}/{len(stages)}] {stage}")
             t0 = time.time()
-            info = steps[stage]() or {}
+            info = STAGES[stage].run(ctx) or {}
             distributed.barrier(f"pipeline_{stage}")
+            scopes = [STAGES[s].scope for s in stages[:index] if STAGES[s].scope]
             provenance.record(run.stage_dir(stage), provenance.binding_record(
-                [s for s in stages[:index] if s in SCOPED_STAGES], NOT_SETTINGS,
-                resolved[stage]))
+                scopes, NOT_SETTINGS, resolved[stage]))
             run.mark_done(stage, {"seconds": round(time.time() - t0, 1), **_jsonable(info)})
             # A training stage installs the SIGTERM handler (preemption.install); a SIGTERM
             # during a later stage then only sets the flag: sampling stops after its chunk
@@ -260,7 +528,38 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
                 raise Preempted(f"pipeline preempted after stage {stage}; rerun to resume")
         if stage == cfg.stop_after:
             return {}
-    return json.loads(storage.read_text(run.results()))
+    return json.loads(storage.read_text(run.artefact("evaluate", "results")))
+
+
+def prepare(cfg: PipelineConfig) -> tuple[Context, dict]:
+    """Everything before stage 1: every stage's typed configs built and validated, and the
+    finished stages' records compared with them (a rerun with other settings stops here,
+    naming them). Returns the run's Context and each stage's resolved settings."""
+    ctx = Context(cfg, Run(cfg.run_dir), cfg.stages)
+    logging.info("pipeline %s in %s: %s", cfg.variant, ctx.run.root, " -> ".join(ctx.stages))
+    _bind_run_files(ctx)
+    with provenance.unrecorded():  # every stage's settings, checked before anything runs
+        configs = {stage: STAGES[stage].configs(ctx) for stage in ctx.stages}
+    resolved = {stage: _resolved(ctx, stage, configs[stage]) for stage in ctx.stages}
+    distributed.check_shared_dir(ctx.run.root)
+    if not cfg.ignore_config_changes:
+        for stage in ctx.stages:
+            if ctx.run.done(stage):
+                provenance.check_unchanged(
+                    ctx.run.stage_dir(stage), f"stage {stage} in {ctx.run.root}",
+                    "pipeline.ignore_config_changes", NOT_SETTINGS, resolved[stage],
+                    _field_defaults(configs[stage]))
+    return ctx, resolved
+
+
+def _bind_run_files(ctx: Context) -> None:
+    """The files the scr and dpo tasks read (bound before the check: they are settings)."""
+    if "scr" in ctx.stages:
+        with gin.unlock_config():
+            gin.bind_parameter("scr_candidates_file.path", ctx.run.artefact("scr_data", "graded"))
+    if "dpo" in ctx.stages:
+        with gin.unlock_config():
+            gin.bind_parameter("preference_file.path", ctx.run.artefact("dpo_data", "preferences"))
 
 
 def _announce(line: str) -> None:
@@ -274,44 +573,18 @@ def _jsonable(info):
     return json.loads(json.dumps(info, default=str))
 
 
-def _train_config(cfg: PipelineConfig, run: Run, stage: str):
-    """A training stage's TrainConfig: its gin scope's settings plus where it reads and
-    writes (SSFT from the imported checkpoint, SCR from SSFT, MTSF from SCR)."""
-    from mathft_jax import train as train_lib
-    task = {"scr": cfg.scr_task, "dpo": "dpo_pairs"}.get(stage, cfg.ssft_task)
-    init = {"ssft": cfg.init_checkpoint, "scr": run.checkpoint("ssft"),
-            "mtsf": run.checkpoint("scr" if "scr" in cfg.stages else "ssft"),
-            "dpo": run.checkpoint("ssft")}[stage]
-    with gin.config_scope(stage):
-        return train_lib.TrainConfig(model_dir=run.checkpoint(stage), task=task,
-                                     init_checkpoint=init).validate()
-
-
-def _stage_configs(cfg: PipelineConfig, run: Run, stage: str) -> dict:
-    """The typed configs a stage runs with, validated: {"train": TrainConfig,
-    "grpo": GrpoConfig, "infer[<generator>]": InferConfig}, those the stage has."""
-    configs = {"train": _train_config(cfg, run, stage)} if stage in TRAIN_STAGES else {}
-    if stage == "grpo":
-        configs["grpo"] = _grpo_config(cfg, run)
-    for generator in SAMPLE_STAGES.get(stage, lambda generators: [])(cfg.generators):
-        configs[f"infer[{generator}]"] = _infer_config(cfg, run, stage, generator)
-    return configs
-
-
-def _resolved(cfg: PipelineConfig, run: Run, stage: str,
-              configs: Optional[dict] = None) -> dict:
-    """A stage's settings as this run resolves them (`_stage_configs`, made here when not
-    given), for the rerun check: {"train.task": repr, "infer[mtsf].num_samples": repr, ...},
-    paths inside the run written relative to it (a stage shared with another run directory
-    compares equal)."""
-    if configs is None:
-        configs = _stage_configs(cfg, run, stage)
+def _resolved(ctx: Context, stage: str, configs: dict) -> dict:
+    """A stage's settings as this run resolves them (its `configs`), for the rerun check:
+    {"train.task": repr, "infer[mtsf].num_samples": repr, ...}, paths inside the run written
+    relative to it (a stage shared with another run directory compares equal). A field that
+    holds a config of its own (the model) is left out: its gin bindings are recorded."""
     out = {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
-           for name, config in configs.items() for field in dataclasses.fields(config)}
-    if stage in ("score", "evaluate") and cfg.evaluator_checkpoint:  # another run's evaluator:
-        # a rerun that adds it to a finished run stops at a stale evaluate (unscored) stage
-        out[f"{stage}.evaluator"] = provenance.stable_repr(cfg.evaluator_checkpoint)
-    return {key: value.replace(run.root, "<run_dir>") for key, value in out.items()}
+           for name, config in configs.items() for field in dataclasses.fields(config)
+           if not dataclasses.is_dataclass(getattr(config, field.name))}
+    if stage in ("score", "evaluate") and ctx.cfg.evaluator_checkpoint:  # another run's
+        # evaluator: a rerun that adds it to a finished run stops at a stale evaluate stage
+        out[f"{stage}.evaluator"] = provenance.stable_repr(ctx.cfg.evaluator_checkpoint)
+    return {key: value.replace(ctx.run.root, "<run_dir>") for key, value in out.items()}
 
 
 def _field_defaults(configs: dict) -> dict:
@@ -324,147 +597,6 @@ def _field_defaults(configs: dict) -> dict:
             if field.default is not dataclasses.MISSING}
 
 
-def _infer_config(cfg: PipelineConfig, run: Run, stage: str, generator: str):
-    from mathft_jax import infer
-    split, output = ((cfg.train_split, run.train_candidates()) if stage == "sample_train"
-                     else (cfg.eval_split, run.eval_candidates(generator)))
-    with gin.config_scope(stage):
-        return infer.InferConfig(checkpoint=run.checkpoint(generator), output_path=output,
-                                 task=cfg.sample_task, split=split).validate()
-
-
-def _train_stage(cfg: PipelineConfig, run: Run, stage: str) -> dict:
-    from mathft_jax import train as train_lib
-    config = _train_config(cfg, run, stage)
-    with gin.config_scope(stage):  # the optimizer, schedule and objective are scoped too
-        result = train_lib.train(config)
-    if result.preempted:
-        raise Preempted(f"stage {stage} preempted at step {result.final_step}; rerun to resume")
-    return {"final_step": result.final_step, "last_metrics": result.last_metrics}
-
-
-def _sample_stage(cfg: PipelineConfig, run: Run, stage: str, generator: str) -> dict:
-    from mathft_jax import infer
-    config = _infer_config(cfg, run, stage, generator)
-    with gin.config_scope(stage):
-        infer.infer(config)
-    return {"output": config.output_path}
-
-
-def _scr_data_stage(run: Run, processes: Optional[int], grader: str = "mathft") -> dict:
-    """Grade the training candidates and count what the evaluator data will hold."""
-    from mathft_jax.data import formats
-    records = candidates.read_candidates(run.train_candidates())
-    graded = candidates.grade_candidates(records, processes=processes, grader=grader)
-    if distributed.is_main_process():
-        candidates.write_candidates(run.graded_train_candidates(), graded)
-    _, pair_stats = formats.pairwise_examples(graded)
-    _, point_stats = formats.pointwise_examples(graded)
-    n = sum(len(r["samples"]) for r in graded)
-    correct = sum(bool(s.get("correct")) for r in graded for s in r["samples"])
-    stats = {"problems": len(graded), "samples": n, "correct_fraction": correct / max(n, 1),
-             "pairs": dict(pair_stats), "pointwise": dict(point_stats)}
-    logging.info("evaluator data: %s", stats)
-    if not pair_stats.get("pairs"):
-        raise cli_errors.DataError(
-            "no (correct, incorrect) pairs in the training candidates: the SSFT model is always "
-            f"right or always wrong ({stats}); train longer or sample more")
-    return stats
-
-
-def _dpo_data_stage(cfg: PipelineConfig, run: Run) -> dict:
-    """Preference pairs of the graded training candidates, with the SSFT checkpoint's
-    log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
-    from mathft_jax.scoring import reference
-    return reference.make_preferences(
-        output_path=run.preferences(), reference_checkpoint=run.checkpoint("ssft"),
-        candidates_path=run.graded_train_candidates(),
-        sequence_length=_train_config(cfg, run, "dpo").sequence_length)
-
-
-def _grpo_config(cfg: PipelineConfig, run: Run):
-    """The grpo stage's GrpoConfig: gin scope `grpo`, from the SSFT checkpoint, on the
-    training split of the sampled task, its `correct` reward judged by `pipeline.grader` (as
-    the scr_data and evaluate stages judge); a supervised term (`grpo.sft_weight`) learns
-    the SSFT task's solutions unless `grpo.sft_task` names others."""
-    from mathft_jax.rl import loop
-    with gin.config_scope("grpo"):
-        config = loop.GrpoConfig(model_dir=run.checkpoint("grpo"),
-                                 init_checkpoint=run.checkpoint("ssft"), task=cfg.sample_task,
-                                 split=cfg.train_split, grader=cfg.grader).validate()
-    if config.sft_weight and config.sft_task is None:  # (unset without: no change to a record)
-        config = dataclasses.replace(config, sft_task=cfg.ssft_task)
-    return config
-
-
-def _grpo_stage(cfg: PipelineConfig, run: Run) -> dict:
-    from mathft_jax.rl import loop
-    config = _grpo_config(cfg, run)
-    with gin.config_scope("grpo"):  # the optimizer, schedule, objective and rewards too
-        result = loop.grpo(config)
-    if result.preempted:
-        raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; rerun to resume")
-    return {"final_iteration": result.final_iteration, "last_metrics": result.last_metrics}
-
-
-def score_stage(run: Run, generator: str, evaluator_dir: str) -> dict:
-    """Fill every evaluation sample's `score` by the SCR evaluator checkpoint `evaluator_dir`
-    (`PipelineConfig.evaluator`): its S(X|P), or its likelihood of the sample
-    (`score_records.method`)."""
-    from mathft_jax.convert import checkpoints
-    from mathft_jax.models import partitioning
-    from mathft_jax.scoring import evaluator
-    from mathft_jax.data import vocab as vocab_lib
-    from mathft_jax.models.config import DecoderConfig
-    records = candidates.read_candidates(run.eval_candidates(generator))
-    cfg = DecoderConfig().validate()
-    partitioner = partitioning.Partitioner.create(cfg)
-    params = checkpoints.load_params(evaluator_dir, cfg, partitioner)
-    scored = evaluator.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
-                                     partitioner=partitioner)
-    if distributed.is_main_process():
-        candidates.write_candidates(run.eval_candidates(generator, scored=True), records)
-    return {"scored": scored}
-
-
-def _evaluate_stage(run: Run, generators: Sequence[str], scored: bool, k: int,
-                    resamples: int, processes: Optional[int], grader: str,
-                    trained: Sequence[str] = ()) -> dict:
-    """Grade, summarise and report on process 0 only: grading is host work with no
-    collective, and only process 0 writes. The others wait at the stage's barrier in
-    `pipeline` and then read results.json. The barrier here first: on a resumed run it may
-    be the first collective, and gloo (CPU) gives a late peer only 30 s to join that one.
-    The report also plots the training curves of the `trained` stages that logged any."""
-    distributed.barrier("pipeline_evaluate_start")
-    if not distributed.is_main_process():
-        return {"generators": list(generators)}
-    out_dir = run.stage_dir("evaluate")
-    records = {g: candidates.read_candidates(run.eval_candidates(g, scored)) for g in generators}
-    graded = {g: evaluate.grade_records(records[g], processes, grader=grader) for g in generators}
-    results = {g: {**evaluate.summarize_problems(problems, k, resamples),
-                   "grading": evaluate.grading_info(records[g], None, grader)}
-               for g, problems in graded.items()}
-    report.write_report(out_dir, results, graded, k, _training_metrics(run, trained))
-    atomic.write_json(run.results(), results, indent=1)
-    return {"generators": list(generators)}
-
-
-def _training_metrics(run: Run, stages: Sequence[str]) -> dict:
-    """{stage: its metrics.jsonl rows} for the report's training curves. A file that is
-    missing (a linked or older stage) or unreadable is left out, with a warning where it
-    exists: a plot is not worth failing the run for."""
-    found = {}
-    for stage in stages:
-        path = storage.join(run.checkpoint(stage), "metrics.jsonl")
-        try:
-            found[stage] = metrics_writer.read_metrics(run.checkpoint(stage))
-        except (OSError, ValueError) as error:  # absent; a torn or foreign line
-            if storage.exists(path):
-                logging.warning("%s: unreadable, no training curves of %s (%s)", path, stage,
-                                error)
-    return found
-
-
 def main(argv):
     del argv
     from mathft_jax.core import entry
@@ -472,5 +604,5 @@ def main(argv):
     results = pipeline()
     if results and distributed.is_main_process():
         print(report.results_table(results), flush=True)
-        run = Run(PipelineConfig().run_dir)
-        print(f"\nreport: {storage.join(run.stage_dir('evaluate'), 'report.md')}", flush=True)
+        evaluate_dir = Run(PipelineConfig().run_dir).stage_dir("evaluate")
+        print(f"\nreport: {storage.join(evaluate_dir, 'report.md')}", flush=True)

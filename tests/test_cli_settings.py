@@ -95,3 +95,11 @@ def test_sigterm_during_train_start_up_exits_cleanly(tmp_path):
     assert proc.returncode == 0, err[-3000:]  # the preemption exit code, not -15
     assert "SIGTERM before the first step" in err
     assert not any(p.name.isdigit() for p in model_dir.iterdir())  # no step ran: none saved
+
+
+def test_gin_configs_are_found_from_any_working_directory():
+    """Commands started outside the checkout still find gin_configs/ (the package's folder
+    holds it when installed; the checkout's otherwise)."""
+    from mathft_jax.core import gin_utils
+    root = gin_utils.gin_configs_root()
+    assert os.path.isfile(os.path.join(root, "gin_configs", "models", "tiny.gin"))

@@ -21,6 +21,10 @@ from xla_env import one_device_env
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _context(cfg):
+    return pipeline.Context(cfg, pipeline.Run(cfg.run_dir), cfg.stages)
+
+
 def _pipeline(run_dir, *bindings, log=None):
     cmd = [sys.executable, "-m", "mathft_jax.pipeline", "--gin_file=gin_configs/runs/smoke.gin",
            f"--gin_bindings=pipeline.run_dir='{run_dir}'", "--gin_bindings=scr/train.total_steps=40",
@@ -138,10 +142,9 @@ def test_grpo_supervised_term_learns_the_ssft_tasks_solutions(tmp_path):
     """grpo.sft_weight > 0: the solutions are the SSFT task's unless grpo.sft_task names
     others; without the term sft_task stays unset, so grpo stages recorded before the option
     are no change."""
-    run = pipeline.Run(str(tmp_path))
-    config = lambda: pipeline._grpo_config(  # noqa: E731
-        pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
-                                ssft_task="synthetic_arith_terse"), run)
+    cfg = pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
+                                  ssft_task="synthetic_arith_terse")
+    config = lambda: pipeline._grpo_config(_context(cfg))  # noqa: E731
     try:
         assert config().sft_task is None
         gin.bind_parameter("grpo/grpo.sft_weight", 1.0)
@@ -163,15 +166,14 @@ def test_evaluator_checkpoint_adds_the_score_stage(tmp_path):
     cfg = pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
                                   evaluator_checkpoint="other/scr/checkpoints").validate()
     assert cfg.stages == ("ssft", "grpo", "sample_eval", "score", "evaluate")
-    assert cfg.evaluator(pipeline.Run(str(tmp_path))) == "other/scr/checkpoints"
+    assert _context(cfg).evaluator() == "other/scr/checkpoints"
     own = pipeline.PipelineConfig(run_dir=str(tmp_path), variant="ssft_scr")
-    assert own.evaluator(pipeline.Run(str(tmp_path))) == str(tmp_path / "scr" / "checkpoints")
+    assert _context(own).evaluator() == str(tmp_path / "scr" / "checkpoints")
     # recorded with the score and evaluate stages: a finished unscored run that is given an
     # evaluator later stops at its stale evaluate stage instead of skipping it
-    run = pipeline.Run(str(tmp_path))
-    assert pipeline._resolved(cfg, run, "evaluate") == {
+    assert pipeline._resolved(_context(cfg), "evaluate", {}) == {
         "evaluate.evaluator": "'other/scr/checkpoints'"}
-    assert pipeline._resolved(own, run, "evaluate") == {}  # as recorded before the option
+    assert pipeline._resolved(_context(own), "evaluate", {}) == {}  # as before the option
     with pytest.raises(ValueError, match="evaluator_checkpoint is for variants without an scr"):
         pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf",
                                 evaluator_checkpoint="x").validate()
@@ -185,10 +187,10 @@ def test_evaluate_stage_grades_on_the_main_process_only(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.distributed, "is_main_process", lambda: False)
     monkeypatch.setattr(pipeline.evaluate, "grade_records", no_grading)
     monkeypatch.setattr(pipeline.candidates, "read_candidates", no_grading)
-    run = pipeline.Run(str(tmp_path))
-    info = pipeline._evaluate_stage(run, ["ssft", "mtsf"], True, 8, 10, None, "mathft")
+    ctx = _context(pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf"))
+    info = pipeline._evaluate_stage(ctx)
     assert info == {"generators": ["ssft", "mtsf"]}
-    assert not os.path.exists(run.stage_dir("evaluate"))
+    assert not os.path.exists(ctx.run.stage_dir("evaluate"))
 
 
 def test_a_sigterm_during_a_stage_stops_the_pipeline_after_it(tmp_path, monkeypatch):
@@ -198,10 +200,10 @@ def test_a_sigterm_during_a_stage_stops_the_pipeline_after_it(tmp_path, monkeypa
                         [f"pipeline.run_dir='{tmp_path}'", "pipeline.variant='ssft'"])
     ran = []
 
-    def sampling(cfg, run, stage, generator):  # a SIGTERM arrives while it samples
+    def sampling(ctx, stage, generator):  # a SIGTERM arrives while it samples
         ran.append(stage)
         preemption._requested.set()  # noqa: SLF001 (what the handler does)
-    monkeypatch.setattr(pipeline, "_train_stage", lambda cfg, run, stage: ran.append(stage))
+    monkeypatch.setattr(pipeline, "_train_stage", lambda ctx, stage: ran.append(stage))
     monkeypatch.setattr(pipeline, "_sample_stage", sampling)
     try:
         with pytest.raises(pipeline.Preempted, match="preempted after stage sample_eval; rerun"):
@@ -242,5 +244,87 @@ def test_the_score_method_must_fit_the_evaluator_trained(tmp_path):
         # a variant without an scr stage is scored by another run's evaluator: not checked
         pipeline.PipelineConfig(run_dir=str(tmp_path), variant="grpo",
                                 evaluator_checkpoint="other/scr/checkpoints").validate()
+    finally:
+        gin.clear_config()
+
+
+def _smoke(tmp_path, *bindings):
+    gin.clear_config()
+    gin_utils.parse_gin(["gin_configs/runs/smoke.gin"],
+                        [f"pipeline.run_dir='{tmp_path}'", *bindings])
+    return pipeline.PipelineConfig().validate()
+
+
+def test_a_variant_sets_what_its_stages_tasks_need(tmp_path):
+    """smoke.gin packs every stage (train.pack = True); switched to DPO, the dpo stage trains
+    its pairs unpacked with the DPO loss, before any compute."""
+    from mathft_jax.training import objectives
+    try:
+        ctx = _context(_smoke(tmp_path, "pipeline.variant='dpo'"))
+        config = pipeline._train_config(ctx, "dpo")
+        assert (config.pack, config.objective) == (False, objectives.dpo_objective)
+        assert pipeline._train_config(ctx, "ssft").pack  # a generation task: as bound
+    finally:
+        gin.clear_config()
+
+
+def test_a_stage_scoped_binding_against_its_tasks_need_fails_naming_it(tmp_path):
+    try:
+        cfg = _smoke(tmp_path, "pipeline.variant='dpo'", "dpo/train.pack=True")
+        with pytest.raises(pipeline.settings.SettingError,
+                           match=r"dpo/train.pack=True: stage dpo trains on dpo_pairs, which "
+                                 r"needs train.pack=False"):
+            pipeline.prepare(cfg)
+        assert not (tmp_path / "ssft").exists()  # before any compute
+    finally:
+        gin.clear_config()
+
+
+def test_a_variant_whose_stage_reads_what_no_earlier_stage_writes_fails(tmp_path, monkeypatch):
+    monkeypatch.setitem(pipeline.VARIANTS, "no_sampling", ("ssft", "scr_data", "evaluate"))
+    with pytest.raises(pipeline.settings.SettingError,
+                       match="stage scr_data reads sample_train.candidates, which no earlier"):
+        pipeline.PipelineConfig(run_dir=str(tmp_path), variant="no_sampling").validate()
+
+
+def test_stages_read_the_first_provider_the_variant_has(tmp_path):
+    mtsf = _context(pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf"))
+    control = _context(pipeline.PipelineConfig(run_dir=str(tmp_path), variant="mtsf_control"))
+    assert mtsf.input("scr|ssft.checkpoint") == str(tmp_path / "scr" / "checkpoints")
+    assert control.input("scr|ssft.checkpoint") == str(tmp_path / "ssft" / "checkpoints")
+    assert mtsf.input("score|sample_eval.candidates", "mtsf") == str(tmp_path / "score" / "mtsf.jsonl")
+    assert control.generators == ["ssft", "mtsf"]
+
+
+PRE_MOVE_RUN = os.path.join(REPO, "tests", "data", "pre_move_smoke_run")
+
+
+def _pre_move_run(tmp_path):
+    """The bindings.json of every stage of a smoke run (mtsf) made before the package's layer
+    folders (it names mathft_jax.objectives, now training.objectives), each marked done."""
+    run = tmp_path / "run"
+    for stage in os.listdir(PRE_MOVE_RUN):
+        (run / stage).mkdir(parents=True)
+        (run / stage / "bindings.json").write_text(
+            open(os.path.join(PRE_MOVE_RUN, stage, "bindings.json")).read())
+        (run / stage / "DONE.json").write_text("{}")
+    return run
+
+
+def test_a_run_made_before_the_move_passes_the_rerun_check(tmp_path):
+    run = _pre_move_run(tmp_path)
+    assert '"@mathft_jax.objectives.lm_objective"' in (run / "ssft" / "bindings.json").read_text()
+    try:
+        pipeline.prepare(_smoke(run))
+    finally:
+        gin.clear_config()
+
+
+def test_a_run_made_before_the_move_still_names_a_changed_setting(tmp_path):
+    run = _pre_move_run(tmp_path)
+    try:
+        with pytest.raises(pipeline.provenance.ConfigChangedError,
+                           match=r"stage ssft .*ssft/train.total_steps: 60 -> 61"):
+            pipeline.prepare(_smoke(run, "ssft/train.total_steps=61"))
     finally:
         gin.clear_config()

@@ -6,14 +6,15 @@ from typing import Sequence
 
 import gin
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # mathft_jax/
+REPO_ROOT = os.path.dirname(_PACKAGE)
 
 
 def gin_configs_root() -> str:
     """The folder that holds `gin_configs/`: the checkout, or the installed package, where
     setup.py ships gin_configs/ as `mathft_jax/gin_configs` (so `include` works in a
     non-editable install too)."""
-    packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
+    packaged = os.path.join(_PACKAGE, "gin_configs")
     return os.path.dirname(packaged) if os.path.isdir(packaged) else REPO_ROOT
 
 
