@@ -145,7 +145,9 @@ LAYERS = {
     "commands": ("mathft_jax.train", "mathft_jax.infer", "mathft_jax.evaluate",
                  "mathft_jax.pipeline", "mathft_jax.models.__main__",
                  "mathft_jax.convert.import_hf", "mathft_jax.convert.export_hf",
-                 "mathft_jax.scoring.reference", "mathft_jax.rl.loop", "mathft_jax.rl.__main__"),
+                 "mathft_jax.scoring.reference", "mathft_jax.rl.loop", "mathft_jax.rl.__main__",
+                 # the loop the training commands share (it checkpoints: above convert/)
+                 "mathft_jax.training.harness"),
 }
 RANK = {"core": 0, "grading": 1, "results": 2, "data": 3, "models": 3, "training": 4,
         "sampling": 4, "convert": 5, "scoring": 6, "rl": 7, "commands": 8}
