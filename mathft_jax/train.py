@@ -1,11 +1,13 @@
 """Training entry point: `python -m mathft_jax.train --gin_file=... --gin_bindings=...`.
 
-The loop: build the mesh and data first (bad configs fail before anything compiles),
-restore the latest checkpoint of `model_dir` (parameters, optimizer state and the input
-pipeline's position) or start fresh / from `init_checkpoint` (parameters only), then run
-the jitted `train_step`. It saves every `checkpoint_every` steps (async, keep the last K),
-on SIGTERM (then exits cleanly) and always at the end. A non-finite loss stops the run
-with an error naming the step; nothing after the last good step is saved.
+`train(config)`: build the mesh and data first (bad configs fail before anything
+compiles), then run the supervised learner (one step of the task's batches a unit, with
+`config.objective`: SFT, the evaluator's, DPO's) in the shared training harness
+(`training/harness.py`): restore the latest checkpoint of `model_dir` (parameters,
+optimizer state and the input pipeline's position) or start fresh / from
+`init_checkpoint` (parameters only); save every `checkpoint_every` steps (async, keep the
+last K), on SIGTERM (then exit cleanly) and always at the end. A non-finite loss stops the
+run with an error naming the step; nothing after the last good step is saved.
 """
 from __future__ import annotations
 

@@ -19,9 +19,13 @@ Each iteration k (1, 2, ...):
               (`grpo.with_supervised`)
   6 log       reward, accuracy, KL, clip fraction, response length, entropy, ... to
               metrics.jsonl and TensorBoard (`MetricsWriter`, prefix `grpo/`)
-  7 save      every `checkpoint_every` iterations: policy, optimizer state and
-              {"iteration", "step", "seed", "position"} (`checkpoints.save`, step = iteration;
+  7 save      every `checkpoint_every` iterations and at the end: policy, optimizer state
+              and {"iteration", "step", "seed", "position"} (checkpoint step = iteration;
               position: prompts consumed so far), and the solution batches' data position
+
+Steps 1-6 are `_GrpoLearner.advance`, one unit of the training harness
+(`training/harness.py`, shared with `train`), which restores, steps, logs, polls SIGTERM
+and saves.
 
 Exactly resumable: the prompts, the sampler's streams and everything after them are pure
 functions of (seed, iteration, data position, state), so a run killed anywhere (SIGKILL
