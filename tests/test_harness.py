@@ -49,15 +49,25 @@ class _TargetLearner(harness_lib.Learner):
         return {"position": self.position}
 
 
-def _run(tmp_path, name, crash_at=None):
+class _HostLearner(_TargetLearner):
+    """Its metrics come back to the host within the unit (as GRPO's do)."""
+
+    metrics_on_device = False
+
+    def advance(self, state, step):
+        state, metrics = super().advance(state, step)
+        return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _run(tmp_path, name, crash_at=None, learner=_TargetLearner, checkpoint_every=2):
     partitioner = partitioning.Partitioner.single_device(TINY)
     harness = harness_lib.Harness(
         model_dir=str(tmp_path / name), model=TINY,
         optimizer=OptimizerConfig(schedule=ScheduleConfig(peak=0.1)), optimizer_steps=UNITS,
         partitioner=partitioner, seed=0, init_checkpoint=None, keep_checkpoints=5,
         async_checkpoints=False)
-    return harness.run(_TargetLearner(partitioner, crash_at), units=UNITS, checkpoint_every=2,
-                       log_every=1, progress=False)
+    return harness.run(learner(partitioner, crash_at), units=UNITS,
+                       checkpoint_every=checkpoint_every, log_every=1, progress=False)
 
 
 def _scale(model_dir):
@@ -103,3 +113,12 @@ def test_non_finite_metrics_stop_the_run_naming_the_unit(tmp_path):
     with pytest.raises(harness_lib.NonFiniteLossError, match="at round 3: .*round 2 in"):
         harness.run(learner, units=UNITS, checkpoint_every=2, log_every=1, progress=False,
                     unit_name="round")
+
+
+@pytest.mark.parametrize("learner,written", [(_TargetLearner, [1]), (_HostLearner, [1, 2])])
+def test_metrics_on_device_are_written_a_unit_late(tmp_path, learner, written):
+    """Device metrics are fetched while the next unit runs (a crash in unit 3 loses unit
+    2's row); a learner's host metrics are written as its unit ends."""
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "run", crash_at=3, learner=learner, checkpoint_every=100)
+    assert [r["step"] for r in _rows(tmp_path / "run")] == written

@@ -237,6 +237,7 @@ class _GrpoLearner(Learner):
     (prompts consumed), the seed and the solution batches' position."""
 
     metrics_prefix = "grpo"
+    metrics_on_device = False  # an iteration's metrics come back to the host to be combined
 
     def __init__(self, config: GrpoConfig, partitioner: partitioning.Partitioner, vocabulary,
                  problems: Sequence[dict], solutions):

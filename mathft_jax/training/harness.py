@@ -53,6 +53,9 @@ class Learner:
 
     objective: Objective
     metrics_prefix: str = "train"  # metrics.jsonl keys are "<prefix>/<name>"
+    # advance's metrics are device arrays: fetched while the next unit runs. False (host
+    # floats already): reported as soon as the unit ends, so rows are stamped then.
+    metrics_on_device: bool = True
     tokens_per_unit: int = 0  # > 0: tokens_per_s and mfu are reported
     flops_per_token: float = 0.0
 
@@ -178,6 +181,8 @@ class Harness:
                 if pending is not None:
                     last = report(*pending)
                 pending = (unit, metrics)
+                if not learner.metrics_on_device:
+                    last, pending = report(*pending), None
                 saving = unit % checkpoint_every == 0 and unit != units
                 learner.after_unit(unit, state, writer)
                 if _poll_preemption(unit, preemption_check_every):
@@ -185,7 +190,8 @@ class Harness:
                                     unit_name, unit)
                     preempted = saving = True
                 if saving:
-                    last, pending = report(*pending), None
+                    if pending is not None:
+                        last, pending = report(*pending), None
                     _save(mngr, unit, state, learner)
                     writer.flush()
                 if preempted:
