@@ -23,7 +23,6 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/core/e
 import dataclasses
 import logging
 import math
-import operator
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -163,7 +162,8 @@ class InferConfig:
     (`decoding.generate`, a batch at a time, each until its longest sample ends). Both write
     the same file, sample for sample (docs/ARCHITECTURE.md, "Continuous batching");
     continuous decoded 2.1-2.9x the useful tokens/s at MATH's spread of lengths
-    (bench/decode.py, docs/PERFORMANCE.md).
+    (bench/decode.py, docs/PERFORMANCE.md). model: the checkpoint's `DecoderConfig`, made
+    from gin (`DecoderConfig.*`) in the scope the InferConfig is made in.
     """
 
     checkpoint: Optional[str] = None
@@ -188,6 +188,7 @@ class InferConfig:
     engine: str = "continuous"
     slots: int = 0  # 0: batch_size * num_samples, static batching's rows
     chunk: int = engine_lib.DEFAULT_CHUNK
+    model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
 
     def validate(self) -> "InferConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -206,6 +207,7 @@ class InferConfig:
         for name in ("checkpoint", "output_path"):
             if not getattr(self, name):
                 raise settings.SettingError(f"infer.{name} is not set")
+        self.model.validate()
         return self
 
 
@@ -217,61 +219,60 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     `fields` replace some of them. vocabulary (default gin's `get_vocabulary()`) and the
     progress bar are hooks, not configuration.
     """
-    run = settings.resolve(InferConfig, config, **fields)
-    (checkpoint, output_path, task, split, problems_file, max_problems, num_samples,
-     max_decode_len, temperature, top_k, top_p, seed, batch_size, share_prefill,
-     truncate_prompts, evaluator_checkpoint) = operator.attrgetter(
-        "checkpoint", "output_path", "task", "split", "problems_file", "max_problems",
-        "num_samples", "max_decode_len", "temperature", "top_k", "top_p", "seed", "batch_size",
-        "share_prefill", "truncate_prompts", "evaluator_checkpoint")(run)
+    config = settings.resolve(InferConfig, config, **fields)
     from mathft_jax.data import vocab as vocab_lib
-    cfg = DecoderConfig().validate()
+    model, batch_size = config.model, config.batch_size
     vocab = vocabulary or vocab_lib.get_vocabulary()
     start_id = vocab_lib.decoder_start_id(vocab)
-    sampling = decoding.SamplingParams(num_samples, max_decode_len, temperature, top_k, top_p,
-                                       int(vocab.eos_id), share_prefill).validate()
-    partitioner = partitioning.Partitioner.create(cfg)
+    sampling = decoding.SamplingParams(config.num_samples, config.max_decode_len,
+                                       config.temperature, config.top_k, config.top_p,
+                                       int(vocab.eos_id), config.share_prefill).validate()
+    partitioner = partitioning.Partitioner.create(model)
     partitioner.check_batch_divisible(batch_size, "infer.batch_size")
-    slots = run.slots or batch_size * num_samples
+    slots = config.slots or batch_size * config.num_samples
     partitioner.check_batch_divisible(slots, "infer.slots")
-    problems = sources.first(load_problems(task, split, problems_file), max_problems,
-                             "infer.max_problems")
+    problems = sources.first(load_problems(config.task, config.split, config.problems_file),
+                             config.max_problems, "infer.max_problems")
+    output_path = config.output_path
     todo = [i for i, done in enumerate(done_mask(problems, output_path)) if not done]
-    logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo), num_samples)
+    logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo),
+                 config.num_samples)
 
-    params = checkpoints.load_params(checkpoint, cfg, partitioner) if todo else None
-    evaluator_params = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
-                        if todo and evaluator_checkpoint else None)
+    params = checkpoints.load_params(config.checkpoint, model, partitioner) if todo else None
+    evaluator_params = (checkpoints.load_params(config.evaluator_checkpoint, model, partitioner)
+                        if todo and config.evaluator_checkpoint else None)
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
     tokens, sampled, started = 0, 0, time.perf_counter()
     prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(problems[i]["problem"])))
                for i in todo]
-    common = dict(seed=seed, partitioner=partitioner, truncate_prompts=truncate_prompts)
+    common = dict(seed=config.seed, partitioner=partitioner,
+                  truncate_prompts=config.truncate_prompts)
     if not todo:  # all written already (a rerun): the engine refuses an empty prompt list
         batches = iter(())
-    elif run.engine == "continuous":
+    elif config.engine == "continuous":
         batches = batches_of(todo, batch_size, engine_lib.stream(
-            params, cfg, prompts, sampling, prompt_ids=todo, slots=slots, chunk=run.chunk,
+            params, model, prompts, sampling, prompt_ids=todo, slots=slots, chunk=config.chunk,
             prefill_group=batch_size, **common))
     else:
         batches = ((todo[b:b + batch_size], decoding.generate(
-            params, cfg, prompts[b:b + batch_size], sampling, prompt_ids=todo[b:b + batch_size],
-            pad_to=batch_size, **common)) for b in range(0, len(todo), batch_size))
+            params, model, prompts[b:b + batch_size], sampling,
+            prompt_ids=todo[b:b + batch_size], pad_to=batch_size, **common))
+            for b in range(0, len(todo), batch_size))
     if todo:
         _stop_if_preempted(len(problems) - len(todo), len(problems), output_path, bar)
     for index, samples in batches:
         batch = [problems[i] for i in index]
-        records = make_records(batch, samples, vocab, sampling.eos_id, run.extraction_policy)
+        records = make_records(batch, samples, vocab, sampling.eos_id, config.extraction_policy)
         if evaluator_params is not None:  # every process: scoring is collective on a mesh
-            evaluator.score_records(evaluator_params, cfg, vocab, records, partitioner=partitioner,
-                                  start_id=start_id)
+            evaluator.score_records(evaluator_params, model, vocab, records,
+                                    partitioner=partitioner, start_id=start_id)
         if writer:
             write_chunk(output_path, index[0], records)
         tokens, sampled = tokens + int(samples.lengths.sum()), sampled + len(batch)
         bar.update(len(batch))
-        bar.set_postfix(samples=sampled * num_samples,
+        bar.set_postfix(samples=sampled * config.num_samples,
                         tok_s=f"{tokens / (time.perf_counter() - started):.0f}")
         if sampled < len(todo):  # after the last chunk: merge, as if no SIGTERM came
             _stop_if_preempted(len(problems) - len(todo) + sampled, len(problems), output_path,

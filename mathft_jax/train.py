@@ -1,11 +1,13 @@
 """Training entry point: `python -m mathft_jax.train --gin_file=... --gin_bindings=...`.
 
-The loop: build the mesh and data first (bad configs fail before anything compiles),
-restore the latest checkpoint of `model_dir` (parameters, optimizer state and the input
-pipeline's position) or start fresh / from `init_checkpoint` (parameters only), then run
-the jitted `train_step`. It saves every `checkpoint_every` steps (async, keep the last K),
-on SIGTERM (then exits cleanly) and always at the end. A non-finite loss stops the run
-with an error naming the step; nothing after the last good step is saved.
+`train(config)`: build the mesh and data first (bad configs fail before anything
+compiles), then run the supervised learner (one step of the task's batches a unit, with
+`config.objective`: SFT, the evaluator's, DPO's) in the shared training harness
+(`training/harness.py`): restore the latest checkpoint of `model_dir` (parameters,
+optimizer state and the input pipeline's position) or start fresh / from
+`init_checkpoint` (parameters only); save every `checkpoint_every` steps (async, keep the
+last K), on SIGTERM (then exit cleanly) and always at the end. A non-finite loss stops the
+run with an error naming the step; nothing after the last good step is saved.
 """
 from __future__ import annotations
 
@@ -17,30 +19,20 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/core/e
 
 
 import dataclasses
-import math
-import operator
-import time
 from typing import Callable, Iterator, Optional
 
 import gin
 import jax
-import numpy as np
 from absl import logging
 
-from mathft_jax.convert import checkpoints, model_files
-from mathft_jax.core import distributed, entry, preemption, provenance, settings
-from mathft_jax.models import partitioning
-from mathft_jax.training import hardware
-from mathft_jax.core.metrics_writer import MetricsWriter
-from mathft_jax.models import sizes
+from mathft_jax.convert import model_files
+from mathft_jax.core import entry, settings
+from mathft_jax.models import partitioning, sizes
 from mathft_jax.models.config import DecoderConfig
-from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.harness import Harness, Learner, NonFiniteLossError  # noqa: F401
 from mathft_jax.training.objectives import lm_objective, rows_per_group
-from mathft_jax.training.trainer import abstract_state, init_state, make_eval_step, make_train_step
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
+from mathft_jax.training.optim import OptimizerConfig
+from mathft_jax.training.trainer import make_eval_step
 
 
 @dataclasses.dataclass
@@ -62,8 +54,16 @@ def global_batch(local: dict, partitioner: partitioning.Partitioner) -> dict:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run's settings, bound in gin as `train.<field>` (scoped per pipeline
-    stage: `ssft/train.total_steps`). The learning-rate schedule and optimizer are their own
-    configurables (optim.py); the schedule's length defaults to `total_steps`."""
+    stage: `ssft/train.total_steps`).
+
+    model and optimizer are typed configs made from gin (`DecoderConfig.*`,
+    `make_optimizer.*`, `learning_rate_schedule.*`) in the scope the TrainConfig is made
+    in, so a stage's `ssft/learning_rate_schedule.peak` is part of its TrainConfig and
+    `train(config)` reads neither from gin again. The schedule's length defaults to
+    `total_steps`. data_file: the file a task built from a run's own outputs reads (the
+    scr_* tasks: a graded candidates file; dpo_pairs: a preference file), in place of the
+    gin-bound `scr_candidates_file.path` / `preference_file.path`.
+    """
 
     model_dir: Optional[str] = None
     task: Optional[str] = None  # a seqio task or mixture
@@ -84,9 +84,12 @@ class TrainConfig:
     objective: Callable = lm_objective
     async_checkpoints: bool = True
     preemption_check_every: int = 10
+    data_file: Optional[str] = None
+    model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
     def validate(self) -> "TrainConfig":
-        """Raise SettingError naming the binding; needs no model, mesh or data."""
+        """Raise SettingError naming the binding; needs no mesh or data."""
         settings.check("train", total_steps=(self.total_steps, 0), batch_size=self.batch_size,
                        sequence_length=self.sequence_length, checkpoint_every=self.checkpoint_every,
                        keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
@@ -100,6 +103,9 @@ class TrainConfig:
                 f"train.micro_batches={self.micro_batches} must split train.batch_size="
                 f"{self.batch_size} into micro-batches of whole {self.rows_per_group}-row groups "
                 "(the objective's unit)")
+        if self.sequence_length > self.model.max_seq_len:
+            raise settings.SettingError(f"train.sequence_length={self.sequence_length} exceeds "
+                                        f"DecoderConfig.max_seq_len={self.model.max_seq_len}")
         return self
 
     @property
@@ -107,7 +113,7 @@ class TrainConfig:
         return rows_per_group(self.objective)
 
 
-def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig] = None,
+def train(config: Optional[TrainConfig] = None, *,
           mesh_fn: Callable = partitioning.make_mesh,
           data_iterator: Optional[Iterator] = None,
           eval_iterator_fn: Optional[Callable[[], Iterator]] = None,
@@ -115,178 +121,104 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
     """Train (or resume) a model in `config.model_dir`. See the module docstring.
 
     config: the run's settings (default: `TrainConfig()` from gin, in the current gin scope);
-    `fields` replace some of them (`train(model_dir=..., task=...)`). The keyword-only
-    arguments are hooks, not configuration: the model config (default `DecoderConfig()`),
-    the mesh, a data iterator in place of the task's, the progress bar.
+    `fields` replace some of them (`train(model_dir=..., task=...)`, `model=DecoderConfig(...)`).
+    The keyword-only arguments are hooks, not configuration: the mesh, a data iterator in
+    place of the task's, the progress bar.
     """
-    run = settings.resolve(TrainConfig, config, **fields)
-    (model_dir, task, total_steps, batch_size, sequence_length, init_checkpoint, eval_every,
-     eval_steps, checkpoint_every, keep_checkpoints, log_every, seed, pack, micro_batches,
-     train_split, eval_split, objective, async_checkpoints, preemption_check_every) = \
-        operator.attrgetter(
-            "model_dir", "task", "total_steps", "batch_size", "sequence_length",
-            "init_checkpoint", "eval_every", "eval_steps", "checkpoint_every", "keep_checkpoints",
-            "log_every", "seed", "pack", "micro_batches", "train_split", "eval_split",
-            "objective", "async_checkpoints", "preemption_check_every")(run)
-    cfg = model or DecoderConfig()
-    partitioner = partitioning.Partitioner.create(cfg, mesh_fn())
-    partitioner.check_batch_divisible(batch_size, "train.batch_size")
-    if (batch_size // micro_batches) % partitioner.batch_shards:
+    config = settings.resolve(TrainConfig, config, **fields)
+    partitioner = partitioning.Partitioner.create(config.model, mesh_fn())
+    partitioner.check_batch_divisible(config.batch_size, "train.batch_size")
+    micro_rows = config.batch_size // config.micro_batches
+    if micro_rows % partitioner.batch_shards:
         raise settings.SettingError(
-            f"train.micro_batches={micro_batches}: micro-batches of {batch_size // micro_batches} "
+            f"train.micro_batches={config.micro_batches}: micro-batches of {micro_rows} "
             f"rows do not divide the mesh's {partitioner.batch_shards} data shards")
-    if sequence_length > cfg.max_seq_len:
-        raise settings.SettingError(f"train.sequence_length={sequence_length} exceeds "
-                                    f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
     # Data before compilation: a missing task fails here, in seconds.
     if data_iterator is None:
-        if task is None:
+        if config.task is None:
             raise settings.SettingError("train.task is not set (a seqio task or mixture name)")
-        from mathft_jax.data.dataset import task_batches  # noqa: PLC0415 (seqio)
-        data_iterator = task_batches(task, train_split, sequence_length, batch_size, seed, pack)
-        if eval_every and eval_iterator_fn is None:
-            eval_iterator_fn = lambda: task_batches(  # noqa: E731
-                task, eval_split, sequence_length, batch_size, seed, pack, shuffle=False,
-                num_epochs=1)
+        data_iterator = _task_batches(config, config.train_split)
+        if config.eval_every and eval_iterator_fn is None:
+            eval_iterator_fn = lambda: _task_batches(config, config.eval_split,  # noqa: E731
+                                                     shuffle=False, num_epochs=1)
 
-    schedule = learning_rate_schedule(train_steps=total_steps)
-    optimizer = make_optimizer(schedule=schedule)
-    abstract, shardings = abstract_state(cfg, optimizer, partitioner)
-    mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
-    writer = MetricsWriter(model_dir)
-    provenance.record(model_dir)  # config.gin: the operative config, as T5X keeps it
+    harness = Harness(model_dir=config.model_dir, model=config.model,
+                      optimizer=config.optimizer, optimizer_steps=config.total_steps,
+                      partitioner=partitioner, seed=config.seed,
+                      init_checkpoint=config.init_checkpoint,
+                      keep_checkpoints=config.keep_checkpoints,
+                      async_checkpoints=config.async_checkpoints)
     # model.gin, vocab.gin, tokenizer/ (and an import's hf/): export needs nothing else
-    model_files.write_model_files(model_dir, cfg, _task_vocabulary(task) if task else None,
-                                  hf_side_dir=model_files.inherited_hf_dir(init_checkpoint))
+    model_files.write_model_files(
+        config.model_dir, config.model, _task_vocabulary(config) if config.task else None,
+        hf_side_dir=model_files.inherited_hf_dir(config.init_checkpoint))
     logging.info("model_dir %s: checkpoints in <step>/, metrics in metrics.jsonl and tb/, "
-                 "operative config in config.gin", model_dir)
-
-    flops = sizes.flops_per_token(cfg, sequence_length)
-    peak = hardware.peak_flops_per_device() * jax.device_count()
-    # Restore/init outside the mesh context: eval_shape and init trace the model eagerly,
-    # where logical sharding constraints have nothing to constrain.
-    state = _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint,
-                             seed, data_iterator, partitioner)
-    start = int(state.step)
-    with partitioner.context():
-        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches,
-                                          partitioner),
-                          # batches arrive as global arrays already laid out by global_batch()
-                          in_shardings=(shardings, None),
-                          out_shardings=(shardings, partitioner.replicated),
-                          donate_argnums=0)
-        eval_fn = jax.jit(make_eval_step(cfg, objective))
-        preemption.install()
-        bar = distributed.progress_bar(progress, start, total_steps, "train", "step")
-        last, preempted, step, pending = {}, False, start, None
-        if _poll_preemption(start, 1):  # SIGTERM during start-up: no step ran, none to save
-            logging.warning("SIGTERM before the first step: exiting at step %d", start)
-            preempted, total_steps = True, start
-        t_last = time.perf_counter()
-
-        def report(step: int, metrics) -> dict:
-            """Fetch one step's metrics (waiting for that step only), check them, log them."""
-            nonlocal t_last
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise NonFiniteLossError(
-                    f"non-finite training metrics at step {step}: {metrics}; last good "
-                    f"checkpoint: step {mngr.latest_step()} in {model_dir}")
-            now = time.perf_counter()
-            tokens_per_s = batch_size * sequence_length / max(now - t_last, 1e-9)
-            t_last = now
-            metrics.update(tokens_per_s=tokens_per_s, mfu=tokens_per_s * flops / peak)
-            if step % log_every == 0 or step == total_steps:
-                writer.write(step, metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
-            return metrics
-
-        try:
-            for step in range(start + 1, total_steps + 1):
-                batch = global_batch(next(data_iterator), partitioner)
-                state, metrics = step_fn(state, batch)
-                # Step `step` is queued; report the one before it meanwhile, so the host never
-                # stalls the device. A step's own metrics are checked before its state is saved.
-                if pending is not None:
-                    last = report(*pending)
-                pending = (step, metrics)
-                saving = step % checkpoint_every == 0 and step != total_steps
-                if eval_every and eval_iterator_fn and step % eval_every == 0:
-                    writer.write(step, _evaluate(eval_fn, state.params, eval_iterator_fn(),
-                                                 eval_steps, partitioner), prefix="eval")
-                if _poll_preemption(step, preemption_check_every):
-                    logging.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
-                    preempted = saving = True
-                if saving:
-                    last, pending = report(*pending), None
-                    _save(mngr, step, state, data_iterator)
-                    writer.flush()
-                if preempted:
-                    break
-            if pending is not None:
-                last = report(*pending)
-            if last or (start == total_steps and not preempted):
-                _save(mngr, step, state, data_iterator)
-        finally:
-            mngr.wait_until_finished()
-            mngr.close()
-            writer.close()
-            if bar is not None:
-                bar.close()
-    logging.info("finished at step %d (preempted=%s); checkpoints in %s", step, preempted, model_dir)
-    return TrainResult(model_dir, start, step, preempted, last)
+                 "operative config in config.gin", config.model_dir)
+    learner = _SupervisedLearner(config, partitioner, data_iterator, eval_iterator_fn)
+    result = harness.run(learner, units=config.total_steps,
+                         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                         micro_batches=config.micro_batches,
+                         preemption_check_every=config.preemption_check_every,
+                         progress=progress)
+    return TrainResult(config.model_dir, result.start, result.final, result.preempted,
+                       result.last_metrics)
 
 
-def _task_vocabulary(task: str):
-    from mathft_jax.data import dataset
-    return dataset.get_provider(task).output_features["targets"].vocabulary
+class _SupervisedLearner(Learner):
+    """The trainer's learner: one step a unit, on the next batch of the task's rows, with the
+    config's objective; its checkpoints keep the data iterator's position."""
+
+    def __init__(self, config: TrainConfig, partitioner: partitioning.Partitioner,
+                 batches: Iterator, eval_batches_fn: Optional[Callable[[], Iterator]]):
+        self.config, self.partitioner = config, partitioner
+        self.batches, self.eval_batches_fn = batches, eval_batches_fn
+        self.objective = config.objective
+        self.tokens_per_unit = config.batch_size * config.sequence_length
+        self.flops_per_token = sizes.flops_per_token(config.model, config.sequence_length)
+        with partitioner.context():
+            self.eval_fn = jax.jit(make_eval_step(config.model, config.objective))
+
+    def advance(self, state, step):
+        return step(state, global_batch(next(self.batches), self.partitioner))
+
+    def restore(self, meta: dict) -> None:
+        self.batches.set_state(meta["data"])
+
+    def checkpoint_meta(self, unit: int) -> dict:
+        return {"data": self.batches.get_state()}
+
+    def after_unit(self, unit, state, writer) -> None:
+        every = self.config.eval_every
+        if every and self.eval_batches_fn and unit % every == 0:
+            writer.write(unit, self._evaluate(state.params), prefix="eval")
+
+    def postfix(self, metrics: dict) -> dict:
+        return {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics['tokens_per_s']:,.0f}"}
+
+    def _evaluate(self, params) -> dict:
+        totals = {}
+        for i, batch in enumerate(self.eval_batches_fn()):
+            if i >= self.config.eval_steps:
+                break
+            with self.partitioner.context():
+                sums = self.eval_fn(params, global_batch(batch, self.partitioner))
+            for k, v in jax.device_get(sums).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        w = max(totals.pop("weight", 0.0), 1.0)
+        return {k: v / w for k, v in totals.items()}
 
 
-def _poll_preemption(step: int, every: int) -> bool:
-    """Whether any process got SIGTERM. One process checks every step (a flag read); several
-    check every `every` steps, all at the same steps, since agreeing is a collective that
-    waits for the device to drain."""
-    if jax.process_count() > 1 and step % max(every, 1):
-        return False
-    return distributed.any_process(preemption.requested())
+def _task_batches(config: TrainConfig, split: str, **options):
+    """The task's batches of `split` (the data file, where given, in place of gin's)."""
+    from mathft_jax.data.dataset import task_batches  # noqa: PLC0415 (seqio)
+    return task_batches(config.task, split, config.sequence_length, config.batch_size,
+                        config.seed, config.pack, data_file=config.data_file, **options)
 
 
-def _save(mngr, step, state, data_iterator) -> None:
-    if mngr.latest_step() == step:
-        return
-    meta = {"step": int(step), "data": data_iterator.get_state()}
-    checkpoints.save(mngr, step, state.params, state.opt_state, meta)
-
-
-def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
-                     data_iterator, partitioner):
-    from mathft_jax.training.trainer import TrainState
-    latest = mngr.latest_step()
-    if latest is not None:
-        logging.info("resuming from step %d in %s", latest, mngr.directory)
-        params, opt_state, meta = checkpoints.restore(mngr, latest, abstract.params, abstract.opt_state)
-        data_iterator.set_state(meta["data"])
-        step = jax.device_put(np.int32(meta["step"]), shardings.step)
-        return TrainState(step=step, params=params, opt_state=opt_state)
-    if init_checkpoint:
-        logging.info("initialising parameters from %s (fresh optimizer)", init_checkpoint)
-        params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
-        return init_state(cfg, optimizer, shardings, seed, params=params)
-    return init_state(cfg, optimizer, shardings, seed)
-
-
-def _evaluate(eval_fn, params, iterator, max_batches: int, partitioner) -> dict:
-    totals = {}
-    for i, batch in enumerate(iterator):
-        if i >= max_batches:
-            break
-        sums = jax.device_get(eval_fn(params, global_batch(batch, partitioner)))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    w = max(totals.pop("weight", 0.0), 1.0)
-    return {k: v / w for k, v in totals.items()}
+def _task_vocabulary(config: TrainConfig):
+    from mathft_jax.data import dataset  # noqa: PLC0415 (seqio)
+    provider = dataset.get_provider(config.task, data_file=config.data_file)
+    return provider.output_features["targets"].vocabulary
 
 
 def main(argv):

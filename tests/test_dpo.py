@@ -192,3 +192,34 @@ def test_reference_log_likelihoods_reach_the_batches_exactly(tmp_path):
     # the same rows and code as the reference: equal up to float round-off of batching
     assert float(sums["loss"]) / 5 == pytest.approx(math.log(2), abs=1e-4)
     assert abs(float(sums["reward_margin"])) < 1e-3
+
+
+def _preference_file(path, margin: float) -> str:
+    """Two pairs with made-up reference log-likelihoods (chosen - rejected = margin)."""
+    records = [{"problem": f"{i}+{i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)}
+               for i in range(2)]
+    lls = np.array([[-1.0, -1.0 - margin]] * 2)
+    preference_file.write_preferences(str(path), preference_file.with_reference(records, lls, 48))
+    return str(path)
+
+
+def _ref_margins(batch) -> list:
+    ll, positive = batch["ref_log_likelihood"], batch["is_positive"]
+    return [float(ll[i] - ll[i + 1]) for i in range(0, len(ll), 2) if positive[i]]
+
+
+def test_data_file_is_the_file_dpo_pairs_reads(tmp_path):
+    """train.data_file names the preference file in place of the gin-bound one, which stays
+    the fallback."""
+    pytest.importorskip("seqio")
+    from mathft_jax.data import dataset
+    gin.bind_parameter("get_vocabulary.name_or_path", "byte")
+    gin.bind_parameter("preference_file.path", _preference_file(tmp_path / "bound.jsonl", 1.0))
+    given = _preference_file(tmp_path / "given.jsonl", 3.0)
+
+    def first_batch(data_file):
+        return next(dataset.task_batches("dpo_pairs", "train", 48, 4, seed=0, pack=False,
+                                         shuffle=False, data_file=data_file))
+
+    assert _ref_margins(first_batch(given)) == [3.0, 3.0]
+    assert _ref_margins(first_batch(None)) == [1.0, 1.0]

@@ -550,7 +550,8 @@ def test_solution_batches_read_the_task_as_training_does():
     resumable through JSON checkpoint metadata); an unknown task names grpo.sft_task."""
     import json
     from mathft_jax.data import dataset
-    rows = loop._solution_batches("synthetic_arith_steps", "train", 64, 8, seed=3)
+    rows = loop._solution_batches(loop.GrpoConfig(task="synthetic_arith_steps", split="train",
+                                                  sequence_length=64, sft_batch_size=8, seed=3))
     trainer_rows = dataset.get_dataset("synthetic_arith_steps", "train", 64, 8, shuffle=True,
                                        seed=3, pack=True)
     first, want = next(rows), next(trainer_rows)
@@ -563,4 +564,5 @@ def test_solution_batches_read_the_task_as_training_does():
     np.testing.assert_array_equal(next(rows)["decoder_input_tokens"],
                                   second["decoder_input_tokens"])
     with pytest.raises(ValueError, match="grpo.sft_task='nope' is not a registered"):
-        loop._solution_batches("nope", "train", 64, 8, seed=0)
+        loop._solution_batches(loop.GrpoConfig(sft_task="nope", sequence_length=64,
+                                               sft_batch_size=8))

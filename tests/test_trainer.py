@@ -267,3 +267,33 @@ def test_stage_schedule_ends_where_its_training_ends_unless_set_apart():
         assert float(sched(10)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
     finally:
         gin.clear_config()
+
+
+def test_train_config_carries_its_gin_scope(tmp_path):
+    """The model and the optimizer are made in the scope the TrainConfig is made in, and
+    `train(config)` reads them from the config alone: in or out of that scope, one run."""
+    import dataclasses
+    from mathft_jax.training.optim import OptimizerConfig
+    bindings = [f"ssft/DecoderConfig.{f.name} = {getattr(TINY, f.name)!r}"
+                for f in dataclasses.fields(TINY)]
+    gin.parse_config(bindings + ["ssft/DecoderConfig.num_layers = 1",
+                                 "learning_rate_schedule.peak = 1e-4",
+                                 "ssft/learning_rate_schedule.peak = 0.05",
+                                 "ssft/make_optimizer.b2 = 0.9"])
+    with gin.config_scope("ssft"):
+        config = train.TrainConfig(model_dir=str(tmp_path / "unused"), checkpoint_every=1000)
+    assert config.model == dataclasses.replace(TINY, num_layers=1)
+    assert (config.optimizer.schedule.peak, config.optimizer.b2) == (0.05, 0.9)
+
+    def run(name, config=config):
+        return _train(tmp_path, name, steps=3, model=config.model, config=config)
+
+    outside = run("outside")
+    with gin.config_scope("ssft"):
+        inside = run("inside")
+    np.testing.assert_array_equal(_losses(inside.model_dir), _losses(outside.model_dir))
+    small = dataclasses.replace(TINY, num_layers=1)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, _final_params(inside.model_dir, small),
+                           _final_params(outside.model_dir, small))
+    unscoped = run("unscoped", dataclasses.replace(config, optimizer=OptimizerConfig()))
+    assert not np.array_equal(_losses(unscoped.model_dir)[1:], _losses(outside.model_dir)[1:])

@@ -33,10 +33,11 @@ def _decoded(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def get_provider(name: str) -> Union[seqio.Task, seqio.Mixture]:
-    """The task or mixture `name`, registered from the gin configuration as it is now."""
+def get_provider(name: str, data_file: Optional[str] = None) -> Union[seqio.Task, seqio.Mixture]:
+    """The task or mixture `name`, registered from the gin configuration as it is now (and
+    `data_file`, the file of a task built from a run's outputs: `tasks._task_loaders`)."""
     from mathft_jax.data import tasks  # noqa: PLC0415 (tasks imports this module's users)
-    tasks.ensure_registered()
+    tasks.ensure_registered(data_file)
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError as e:
@@ -45,10 +46,10 @@ def get_provider(name: str) -> Union[seqio.Task, seqio.Mixture]:
                          f"known: {', '.join(known)}") from e
 
 
-def load_examples(task_name: str, split: str) -> list[dict]:
+def load_examples(task_name: str, split: str, data_file: Optional[str] = None) -> list[dict]:
     """Every example of a task's split, tokenised (numpy `inputs`, `targets` with EOS) plus its
     text and integer features; loaded once per registration of the task."""
-    task = get_provider(task_name)
+    task = get_provider(task_name, data_file)
     if not isinstance(task, seqio.Task):
         raise ValueError(f"{task_name} is a mixture; load its tasks one by one")
     if split not in task.splits:
@@ -88,14 +89,15 @@ def _group(examples: list[dict]) -> list[list[int]]:
 
 
 def _build_units(name: str, split: str, length: int, drop_overlong: bool,
-                 max_examples: Optional[int] = None) -> tuple[_Units, dict]:
-    provider = get_provider(name)
+                 max_examples: Optional[int] = None,
+                 data_file: Optional[str] = None) -> tuple[_Units, dict]:
+    provider = get_provider(name, data_file)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
     rates = [provider.get_rate(t) if isinstance(provider, seqio.Mixture) else 1.0 for t in tasks]
     examples, units = [], []
     stats = {"examples": 0, "overlong": 0, "dropped": 0, "truncated": 0}
     for task in tasks:
-        task_units, task_examples = [], load_examples(task.name, split)
+        task_units, task_examples = [], load_examples(task.name, split, data_file)
         for unit in _group(task_examples)[:max_examples]:
             members = [task_examples[i] for i in unit]
             overlong = [len(m["inputs"]) + len(m["targets"]) > length for m in members]
@@ -267,7 +269,8 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
                 batch_size: int, shuffle: bool = True, seed: int = 0,
                 shard: tuple[int, int] = (0, 1), pack: bool = True, drop_overlong: bool = False,
                 num_epochs: Optional[int] = None,
-                max_examples: Optional[int] = None) -> DatasetIterator:
+                max_examples: Optional[int] = None,
+                data_file: Optional[str] = None) -> DatasetIterator:
     """Feature-converted numpy batches of a registered task or mixture (see DatasetIterator).
 
     `shard=(jax.process_index(), jax.process_count())`: each process gets a disjoint share,
@@ -284,12 +287,13 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} out of range for {count} shards")
     length = total_length(sequence_length)
-    units, stats = _build_units(task_or_mixture, split, length, drop_overlong, max_examples)
+    units, stats = _build_units(task_or_mixture, split, length, drop_overlong, max_examples,
+                                data_file)
     unit_size = max((len(unit) for task_units in units.units for unit in task_units), default=1)
     if unit_size > 1 and (pack or batch_size % unit_size):
         raise ValueError(f"{task_or_mixture} yields groups of {unit_size} rows (evaluator pairs): "
                          f"use pack=False and a batch size divisible by {unit_size}")
-    provider = get_provider(task_or_mixture)
+    provider = get_provider(task_or_mixture, data_file)
     config = {"task": task_or_mixture, "split": split, "length": length, "batch_size": batch_size,
               "shuffle": shuffle, "seed": seed, "shard": [index, count], "pack": pack,
               "drop_overlong": drop_overlong, "num_units": units.num_units}
@@ -303,13 +307,13 @@ def get_dataset(task_or_mixture: str, split: str, sequence_length: Union[int, Ma
 
 def task_batches(task: str, split: str, sequence_length: int, batch_size: int, seed: int,
                  pack: bool, shuffle: bool = True, num_epochs: Optional[int] = None,
-                 setting: str = "train.task") -> DatasetIterator:
+                 setting: str = "train.task", data_file: Optional[str] = None) -> DatasetIterator:
     """A training stage's batches of `task` (the trainer's, GRPO's supervised term): every
     process the same global batch, resumable with get_state / set_state. An unknown task is
     a ValueError naming `setting`, the binding that chose it."""
     try:
-        get_provider(task)  # registers the tasks from the gin configuration
+        get_provider(task, data_file)  # registers the tasks from the gin configuration
     except ValueError as e:
         raise ValueError(f"{setting}={e}") from e
     return get_dataset(task, split, sequence_length, batch_size, shuffle=shuffle, seed=seed,
-                       pack=pack, num_epochs=num_epochs)
+                       pack=pack, num_epochs=num_epochs, data_file=data_file)

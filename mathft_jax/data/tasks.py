@@ -23,6 +23,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from mathft_jax.core import storage
 from mathft_jax.data import formats, metrics, paths, readers, sources, synthetic, vocab
 
 GENERATION_EVAL_TASKS = ("math500", "math_test5k")
@@ -62,7 +63,8 @@ def _prm800k_problems(files: Sequence) -> list[readers.Problem]:
 
 def _candidates(path) -> list[dict]:
     if path is None:
-        raise ValueError("scr_pairwise / scr_pointwise / scr_sequence_pairwise need a graded candidates file: bind "
+        raise ValueError("scr_pairwise / scr_pointwise / scr_sequence_pairwise need a graded "
+                         "candidates file: set train.data_file or bind "
                          "scr_candidates_file.path = '...'.")
     return readers.read_candidates(path)
 
@@ -71,7 +73,7 @@ def _preference_examples(path) -> list[dict]:
     from mathft_jax.data import preferences  # noqa: PLC0415
     if path is None:
         raise ValueError("dpo_pairs needs a preference file with reference log-likelihoods: "
-                         "bind preference_file.path = '...' "
+                         "set train.data_file or bind preference_file.path = '...' "
                          "(python -m mathft_jax.scoring.reference)")
     return preferences.preference_examples(preferences.read_preferences(str(path)))
 
@@ -110,11 +112,20 @@ def _add_task(name: str, loaders: dict, vocabulary: seqio.Vocabulary, with_metri
     )
 
 
-def _task_loaders() -> dict[str, dict[str, Callable[[], list[dict]]]]:
+def _run_file(data_file: Optional[str], bound: Callable):
+    """The file a task built from a run's own outputs reads: `data_file` where given, else
+    the gin-bound one (`bound()`: `paths.scr_candidates_file` or `paths.preference_file`)."""
+    return storage.path(data_file) if data_file else bound()
+
+
+def _task_loaders(data_file: Optional[str] = None) -> dict[str, dict[str, Callable[[], list[dict]]]]:
     """Per task, per split: a zero-argument loader (sources read their paths from gin when
-    it runs; ensure_registered re-registers, dropping cached examples, when they change)."""
-    label_files, candidates_file = paths.prm800k_label_files(), paths.scr_candidates_file()
-    preference_file = paths.preference_file()
+    it runs; ensure_registered re-registers, dropping cached examples, when they change).
+    data_file: the scr_* tasks' graded candidates file and dpo_pairs' preference file, in
+    place of the gin-bound ones."""
+    label_files = paths.prm800k_label_files()
+    candidates_file = _run_file(data_file, paths.scr_candidates_file)
+    preference_file = _run_file(data_file, paths.preference_file)
 
     def generation(read: Callable, *args, **kwargs) -> Callable[[], list[dict]]:
         return lambda: generation_examples(read(*args, **kwargs))
@@ -153,33 +164,36 @@ def ssft_mix_rates(rates: Sequence[float] = (1.0, 1.0)) -> tuple:
     return tuple(float(r) for r in rates)
 
 
-def _registration_key(vocabulary: seqio.Vocabulary) -> tuple:
+def _registration_key(vocabulary: seqio.Vocabulary, data_file: Optional[str] = None) -> tuple:
     # The bindings as a whole too: loaders read knobs (formats, held-out fraction, synthetic
     # difficulty) when they run, so any change of them must drop the cached examples.
     return (vocabulary, paths.math_splits_dir(), paths.math_dir(),
-            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), ssft_mix_rates(),
-            gin.config_str())
+            tuple(paths.prm800k_label_files()), paths.scr_candidates_file(), data_file,
+            ssft_mix_rates(), gin.config_str())
 
 
-def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None) -> None:
+def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
+                   data_file: Optional[str] = None) -> None:
     """(Re-)registers every task and the `math_ssft_mix` mixture with the gin-bound data
-    paths and rates. `vocabulary` defaults to the gin-configured `get_vocabulary()`."""
+    paths and rates (`data_file`: see `_task_loaders`). `vocabulary` defaults to the
+    gin-configured `get_vocabulary()`."""
     global _registered_with
     vocabulary = vocabulary or vocab.get_vocabulary()
-    for name, loaders in _task_loaders().items():
+    for name, loaders in _task_loaders(data_file).items():
         with_metric = name in GENERATION_EVAL_TASKS or name in SYNTHETIC_TASKS
         _add_task(name, loaders, vocabulary, with_metric,
                   add_eos=name not in EVALUATOR_LABEL_TASKS)
     seqio.MixtureRegistry.remove(SSFT_MIXTURE)
     seqio.MixtureRegistry.add(SSFT_MIXTURE, list(zip(("math_ssft_math", "math_ssft_prm800k"),
                                                      ssft_mix_rates())))
-    _registered_with = _registration_key(vocabulary)
+    _registered_with = _registration_key(vocabulary, data_file)
 
 
-def ensure_registered() -> None:
-    """Register the tasks from the gin configuration as it is now (current scope included),
-    unless the current registration was built from the same vocabulary, paths and rates:
-    re-registering drops the tokenised-example cache, so it happens only on a change."""
+def ensure_registered(data_file: Optional[str] = None) -> None:
+    """Register the tasks from the gin configuration as it is now (current scope included)
+    and `data_file` (see `_task_loaders`), unless the current registration was built from
+    the same vocabulary, paths, data file and rates: re-registering drops the
+    tokenised-example cache, so it happens only on a change."""
     vocabulary = vocab.get_vocabulary()
-    if _registered_with != _registration_key(vocabulary):
-        register_tasks(vocabulary)
+    if _registered_with != _registration_key(vocabulary, data_file):
+        register_tasks(vocabulary, data_file)

@@ -19,9 +19,13 @@ Each iteration k (1, 2, ...):
               (`grpo.with_supervised`)
   6 log       reward, accuracy, KL, clip fraction, response length, entropy, ... to
               metrics.jsonl and TensorBoard (`MetricsWriter`, prefix `grpo/`)
-  7 save      every `checkpoint_every` iterations: policy, optimizer state and
-              {"iteration", "step", "seed", "position"} (`checkpoints.save`, step = iteration;
+  7 save      every `checkpoint_every` iterations and at the end: policy, optimizer state
+              and {"iteration", "step", "seed", "position"} (checkpoint step = iteration;
               position: prompts consumed so far), and the solution batches' data position
+
+Steps 1-6 are `_GrpoLearner.advance`, one unit of the training harness
+(`training/harness.py`, shared with `train`), which restores, steps, logs, polls SIGTERM
+and saves.
 
 Exactly resumable: the prompts, the sampler's streams and everything after them are pure
 functions of (seed, iteration, data position, state), so a run killed anywhere (SIGKILL
@@ -40,21 +44,19 @@ from typing import Callable, Optional, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from mathft_jax import grading
 from mathft_jax.convert import checkpoints
-from mathft_jax.core import distributed, preemption, provenance, settings
+from mathft_jax.core import settings
 from mathft_jax.models import partitioning
-from mathft_jax.scoring import evaluator
-from mathft_jax.core.metrics_writer import MetricsWriter
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
-from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.rl import grpo as grpo_lib, rewards as rewards_lib, rollout as rollout_lib
-from mathft_jax.training.trainer import TrainState, abstract_state, init_state, make_train_step
+from mathft_jax.scoring import evaluator
+from mathft_jax.training.harness import Harness, Learner
+from mathft_jax.training.optim import OptimizerConfig
 
 
 @dataclasses.dataclass
@@ -75,8 +77,11 @@ def iteration_seed(seed: int, iteration: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class GrpoConfig:
     """One GRPO run's settings, bound in gin as `grpo.<field>` (the pipeline's grpo stage and
-    `python -m mathft_jax.rl` run in gin scope `grpo`, so `grpo/learning_rate_schedule.*`
-    and `grpo/make_optimizer.*` set its optimizer).
+    `python -m mathft_jax.rl` make it in gin scope `grpo`, so `grpo/learning_rate_schedule.*`
+    and `grpo/make_optimizer.*` set its optimizer). model and optimizer are typed configs
+    made from gin in the scope the GrpoConfig is made in (`DecoderConfig.*`,
+    `make_optimizer.*`, `learning_rate_schedule.*`); `grpo(config)` reads neither again.
+    The schedule's length defaults to iterations * steps_per_iteration.
 
     init_checkpoint: the policy's start (the SSFT checkpoint); reference_checkpoint: the KL
     anchor (default: init_checkpoint; with neither, both are the seed's fresh init, for tests).
@@ -129,6 +134,8 @@ class GrpoConfig:
     sft_task: Optional[str] = None
     sft_batch_size: int = 16
     length_bucket: int = 64
+    model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
     def validate(self) -> "GrpoConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -163,176 +170,201 @@ class GrpoConfig:
             raise settings.SettingError(
                 f"grpo.sequence_length={self.sequence_length} leaves no room for a prompt "
                 f"beside grpo.max_decode_len={self.max_decode_len}")
+        self.model.validate()
+        if self.sequence_length > self.model.max_seq_len:
+            raise settings.SettingError(f"grpo.sequence_length={self.sequence_length} exceeds "
+                                        f"DecoderConfig.max_seq_len={self.model.max_seq_len}")
         return self
 
 
-def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] = None,
-         mesh_fn: Callable = partitioning.make_mesh, vocabulary=None,
-         problems: Optional[Sequence[dict]] = None, solutions=None, progress: bool = True,
-         **fields) -> GrpoResult:
+def grpo(config: Optional[GrpoConfig] = None, *, mesh_fn: Callable = partitioning.make_mesh,
+         vocabulary=None, problems: Optional[Sequence[dict]] = None, solutions=None,
+         progress: bool = True, **fields) -> GrpoResult:
     """Run (or resume) GRPO in `config.model_dir`; see the module docstring.
 
     config: the run's settings (default: `GrpoConfig()` from gin, in the current gin scope);
-    `fields` replace some of them. The keyword-only arguments are hooks, not configuration:
-    the model config (default `DecoderConfig()`), the mesh, the vocabulary (default gin's
+    `fields` replace some of them (`model=DecoderConfig(...)`). The keyword-only arguments
+    are hooks, not configuration: the mesh, the vocabulary (default gin's
     `get_vocabulary()`), the problems in place of the task's, the solution batches in place
     of `sft_task`'s (an iterator of row dicts with `get_state`/`set_state`), the progress bar.
     """
-    c = settings.resolve(GrpoConfig, config, **fields)
-    (model_dir, init_checkpoint, reference_checkpoint, task, split, problems_file, max_problems,
-     iterations, prompts_per_iteration, num_generations, max_decode_len, temperature, top_k,
-     top_p, sequence_length, steps_per_iteration, max_sampling_rounds, micro_batches, kl_coef,
-     scale_std, evaluator_checkpoint, evaluator_weight, grader, objective, seed, checkpoint_every,
-     keep_checkpoints, async_checkpoints, log_every, sft_weight, sft_task, sft_batch_size,
-     length_bucket) = (
-        # every field, in field order
-        getattr(c, f.name) for f in dataclasses.fields(GrpoConfig))
-    cfg = model or DecoderConfig()
-    cfg.validate()
-    partitioner = partitioning.Partitioner.create(cfg, mesh_fn())
-    rows = prompts_per_iteration * num_generations
-    if rows % (micro_batches * partitioner.batch_shards):
+    config = settings.resolve(GrpoConfig, config, **fields)
+    partitioner = partitioning.Partitioner.create(config.model, mesh_fn())
+    rows = config.prompts_per_iteration * config.num_generations
+    if rows % (config.micro_batches * partitioner.batch_shards):
         raise settings.SettingError(
             f"grpo: prompts_per_iteration * num_generations = {rows} rows must split into "
-            f"micro_batches={micro_batches} of rows divisible by the mesh's data*fsdp="
+            f"micro_batches={config.micro_batches} of rows divisible by the mesh's data*fsdp="
             f"{partitioner.batch_shards}")
-    if sft_weight and sft_batch_size % partitioner.batch_shards:
+    if config.sft_weight and config.sft_batch_size % partitioner.batch_shards:
         raise settings.SettingError(
-            f"grpo.sft_batch_size={sft_batch_size} must be divisible by the mesh's data*fsdp="
-            f"{partitioner.batch_shards}")
-    if sequence_length > cfg.max_seq_len:
-        raise settings.SettingError(f"grpo.sequence_length={sequence_length} exceeds "
-                                    f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
+            f"grpo.sft_batch_size={config.sft_batch_size} must be divisible by the mesh's "
+            f"data*fsdp={partitioner.batch_shards}")
     if problems is None:
         from mathft_jax.data import sources  # noqa: PLC0415
-        problems = sources.problem_records(task, split, problems_file, setting="grpo")
-        problems = sources.first(problems, max_problems, "grpo.max_problems")
+        problems = sources.problem_records(config.task, config.split, config.problems_file,
+                                           setting="grpo")
+        problems = sources.first(problems, config.max_problems, "grpo.max_problems")
     if not problems:
         raise settings.SettingError("grpo: no problems to train on (grpo.task, grpo.split, "
                                     "grpo.problems_file)")
-    weights = rewards_lib.reward_weights()
     if vocabulary is None:
         from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415
         vocabulary = vocab_lib.get_vocabulary()
-    start_id = evaluator.decoder_start_id(vocabulary)
-    sampling = rollout_lib.sampling_params(num_generations, max_decode_len, temperature, top_k,
-                                           top_p, vocabulary.eos_id)
-
-    schedule = learning_rate_schedule(train_steps=iterations * steps_per_iteration)
-    optimizer = make_optimizer(schedule=schedule)
-    abstract, shardings = abstract_state(cfg, optimizer, partitioner)
-    mngr = checkpoints.manager(model_dir, keep_checkpoints, async_checkpoints)
-    writer = MetricsWriter(model_dir)
-    provenance.record(model_dir)
-    if not sft_weight:
+    if not config.sft_weight:
         solutions = None
     elif solutions is None:
-        solutions = _solution_batches(sft_task or task, split, sequence_length, sft_batch_size,
-                                      seed)
-    state, start, position = _restore_or_init(mngr, cfg, optimizer, abstract, shardings,
-                                              init_checkpoint, seed, partitioner,
-                                              prompts_per_iteration, solutions)
-    reference = _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state,
-                           cfg, optimizer, shardings, seed, partitioner)
-    evaluator_params = (checkpoints.load_params(evaluator_checkpoint, cfg, partitioner)
-                        if evaluator_checkpoint and evaluator_weight else None)
+        solutions = _solution_batches(config)
+    harness = Harness(model_dir=config.model_dir, model=config.model,
+                      optimizer=config.optimizer,
+                      optimizer_steps=config.iterations * config.steps_per_iteration,
+                      partitioner=partitioner, seed=config.seed,
+                      init_checkpoint=config.init_checkpoint,
+                      keep_checkpoints=config.keep_checkpoints,
+                      async_checkpoints=config.async_checkpoints)
+    learner = _GrpoLearner(config, partitioner, vocabulary, problems, solutions)
+    result = harness.run(learner, units=config.iterations,
+                         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                         micro_batches=config.micro_batches, progress=progress, desc="grpo",
+                         unit_name="iteration")
+    return GrpoResult(config.model_dir, result.start, result.final, result.preempted,
+                      result.last_metrics)
 
-    model = Decoder(cfg)
-    loss = functools.partial(objective, kl_coef=kl_coef, temperature=temperature)
-    if sft_weight:
-        loss = grpo_lib.with_supervised(loss, sft_weight)
-    with partitioner.context():
-        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches,
-                                          partitioner),
-                          in_shardings=(shardings, None),
-                          out_shardings=(shardings, partitioner.replicated),
-                          donate_argnums=0)
-        stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
-                                             temperature=temperature))
 
-    def sample_round(params, first: int, iteration: int, timer) -> _Round:
-        """Rollouts and rewards of the P problems at data positions first .. first + P - 1."""
-        index = rollout_lib.problem_indices(len(problems), seed, first, prompts_per_iteration)
-        batch_problems = [problems[i] for i in index]
+class _GrpoLearner(Learner):
+    """GRPO as a learner of the harness: a unit is an iteration (rollouts, rewards, then
+    `steps_per_iteration` steps of `grpo_objective`); its checkpoints keep the data position
+    (prompts consumed), the seed and the solution batches' position."""
+
+    metrics_prefix = "grpo"
+    metrics_on_device = False  # an iteration's metrics come back to the host to be combined
+
+    def __init__(self, config: GrpoConfig, partitioner: partitioning.Partitioner, vocabulary,
+                 problems: Sequence[dict], solutions):
+        self.config, self.partitioner, self.vocabulary = config, partitioner, vocabulary
+        self.problems, self.solutions = problems, solutions
+        self.weights = rewards_lib.reward_weights()
+        self.start_id = evaluator.decoder_start_id(vocabulary)
+        self.sampling = rollout_lib.sampling_params(
+            config.num_generations, config.max_decode_len, config.temperature, config.top_k,
+            config.top_p, vocabulary.eos_id)
+        self.evaluator_params = (
+            checkpoints.load_params(config.evaluator_checkpoint, config.model, partitioner)
+            if config.evaluator_checkpoint and config.evaluator_weight else None)
+        loss = functools.partial(config.objective, kl_coef=config.kl_coef,
+                                 temperature=config.temperature)
+        self.objective = (grpo_lib.with_supervised(loss, config.sft_weight)
+                          if config.sft_weight else loss)
+        with partitioner.context():
+            self.stats_fn = jax.jit(functools.partial(
+                grpo_lib.policy_token_stats, Decoder(config.model),
+                temperature=config.temperature))
+        self.position, self.iteration, self.reference = 0, 0, None
+
+    # ------------------------------------------------------------------ the harness's hooks
+
+    def restore(self, meta: dict) -> None:
+        """The data position of a checkpoint, checked against this run's settings."""
+        config, directory = self.config, self.config.model_dir
+        if meta.get("seed") is not None and meta["seed"] != config.seed:
+            raise settings.SettingError(f"grpo.seed={config.seed} but {directory} was run with "
+                                        f"seed {meta['seed']}")
+        # checkpoints from before dynamic sampling hold no position: P prompts an iteration
+        self.position = int(meta.get("position",
+                                     int(meta["iteration"]) * config.prompts_per_iteration))
+        if self.solutions is not None:
+            if "sft_data" not in meta:
+                raise settings.SettingError(
+                    f"grpo.sft_weight > 0 but {directory} was run without it (its "
+                    "checkpoint holds no solution data position)")
+            self.solutions.set_state(meta["sft_data"])
+        elif "sft_data" in meta:
+            raise settings.SettingError(
+                f"grpo.sft_weight=0 but {directory} was run with a supervised term (its "
+                "checkpoint holds a solution data position): set grpo.sft_weight as it was")
+
+    def checkpoint_meta(self, unit: int) -> dict:
+        meta = {"iteration": unit, "seed": self.config.seed, "position": self.position}
+        if self.solutions is not None:
+            meta["sft_data"] = self.solutions.get_state()
+        return meta
+
+    def begin(self, harness: Harness, state, start: int) -> None:
+        """The frozen KL anchor: reference_checkpoint, else the policy's start."""
+        self.iteration = start
+        if not self.config.kl_coef:
+            return
+        if self.config.reference_checkpoint:
+            self.reference = checkpoints.load_params(self.config.reference_checkpoint,
+                                                     self.config.model, self.partitioner)
+        else:
+            self.reference = harness.start_params(state, start)
+
+    def postfix(self, metrics: dict) -> dict:
+        return {"reward": f"{metrics['reward']:.3f}", "acc": f"{metrics['accuracy']:.3f}"}
+
+    def advance(self, state, step):
+        """One iteration: rollouts until the batch is full (dynamic sampling), then steps."""
+        config, partitioner = self.config, self.partitioner
+        self.iteration += 1
+        timer = _Timer()
+        rounds, with_signal = [], 0
+        for _ in range(config.max_sampling_rounds):
+            rounds.append(self._sample_round(state.params, timer))
+            self.position += config.prompts_per_iteration
+            with_signal += int(_has_signal(rounds[-1].reward).sum())
+            if with_signal >= config.prompts_per_iteration:
+                break
+        chosen = choose_groups([r.reward for r in rounds], config.prompts_per_iteration)
+        rows = rollout_lib.trim_rows(
+            _stack_groups([r.rows for r in rounds], chosen, config.num_generations),
+            config.length_bucket)
+        reward = np.concatenate([r.reward for r in rounds])
+        parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
+        batch_reward = np.stack([rounds[r].reward[i] for r, i in chosen])
+        with timer("train"):
+            batch = _training_batch(rows, batch_reward, config.scale_std, state.params,
+                                    self.reference, self.stats_fn, partitioner,
+                                    config.sequence_length)
+            entropy = float(batch.pop("entropy_mean"))
+            batch = {k: partitioner.to_global(v) for k, v in batch.items()}
+            step_metrics = []
+            for _ in range(config.steps_per_iteration):
+                state, m = step(state, _with_solutions(batch, self.solutions, partitioner))
+                step_metrics.append(m)
+            step_metrics = [{k: float(v) for k, v in jax.device_get(m).items()}
+                            for m in step_metrics]
+        metrics = _iteration_metrics(reward, batch_reward, parts,
+                                     np.concatenate([r.lengths for r in rounds]),
+                                     entropy, step_metrics, timer.seconds)
+        metrics["row_length"] = float(rows["decoder_segment_ids"].shape[1])  # after trimming
+        return state, metrics
+
+    # ------------------------------------------------------------------ one rollout
+
+    def _sample_round(self, params, timer) -> "_Round":
+        """Rollouts and rewards of the P problems at data positions position .. + P - 1."""
+        config, first = self.config, self.position
+        count = config.prompts_per_iteration
+        index = rollout_lib.problem_indices(len(self.problems), config.seed, first, count)
+        batch_problems = [self.problems[i] for i in index]
         with timer("sample"):
             roll = rollout_lib.rollout_batch(
-                params, cfg, vocabulary, batch_problems, sampling,
-                seed=iteration_seed(seed, iteration),
-                prompt_ids=np.arange(first, first + prompts_per_iteration),
-                sequence_length=sequence_length, start_id=start_id, partitioner=partitioner)
+                params, config.model, self.vocabulary, batch_problems, self.sampling,
+                seed=iteration_seed(config.seed, self.iteration),
+                prompt_ids=np.arange(first, first + count),
+                sequence_length=config.sequence_length, start_id=self.start_id,
+                partitioner=self.partitioner)
         with timer("reward"):
-            reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, weights,
-                                                        grader)
-            if evaluator_params is not None:
+            reward, parts = rewards_lib.compute_rewards(batch_problems, roll.texts, self.weights,
+                                                        config.grader)
+            if self.evaluator_params is not None:
                 parts["evaluator"] = np.stack(evaluator.score_groups(
-                    evaluator_params, cfg, vocabulary, [p["problem"] for p in batch_problems],
-                    roll.texts, partitioner=partitioner, start_id=start_id))
-                reward = reward + evaluator_weight * parts["evaluator"]
+                    self.evaluator_params, config.model, self.vocabulary,
+                    [p["problem"] for p in batch_problems], roll.texts,
+                    partitioner=self.partitioner, start_id=self.start_id))
+                reward = reward + config.evaluator_weight * parts["evaluator"]
         return _Round(roll.batch, reward, parts, roll.lengths)
-
-    preemption.install()
-    bar = distributed.progress_bar(progress, start, iterations, "grpo", "iter")
-    last, preempted, iteration = {}, False, start
-    try:
-        for iteration in range(start + 1, iterations + 1):
-            timer = _Timer()
-            rounds, with_signal = [], 0
-            for _ in range(max_sampling_rounds):
-                rounds.append(sample_round(state.params, position, iteration, timer))
-                position += prompts_per_iteration
-                with_signal += int(_has_signal(rounds[-1].reward).sum())
-                if with_signal >= prompts_per_iteration:
-                    break
-            chosen = choose_groups([r.reward for r in rounds], prompts_per_iteration)
-            rows = rollout_lib.trim_rows(
-                _stack_groups([r.rows for r in rounds], chosen, num_generations), length_bucket)
-            reward = np.concatenate([r.reward for r in rounds])
-            parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
-            batch_reward = np.stack([rounds[r].reward[i] for r, i in chosen])
-            with timer("train"):
-                batch = _training_batch(rows, batch_reward, scale_std, state.params, reference,
-                                        stats_fn, partitioner, sequence_length)
-                entropy = float(batch.pop("entropy_mean"))
-                batch = {k: partitioner.to_global(v) for k, v in batch.items()}
-                step_metrics = []
-                with partitioner.context():
-                    for _ in range(steps_per_iteration):
-                        state, m = step_fn(state, _with_solutions(batch, solutions,
-                                                                  partitioner))
-                        step_metrics.append(m)
-                step_metrics = [{k: float(v) for k, v in jax.device_get(m).items()}
-                                for m in step_metrics]
-            last = _iteration_metrics(reward, batch_reward, parts,
-                                      np.concatenate([r.lengths for r in rounds]),
-                                      entropy, step_metrics, timer.seconds)
-            last["row_length"] = float(rows["decoder_segment_ids"].shape[1])  # after trimming
-            if not all(math.isfinite(v) for v in last.values()):
-                raise FloatingPointError(f"non-finite GRPO metrics at iteration {iteration}: {last}")
-            if iteration % log_every == 0 or iteration == iterations:
-                writer.write(iteration, last, prefix="grpo")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{last['reward']:.3f}", acc=f"{last['accuracy']:.3f}")
-            saving = iteration % checkpoint_every == 0 or iteration == iterations
-            if distributed.any_process(preemption.requested()):
-                logging.warning("SIGTERM: saving iteration %d and exiting", iteration)
-                preempted = saving = True
-            if saving:
-                meta = {"iteration": iteration, "step": int(state.step), "seed": seed,
-                        "position": position}
-                if solutions is not None:
-                    meta["sft_data"] = solutions.get_state()
-                checkpoints.save(mngr, iteration, state.params, state.opt_state, meta)
-                writer.flush()
-            if preempted:
-                break
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        writer.close()
-        if bar is not None:
-            bar.close()
-    return GrpoResult(model_dir, start, iteration, preempted, last)
 
 
 @dataclasses.dataclass
@@ -371,11 +403,12 @@ def _stack_groups(rows: Sequence[dict], chosen: list, g: int) -> dict:
             for k in rows[0]}
 
 
-def _solution_batches(task: str, split: str, sequence_length: int, batch_size: int, seed: int):
-    """The reference solutions' packed rows, read as the trainer reads its task."""
+def _solution_batches(config: GrpoConfig):
+    """The reference solutions' packed rows (`sft_task`, default `task`), read as the
+    trainer reads its task."""
     from mathft_jax.data.dataset import task_batches  # noqa: PLC0415 (seqio)
-    return task_batches(task, split, sequence_length, batch_size, seed, pack=True,
-                        setting="grpo.sft_task")
+    return task_batches(config.sft_task or config.task, config.split, config.sequence_length,
+                        config.sft_batch_size, config.seed, pack=True, setting="grpo.sft_task")
 
 
 def _with_solutions(batch: dict, solutions, partitioner: partitioning.Partitioner) -> dict:
@@ -444,55 +477,6 @@ class _Timer:
         t0 = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-
-def _restore_or_init(mngr, cfg, optimizer, abstract, shardings, init_checkpoint, seed,
-                     partitioner, prompts_per_iteration,
-                     solutions=None) -> tuple[TrainState, int, int]:
-    """(state, iteration done, data position) of the latest checkpoint, else of the start;
-    the solution batches, where there are any, are set to the checkpoint's position."""
-    latest = mngr.latest_step()
-    if latest is not None:
-        logging.info("grpo: resuming after iteration %d in %s", latest, mngr.directory)
-        params, opt_state, meta = checkpoints.restore(mngr, latest, abstract.params,
-                                                      abstract.opt_state)
-        if meta.get("seed") is not None and meta["seed"] != seed:
-            raise settings.SettingError(f"grpo.seed={seed} but {mngr.directory} was run with "
-                                        f"seed {meta['seed']}")
-        step = jax.device_put(np.int32(meta["step"]), shardings.step)
-        done = int(meta["iteration"])
-        # checkpoints from before dynamic sampling hold no position: P prompts an iteration
-        position = int(meta.get("position", done * prompts_per_iteration))
-        if solutions is not None:
-            if "sft_data" not in meta:
-                raise settings.SettingError(
-                    f"grpo.sft_weight > 0 but {mngr.directory} was run without it (its "
-                    "checkpoint holds no solution data position)")
-            solutions.set_state(meta["sft_data"])
-        elif "sft_data" in meta:
-            raise settings.SettingError(
-                f"grpo.sft_weight=0 but {mngr.directory} was run with a supervised term (its "
-                "checkpoint holds a solution data position): set grpo.sft_weight as it was")
-        return TrainState(step=step, params=params, opt_state=opt_state), done, position
-    if init_checkpoint:
-        params = checkpoints.load_params(init_checkpoint, cfg, partitioner)
-        return init_state(cfg, optimizer, shardings, seed, params=params), 0, 0
-    return init_state(cfg, optimizer, shardings, seed), 0, 0
-
-
-def _reference(kl_coef, reference_checkpoint, init_checkpoint, start, state, cfg, optimizer,
-               shardings, seed, partitioner):
-    """The frozen KL anchor: reference_checkpoint, else the policy's start (init_checkpoint
-    or the seed's init), copied from the fresh state or, on a resumed run, made again."""
-    if not kl_coef:
-        return None
-    if reference_checkpoint:
-        return checkpoints.load_params(reference_checkpoint, cfg, partitioner)
-    if start == 0:  # a copy: the train step donates the state's buffers
-        return jax.tree_util.tree_map(jnp.copy, state.params)
-    if init_checkpoint:
-        return checkpoints.load_params(init_checkpoint, cfg, partitioner)
-    return init_state(cfg, optimizer, shardings, seed).params
 
 
 def main(argv):

@@ -54,11 +54,12 @@ def make_preferences(output_path: str = gin.REQUIRED,
                      candidates_path: Optional[str] = None,
                      preferences_path: Optional[str] = None,
                      sequence_length: int = 256, batch_size: int = 16,
-                     vocabulary=None) -> dict:
+                     vocabulary=None, model=None) -> dict:
     """Write `output_path`: the pairs of a graded candidates file (`candidates_path`) or of a
     preference file (`preferences_path`), with the reference checkpoint's log-likelihoods.
     sequence_length must be the DPO stage's `train.sequence_length` (rows are truncated to it
-    alike). Returns counts."""
+    alike). model: the checkpoint's `DecoderConfig` (default: `DecoderConfig()` from gin;
+    the pipeline passes its dpo stage's `TrainConfig.model`). Returns counts."""
     from mathft_jax.convert import checkpoints  # noqa: PLC0415
     from mathft_jax.core import distributed, settings
     from mathft_jax.models import partitioning
@@ -74,7 +75,7 @@ def make_preferences(output_path: str = gin.REQUIRED,
         raise readers.DataFormatError(
             f"no preference pairs in {candidates_path or preferences_path} (every problem's "
             "candidates are all correct or all incorrect?)")
-    cfg = DecoderConfig().validate()
+    cfg = (model or DecoderConfig()).validate()
     if sequence_length > cfg.max_seq_len:
         raise settings.SettingError(f"make_preferences.sequence_length={sequence_length} exceeds "
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")

@@ -1,0 +1,257 @@
+"""The training harness every learner runs in: SFT and DPO (`train.py`) and GRPO (`rl/loop.py`).
+
+A learner (Tunix's word) supplies only what is its own: the objective, and `advance`, one
+unit of work (a step of the trainer's batches; an iteration of GRPO's rollouts and steps)
+given the harness's jitted step; plus the data position its checkpoints keep. The harness
+owns the rest, identically for all of them:
+
+- restore the latest checkpoint of `model_dir` (parameters, optimizer state, the learner's
+  data position), else start fresh or from `init_checkpoint` (parameters only);
+- the jitted `trainer.make_train_step` with the state's shardings (the state donated);
+- metrics: one unit's are fetched while the next one runs, checked (a non-finite value
+  stops the run naming the unit; nothing after the last good unit is saved), written to
+  metrics.jsonl / TensorBoard every `log_every` units and shown on the progress bar;
+- SIGTERM (polled every unit, or every `preemption_check_every` on several processes):
+  save and stop; a checkpoint every `checkpoint_every` units (async, the last K kept), and
+  always at the end;
+- the `finally` block that waits for pending saves and closes what it opened.
+
+A checkpoint's step is the unit count; its meta is the learner's (`checkpoint_meta`) plus
+`"step"`, the optimizer's step count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mathft_jax.convert import checkpoints
+from mathft_jax.core import distributed, preemption, provenance
+from mathft_jax.core.metrics_writer import MetricsWriter
+from mathft_jax.models import partitioning
+from mathft_jax.models.config import DecoderConfig
+from mathft_jax.training import hardware
+from mathft_jax.training.optim import OptimizerConfig
+from mathft_jax.training.trainer import (Objective, TrainState, abstract_state, init_state,
+                                         make_train_step)
+
+Step = Callable[[TrainState, dict], tuple]  # (state, global batch) -> (state, metrics)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class Learner:
+    """What a learner supplies; the defaults suit one that keeps no data position."""
+
+    objective: Objective
+    metrics_prefix: str = "train"  # metrics.jsonl keys are "<prefix>/<name>"
+    # advance's metrics are device arrays: fetched while the next unit runs. False (host
+    # floats already): reported as soon as the unit ends, so rows are stamped then.
+    metrics_on_device: bool = True
+    tokens_per_unit: int = 0  # > 0: tokens_per_s and mfu are reported
+    flops_per_token: float = 0.0
+
+    def advance(self, state: TrainState, step: Step) -> tuple[TrainState, dict]:
+        """One unit of work: (new state, its metrics, on device or host)."""
+        raise NotImplementedError
+
+    def restore(self, meta: dict) -> None:
+        """Resume: take the data position of a checkpoint's meta."""
+
+    def checkpoint_meta(self, unit: int) -> dict:
+        """What a checkpoint after `unit` keeps beside the state: the data position."""
+        return {}
+
+    def begin(self, harness: "Harness", state: TrainState, start: int) -> None:
+        """Called once, after restore or init and before the first unit."""
+
+    def after_unit(self, unit: int, state: TrainState, writer: MetricsWriter) -> None:
+        """Called after each unit is queued (evaluation)."""
+
+    def postfix(self, metrics: dict) -> dict:
+        """The progress bar's figures of one unit."""
+        return {"loss": f"{metrics['loss']:.4f}"}
+
+
+@dataclasses.dataclass
+class HarnessResult:
+    start: int
+    final: int
+    preempted: bool
+    last_metrics: dict
+
+
+class Harness:
+    """One run's model, optimizer, state layout and checkpoint directory (see the module
+    docstring). `optimizer_steps`: the optimizer steps the whole run takes (the schedule's
+    length unless bound apart)."""
+
+    def __init__(self, *, model_dir: str, model: DecoderConfig, optimizer: OptimizerConfig,
+                 optimizer_steps: int, partitioner: partitioning.Partitioner, seed: int,
+                 init_checkpoint: Optional[str], keep_checkpoints: int,
+                 async_checkpoints: bool):
+        self.model_dir, self.model, self.partitioner = model_dir, model, partitioner
+        self.seed, self.init_checkpoint = seed, init_checkpoint
+        self.keep_checkpoints, self.async_checkpoints = keep_checkpoints, async_checkpoints
+        self.optimizer, self.schedule = optimizer.build(optimizer_steps)
+        self.abstract, self.shardings = abstract_state(model, self.optimizer, partitioner)
+
+    # ------------------------------------------------------------------ states
+
+    def initial_state(self) -> TrainState:
+        """The run's start: the seed's fresh init, or `init_checkpoint`'s parameters with a
+        fresh optimizer."""
+        if not self.init_checkpoint:
+            return init_state(self.model, self.optimizer, self.shardings, self.seed)
+        logging.info("initialising parameters from %s (fresh optimizer)", self.init_checkpoint)
+        params = checkpoints.load_params(self.init_checkpoint, self.model, self.partitioner)
+        return init_state(self.model, self.optimizer, self.shardings, self.seed, params=params)
+
+    def start_params(self, state: TrainState, start: int):
+        """The parameters the run started from: a copy of `state`'s when it is the initial
+        state (start 0; the step donates its buffers), else made or loaded again."""
+        if start == 0:
+            return jax.tree_util.tree_map(jnp.copy, state.params)
+        if self.init_checkpoint:
+            return checkpoints.load_params(self.init_checkpoint, self.model, self.partitioner)
+        return init_state(self.model, self.optimizer, self.shardings, self.seed).params
+
+    def _restore_or_init(self, mngr, learner: Learner) -> tuple[TrainState, int]:
+        """(state, units done): the latest checkpoint's (the learner takes its meta), else
+        the initial state's. Outside the mesh context: init traces the model eagerly."""
+        latest = mngr.latest_step()
+        if latest is None:
+            return self.initial_state(), 0
+        logging.info("resuming after unit %d in %s", latest, mngr.directory)
+        params, opt_state, meta = checkpoints.restore(mngr, latest, self.abstract.params,
+                                                      self.abstract.opt_state)
+        learner.restore(meta)
+        step = jax.device_put(np.int32(meta["step"]), self.shardings.step)
+        return TrainState(step=step, params=params, opt_state=opt_state), latest
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, learner: Learner, *, units: int, checkpoint_every: int, log_every: int,
+            micro_batches: int = 1, preemption_check_every: int = 1, progress: bool = True,
+            desc: str = "train", unit_name: str = "step") -> HarnessResult:
+        """Run (or resume) `units` units of `learner` in model_dir."""
+        mngr = checkpoints.manager(self.model_dir, self.keep_checkpoints, self.async_checkpoints)
+        writer = MetricsWriter(self.model_dir)
+        provenance.record(self.model_dir)  # config.gin: the operative config, as T5X keeps it
+        peak = (hardware.peak_flops_per_device() * jax.device_count()
+                if learner.tokens_per_unit else 0.0)
+        bar = None
+        try:
+            state, start = self._restore_or_init(mngr, learner)
+            learner.begin(self, state, start)
+            with self.partitioner.context():
+                step_fn = jax.jit(
+                    make_train_step(self.model, self.optimizer, self.schedule, learner.objective,
+                                    micro_batches, self.partitioner),
+                    # batches arrive as global arrays already laid out by the learner
+                    in_shardings=(self.shardings, None),
+                    out_shardings=(self.shardings, self.partitioner.replicated),
+                    donate_argnums=0)
+
+            def step(state: TrainState, batch: dict):
+                with self.partitioner.context():
+                    return step_fn(state, batch)
+
+            preemption.install()
+            bar = distributed.progress_bar(progress, start, units, desc, unit_name)
+            end, preempted = units, False
+            if _poll_preemption(start, 1):  # SIGTERM during start-up: no unit ran, none to save
+                logging.warning("SIGTERM before the first %s: exiting at %d", unit_name, start)
+                end, preempted = start, True
+            report = _Reporter(learner, writer, bar, units, log_every, peak, unit_name,
+                               lambda: f"{mngr.latest_step()} in {self.model_dir}")
+            last, unit, pending = {}, start, None
+            for unit in range(start + 1, end + 1):
+                state, metrics = learner.advance(state, step)
+                # Unit `unit` is queued; report the one before it meanwhile, so the host never
+                # stalls the device. A unit's own metrics are checked before its state is saved.
+                if pending is not None:
+                    last = report(*pending)
+                pending = (unit, metrics)
+                if not learner.metrics_on_device:
+                    last, pending = report(*pending), None
+                saving = unit % checkpoint_every == 0 and unit != units
+                learner.after_unit(unit, state, writer)
+                if _poll_preemption(unit, preemption_check_every):
+                    logging.warning("SIGTERM: saving a checkpoint at %s %d and exiting",
+                                    unit_name, unit)
+                    preempted = saving = True
+                if saving:
+                    if pending is not None:
+                        last, pending = report(*pending), None
+                    _save(mngr, unit, state, learner)
+                    writer.flush()
+                if preempted:
+                    break
+            if pending is not None:
+                last = report(*pending)
+            if last or (start == units and not preempted):
+                _save(mngr, unit, state, learner)
+        finally:
+            mngr.wait_until_finished()
+            mngr.close()
+            writer.close()
+            if bar is not None:
+                bar.close()
+        logging.info("finished at %s %d (preempted=%s); checkpoints in %s", unit_name, unit,
+                     preempted, self.model_dir)
+        return HarnessResult(start, unit, preempted, last)
+
+
+class _Reporter:
+    """Fetch one unit's metrics (waiting for that unit only), check them, log them."""
+
+    def __init__(self, learner: Learner, writer: MetricsWriter, bar, units: int,
+                 log_every: int, peak_flops: float, unit_name: str, last_good: Callable):
+        self.learner, self.writer, self.bar = learner, writer, bar
+        self.units, self.log_every, self.peak_flops = units, log_every, peak_flops
+        self.unit_name, self.last_good = unit_name, last_good
+        self.t_last = time.perf_counter()
+
+    def __call__(self, unit: int, metrics) -> dict:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise NonFiniteLossError(
+                f"non-finite training metrics at {self.unit_name} {unit}: {metrics}; last good "
+                f"checkpoint: {self.unit_name} {self.last_good()}")
+        now = time.perf_counter()
+        if self.learner.tokens_per_unit:
+            tokens_per_s = self.learner.tokens_per_unit / max(now - self.t_last, 1e-9)
+            metrics.update(tokens_per_s=tokens_per_s,
+                           mfu=tokens_per_s * self.learner.flops_per_token / self.peak_flops)
+        self.t_last = now
+        if unit % self.log_every == 0 or unit == self.units:
+            self.writer.write(unit, metrics, prefix=self.learner.metrics_prefix)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(**self.learner.postfix(metrics))
+        return metrics
+
+
+def _poll_preemption(unit: int, every: int) -> bool:
+    """Whether any process got SIGTERM. One process checks every unit (a flag read); several
+    check every `every` units, all at the same units, since agreeing is a collective that
+    waits for the device to drain."""
+    if jax.process_count() > 1 and unit % max(every, 1):
+        return False
+    return distributed.any_process(preemption.requested())
+
+
+def _save(mngr, unit: int, state: TrainState, learner: Learner) -> None:
+    if mngr.latest_step() == unit:
+        return
+    meta = {**learner.checkpoint_meta(unit), "step": int(state.step)}
+    checkpoints.save(mngr, unit, state.params, state.opt_state, meta)
