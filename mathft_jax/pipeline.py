@@ -146,6 +146,8 @@ class Context:
 _TRAIN_TASK = {"ssft": lambda cfg: cfg.ssft_task, "scr": lambda cfg: cfg.scr_task,
                "mtsf": lambda cfg: cfg.ssft_task, "dpo": lambda cfg: "dpo_pairs"}
 _TRAIN_INIT = {"scr": "ssft.checkpoint", "mtsf": "scr|ssft.checkpoint", "dpo": "ssft.checkpoint"}
+# The file a training stage's task reads from an earlier stage (TrainConfig.data_file).
+_TRAIN_DATA = {"scr": "scr_data.graded", "dpo": "dpo_data.preferences"}
 
 
 def _task_needs(task: str) -> dict:
@@ -171,9 +173,10 @@ def _train_config(ctx: Context, stage: str):
     from mathft_jax import train as train_lib  # noqa: PLC0415
     task = _TRAIN_TASK[stage](ctx.cfg)
     init = ctx.input(_TRAIN_INIT[stage]) if stage in _TRAIN_INIT else ctx.cfg.init_checkpoint
+    data_file = ctx.input(_TRAIN_DATA[stage]) if stage in _TRAIN_DATA else None
     with gin.config_scope(stage):
         config = train_lib.TrainConfig(model_dir=ctx.run.checkpoint(stage), task=task,
-                                       init_checkpoint=init)
+                                       init_checkpoint=init, data_file=data_file)
     own = provenance.explicit_bindings(["train"], [stage])
     needs = {}
     for field, value in _task_needs(task).items():
@@ -189,7 +192,7 @@ def _train_config(ctx: Context, stage: str):
 def _train_stage(ctx: Context, stage: str) -> dict:
     from mathft_jax import train as train_lib  # noqa: PLC0415
     config = _train_config(ctx, stage)
-    with gin.config_scope(stage):  # the optimizer, schedule and objective are scoped too
+    with gin.config_scope(stage):  # the data pipeline and the objective's settings are scoped
         result = train_lib.train(config)
     if result.preempted:
         raise Preempted(f"stage {stage} preempted at step {result.final_step}; rerun to resume")
@@ -258,11 +261,12 @@ def _dpo_data_stage(ctx: Context) -> dict:
     """Preference pairs of the graded training candidates, with the SSFT checkpoint's
     log-likelihoods as DPO's reference, at the `dpo` stage's sequence length."""
     from mathft_jax.scoring import reference  # noqa: PLC0415
+    dpo = _train_config(ctx, "dpo")
     return reference.make_preferences(
         output_path=ctx.run.artefact("dpo_data", "preferences"),
         reference_checkpoint=ctx.input("ssft.checkpoint"),
         candidates_path=ctx.input("scr_data.graded"),
-        sequence_length=_train_config(ctx, "dpo").sequence_length)
+        sequence_length=dpo.sequence_length, model=dpo.model)
 
 
 def _grpo_config(ctx: Context):
@@ -285,7 +289,7 @@ def _grpo_config(ctx: Context):
 def _grpo_stage(ctx: Context) -> dict:
     from mathft_jax.rl import loop  # noqa: PLC0415
     config = _grpo_config(ctx)
-    with gin.config_scope("grpo"):  # the optimizer, schedule, objective and rewards too
+    with gin.config_scope("grpo"):  # the objective's and the rewards' settings are scoped
         result = loop.grpo(config)
     if result.preempted:
         raise Preempted(f"stage grpo preempted at iteration {result.final_iteration}; "
@@ -356,7 +360,7 @@ def _training_metrics(run: Run, stages) -> dict:
 
 def _training(name: str, generator: bool = False) -> Stage:
     return Stage(name, lambda ctx: _train_stage(ctx, name), scope=name,
-                 reads=(_TRAIN_INIT[name],) if name in _TRAIN_INIT else (),
+                 reads=tuple(table[name] for table in (_TRAIN_INIT, _TRAIN_DATA) if name in table),
                  writes={"checkpoint": "checkpoints"},
                  configs=lambda ctx: _train_configs(ctx, name), generator=generator)
 
@@ -537,7 +541,6 @@ def prepare(cfg: PipelineConfig) -> tuple[Context, dict]:
     naming them). Returns the run's Context and each stage's resolved settings."""
     ctx = Context(cfg, Run(cfg.run_dir), cfg.stages)
     logging.info("pipeline %s in %s: %s", cfg.variant, ctx.run.root, " -> ".join(ctx.stages))
-    _bind_run_files(ctx)
     with provenance.unrecorded():  # every stage's settings, checked before anything runs
         configs = {stage: STAGES[stage].configs(ctx) for stage in ctx.stages}
     resolved = {stage: _resolved(ctx, stage, configs[stage]) for stage in ctx.stages}
@@ -548,18 +551,8 @@ def prepare(cfg: PipelineConfig) -> tuple[Context, dict]:
                 provenance.check_unchanged(
                     ctx.run.stage_dir(stage), f"stage {stage} in {ctx.run.root}",
                     "pipeline.ignore_config_changes", NOT_SETTINGS, resolved[stage],
-                    _field_defaults(configs[stage]))
+                    {**_field_defaults(configs[stage]), **_layout_fields(resolved[stage])})
     return ctx, resolved
-
-
-def _bind_run_files(ctx: Context) -> None:
-    """The files the scr and dpo tasks read (bound before the check: they are settings)."""
-    if "scr" in ctx.stages:
-        with gin.unlock_config():
-            gin.bind_parameter("scr_candidates_file.path", ctx.run.artefact("scr_data", "graded"))
-    if "dpo" in ctx.stages:
-        with gin.unlock_config():
-            gin.bind_parameter("preference_file.path", ctx.run.artefact("dpo_data", "preferences"))
 
 
 def _announce(line: str) -> None:
@@ -585,6 +578,13 @@ def _resolved(ctx: Context, stage: str, configs: dict) -> dict:
         # evaluator: a rerun that adds it to a finished run stops at a stale evaluate stage
         out[f"{stage}.evaluator"] = provenance.stable_repr(ctx.cfg.evaluator_checkpoint)
     return {key: value.replace(ctx.run.root, "<run_dir>") for key, value in out.items()}
+
+
+def _layout_fields(resolved: dict) -> dict:
+    """The resolved fields the pipeline derives from the run's layout and that runs recorded
+    before they existed lack (`train.data_file`, once a gin binding): at today's value they
+    are no change."""
+    return {key: value for key, value in resolved.items() if key == "train.data_file"}
 
 
 def _field_defaults(configs: dict) -> dict:
