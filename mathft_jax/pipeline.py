@@ -75,6 +75,7 @@ class Stage:
                built and validated before stage 1 and compared with a finished stage's record
                on a rerun.
     generator: its checkpoint is a generator: sampled by sample_eval and evaluated.
+    training:  what a training stage trains on (`Training`), or None.
     """
 
     name: str
@@ -84,6 +85,18 @@ class Stage:
     writes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     configs: Callable[["Context"], dict] = lambda ctx: {}
     generator: bool = False
+    training: Optional["Training"] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """A training stage's task (from the pipeline's settings), the checkpoint it starts from
+    (a read; None: `pipeline.init_checkpoint`) and the file its task reads (a read, passed as
+    `TrainConfig.data_file`)."""
+
+    task: Callable[["PipelineConfig"], str]
+    init: Optional[str] = None
+    data: Optional[str] = None
 
 
 class Run:
@@ -142,14 +155,6 @@ class Context:
 # Each stage's function, then the table. A new stage is one function and one table entry (and
 # its gin scope's settings in a gin file): docs/ARCHITECTURE.md, "Adding a stage".
 
-# A training stage's task, the checkpoint it starts from, and what its task needs of it.
-_TRAIN_TASK = {"ssft": lambda cfg: cfg.ssft_task, "scr": lambda cfg: cfg.scr_task,
-               "mtsf": lambda cfg: cfg.ssft_task, "dpo": lambda cfg: "dpo_pairs"}
-_TRAIN_INIT = {"scr": "ssft.checkpoint", "mtsf": "scr|ssft.checkpoint", "dpo": "ssft.checkpoint"}
-# The file a training stage's task reads from an earlier stage (TrainConfig.data_file).
-_TRAIN_DATA = {"scr": "scr_data.graded", "dpo": "dpo_data.preferences"}
-
-
 def _task_needs(task: str) -> dict:
     """The TrainConfig fields a task's rows fix: pair tasks are read in whole groups by their
     own objective (unpacked), and pointwise evaluator rows by the LM loss."""
@@ -171,9 +176,10 @@ def _train_config(ctx: Context, stage: str):
     set where only an unscoped default says otherwise, an error where the stage's own scope
     binds another value."""
     from mathft_jax import train as train_lib  # noqa: PLC0415
-    task = _TRAIN_TASK[stage](ctx.cfg)
-    init = ctx.input(_TRAIN_INIT[stage]) if stage in _TRAIN_INIT else ctx.cfg.init_checkpoint
-    data_file = ctx.input(_TRAIN_DATA[stage]) if stage in _TRAIN_DATA else None
+    spec = STAGES[stage].training
+    task = spec.task(ctx.cfg)
+    init = ctx.input(spec.init) if spec.init else ctx.cfg.init_checkpoint
+    data_file = ctx.input(spec.data) if spec.data else None
     with gin.config_scope(stage):
         config = train_lib.TrainConfig(model_dir=ctx.run.checkpoint(stage), task=task,
                                        init_checkpoint=init, data_file=data_file)
@@ -358,11 +364,12 @@ def _training_metrics(run: Run, stages) -> dict:
     return found
 
 
-def _training(name: str, generator: bool = False) -> Stage:
+def _training(name: str, training: Training, generator: bool = False) -> Stage:
     return Stage(name, lambda ctx: _train_stage(ctx, name), scope=name,
-                 reads=tuple(table[name] for table in (_TRAIN_INIT, _TRAIN_DATA) if name in table),
+                 reads=tuple(read for read in (training.init, training.data) if read),
                  writes={"checkpoint": "checkpoints"},
-                 configs=lambda ctx: _train_configs(ctx, name), generator=generator)
+                 configs=lambda ctx: _train_configs(ctx, name), generator=generator,
+                 training=training)
 
 
 def _sampling_stage(name: str, reads: tuple) -> Stage:
@@ -373,15 +380,18 @@ def _sampling_stage(name: str, reads: tuple) -> Stage:
 
 
 STAGES = {stage.name: stage for stage in (
-    _training("ssft", generator=True),
+    _training("ssft", Training(task=lambda cfg: cfg.ssft_task), generator=True),
     _sampling_stage("sample_train", reads=("ssft.checkpoint",)),
     Stage("scr_data", _scr_data_stage, reads=("sample_train.candidates",),
           writes={"graded": "graded.jsonl"}),
-    _training("scr"),
-    _training("mtsf", generator=True),
+    _training("scr", Training(task=lambda cfg: cfg.scr_task, init="ssft.checkpoint",
+                              data="scr_data.graded")),
+    _training("mtsf", Training(task=lambda cfg: cfg.ssft_task, init="scr|ssft.checkpoint"),
+              generator=True),
     Stage("dpo_data", _dpo_data_stage, reads=("ssft.checkpoint", "scr_data.graded"),
           writes={"preferences": "preferences.jsonl"}),
-    _training("dpo", generator=True),
+    _training("dpo", Training(task=lambda cfg: "dpo_pairs", init="ssft.checkpoint",
+                              data="dpo_data.preferences"), generator=True),
     Stage("grpo", _grpo_stage, scope="grpo", reads=("ssft.checkpoint",),
           writes={"checkpoint": "checkpoints"}, configs=lambda ctx: {"grpo": _grpo_config(ctx)},
           generator=True),
