@@ -29,7 +29,24 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import pathlib  # noqa: E402
 
+import gin  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: starts command lines or runs a pipeline (tens of seconds); "
+        "`pytest -m 'not slow'` is the quick loop")
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    """Every test starts and ends with no gin bindings: what one binds never reaches another.
+    A module-scoped fixture that needs bindings parses them itself."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:

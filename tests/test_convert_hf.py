@@ -220,12 +220,8 @@ def test_import_cli_output_reads_in_trainer_and_gin(saved, tmp_path):
     cfg, params = hf.load_hf(hf_dir, dtype="float32")
     from mathft_jax.convert import checkpoints  # train.init_checkpoint's reader
     assert tree_equal(checkpoints.load_params(str(out), cfg), params)
-    import gin
-    try:
-        gin_utils.parse_gin([str(out / "model.gin")])
-        assert DecoderConfig() == cfg
-    finally:
-        gin.clear_config()
+    gin_utils.parse_gin([str(out / "model.gin")])
+    assert DecoderConfig() == cfg
     assert model_gin.read_model_gin(out / "model.gin") == cfg
     assert (out / "hf" / "config.json").exists()
 
@@ -390,12 +386,10 @@ def test_tokenizer_ids_and_vocabulary(saved, tmp_path):
     assert list(vocabulary.encode("x + 1")) == [3, 4, 5]
     import gin
     from mathft_jax.data import vocab as vocab_lib
-    try:  # vocab.gin makes get_vocabulary() (what train and infer call) this tokenizer
-        gin.parse_config_file(str(tmp_path / "ckpt" / "vocab.gin"))
-        configured = vocab_lib.get_vocabulary()
-        assert (configured.bos_id, configured.eos_id, configured.vocab_size) == (1, 2, 6)
-    finally:
-        gin.clear_config()
+    # vocab.gin makes get_vocabulary() (what train and infer call) this tokenizer
+    gin.parse_config_file(str(tmp_path / "ckpt" / "vocab.gin"))
+    configured = vocab_lib.get_vocabulary()
+    assert (configured.bos_id, configured.eos_id, configured.vocab_size) == (1, 2, 6)
 
 
 def test_converter_errors_are_one_line_on_the_command_line(saved, tmp_path):

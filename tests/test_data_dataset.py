@@ -255,8 +255,8 @@ def test_truncation_keeps_short_targets_and_prompt_cue():
 
 
 @pytest.fixture(scope="module")
-def bound_tasks(tmp_path_factory):
-    """Tasks re-registered after binding the PRM800K files and a candidates file with gin."""
+def scr_candidates(tmp_path_factory):
+    """A candidates file: 12 problems with right and wrong samples, and one with only a right one."""
     path = tmp_path_factory.mktemp("scr") / "candidates.jsonl"
     rows = [{"problem_id": f"p{i}", "problem": f"What is {i}+{i}?", "gold": str(2 * i), "samples":
              [{"text": f"{i}+{i}={2 * i + d}, \\boxed{{{2 * i + d}}}", "answer": str(2 * i + d)}
@@ -264,8 +264,15 @@ def bound_tasks(tmp_path_factory):
     rows.append({"problem_id": "one_sided", "problem": "?", "gold": "1",
                  "samples": [{"text": "\\boxed{1}", "answer": "1"}]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def bound_tasks(scr_candidates):
+    """Tasks re-registered after binding the PRM800K files and the candidates file with gin;
+    after the test, registered again from no bindings (the tasks read gin when registered)."""
     gin.parse_config([f"prm800k_label_files.paths = ['{FIXTURE}']",
-                      f"scr_candidates_file.path = '{path}'", "pairwise_examples.num_pairs = 3"])
+                      f"scr_candidates_file.path = '{scr_candidates}'", "pairwise_examples.num_pairs = 3"])
     tasks.register_tasks()
     yield
     gin.clear_config()
@@ -316,13 +323,8 @@ def test_evaluator_heldout_split_is_disjoint_by_problem(bound_tasks):
     whole = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "train")}
     with gin.unlock_config():
         gin.bind_parameter("evaluator_heldout.fraction", 0.3)
-    try:
-        train = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "train")}
-        held = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "validation")}
-    finally:
-        with gin.unlock_config():
-            gin.bind_parameter("evaluator_heldout.fraction", 0.0)
-        tasks.register_tasks()
+    train = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "train")}
+    held = {ex["problem_id"] for ex in dataset.load_examples("scr_pairwise", "validation")}
     assert train and held and not train & held and train | held == whole
 
 
@@ -333,15 +335,11 @@ def test_scr_training_reports_heldout_pair_accuracy(bound_tasks, tmp_path):
     from mathft_jax.models import DecoderConfig
     with gin.unlock_config():
         gin.bind_parameter("evaluator_heldout.fraction", 0.3)
-    try:
-        model = DecoderConfig(vocab_size=384, num_layers=1, d_model=32, num_heads=2,
-                              num_kv_heads=1, head_dim=16, mlp_dim=64, max_seq_len=512)
-        train.train(model_dir=str(tmp_path / "scr"), task="scr_pairwise", total_steps=2,
-                    batch_size=8, sequence_length=512, pack=False, eval_every=1, eval_steps=2,
-                    objective=objectives.evaluator_objective, model=model, progress=False)
-    finally:
-        with gin.unlock_config():
-            gin.bind_parameter("evaluator_heldout.fraction", 0.0)
+    model = DecoderConfig(vocab_size=384, num_layers=1, d_model=32, num_heads=2,
+                          num_kv_heads=1, head_dim=16, mlp_dim=64, max_seq_len=512)
+    train.train(model_dir=str(tmp_path / "scr"), task="scr_pairwise", total_steps=2,
+                batch_size=8, sequence_length=512, pack=False, eval_every=1, eval_steps=2,
+                objective=objectives.evaluator_objective, model=model, progress=False)
     rows = [r for r in metrics_writer.read_metrics(str(tmp_path / "scr")) if "eval/loss" in r]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0.0 <= r["eval/pair_accuracy"] <= 1.0 for r in rows)
@@ -355,7 +353,6 @@ def test_evaluator_tasks_train_on_process_labels_when_bound(bound_tasks, tmp_pat
                {"text": "2 + 2 = 3\n\\boxed{3}", "answer": "3"}]
     path.write_text(json.dumps({"problem_id": "q", "problem": "2 + 2?", "gold": "4",
                                 "samples": samples}) + "\n")
-    old = gin.query_parameter("scr_candidates_file.path")
 
     def labels(kind):
         with gin.unlock_config():
@@ -365,18 +362,12 @@ def test_evaluator_tasks_train_on_process_labels_when_bound(bound_tasks, tmp_pat
         return collections.Counter(
             (BYTES.decode(ex["inputs"]).count("= 5"), BYTES.decode(ex["targets"]))
             for ex in dataset.load_examples("scr_pointwise", "train"))
-    try:
-        # outcome: 2 right texts and 2 wrong, so both right ones, the lucky one (its "= 5")
-        # among them, are " correct".
-        assert labels("outcome") == {(0, " correct"): 1, (1, " correct"): 1,
-                                     (1, " incorrect"): 1, (0, " incorrect"): 1}
-        # process: the lucky text joins the wrong class: 1 right text, so 1 of each class,
-        # and no text with "= 5" is " correct".
-        got = labels("process")
-        assert got[(0, " correct")] == 1 and sum(got.values()) == 2
-        assert (1, " correct") not in got
-    finally:
-        with gin.unlock_config():
-            gin.bind_parameter("scr_candidates_file.path", old)
-            gin.bind_parameter("evaluator_labels.kind", "outcome")
-        tasks.register_tasks()
+    # outcome: 2 right texts and 2 wrong, so both right ones, the lucky one (its "= 5")
+    # among them, are " correct".
+    assert labels("outcome") == {(0, " correct"): 1, (1, " correct"): 1,
+                                 (1, " incorrect"): 1, (0, " incorrect"): 1}
+    # process: the lucky text joins the wrong class: 1 right text, so 1 of each class,
+    # and no text with "= 5" is " correct".
+    got = labels("process")
+    assert got[(0, " correct")] == 1 and sum(got.values()) == 2
+    assert (1, " correct") not in got

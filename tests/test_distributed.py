@@ -257,12 +257,8 @@ def test_two_process_infer_writes_the_one_process_candidates(launcher, tmp_path)
     from mathft_jax.models.config import DecoderConfig
     from mathft_jax.models.decoder import init_params
 
-    gin.clear_config()
-    try:
-        gin.parse_config_file(str(REPO / TINY_GIN))
-        cfg = DecoderConfig()
-    finally:
-        gin.clear_config()
+    gin.parse_config_file(str(REPO / TINY_GIN))
+    cfg = DecoderConfig()
     checkpoints.save_params(str(tmp_path / "ckpt"),
                             nn.unbox(init_params(cfg, jax.random.PRNGKey(0))))
 

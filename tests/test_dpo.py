@@ -20,13 +20,6 @@ from mathft_jax.models.decoder import init_params
 from train_utils import TINY
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def _softplus(x):
     return math.log1p(math.exp(x))
 

@@ -5,7 +5,6 @@ import json
 import os
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import seqio
 
 from mathft_jax.convert import checkpoints
-from mathft_jax.core import gin_utils, settings
+from mathft_jax.core import settings
 from mathft_jax.models import partitioning
 from mathft_jax.sampling import batching, decoding, engine
 from mathft_jax import infer as infer_lib
@@ -21,6 +20,7 @@ from mathft_jax.sampling.decoding import SamplingParams
 from mathft_jax.models import DecoderConfig
 from mathft_jax.models import layers
 from mathft_jax.models.decoder import init_params
+from gin_bound import gin_bound
 
 CFG = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                     head_dim=8, mlp_dim=64, max_seq_len=64)
@@ -161,24 +161,23 @@ NUM_PROBLEMS, BATCH = 10, 8
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine_infer")
-    gin.clear_config()
-    gin_utils.parse_gin(bindings=MODEL_BINDINGS)
-    cfg = DecoderConfig()
+    with gin_bound(MODEL_BINDINGS):
+        cfg = DecoderConfig()
     weights = nn.unbox(init_params(cfg, jax.random.PRNGKey(0)))
     checkpoints.save_params(str(root / "ckpt"), jax.tree_util.tree_map(lambda x: x * 3.0, weights))
     with open(root / "problems.jsonl", "w") as f:
         for i in range(NUM_PROBLEMS):
             f.write(json.dumps({"unique_id": f"p{i}", "problem": f"What is {i}+{i}?" * (1 + i % 3),
                                 "solution": f"\\boxed{{{2 * i}}}"}) + "\n")
-    yield root
-    gin.clear_config()
+    return root
 
 
 def run_infer(setup, output, **kw):
     args = dict(checkpoint=str(setup / "ckpt"), output_path=str(output),
                 problems_file=str(setup / "problems.jsonl"), num_samples=2, max_decode_len=12,
                 batch_size=BATCH, vocabulary=seqio.ByteVocabulary(), progress=False)
-    return infer_lib.infer(**{**args, **kw})
+    with gin_bound(MODEL_BINDINGS):
+        return infer_lib.infer(**{**args, **kw})
 
 
 def read_lines(path):

@@ -24,13 +24,6 @@ from mathft_jax.rl import grpo, loop, rewards, rollout
 from train_utils import TINY
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 class CharVocab:
     """Characters to ids 3.. (fits TINY's 64): enough of a vocabulary to decode and grade."""
     CHARS = "0123456789+-*=(). abcdefghijklmnopqrstuvwxyz\\{}:\n?"

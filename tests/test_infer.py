@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import flax.linen as nn
-import gin
 import jax
 import pytest
 import numpy as np
@@ -18,6 +17,7 @@ from mathft_jax.results import candidates
 from mathft_jax.sampling import decoding
 from mathft_jax import infer as infer_lib
 from mathft_jax.models.decoder import init_params
+from gin_bound import gin_bound
 
 MODEL_BINDINGS = [
     "DecoderConfig.vocab_size = 384", "DecoderConfig.num_layers = 1", "DecoderConfig.d_model = 32",
@@ -30,17 +30,15 @@ NUM_PROBLEMS, BATCH = 10, 8  # two batches; the 8 fake devices split each batch 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
-    gin.clear_config()
-    gin_utils.parse_gin(bindings=MODEL_BINDINGS)
-    cfg = DecoderConfig()
+    with gin_bound(MODEL_BINDINGS):
+        cfg = DecoderConfig()
     checkpoints.save_params(str(root / "ckpt"), nn.unbox(init_params(cfg, jax.random.PRNGKey(0))))
     problems = root / "problems.jsonl"
     with open(problems, "w") as f:
         for i in range(NUM_PROBLEMS):
             f.write(json.dumps({"unique_id": f"p{i}", "problem": f"What is {i}+{i}?",
                                 "solution": f"{i}+{i}={2 * i}. \\boxed{{{2 * i}}}"}) + "\n")
-    yield root
-    gin.clear_config()
+    return root
 
 
 def run(setup, output, **kw):
@@ -48,7 +46,8 @@ def run(setup, output, **kw):
                 problems_file=str(setup / "problems.jsonl"), num_samples=2, max_decode_len=6,
                 batch_size=BATCH, evaluator_checkpoint=str(setup / "ckpt"),
                 vocabulary=seqio.ByteVocabulary(), progress=False)
-    return infer_lib.infer(**{**args, **kw})
+    with gin_bound(MODEL_BINDINGS):
+        return infer_lib.infer(**{**args, **kw})
 
 
 def read_lines(path):

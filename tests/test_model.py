@@ -154,11 +154,8 @@ PUBLISHED = {"palm_8b": 8.63e9, "palm_62b": 62.50e9, "palm_540b": 540.35e9}
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_palm_param_counts_within_one_percent(name):
-    import gin
-    gin.clear_config()
     gin_utils.parse_gin([f"gin_configs/models/{name}.gin"])
     cfg = DecoderConfig()
-    gin.clear_config()
     n = count_params(cfg)
     assert abs(n - PUBLISHED[name]) / PUBLISHED[name] < 0.01, (name, n)
     s = summary(cfg)

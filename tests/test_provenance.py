@@ -76,17 +76,7 @@ def test_differences_name_added_removed_and_changed_bindings():
 def test_explicit_bindings_keep_only_the_given_scopes_and_configurables():
     import mathft_jax.infer  # noqa: F401  (registers infer)
     import mathft_jax.train  # noqa: F401
-    gin.clear_config()
     gin.parse_config(["train.batch_size = 4", "ssft/train.total_steps = 9",
                       "scr/train.total_steps = 7", "infer.num_samples = 3"])
-    try:
-        got = provenance.explicit_bindings({"train"}, {"", "ssft"})
-        assert got == {"train.batch_size": "4", "ssft/train.total_steps": "9"}
-    finally:
-        gin.clear_config()
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    yield
-    gin.clear_config()
+    got = provenance.explicit_bindings({"train"}, {"", "ssft"})
+    assert got == {"train.batch_size": "4", "ssft/train.total_steps": "9"}

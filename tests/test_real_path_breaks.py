@@ -34,11 +34,9 @@ def tokenizer_json(tmp_path_factory):
 @pytest.fixture
 def hf_vocab_bound(tokenizer_json):
     """`vocab.gin` as import_hf writes it: the tokenizer with BOS 1 and EOS 2."""
-    gin.clear_config()
     gin.parse_config([f"get_vocabulary.name_or_path = '{tokenizer_json}'",
                       f"get_vocabulary.bos_id = {BOS}", f"get_vocabulary.eos_id = {EOS}"])
-    yield vocab.get_vocabulary()
-    gin.clear_config()
+    return vocab.get_vocabulary()
 
 
 def test_hf_tokenizer_encodes_inside_tf_data_and_tf_function(tokenizer_json):

@@ -77,11 +77,8 @@ def test_default_labels_are_the_ones_the_evaluator_was_trained_on(params):
     with gin.unlock_config():
         gin.bind_parameter("evaluator_target.positive", "Y")
         gin.bind_parameter("evaluator_target.negative", "N")
-    try:
-        got = evaluator.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
-                                      batch_size=2, start_id=START)
-    finally:
-        gin.clear_config()
+    got = evaluator.score_solutions(params, CFG, FakeVocab(), PROBLEMS[:2], SOLUTIONS[:2],
+                                    batch_size=2, start_id=START)
     np.testing.assert_allclose(got, direct_scores(params, PROBLEMS[:2], SOLUTIONS[:2], ("Y", "N")),
                                atol=1e-5, rtol=0)
 

@@ -24,13 +24,6 @@ HERE = os.path.dirname(__file__)
 DRIVER = os.path.join(HERE, "train_driver.py")
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def _train(tmp_path, name, steps=6, mesh=None, **kw):
     kw.setdefault("data_iterator", ArrayIterator())
     return train.train(model_dir=str(tmp_path / name), total_steps=steps, batch_size=8,
