@@ -7,6 +7,7 @@ import pytest
 
 from mathft_jax import evaluate
 from mathft_jax.results import diagnostics, voting
+from bootstrap_reference import BINOMIAL_CASES, RESAMPLES, binomial_interval
 
 
 def test_auc_counts_ties_as_half():
@@ -36,15 +37,25 @@ def test_pair_accuracy_pools_pairs_within_problems_only():
     assert diagnostics.pair_accuracy([[0.3, 0.8]], [[True, True]])["value"] is None
 
 
-def test_calibration_ece_and_reliability_bins():
-    out = diagnostics.calibration([0.05, 0.15, 0.15, 0.95, 1.0], [False, True, False, True, True])
+CALIBRATED = ([0.05, 0.15, 0.15, 0.95, 1.0], [False, True, False, True, True])
+
+
+def test_calibration_ece():
+    out = diagnostics.calibration(*CALIBRATED)
     # bins 0, 1, 9: (1/5)|0 - 0.05| + (2/5)|0.5 - 0.15| + (2/5)|1 - 0.975| = 0.01 + 0.14 + 0.01
     assert out["ece"] == pytest.approx(0.16)
+
+
+def test_calibration_reliability_bins():
+    out = diagnostics.calibration(*CALIBRATED)
     filled = [(b["low"], b["count"], b["mean_score"], b["accuracy"]) for b in out["bins"] if b["count"]]
     assert filled == [(0.0, 1, 0.05, 0.0), (0.1, 2, pytest.approx(0.15), 0.5),
                       (0.9, 2, pytest.approx(0.975), 1.0)]
     assert len(out["bins"]) == 10 and out["bins"][5]["mean_score"] is None
-    assert diagnostics.calibration([0.5, 1.5], [True, False]) is None  # not probabilities
+
+
+def test_no_calibration_of_scores_that_are_not_probabilities():
+    assert diagnostics.calibration([0.5, 1.5], [True, False]) is None
 
 
 def test_histogram_splits_by_correctness():
@@ -92,22 +103,36 @@ def test_log_likelihood_baselines_rank_by_the_mean_token_log_probability():
     assert zero.mean_logprobs == (float("-inf"),)  # no tokens: never preferred
 
 
-def test_summary_deltas_are_paired_over_problems():
-    records = [  # gold 1. RR.Top-1 = Maj1@N on both problems: their paired difference is 0
+def _two_problems():
+    """evaluate_records of two problems (gold 1) on which RR.Top-1 = Maj1@N: right on the
+    first, wrong on the second."""
+    records = [
         _record([("1", -1.0, 1), ("1", -2.0, 1), ("2", -0.5, 1)], scores=[0.9, 0.1, 0.2]),
         _record([("3", -1.0, 1), ("3", -2.0, 1), ("1", -0.5, 1)], scores=[0.1, 0.2, 0.9]),
     ]
     records[1]["problem_id"] = "q"
-    result = evaluate.evaluate_records(records, k=1, processes=1, progress=False, n_resamples=200)
-    diag = result["diagnostics"]
+    return evaluate.evaluate_records(records, k=1, processes=1, progress=False, n_resamples=200)
+
+
+def test_summary_deltas_are_paired_over_problems():
+    result = _two_problems()
     assert [result["metrics"][m]["value"] for m in ("maj1_at_n", "rr_topk", "rr_all")] == [0.5, 0.5, 1.0]
-    delta = diag["deltas"]["rr_topk - maj1_at_n"]
+    # each metric is 1 on one problem and 0 on the other; their per-problem difference is 0
+    delta = result["diagnostics"]["deltas"]["rr_topk - maj1_at_n"]
     assert delta == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n_problems": 2}
+
+
+def test_summary_baselines():
+    diag = _two_problems()["diagnostics"]
     # the best mean log-prob (-0.5) is wrong in problem 1 and right in problem 2
     assert diag["baselines"]["rr_ll_all"]["value"] == 0.5
     assert diag["baselines"]["rr_ll_topk"]["value"] == 0.5  # inside the majority: as Maj1
     assert diag["baselines"]["random_topk"]["value"] == 0.5
     assert diag["deltas"]["rr_topk - rr_ll_topk"]["value"] == 0.0
+
+
+def test_summary_ranks_by_the_evaluator_and_the_log_likelihood():
+    diag = _two_problems()["diagnostics"]
     evaluator = diag["evaluator"]
     assert evaluator["samples"] == 6 and evaluator["correct"] == 3
     # right (0.9, 0.1, 0.9) against wrong (0.2, 0.2, 0.1): 3 + (0 + 0 + 0.5) + 3 of 9 pairs
@@ -115,10 +140,35 @@ def test_summary_deltas_are_paired_over_problems():
     # within problems: 0.9 > 0.2 but 0.1 < 0.2; then 0.9 beats 0.1 and 0.2
     assert evaluator["pair_accuracy"] == {"value": 0.75, "pairs": 4, "problems": 2}
     assert diag["loglik"]["pair_accuracy"] == {"value": 0.5, "pairs": 4, "problems": 2}
-    text = diagnostics.markdown(diag, k=1)
+
+
+def test_summary_markdown():
+    text = diagnostics.markdown(_two_problems()["diagnostics"], k=1)
     assert "| evaluator S | 0.722 | 0.750 | 4 |" in text
     assert "| RR.Top-1 − Maj1@N | +0.00 | [+0.00, +0.00] | 2 |" in text
     assert "| RR.LL.All | 50.00 |" in text
+
+
+# Per-problem (RR.Top-2, Maj1@N): (1, 0) where the majority is wrong and the evaluator
+# picks the right minority; (1, 1) all right; (0, 0) all wrong.
+RIGHT_MINORITY = voting.GradedProblem((False, False, True), (0, 0, 1), (False, True), (0.1, 0.1, 0.9))
+ALL_RIGHT = voting.GradedProblem((True,), (0,), (True,), (0.5,))
+ALL_WRONG = voting.GradedProblem((False,), (0,), (False,), (0.5,))
+
+
+@pytest.mark.parametrize("n, k", BINOMIAL_CASES)
+def test_delta_interval_is_the_95_percent_paired_bootstrap(n, k):
+    problems = [RIGHT_MINORITY] * k + [ALL_RIGHT, ALL_WRONG] * ((n - k) // 2) + [ALL_RIGHT] * ((n - k) % 2)
+    delta = diagnostics.summarize(problems, k=2, n_resamples=RESAMPLES)["deltas"]["rr_topk - maj1_at_n"]
+    assert (delta["ci_low"], delta["ci_high"]) == pytest.approx(binomial_interval(n, k, 0.95))
+    assert delta["value"] == pytest.approx(k / n) and delta["n_problems"] == n
+
+
+@pytest.mark.parametrize("n, k", BINOMIAL_CASES)
+def test_baseline_interval_is_the_95_percent_bootstrap(n, k):
+    problems = [ALL_RIGHT] * k + [ALL_WRONG] * (n - k)
+    entry = diagnostics.summarize(problems, k=2, n_resamples=RESAMPLES)["baselines"]["random_topk"]
+    assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(binomial_interval(n, k, 0.95))
 
 
 def test_likelihood_scores_rank_but_are_not_calibrated(tmp_path):
@@ -150,18 +200,25 @@ def test_no_scores_no_evaluator_diagnostics():
     assert "| evaluator S | n/a |" in diagnostics.markdown(result["diagnostics"], 1)
 
 
-def test_report_shows_the_diagnostics_and_plots_them(tmp_path):
+def _report_with_diagnostics(tmp_path) -> str:
     from mathft_jax.results import report
     records = [_record([("1", -1.0, 1), ("2", -0.5, 1), ("1", -2.0, 2)], scores=[0.9, 0.2, 0.4])]
     graded = evaluate.grade_records(records, processes=1, progress=False)
     results = {"ssft": evaluate.summarize_problems(graded, k=1, n_resamples=10)}
-    path = report.write_report(str(tmp_path), results, {"ssft": graded}, k=1)
-    text = open(path).read()
+    return open(report.write_report(str(tmp_path), results, {"ssft": graded}, k=1)).read()
+
+
+def test_report_shows_the_diagnostics(tmp_path):
+    text = _report_with_diagnostics(tmp_path)
     assert "## Evaluator diagnostics and baselines (SSFT generator's candidates)" in text
     assert "| evaluator S | 1.000 | 1.000 | 2 |" in text and "RR.LL.Top-1" in text
+    assert "| [0.9, 1.0] | 1 |" in text and "| [0.2, 0.3) | 1 |" in text  # 1.0 is in the last bin
+
+
+def test_report_plots_the_diagnostics(tmp_path):
+    text = _report_with_diagnostics(tmp_path)
     assert "![evaluator diagnostics, SSFT](evaluator_ssft.png)" in text
     assert (tmp_path / "evaluator_ssft.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| [0.9, 1.0] | 1 |" in text and "| [0.2, 0.3) | 1 |" in text  # 1.0 is in the last bin
 
 
 def test_k_not_below_every_problems_samples_warns(caplog):
