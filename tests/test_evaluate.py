@@ -26,11 +26,16 @@ RECORDS = [
 ]
 
 
-def test_write_then_read_round_trip_is_atomic(tmp_path):
+def test_write_then_read_round_trip(tmp_path):
     path = tmp_path / "sub" / "cands.jsonl"
     candidates.write_candidates(str(path), RECORDS)
     assert candidates.read_candidates(str(path)) == RECORDS
     assert [p.name for p in path.parent.iterdir()] == ["cands.jsonl"]  # no temporary left
+
+
+def test_a_refused_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "sub" / "cands.jsonl"
+    candidates.write_candidates(str(path), RECORDS)
     with pytest.raises(candidates.CandidatesError):
         candidates.write_candidates(str(path), [{"problem_id": 1}])
     assert candidates.read_candidates(str(path)) == RECORDS  # a failed write leaves the old file
@@ -60,19 +65,32 @@ def test_atomic_files_get_the_mode_a_plain_open_would(tmp_path):
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644  # mkstemp alone: 0o600
 
 
-@pytest.mark.parametrize("bad_line, reason", [
+BAD_LINES = [
     ("{not json", "Expecting"),
     ('{"problem_id": "x", "problem": "", "gold": "1", "samples": []}', "samples"),
     ('{"problem_id": "x", "problem": "", "gold": "1", "samples": [{"text": "", "answer": 3}]}', "answer"),
     ('{"problem_id": "x", "problem": "", "gold": "1", "samples": [{"text": "", "score": "hi"}]}', "score"),
     ('{"problem_id": "a", "problem": "", "gold": "1", "samples": [{"text": ""}]}', "duplicate"),
-])
-def test_bad_line_names_file_and_line_or_is_counted(tmp_path, bad_line, reason):
+]
+
+
+def _with_bad_third_line(tmp_path, bad_line):
     path = tmp_path / "c.jsonl"
     lines = [json.dumps(RECORDS[0]), "", bad_line, json.dumps(RECORDS[1])]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("bad_line, reason", BAD_LINES)
+def test_bad_line_names_file_and_line(tmp_path, bad_line, reason):
+    path = _with_bad_third_line(tmp_path, bad_line)
     with pytest.raises(candidates.CandidatesError, match=f"{path}:3: .*{reason}"):
         candidates.read_candidates(str(path))
+
+
+@pytest.mark.parametrize("bad_line", [line for line, _ in BAD_LINES])
+def test_bad_line_is_counted_when_skipped(tmp_path, bad_line):
+    path = _with_bad_third_line(tmp_path, bad_line)
     records, bad = candidates.read_candidates_report(str(path), skip_bad_lines=True)
     assert [r["problem_id"] for r in records] == ["a", "b"]
     assert [b.line for b in bad] == [3]
@@ -90,7 +108,7 @@ def test_answer_is_extracted_when_the_key_is_absent():
     assert candidates.sample_answer({"text": "so \\boxed{4}", "answer": None}) is None
 
 
-def test_evaluate_records_values_and_determinism():
+def test_evaluate_records_values():
     result = evaluate.evaluate_records(RECORDS, k=1, processes=1, progress=False)
     metrics = {name: entry["value"] for name, entry in result["metrics"].items()}
     assert metrics["pass_at_1"] == pytest.approx((2 / 4 + 1 / 4 + 3 / 4) / 3)
@@ -98,20 +116,33 @@ def test_evaluate_records_values_and_determinism():
     assert metrics["rr_all"] == pytest.approx(1 / 3)      # a: 0.9 -> 0.5 ok; b: 9 wrong; c: (2,1) wrong
     assert metrics["wrr"] == pytest.approx(2 / 3)         # a: 1.7 vs 0.1; b: 8 (0.4) < 9 (0.9); c: 1.0
     assert result["n_samples"] == {"total": 12, "min": 4, "max": 4}
-    again = evaluate.evaluate_records(RECORDS, k=1, processes=2, progress=False)
-    assert again == result
-    table = evaluate.markdown_table(result)
+
+
+def test_evaluate_records_is_the_same_in_two_processes():
+    one = evaluate.evaluate_records(RECORDS, k=1, processes=1, progress=False)
+    assert evaluate.evaluate_records(RECORDS, k=1, processes=2, progress=False) == one
+
+
+def test_markdown_table_of_the_metrics():
+    table = evaluate.markdown_table(evaluate.evaluate_records(RECORDS, k=1, processes=1, progress=False))
     assert "| Maj1@N | 66.67 |" in table and "W.RR.Maj1" in table
 
 
-def test_command_line(tmp_path):
+def _command_with_a_bad_fourth_line(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join([json.dumps(r) for r in RECORDS] + ["garbage"]) + "\n")
-    out = tmp_path / "m.json"
-    command = [sys.executable, "-m", "mathft_jax.evaluate", f"--candidates={path}", "--k=2",
-               f"--out={out}", "--processes=1"]
-    failed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert failed.returncode != 0 and f"{path}:4" in failed.stderr
+    return [sys.executable, "-m", "mathft_jax.evaluate", f"--candidates={path}", "--k=2",
+            f"--out={tmp_path / 'm.json'}", "--processes=1"]
+
+
+def test_command_line_stops_at_a_bad_line(tmp_path):
+    failed = subprocess.run(_command_with_a_bad_fourth_line(tmp_path), cwd=REPO,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and f"{tmp_path / 'c.jsonl'}:4" in failed.stderr
+
+
+def test_command_line_skips_bad_lines_when_asked(tmp_path):
+    command, out = _command_with_a_bad_fourth_line(tmp_path), tmp_path / "m.json"
     plot = tmp_path / "evaluator.png"
     done = subprocess.run(command + ["--skip_bad_lines", f"--plot={plot}"], cwd=REPO,
                           capture_output=True, text=True)
@@ -212,12 +243,19 @@ GRADER_RECORD = {"problem_id": "g", "problem": "?", "gold": "\\frac{1}{2}", "sam
     {"text": "the answer is $\\boxed{\\frac{2}{4}}$"}]}
 
 
-def test_policy_reextracts_and_the_json_names_the_grader(tmp_path):
-    strict = evaluate.evaluate_records([GRADER_RECORD], k=1, processes=1, progress=False)
-    lenient = evaluate.evaluate_records([GRADER_RECORD], k=1, processes=1, progress=False,
-                                        policy="lenient")
+def _strict_and_lenient():
+    return [evaluate.evaluate_records([GRADER_RECORD], k=1, processes=1, progress=False, **kw)
+            for kw in ({}, {"policy": "lenient"})]
+
+
+def test_policy_reextracts():
+    strict, lenient = _strict_and_lenient()
     assert strict["metrics"]["pass_at_n"]["value"] == 1.0
     assert lenient["metrics"]["pass_at_1"]["value"] > strict["metrics"]["pass_at_1"]["value"]
+
+
+def test_the_json_names_the_grader_and_policy():
+    strict, lenient = _strict_and_lenient()
     assert strict["grading"]["grader"] == "mathft" and strict["grading"]["policy"] == "strict"
     assert lenient["grading"] == {**lenient["grading"], "policy": "lenient", "re_extracted": True}
 
