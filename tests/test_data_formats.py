@@ -7,8 +7,11 @@ import pytest
 from mathft_jax.data import formats, synthetic
 
 
-def test_generation_and_evaluator_templates():
+def test_generation_template():
     assert formats.generation_prompt("What is 2+2?") == "Problem:\nWhat is 2+2?\n\nSolution:\n"
+
+
+def test_evaluator_template():
     assert formats.evaluator_prompt("P?", "S.") == (
         "Here is a math problem: P?\nHere is a candidate solution: S.\n"
         "The above candidate solution is")
@@ -93,10 +96,14 @@ def test_pointwise_examples_are_balanced():
 # ----------------------------------------------------------------------------- synthetic
 
 
-def test_synthetic_is_deterministic_and_seeded():
-    a = synthetic.synthetic_problems("validation", seed=7)
-    assert a == synthetic.synthetic_problems("validation", seed=7)
-    assert a != synthetic.synthetic_problems("validation", seed=8)
+def test_synthetic_is_deterministic():
+    assert synthetic.synthetic_problems("validation", seed=7) == synthetic.synthetic_problems(
+        "validation", seed=7)
+
+
+def test_synthetic_follows_its_seed():
+    assert synthetic.synthetic_problems("validation", seed=7) != synthetic.synthetic_problems(
+        "validation", seed=8)
 
 
 def test_synthetic_splits_are_disjoint():
@@ -153,22 +160,36 @@ def test_sequence_pairs_use_the_generation_prompt():
         assert "good" in pos["targets"] and "bad" in neg["targets"]
 
 
-def test_evaluator_heldout_is_by_problem_and_stable():
-    records = [{"problem_id": f"train/{i}"} for i in range(1000)]
+HELDOUT_RECORDS = [{"problem_id": f"train/{i}"} for i in range(1000)]
+
+
+def test_evaluator_heldout_splits_by_problem():
+    records = HELDOUT_RECORDS
     out = formats.evaluator_heldout(records, "validation", fraction=0.2)
     kept = formats.evaluator_heldout(records, "train", fraction=0.2)
     assert len(kept) + len(out) == 1000 and 150 < len(out) < 250
     assert {r["problem_id"] for r in kept}.isdisjoint(r["problem_id"] for r in out)
+    assert formats.evaluator_heldout(records, "validation") == []  # default: all train
+    with pytest.raises(ValueError, match="fraction"):
+        formats.evaluator_heldout(records, "train", fraction=1.5)
+
+
+def test_evaluator_heldout_is_stable_under_order_and_subsets():
+    records = HELDOUT_RECORDS
+    out = formats.evaluator_heldout(records, "validation", fraction=0.2)
     again = formats.evaluator_heldout(records[::-1][:500], "validation", fraction=0.2)
     assert {r["problem_id"] for r in again} == {r["problem_id"] for r in out} & {
         r["problem_id"] for r in records[500:]}  # any order, any subset: the same problems
-    assert formats.evaluator_heldout(records, "validation") == []  # default: all train
+
+
+def test_evaluator_heldout_caps_only_the_train_split():
+    records = HELDOUT_RECORDS
+    out = formats.evaluator_heldout(records, "validation", fraction=0.2)
+    kept = formats.evaluator_heldout(records, "train", fraction=0.2)
     first = formats.evaluator_heldout(records, "train", fraction=0.2, max_train_problems=7)
     assert first == kept[:7]  # the first problems of the train split, in file order
     assert formats.evaluator_heldout(records, "validation", fraction=0.2,
                                      max_train_problems=7) == out  # held-out split untouched
-    with pytest.raises(ValueError, match="fraction"):
-        formats.evaluator_heldout(records, "train", fraction=1.5)
 
 
 def test_step_checks_and_prefix_labels():

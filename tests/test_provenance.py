@@ -3,6 +3,7 @@ settings for a finished stage differ stops before any compute, naming the bindin
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,18 +25,33 @@ def _pipeline(run_dir, *bindings):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_rerun_with_changed_stage_settings_stops_before_compute(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A run whose SSFT stage finished with 3 steps (each test works on a copy)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
     first = _pipeline(run, "ssft/train.total_steps=3")
     assert first.returncode == 0, first.stderr[-4000:]
+    return run
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_finished_stage_records_its_operative_config(run):
     ssft = run / "ssft"
-    operative = (ssft / "config.gin").read_text()
-    assert "train.total_steps = 3" in operative  # the operative config, for people
+    assert "train.total_steps = 3" in (ssft / "config.gin").read_text()  # for people
     assert "train.batch_size" in (ssft / "checkpoints" / "config.gin").read_text()
     recorded = json.loads((ssft / "bindings.json").read_text())
     assert recorded["bindings"]["ssft/train.total_steps"] == "3"
-    before = sorted(p.name for p in (ssft / "checkpoints").iterdir())
 
+
+@pytest.mark.slow
+def test_rerun_with_changed_stage_settings_stops_before_compute(run):
+    ssft = run / "ssft"
+    before = sorted(p.name for p in (ssft / "checkpoints").iterdir())
     changed = _pipeline(run, "ssft/train.total_steps=4")
     assert changed.returncode != 0
     assert "ssft/train.total_steps: 3 -> 4" in changed.stderr
@@ -43,13 +59,21 @@ def test_rerun_with_changed_stage_settings_stops_before_compute(tmp_path):
     assert "[1/8]" not in changed.stdout  # stopped before any stage ran
     assert sorted(p.name for p in (ssft / "checkpoints").iterdir()) == before
 
+
+@pytest.mark.slow
+def test_ignore_config_changes_reruns_anyway(run):
     forced = _pipeline(run, "ssft/train.total_steps=4",
                        "pipeline.ignore_config_changes=True")
     assert forced.returncode == 0, forced.stderr[-4000:]
     assert "ssft: already complete" in forced.stdout
 
+
+@pytest.mark.slow
+def test_a_setting_new_since_the_record_is_no_change_at_its_default(run):
     # A stage recorded before a setting existed: at its code default it is no change (the
     # old behaviour). At another value it is one (test_differences_..., below).
+    ssft = run / "ssft"
+    recorded = json.loads((ssft / "bindings.json").read_text())
     defaults = {f"train.{f.name}": provenance.stable_repr(f.default)
                 for f in dataclasses.fields(train.TrainConfig)}
     older = json.loads(json.dumps(recorded))
@@ -63,6 +87,9 @@ def test_rerun_with_changed_stage_settings_stops_before_compute(tmp_path):
 def test_differences_name_added_removed_and_changed_bindings():
     diff = provenance.differences({"a.x": "1", "b.y": "'u'"}, {"a.x": "2", "c.z": "True"})
     assert diff == ["a.x: 1 -> 2", "b.y: 'u' -> <default>", "c.z: <default> -> True"]
+
+
+def test_a_binding_new_to_the_code_differs_only_from_its_default():
     # c.z added to the code since the record: no change at its default, a change otherwise
     assert provenance.differences({"a.x": "1"}, {"a.x": "1", "c.z": "True"},
                                   {"c.z": "True"}) == []
