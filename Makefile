@@ -13,10 +13,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # min for 1,103, and 33.8 min beside a replicate run: over the 20-minute goal, see the
 # slowest tests with PYTEST_ARGS="-n 2 --dist loadfile --durations=30"). Compiling at XLA's
 # optimisation level 0 (tests/xla_env.py) then took a cold run from 16:10 to 11:23.
-# PYTEST_ARGS= runs it serially.
+# PYTEST_ARGS= runs it serially. `make test-fast` leaves out the tests marked slow (those
+# that start command lines or run a pipeline; tests/conftest.py): the quick loop while
+# editing. CI (.ci/run) and `make test` run everything.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: test demo venv bench clean
+.PHONY: test test-fast demo venv bench clean
 
 $(VENV)/.stamp-test: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,9 @@ venv: $(VENV)/.stamp-test
 
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: $(VENV)/.stamp-test
+	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow" tests
 
 demo: $(VENV)/.stamp-test
 	XLA_FLAGS= $(PY) -m mathft_jax.pipeline --gin_file=gin_configs/demo/cpu.gin --verbosity=-1
