@@ -4,12 +4,16 @@ import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
+
 from waiting import HANG_LIMIT_S
 from xla_env import one_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_mfu_smoke_prints_train_and_decode_figures(tmp_path):
     env = one_device_env(JAX_PLATFORMS="cpu")
     out, profiles = tmp_path / "mfu.json", tmp_path / "profiles"

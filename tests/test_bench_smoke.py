@@ -30,6 +30,7 @@ def test_sampler_bench(tmp_path):
     assert "| 64 x 300 |" in stdout
 
 
+@pytest.mark.slow
 def test_vs_transformers_bench(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "vs.json"

@@ -56,6 +56,7 @@ def test_infer_rejects_bad_numbers_before_writing(tmp_path, binding, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binding,message", [
     ("pipeline.k=0", "pipeline.k=0 must be an integer >= 1"),
     ("scr/train.batch_size=0", "train.batch_size=0 must be an integer >= 1"),
@@ -78,6 +79,7 @@ def _loaded(pid, library):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc")
 def test_sigterm_during_train_start_up_exits_cleanly(tmp_path):
     model_dir = tmp_path / "run"

@@ -175,6 +175,7 @@ def _train_cli(model_dir, steps):
             "--gin_bindings=train.sequence_length=64", "--gin_bindings=train.checkpoint_every=1000"]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_loss_curve(launcher, tmp_path):
     """Same global batch, same 8 global devices (8 in one process, or 4 in each of two):
     the 2-process curve is the 1-process curve up to float32 round-off."""
@@ -205,6 +206,7 @@ def _driver(model_dir, steps, every, sleep):
             PY, DRIVER, str(model_dir), str(steps), str(every), f"--sleep={sleep}"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_then_kill_then_resume(launcher, tmp_path):
     """(1) SIGTERM to p1 alone: both processes save the same step and exit 0.
     (2) A restart resumes there; SIGKILL to p1 mid-run: run.sh stops p0 and exits non-zero,
@@ -248,6 +250,7 @@ def test_sigterm_to_one_process_then_kill_then_resume(launcher, tmp_path):
 # ----------------------------------------------------------------------------- inference
 
 
+@pytest.mark.slow
 def test_two_process_infer_writes_the_one_process_candidates(launcher, tmp_path):
     pytest.importorskip("mathft_jax.infer")
     import flax.linen as nn
@@ -284,6 +287,7 @@ def test_two_process_infer_writes_the_one_process_candidates(launcher, tmp_path)
 # ----------------------------------------------------------------------------- pipeline
 
 
+@pytest.mark.slow
 def test_two_process_pipeline_completes(launcher, tmp_path):
     """The whole recipe (variant mtsf: SSFT, sampling, grading, SCR, MTSF, scoring,
     evaluation) of the seconds-scale smoke config, on 2 processes."""
@@ -299,6 +303,7 @@ def test_two_process_pipeline_completes(launcher, tmp_path):
     assert set(results) == {"ssft", "mtsf"}
 
 
+@pytest.mark.slow
 def test_pipeline_on_a_run_dir_not_shared_by_all_processes_fails_at_start(launcher, tmp_path):
     """Each process given its own local run_dir (as hosts without a shared disk would see a
     local path): an error before any stage, not a hang at a later barrier."""

@@ -85,6 +85,7 @@ def test_dpo_objective_matches_direct_computation():
         objectives.dpo_objective(model, params, batch)
 
 
+@pytest.mark.slow
 def test_dpo_steps_widen_the_margin_with_micro_batches():
     rng = np.random.default_rng(1)
     batch = _pair_batch(rng, pairs=4)
@@ -147,6 +148,7 @@ BYTE_MODEL = dict(vocab_size=384, num_layers=1, d_model=32, num_heads=2, num_kv_
                   head_dim=16, mlp_dim=64, max_seq_len=128, dtype="float32")
 
 
+@pytest.mark.slow
 def test_reference_log_likelihoods_reach_the_batches_exactly(tmp_path):
     """candidates -> make_preferences (reference checkpoint) -> dpo_pairs task batches ->
     dpo_objective with the reference's own parameters: log 2 a pair, and the batch's

@@ -51,6 +51,7 @@ def assert_same(static, continuous):
     np.testing.assert_allclose(continuous.logprobs, static.logprobs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,slots,chunk", [(6, 4, 3), (2, 8, 5), (3, 3, 1)],
                          ids=["N>slots", "N<slots", "chunk=1"])
 def test_same_samples_as_static_batching(params, n, slots, chunk):
@@ -95,6 +96,7 @@ def test_groups_of_mostly_full_context_prompts_wait_for_room_in_the_prefill_pool
     assert stats.prefills == len(prompts)
 
 
+@pytest.mark.slow
 def test_greedy_and_top_p_match_static(params):
     for sp in (SamplingParams(num_samples=2, max_decode_len=MAX_LEN, temperature=0.0, eos_id=EOS),
                sampling(2, top_p=0.8, top_k=10)):
@@ -102,6 +104,7 @@ def test_greedy_and_top_p_match_static(params):
         assert_same(static, engine.generate(params, CFG, PROMPTS[:4], sp, seed=1, slots=4))
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_samples_of_one(params):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
     partitioner = partitioning.Partitioner.create(
@@ -185,6 +188,7 @@ def read_lines(path):
         return f.read().splitlines()
 
 
+@pytest.mark.slow
 def test_infer_continuous_killed_and_resumed_writes_the_static_file(setup, monkeypatch):
     static = read_lines(run_infer(setup, setup / "static.jsonl", engine="static"))
     output = str(setup / "continuous.jsonl")

@@ -185,6 +185,7 @@ def infer_greedy_text(checkpoint, vocab, tmp_path, max_decode_len):
     return candidates.read_candidates(out)[0]["samples"][0]["text"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_a_fine_tuned_step_exports_alone_and_transformers_generates_our_greedy_tokens(
         hf_dirs, tmp_path, family):
@@ -350,6 +351,7 @@ def test_byte_vocabulary_model_dir_records_its_ids_and_vocab_gin(tmp_path):
     assert isinstance(vocabulary_of(tmp_path / "m" / "vocab.gin"), seqio.ByteVocabulary)
 
 
+@pytest.mark.slow
 def test_a_step_on_gcs_exports_with_no_other_flag(hf_dirs, tmp_path, monkeypatch):
     """The model_dir in a bucket (a GCS emulator on 127.0.0.1, tests/gcs_emulator.py): the
     model files and the step go there, and `export_hf --checkpoint=gs://.../<step>` alone

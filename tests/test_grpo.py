@@ -233,6 +233,7 @@ def test_objective_normalisations_by_hand(normalization):
     assert float(out["weight"]) == (4 * 12.0 if normalization == "constant" else want[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalization", grpo.NORMALIZATIONS)
 def test_supervised_term_adds_the_weighted_mean_cross_entropy_of_the_solutions(normalization):
     """with_supervised: after the trainer's division by the rollout's weight, the loss and its
@@ -305,6 +306,7 @@ def test_loss_chunk_gives_the_loss_and_gradients_of_full_logits(normalization, s
 # ----------------------------------------------------------------------------- one update
 
 
+@pytest.mark.slow
 def test_one_update_raises_rewarded_completions_log_probability():
     vocab = CharVocab()
     opt_schedule = learning_rate_schedule(peak=3e-3)
@@ -371,6 +373,7 @@ def _rows_without_time(model_dir):
             for row in read_metrics(model_dir)]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path, monkeypatch):
     # every run also adds 0.5 * S(X|P) of an "evaluator" (a random TINY model)
     evaluator = str(tmp_path / "evaluator")
@@ -496,6 +499,7 @@ class SolutionRows:
         self.index = state["index"]
 
 
+@pytest.mark.slow
 def test_supervised_term_resumes_at_its_solution_position_and_8_devices_match_one(tmp_path):
     """With grpo.sft_weight each policy step also learns a batch of solutions: the run logs
     their cross-entropy, a killed run resumes at the same solution batch (bit-identical), and

@@ -24,6 +24,7 @@ def _loss(params, cfg, tokens):
     return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_sharded_logits_and_grads_match_single_device(kv_heads):
     cfg = dataclasses.replace(CFG, num_kv_heads=kv_heads)

@@ -38,6 +38,7 @@ def _pipeline(run_dir, *bindings, log=None):
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=file)
 
 
+@pytest.mark.slow
 def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     run = tmp_path / "run"
     log = tmp_path / "killed.log"

@@ -78,6 +78,7 @@ def _run(command, env, cwd, **kwargs):
     return subprocess.Popen([sys.executable, *argv[1:]], env=env, cwd=cwd, **kwargs)
 
 
+@pytest.mark.slow
 def test_readme_real_path_on_gcs_emulator(tmp_path, data_dir):
     from etils import epath
 

@@ -71,6 +71,7 @@ def _candidates_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_evaluator_training_and_scoring_compute_the_same_label_likelihood(hf_vocab_bound, tmp_path):
     """For a vocabulary whose EOS is 2, a training row's log-likelihood is the label's
     log-probability exactly as scoring computes it (no p(EOS | label) in one of them)."""
@@ -99,6 +100,7 @@ def test_evaluator_training_and_scoring_compute_the_same_label_likelihood(hf_voc
     np.testing.assert_allclose(np.asarray(rows[:2]), np.asarray(logps[0]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective,group", [(objectives.evaluator_objective, 4),
                                              (objectives.sequence_objective, 2)],
                          ids=["evaluator", "sequence"])

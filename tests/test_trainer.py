@@ -80,6 +80,7 @@ def test_overfits_one_fixed_batch(tmp_path):
     assert r.last_metrics["loss"] < 0.05, r.last_metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
 def test_eight_devices_match_one_device(tmp_path, optimizer):
     gin.bind_parameter("make_optimizer.name", optimizer)
@@ -179,6 +180,7 @@ def reference_run(tmp_path_factory):
     return _final_params(str(d))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run):
     d = tmp_path / "run"
     proc = _run_driver(d, 12, 4, "--sleep", "0.1", wait=False)
@@ -196,6 +198,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run):
     assert checkpoints.tree_equal(_final_params(str(d)), reference_run)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_that_step_and_resumes_bit_identical(tmp_path, reference_run):
     d = tmp_path / "run"
     proc = _run_driver(d, 12, 100, "--sleep", "0.1", wait=False)
@@ -211,6 +214,7 @@ def test_sigterm_saves_at_that_step_and_resumes_bit_identical(tmp_path, referenc
     assert checkpoints.tree_equal(_final_params(str(d)), reference_run)
 
 
+@pytest.mark.slow
 def test_kill_during_save_resumes_from_last_complete_checkpoint(tmp_path, reference_run):
     d = tmp_path / "run"
     out = _run_driver(d, 12, 4, "--die_in_save_at", "8")
@@ -221,6 +225,7 @@ def test_kill_during_save_resumes_from_last_complete_checkpoint(tmp_path, refere
     assert checkpoints.tree_equal(_final_params(str(d)), reference_run)
 
 
+@pytest.mark.slow
 def test_cli_rejects_unknown_binding_and_missing_task(tmp_path):
     base = [sys.executable, "-m", "mathft_jax.train", "--gin_file=gin_configs/models/tiny.gin",
             f"--gin_bindings=train.model_dir='{tmp_path}'"]
