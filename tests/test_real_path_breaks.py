@@ -129,6 +129,6 @@ def test_run_paths_keep_gs_urls():
     from mathft_jax.core import storage
     run = pipeline.Run("gs://bucket/runs/x")
     assert run.checkpoint("ssft") == "gs://bucket/runs/x/ssft/checkpoints"
-    assert run.eval_candidates("mtsf", scored=True) == "gs://bucket/runs/x/score/mtsf.jsonl"
+    assert run.artefact("score", "candidates", "mtsf") == "gs://bucket/runs/x/score/mtsf.jsonl"
     assert str(storage.path("gs://bucket/a")) == "gs://bucket/a"
     assert storage.path("rel").is_absolute()
