@@ -57,12 +57,13 @@ def sympy_requests(answer=None):
 
 
 class FakeClock:
-    """`time` for deadline.py: stands still unless a test moves it."""
+    """`time` for deadline.py (whose work clock reads `thread_time`): stands still unless a
+    test moves it."""
 
     def __init__(self):
         self.now = 0.0
 
-    def monotonic(self) -> float:
+    def thread_time(self) -> float:
         return self.now
 
 

@@ -1,16 +1,17 @@
 """Time bounds: pathological answers are answered by the size guards (not the deadline, not
-sympy) from any thread and in workers; a hung sympy step is killed; a caller finding every
-helper busy gives up. Which mechanism answered is recorded (tests/grader_probes.py), so
+sympy) from any thread and in workers; a sympy step is cut off at its own CPU budget and
+charged to its caller; a helper stuck past it is killed; a caller finding every helper busy
+waits for one, and the wait is not its work. Which mechanism answered is recorded (tests/grader_probes.py), so
 nothing here races a stopwatch; the timings are bench/grader_soak.py's. The unbounded code
 took 28-116 s on these inputs."""
 import multiprocessing
+import pathlib
 import threading
-import time
 
 import pytest
 
 import grader_probes
-from mathft_jax.grading import answer_key, extract_answer, is_equiv, warm_up
+from mathft_jax.grading import answer_key, deadline, extract_answer, is_equiv, timeout, warm_up
 from mathft_jax.grading.timeout import HelperPool, SympyHelper
 from waiting import HANG_LIMIT_S, finishes, wait_for
 
@@ -58,7 +59,7 @@ def test_other_thread():
 
 def _worker_check(_):
     assert_all_answered_by_guards()
-    warm_up()  # the helper's start-up would otherwise count against the call's bound
+    warm_up()  # start-up is not a call's work: warmed up, the call does not wait for it
     return is_equiv("(x+1)^2", "x^2+2x+1")  # reaches the sympy helper inside the worker
 
 
@@ -67,21 +68,36 @@ def test_multiprocessing_worker():
         assert pool.map_async(_worker_check, [0]).get(HANG_LIMIT_S) == [True]
 
 
-SLOW = "Pow(Symbol('x')+Symbol('y')+Symbol('z')+1, 400)"  # expand() takes many seconds
+SLOW = "Pow(Symbol('x')+Symbol('y')+Symbol('z')+1, 400)"  # expand() takes many CPU seconds
+GRADING_DIR = pathlib.Path(timeout.__file__).parent
+
+
+def stuck_worker(tmp_path, body: str) -> pathlib.Path:
+    """A helper script whose judge runs `body` (for requests not starting with "ok")."""
+    script = tmp_path / "stuck_worker.py"
+    script.write_text(
+        f"import sys, time\nsys.path.insert(0, {str(GRADING_DIR)!r})\n"
+        "from helper_protocol import serve\n"
+        f"def judge(a, b):\n    if not a.startswith('ok'):\n        {body}\n    return True\n"
+        "print('ready', flush=True)\nserve(judge)\n")
+    return script
 
 
 @pytest.mark.parametrize("in_thread", [False, True])
-def test_hung_sympy_step_is_killed_and_the_helper_restarts(in_thread):
+def test_step_over_its_cpu_budget_is_cut_off_and_the_helper_answers_on(in_thread):
+    """The budget is the helper's own CPU time (ITIMER_PROF inside it): the step is stopped
+    there, that much CPU time is charged to the caller, and the same helper answers next."""
     helper = SympyHelper()
     result = {}
 
     def run():
-        helper.wait_ready(time.monotonic() + HANG_LIMIT_S)  # start-up is not part of the request
+        helper.wait_ready()  # start-up is not part of any request
         result["warm"] = helper.equal("Symbol('x')", "Symbol('x')")
         result["process"] = helper._process
+        before = deadline.work_time()
         result["slow"] = helper.equal(SLOW, "Symbol('x')", timeout_s=0.5)
-        result["killed"] = result["process"].poll() is not None
-        result["replaced"] = helper._process not in (None, result["process"])
+        result["charged"] = deadline.work_time() - before
+        result["same process"] = helper._process is result["process"]
         result["after"] = helper.equal("Symbol('x')*2", "Symbol('x')+Symbol('x')")
 
     try:
@@ -94,29 +110,53 @@ def test_hung_sympy_step_is_killed_and_the_helper_restarts(in_thread):
     finally:
         helper.stop()
     assert result["warm"] is True
-    # None and a dead process: cut off at the timeout, not waited for (its answer is "0")
-    assert result["slow"] is None and result["killed"] and result["replaced"]
+    assert result["slow"] is None and result["same process"]  # cut off: "cannot decide"
+    assert result["charged"] >= 0.5  # its CPU time is the caller's work
     assert result["after"] is True
 
 
-def test_pool_serves_threads_at_once_and_bounds_the_wait():
+@pytest.mark.parametrize("body, why", [
+    ("sum(range(10 ** 13))", "one long C call: the CPU timer cannot interrupt it"),
+    ("time.sleep(10 ** 6)", "no CPU progress at all (deadlocked, stopped)"),
+])
+def test_stuck_helper_is_killed_and_replaced(tmp_path, monkeypatch, body, why):
+    monkeypatch.setattr(timeout, "STALL_S", 1.0)
+    helper = SympyHelper(stuck_worker(tmp_path, body))
+    try:
+        assert helper.wait_ready() and helper.equal("ok", "ok") is True
+        process = helper._process
+        assert finishes(lambda: helper.equal("stuck", "x", timeout_s=0.3)) is None, why
+        assert process.poll() is not None and helper._process not in (None, process)
+        assert helper.equal("ok", "ok") is True  # the replacement answers
+    finally:
+        helper.stop()
+
+
+def test_pool_serves_threads_at_once_and_a_caller_waits_for_a_free_helper():
     """Slow requests from 3 threads are in flight together (no global lock); a caller finding
-    every helper busy gives up at its own deadline."""
+    every helper busy waits for one to come free (not part of its work) and is served."""
     pool = HelperPool(size=3)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(pool.equal(SLOW, "Symbol('x')", 300)))
+    results, late = [], {}
+    threads = [threading.Thread(target=lambda: results.append(pool.equal(SLOW, "Symbol('x')", 2.0)))
                for _ in range(3)]
+
+    def late_caller():
+        before = deadline.work_time()
+        late["verdict"] = pool.equal("Symbol('x')*2", "Symbol('x')+Symbol('x')", timeout_s=0.5)
+        late["charged"] = deadline.work_time() - before
+        late["pending when served"] = len(results)
+
     try:
         for thread in threads:
             thread.start()
         wait_for(lambda: len(pool._all) == 3 and not pool._idle, "three helpers busy at once")
-        assert pool.equal("Symbol('x')", "Symbol('x')", timeout_s=0.5) is None
-        # it gave up while all three were still busy: no helper had come free to wait for
-        assert len(pool._all) == 3 and not pool._idle and not results
-    finally:
-        pool.stop()  # the slow requests end as "cannot decide"
+        waiter = threading.Thread(target=late_caller)
+        waiter.start()
+        waiter.join(timeout=HANG_LIMIT_S)
         for thread in threads:
             thread.join(timeout=HANG_LIMIT_S)
-    assert results == [None, None, None]
-    assert pool.equal("Symbol('x')*2", "Symbol('x')+Symbol('x')", timeout_s=120) is True
-    pool.stop()
+    finally:
+        pool.stop()
+    assert results == [None, None, None]  # each cut off at its own 2 s of CPU time
+    assert late["verdict"] is True and late["pending when served"] >= 1  # waited, then served
+    assert late["charged"] < 0.5  # the wait is not its work: only its own quick step is

@@ -40,6 +40,13 @@ def math_splits_dir(path: Optional[str] = None) -> pathlib.Path:
 
 
 @gin.configurable
+def benchmarks_dir(path: Optional[str] = None) -> pathlib.Path:
+    """The evaluation benchmarks: `<name>/test.jsonl` for gsm8k, aime24, amc23, minerva_math,
+    olympiadbench (mathft_jax/data/benchmarks.py)."""
+    return storage.path(path) if path else data_root() / "benchmarks"
+
+
+@gin.configurable
 def prm800k_label_files(paths: Optional[Sequence[str]] = None) -> list[pathlib.Path]:
     """PRM800K step-level label files (not shipped in ../shared/data: users bring them)."""
     if paths:

@@ -35,9 +35,19 @@ class Problem:
     problem_id: str
     problem: str
     solution: str
-    answer: Optional[str]  # None where neither the record nor its solution gives one
+    # None where neither the record nor its solution gives one; a tuple of parts where a
+    # benchmark asks for several answers, all of which a sample must give (OlympiadBench)
+    answer: Optional[Union[str, tuple[str, ...]]]
     level: str = ""
     subject: str = ""
+    unit: str = ""  # the unit the answer is in, where the benchmark states one
+    answer_type: str = ""  # OlympiadBench's Numerical / Expression / Tuple / Interval
+    tolerance: Optional[float] = None  # absolute, for numeric answers (docs/benchmarks.md)
+
+    @property
+    def answer_text(self) -> str:
+        """The answer as one string (parts joined by ", "); "" where there is none."""
+        return ", ".join(self.answer) if isinstance(self.answer, tuple) else self.answer or ""
 
 
 # ----------------------------------------------------------------------------- JSON lines
@@ -257,5 +267,6 @@ def read_candidates(path: PathLike) -> list[dict]:
     for record in records:
         for sample in record["samples"]:
             if "correct" not in sample:
-                sample["correct"] = candidates.grade_sample(sample, record["gold"])
+                sample["correct"] = candidates.grade_sample(
+                    sample, record["gold"], tolerance=candidates.record_tolerance(record))
     return records

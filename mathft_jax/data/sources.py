@@ -5,6 +5,9 @@ every path and knob resolved from gin when it is read. Light: no TensorFlow.
 
   math500                 PRM800K's MATH splits: train = its 12,000, test = MATH500
   math                    MATH itself: train 7,500, test 5,000
+  gsm8k, aime24, amc23,   the evaluation benchmarks, test split only, each with its makers'
+  minerva_math,           gold answers (data/benchmarks.py, docs/benchmarks.md)
+  olympiadbench
   synthetic_arith_steps   the synthetic curriculum, step-by-step solutions
   synthetic_arith_terse   the same problems, terse solutions
 
@@ -16,7 +19,7 @@ import collections
 import logging
 from typing import Callable, Optional
 
-from mathft_jax.data import paths, readers, synthetic
+from mathft_jax.data import benchmarks, paths, readers, synthetic
 from mathft_jax.core.settings import SettingError
 
 Source = Callable[[str, bool], list]
@@ -47,7 +50,9 @@ def problems(name: str, split: str, require_answer: bool = False) -> list[reader
 
 def problem_records(name: str, split: str, problems_file: Optional[str] = None,
                     setting: Optional[str] = None) -> list[dict]:
-    """[{"problem_id", "problem", "gold"}]: what `infer` samples and `rl` trains on. A
+    """[{"problem_id", "problem", "gold"}]: what `infer` samples and `rl` trains on (`gold` a
+    list where a problem needs several answers; `gold_tolerance`, `unit`, `answer_type` where
+    the benchmark gives them: docs/formats.md). A
     `problems_file` (MATH-style JSON lines or folder) wins over the source `name`. Problems
     with no answer are skipped, with a warning that counts them: nothing could grade their
     samples, which would count as wrong. Problem ids must be unique. `setting` (`infer`,
@@ -65,14 +70,26 @@ def problem_records(name: str, split: str, problems_file: Optional[str] = None,
         raise readers.DataFormatError(f"{problems_file or name}/{split}: no problem has an "
                                       "answer (an `answer` field, or a \\boxed{} in the "
                                       "solution) to grade samples against")
-    records = [{"problem_id": p.problem_id, "problem": p.problem, "gold": p.answer}
-               for p in found]
+    records = [problem_record(p) for p in found]
     repeated = sorted({i for i, n in collections.Counter(r["problem_id"] for r in records).items()
                        if n > 1})
     if repeated:
         raise readers.DataFormatError(f"{problems_file or name}/{split}: problem ids are not "
                                       f"unique: {readers.first_ids(list(map(repr, repeated)))}")
     return records
+
+
+def problem_record(problem: readers.Problem) -> dict:
+    """The record of one problem: a multi-part gold as a list, and the benchmark's grading
+    fields only where it gives them (so MATH records stay as they were)."""
+    answer = problem.answer
+    record = {"problem_id": problem.problem_id, "problem": problem.problem,
+              "gold": list(answer) if isinstance(answer, tuple) else answer}
+    if problem.tolerance is not None:
+        record["gold_tolerance"] = problem.tolerance
+    record.update({key: value for key, value in (("unit", problem.unit),
+                                                  ("answer_type", problem.answer_type)) if value})
+    return record
 
 
 def first(records: list, max_problems: Optional[int], setting: str) -> list:
@@ -94,6 +111,9 @@ def _math500(split: str, require_answer: bool) -> list[readers.Problem]:
 def _math(split: str, require_answer: bool) -> list[readers.Problem]:
     return readers.read_math(paths.math_dir(), split, require_answer=require_answer)
 
+
+for _name in benchmarks.READERS:
+    register(_name)(lambda split, require_answer, name=_name: benchmarks.read_benchmark(name, split))
 
 for _style in synthetic.STYLES:
     register(f"synthetic_arith_{_style}")(

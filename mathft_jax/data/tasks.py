@@ -47,7 +47,7 @@ def generation_examples(problems: Iterable[readers.Problem]) -> list[dict]:
     return [{
         "inputs": formats.generation_prompt(p.problem),
         "targets": formats.generation_target(p.solution),
-        "answer": p.answer or "",
+        "answer": p.answer_text,
         "problem_id": p.problem_id,
     } for p in problems]
 

@@ -20,7 +20,8 @@ def grade_record(record: dict, grader: str,
     for sample in record["samples"]:
         text = sample.get("text") or None
         verdict = grade(text, record["gold"], policy=policy, grader=grader,
-                        answer=None if text else sample.get("answer"))
+                        answer=None if text else sample.get("answer"),
+                        tolerance=record.get("gold_tolerance"))
         verdicts.append((verdict.answer, verdict.correct))
     return verdicts
 

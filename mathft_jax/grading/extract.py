@@ -35,10 +35,12 @@ def _closing_braces(text: str) -> dict[int, int]:
     return closing
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed`/`\\fbox` in `text`, or None."""
+def _box_contents(text: str, last_only: bool) -> list[str]:
+    """Contents of the boxes in `text`, from the last (just that one with `last_only`);
+    an empty box states no answer and ends the search."""
     boxes = [match.end() for match in _BOX.finditer(text)]
     closing = _closing_braces(text) if boxes else {}
+    found = []
     for rest in reversed(boxes):
         if rest < len(text) and text[rest] == "{":
             end = closing.get(rest)
@@ -49,8 +51,24 @@ def last_boxed(text: str) -> str | None:
         else:  # `\boxedfoo` is another command: look further back
             content = None
         if content is not None:
-            return content.strip() or None  # an empty box states no answer
-    return None
+            if not content.strip():
+                break
+            found.append(content.strip())
+            if last_only:
+                break
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed`/`\\fbox` in `text`, or None."""
+    found = _box_contents(text, last_only=True)
+    return found[0] if found else None
+
+
+def all_boxed(text: str) -> list[str]:
+    """Contents of every box in `text`, in order (OlympiadBench's judge joins them all for a
+    multiple-answer problem); those before an empty box are left out."""
+    return _box_contents(text, last_only=False)[::-1]
 
 
 def _strip_math_delimiters(answer: str) -> str:

@@ -5,6 +5,10 @@
 `mathft` and `prm800k` read the answer with our extraction under `policy`; `math_verify` reads
 the whole text with math-verify's own extraction (the policy does not apply to its verdict;
 `answer` still shows ours, for reports). One deadline covers the whole call (`deadline.py`).
+
+A gold answer is a string, or a list of parts that a sample must all give (OlympiadBench's
+multiple-answer problems); `tolerance` (absolute) makes numbers within it equal, where the
+benchmark's published rule grants one (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -13,16 +17,18 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import pathlib
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Union
 
 from mathft_jax.grading import prm800k, timeout
 from mathft_jax.grading.deadline import Deadline
-from mathft_jax.grading.equiv import is_equiv
-from mathft_jax.grading.extract import POLICIES, extract_answer
+from mathft_jax.grading.equiv import is_equiv, parts_equiv
+from mathft_jax.grading.extract import POLICIES, all_boxed, extract_answer
 
 # Bumped whenever a rule of ours changes a verdict (recorded in metrics next to the grader).
-MATHFT_VERSION = "mathft_jax grading 2"
+MATHFT_VERSION = "mathft_jax grading 3"
+
+Gold = Union[str, Sequence[str]]  # one answer, or the parts of a multiple-answer one
 
 
 class Verdict(NamedTuple):
@@ -33,7 +39,8 @@ class Verdict(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Grader:
     name: str
-    judge: Callable[[str | None, str | None, str, Deadline], bool]  # (text, answer, gold, deadline)
+    # (text, answer, gold, deadline, tolerance); gold a string or a list of parts
+    judge: Callable[[str | None, str | None, Gold, Deadline, float | None], bool]
     version: Callable[[], str]
     reads_text: bool = False  # its own extraction from the whole text
     module: str | None = None  # an optional package it needs, installed by the pip `extra`
@@ -43,24 +50,35 @@ class Grader:
         return self.module is None or importlib.util.find_spec(self.module) is not None
 
 
-def _mathft(text, answer, gold, deadline: Deadline) -> bool:
-    return is_equiv(answer, gold, timeout_s=max(0.0, deadline.remaining()))
+def _joined(gold: Gold) -> str:
+    """A multiple-answer gold as one comma list, for graders that read a single string."""
+    return gold if isinstance(gold, str) else ", ".join(gold)
 
 
-def _prm800k(text, answer, gold, deadline: Deadline) -> bool:
-    return prm800k.grade_answer(answer, gold, deadline)
+def _mathft(text, answer, gold, deadline: Deadline, tolerance=None) -> bool:
+    if isinstance(gold, str):
+        return is_equiv(answer, gold, timeout_s=max(0.0, deadline.remaining()), tolerance=tolerance)
+    # every part: from the answer, or (OlympiadBench's judge) from all the boxes joined
+    readings = [answer] + ([", ".join(all_boxed(text))] if text and len(all_boxed(text)) > 1 else [])
+    return any(parts_equiv(reading, gold, timeout_s=max(0.0, deadline.remaining()),
+                           tolerance=tolerance) for reading in readings)
+
+
+def _prm800k(text, answer, gold, deadline: Deadline, tolerance=None) -> bool:
+    return prm800k.grade_answer(answer, _joined(gold), deadline)
 
 
 _MATH_VERIFY = timeout.HelperPool(worker=pathlib.Path(__file__).with_name("math_verify_worker.py"))
 atexit.register(_MATH_VERIFY.stop)
 
 
-def _math_verify(text, answer, gold, deadline: Deadline) -> bool:
+def _math_verify(text, answer, gold, deadline: Deadline, tolerance=None) -> bool:
     """In a helper process: math-verify's SIGALRM timeouts need a main thread, and a hung
-    comparison must be killable."""
+    comparison must be killable. Its own rules (float_rounding=6), no tolerance."""
     target = text if text else (f"${answer}$" if answer is not None else "")
     remaining = deadline.remaining()
-    return remaining > 0 and _MATH_VERIFY.equal(f"${gold}$", target, timeout_s=remaining) is True
+    return remaining > 0 and _MATH_VERIFY.equal(f"${_joined(gold)}$", target,
+                                                timeout_s=remaining) is True
 
 
 def _math_verify_version() -> str:
@@ -89,20 +107,28 @@ def get_grader(name: str) -> Grader:
     return grader
 
 
-def grade(text: str | None, gold: str, policy: str = "strict", grader: str = "mathft",
-          timeout_s: float | None = None, answer: str | None = None) -> Verdict:
+def _valid_gold(gold: object) -> bool:
+    if isinstance(gold, str):
+        return True
+    return isinstance(gold, (list, tuple)) and bool(gold) and all(isinstance(p, str) for p in gold)
+
+
+def grade(text: str | None, gold: Gold, policy: str = "strict", grader: str = "mathft",
+          timeout_s: float | None = None, answer: str | None = None,
+          tolerance: float | None = None) -> Verdict:
     """Extract the answer of `text` under `policy` (or take `answer` as given) and judge it
-    against `gold` with `grader`, within one deadline. Never raises on the texts; raises
-    ValueError for an unknown policy or grader."""
+    against `gold` (a string, or a list of parts all of which it must give) with `grader`,
+    within one deadline; `tolerance` as the benchmark grants. Never raises on the texts;
+    raises ValueError for an unknown policy or grader."""
     chosen = get_grader(grader)
     if policy not in POLICIES:
         raise ValueError(f"unknown extraction policy {policy!r}; expected one of {POLICIES}")
     deadline = Deadline(timeout_s)
     if answer is None:
         answer = extract_answer(text, policy=policy)
-    if not isinstance(gold, str) or (answer is None and not chosen.reads_text):
+    if not _valid_gold(gold) or (answer is None and not chosen.reads_text):
         return Verdict(answer, False)
     try:
-        return Verdict(answer, bool(chosen.judge(text, answer, gold, deadline)))
+        return Verdict(answer, bool(chosen.judge(text, answer, gold, deadline, tolerance)))
     except Exception:  # noqa: BLE001 - a grader must never raise on garbage
         return Verdict(answer, False)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from mathft_jax.grading import linear
+
 MAX_NESTING = 12
 _MATRIX = re.compile(r"^\\begin\{pmatrix\}(.*)\\end\{pmatrix\}$", re.DOTALL)
 _RELATION = re.compile(r"(\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|<|>|=)")
@@ -68,16 +70,23 @@ def _set_items(items: list[str], depth: int):
     return ("set", tuple(nodes))
 
 
+_FLIPPED = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}
+
+
 def _interval(parts: list[str], relations: list[str]):
-    """`x > 3`, `3 < x`, `-2 < x \\le 5` as interval nodes; None for other relations."""
+    """`x > 3`, `3 < x`, `-2 < x \\le 5`, `-x > -1` as interval nodes; None for other
+    relations."""
     if len(parts) == 2 and _VARIABLE.match(parts[0]):
         bound, relation = parts[1], relations[0]
         if relation in ("<", "\\le"):
             return ("seq", "(", ")" if relation == "<" else "]", (_scalar("-\\infty"), _scalar(bound)))
         return ("seq", "(" if relation == ">" else "[", ")", (_scalar(bound), _scalar("\\infty")))
     if len(parts) == 2 and _VARIABLE.match(parts[1]):
-        flipped = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}[relations[0]]
-        return _interval([parts[1], parts[0]], [flipped])
+        return _interval([parts[1], parts[0]], [_FLIPPED[relations[0]]])
+    solved = linear.solve(*parts) if len(parts) == 2 else None
+    if solved is not None:  # `-x > -1`, `2x + 1 \le 5`: solved for the variable
+        variable, bound, flipped = solved
+        return _interval([variable, bound], [_FLIPPED[relations[0]] if flipped else relations[0]])
     if len(parts) == 3 and _VARIABLE.match(parts[1]) and all(r in ("<", "\\le") for r in relations):
         return ("seq", "(" if relations[0] == "<" else "[", ")" if relations[1] == "<" else "]",
                 (_scalar(parts[0]), _scalar(parts[2])))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from fractions import Fraction
 
 import mpmath
@@ -213,6 +214,25 @@ def close(a, b) -> bool:
     with mpmath.workdps(DIGITS):
         scale = max(mpmath.mpf(1), abs(a), abs(b))
         return bool(abs(a - b) <= scale * mpmath.mpf(10) ** (20 - DIGITS))
+
+
+def is_real(value) -> bool:
+    """A finite real number (an exact rational, or an mpmath value with no imaginary part)."""
+    if isinstance(value, Fraction):
+        return True
+    return bool(mpmath.im(value) == 0 and mpmath.isfinite(value))
+
+
+def rounded(value, places: int) -> Decimal:
+    """A real value (Fraction or mpmath) rounded half-even to `places` decimal places;
+    raises ArithmeticError where it has more digits than DIGITS can hold."""
+    with localcontext() as context:
+        context.prec = DIGITS
+        if isinstance(value, Fraction):
+            number = Decimal(value.numerator) / Decimal(value.denominator)
+        else:
+            number = Decimal(mpmath.nstr(mpmath.re(value), DIGITS, strip_zeros=False))
+        return number.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 
 
 _SYMPY_FUNCTIONS = {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}

@@ -1,7 +1,7 @@
 """The candidates file: N sampled solutions per problem, as JSON lines (docs/formats.md).
 
-One object per line: {"problem_id": str, "problem": str, "gold": str,
-"samples": [{"text": str, "answer": str | null, "score"?: float >= 0, "correct"?: bool,
+One object per line: {"problem_id": str, "problem": str, "gold": str | [str, ...],
+"gold_tolerance"?: float >= 0, "samples": [{"text": str, "answer": str | null, "score"?: float >= 0, "correct"?: bool,
 "logprob"?: float, "num_tokens"?: int}], ...}.
 Extra keys are kept. Blank lines are ignored; any other unreadable line is an error naming
 file:line, or is skipped and counted with `skip_bad_lines`.
@@ -42,9 +42,18 @@ def validate_record(record: object) -> None:
     """Raise ValueError with the reason when `record` does not follow the schema."""
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
-    for field in ("problem_id", "problem", "gold"):
+    for field in ("problem_id", "problem"):
         if not isinstance(record.get(field), str):
             raise ValueError(f"{field!r} must be a string")
+    gold = record.get("gold")
+    if not isinstance(gold, str) and not (isinstance(gold, list) and gold and all(
+            isinstance(part, str) for part in gold)):
+        raise ValueError("'gold' must be a string or a non-empty list of strings (the parts of "
+                         "a multiple-answer problem)")
+    tolerance = record.get("gold_tolerance")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(
+            tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0):
+        raise ValueError("'gold_tolerance' must be a finite number >= 0")
     if record.get("score_method", "label") not in SCORE_METHODS:
         raise ValueError(f"'score_method' must be one of {list(SCORE_METHODS)}")
     samples = record.get("samples")
@@ -136,19 +145,26 @@ def sample_answer(sample: dict, policy: str | None = None) -> str | None:
     return extract_answer(sample.get("text"), policy=policy or "strict")
 
 
-def grade_sample(sample: dict, gold: str, policy: str | None = None,
-                 grader: str = "mathft") -> bool:
+def grade_sample(sample: dict, gold: str | list[str], policy: str | None = None,
+                 grader: str = "mathft", tolerance: float | None = None) -> bool:
     """The one judgment of a sample against its gold answer, used by the pipeline's grading
-    (`grade_candidates`), by `voting.grade_problem` and by the data readers: `grader`
-    (grading.GRADERS) on the sample's answer (`sample_answer(sample, policy)`), within the
-    grader's per-call bound."""
+    (`grade_candidates`), by `voting.grade_problem`, by the data readers and by RL rewards:
+    `grader` (grading.GRADERS) on the sample's answer (`sample_answer(sample, policy)`),
+    within the grader's per-call bound. A list `gold` needs every part; `tolerance` is the
+    record's `gold_tolerance` (`record_tolerance`)."""
     verdict = grade_answer(sample.get("text"), gold, policy or "strict", grader,
-                           answer=sample_answer(sample, policy))
+                          answer=sample_answer(sample, policy), tolerance=tolerance)
     return verdict.correct
 
 
+def record_tolerance(record: dict) -> float | None:
+    """The numeric tolerance a record's benchmark grants (`gold_tolerance`), else None."""
+    return record.get("gold_tolerance")
+
+
 def _grade_record(record: dict, grader: str = "mathft") -> list[bool]:
-    return [grade_sample(sample, record["gold"], grader=grader) for sample in record["samples"]]
+    return [grade_sample(sample, record["gold"], grader=grader, tolerance=record_tolerance(record))
+            for sample in record["samples"]]
 
 
 def grade_candidates(records: list[dict], processes: int | None = None, progress: bool = True,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mathft_jax.results.candidates import grade_sample, sample_answer
+from mathft_jax.results.candidates import grade_sample, record_tolerance, sample_answer
 from mathft_jax.grading import answer_key, is_equiv
 
 METRICS = ("pass_at_1", "pass_at_n", "maj1_at_n", "majk_at_n", "rr_all", "rr_topk", "wrr", "wrr_majk")
@@ -92,7 +92,8 @@ def grade_problem(record: dict, policy: str | None = None, grader: str = "mathft
     """Grade every sample of a candidates record against its gold answer (`grader`; answers
     as recorded, or extracted again under `policy`) and cluster them."""
     answers = [sample_answer(s, policy) for s in record["samples"]]
-    correct = tuple(grade_sample(s, record["gold"], policy, grader) for s in record["samples"])
+    correct = tuple(grade_sample(s, record["gold"], policy, grader, record_tolerance(record))
+                    for s in record["samples"])
     clusters = cluster(answers)
     labels = [-1] * len(answers)
     for index, found in enumerate(clusters):

@@ -45,17 +45,21 @@ def register_reward(name: str):
 
 
 @functools.lru_cache(maxsize=4096)
-def _graded(gold: str, text: str, grader: str) -> bool:
+def _graded(gold: str | tuple[str, ...], text: str, grader: str,
+            tolerance: float | None = None) -> bool:
     # The judgment the pipeline's scr_data and evaluate stages make, by the same grader
     # (candidates is the results layer: imported here, as data.readers does). Cached, so
     # `correct` and `process` on one completion grade it once.
     from mathft_jax.results.candidates import grade_sample  # noqa: PLC0415
-    return grade_sample({"text": text}, gold, grader=grader)
+    return grade_sample({"text": text}, list(gold) if isinstance(gold, tuple) else gold,
+                        grader=grader, tolerance=tolerance)
 
 
 @register_reward("correct")
 def correct(problem: dict, text: str, grader: str = "mathft") -> float:
-    return float(_graded(problem["gold"], text, grader))
+    gold = problem["gold"]  # a list (multiple answers) is hashed as a tuple for the cache
+    return float(_graded(tuple(gold) if isinstance(gold, list) else gold, text, grader,
+                         problem.get("gold_tolerance")))
 
 
 @register_reward("boxed")
