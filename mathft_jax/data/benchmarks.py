@@ -19,7 +19,8 @@ import pathlib
 import re
 from typing import Callable, Optional
 
-from mathft_jax.data import paths, readers
+from mathft_jax.data import paths
+from mathft_jax.data import records
 from mathft_jax.grading.extract import last_boxed
 from mathft_jax.grading.structure import split_top
 
@@ -31,8 +32,8 @@ _DOLLAR_SPAN = re.compile(r"\$[^$]*\$")
 _PROSE = re.compile(r"[A-Za-z]{2}")
 
 
-def _where_answer(where: str, reason: str) -> readers.DataFormatError:
-    return readers.DataFormatError(f"{where}: {reason}")
+def _where_answer(where: str, reason: str) -> records.DataFormatError:
+    return records.DataFormatError(f"{where}: {reason}")
 
 
 def gsm8k_gold(answer: str, where: str = "gsm8k") -> str:
@@ -86,44 +87,44 @@ def olympiadbench_tolerance(record: dict, where: str) -> Optional[float]:
         raise _where_answer(where, f"'error' must be one number, not {error!r}"[:200]) from None
 
 
-def _gsm8k(where: str, record: dict) -> readers.Problem:
-    answer = readers.require(record, "answer", where)
-    return readers.Problem(problem_id=f"gsm8k/test/{readers.require(record, 'idx', where)}",
-                           problem=readers.require(record, "question", where), solution=answer,
+def _gsm8k(where: str, record: dict) -> records.Problem:
+    answer = records.require(record, "answer", where)
+    return records.Problem(problem_id=f"gsm8k/test/{records.require(record, 'idx', where)}",
+                           problem=records.require(record, "question", where), solution=answer,
                            answer=gsm8k_gold(answer, where))
 
 
-def _aime24(where: str, record: dict) -> readers.Problem:
-    return readers.Problem(problem_id=f"aime24/{readers.require(record, 'id', where)}",
-                           problem=readers.require(record, "problem", where),
+def _aime24(where: str, record: dict) -> records.Problem:
+    return records.Problem(problem_id=f"aime24/{records.require(record, 'id', where)}",
+                           problem=records.require(record, "problem", where),
                            solution=record.get("solution") or "",
-                           answer=str(readers.require(record, "answer", where)).strip())
+                           answer=str(records.require(record, "answer", where)).strip())
 
 
-def _amc23(where: str, record: dict) -> readers.Problem:
-    return readers.Problem(problem_id=f"amc23/{readers.require(record, 'id', where)}",
-                           problem=readers.require(record, "problem", where), solution="",
-                           answer=amc23_gold(readers.require(record, "answer", where), where))
+def _amc23(where: str, record: dict) -> records.Problem:
+    return records.Problem(problem_id=f"amc23/{records.require(record, 'id', where)}",
+                           problem=records.require(record, "problem", where), solution="",
+                           answer=amc23_gold(records.require(record, "answer", where), where))
 
 
-def _minerva_math(where: str, record: dict) -> readers.Problem:
-    solution = readers.require(record, "solution", where)
-    return readers.Problem(problem_id=f"minerva_math/{readers.require(record, 'idx', where)}",
-                           problem=readers.require(record, "problem", where), solution=solution,
+def _minerva_math(where: str, record: dict) -> records.Problem:
+    solution = records.require(record, "solution", where)
+    return records.Problem(problem_id=f"minerva_math/{records.require(record, 'idx', where)}",
+                           problem=records.require(record, "problem", where), solution=solution,
                            answer=minerva_gold(solution, where), subject=str(record.get("type", "")))
 
 
-def _olympiadbench(where: str, record: dict) -> readers.Problem:
-    final = readers.require(record, "final_answer", where)
+def _olympiadbench(where: str, record: dict) -> records.Problem:
+    final = records.require(record, "final_answer", where)
     if not isinstance(final, list) or not final or not isinstance(final[0], str):
         raise _where_answer(where, "'final_answer' must be a non-empty list of strings")
     parts = olympiadbench_parts(final[0], bool(record.get("is_multiple_answer")))
     if not parts:
         raise _where_answer(where, "'final_answer' is empty")
     solutions = record.get("solution") or []
-    return readers.Problem(
-        problem_id=f"olympiadbench/{readers.require(record, 'id', where)}",
-        problem=readers.require(record, "question", where),
+    return records.Problem(
+        problem_id=f"olympiadbench/{records.require(record, 'id', where)}",
+        problem=records.require(record, "question", where),
         solution=solutions[0] if isinstance(solutions, list) and solutions else "",
         answer=parts if len(parts) > 1 else parts[0], subject=str(record.get("subfield") or ""),
         unit=_strip_dollars(str(record.get("unit") or "")),
@@ -131,7 +132,7 @@ def _olympiadbench(where: str, record: dict) -> readers.Problem:
         tolerance=olympiadbench_tolerance(record, where))
 
 
-READERS: dict[str, Callable[[str, dict], readers.Problem]] = {
+READERS: dict[str, Callable[[str, dict], records.Problem]] = {
     "gsm8k": _gsm8k, "aime24": _aime24, "amc23": _amc23, "minerva_math": _minerva_math,
     "olympiadbench": _olympiadbench}
 
@@ -142,7 +143,7 @@ def benchmark_file(name: str, split: str) -> pathlib.Path:
     return paths.benchmarks_dir() / name / "test.jsonl"
 
 
-def read_benchmark(name: str, split: str = "test") -> list[readers.Problem]:
+def read_benchmark(name: str, split: str = "test") -> list[records.Problem]:
     """The problems of benchmark `name` (a key of READERS); errors name FILE:LINE."""
     read = READERS[name]
-    return [read(where, record) for where, record in readers.iter_jsonl(benchmark_file(name, split))]
+    return [read(where, record) for where, record in records.iter_jsonl(benchmark_file(name, split))]

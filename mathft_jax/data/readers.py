@@ -1,90 +1,25 @@
 """Readers for MATH, PRM800K's `math_splits` and PRM800K's step-level label files.
 
-Every reader returns `Problem` records. Bad input fails loudly: a malformed JSON line names
+Every reader returns `Problem` records (`records.py`, re-exported here with `iter_jsonl`,
+`require` and `DataFormatError`). Bad input fails loudly: a malformed JSON line names
 `file:line`, a missing field names the field, an empty file says so. Schemas:
 ../shared/data/README.md and docs/data.md.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import math
 import os
 import pathlib
 import re
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
-from mathft_jax import grading
 from mathft_jax.core import storage
-from mathft_jax.core.errors import DataError
-
-PathLike = Union[str, pathlib.Path]
-
-
-class DataFormatError(DataError):
-    """Input data that does not match its documented schema (a ValueError; from the command
-    line, a one-line error naming FILE:LINE, exit 1)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One problem with one reference solution (the solution ends in `\\boxed{answer}`)."""
-
-    problem_id: str
-    problem: str
-    solution: str
-    # None where neither the record nor its solution gives one; a tuple of parts where a
-    # benchmark asks for several answers, all of which a sample must give (OlympiadBench)
-    answer: Optional[Union[str, tuple[str, ...]]]
-    level: str = ""
-    subject: str = ""
-    unit: str = ""  # the unit the answer is in, where the benchmark states one
-    answer_type: str = ""  # OlympiadBench's Numerical / Expression / Tuple / Interval
-    tolerance: Optional[float] = None  # absolute, for numeric answers (docs/benchmarks.md)
-
-    @property
-    def answer_text(self) -> str:
-        """The answer as one string (parts joined by ", "); "" where there is none."""
-        return ", ".join(self.answer) if isinstance(self.answer, tuple) else self.answer or ""
-
-
-# ----------------------------------------------------------------------------- JSON lines
-
-
-def iter_jsonl(path: PathLike) -> Iterator[tuple[str, dict]]:
-    """Yields (`file:line`, record) for each non-blank line; errors name `file:line`."""
-    path = storage.path(path)  # local or gs://
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    seen = False
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{where}: malformed JSON line ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            seen = True
-            yield where, record
-    if not seen:
-        raise DataFormatError(f"{path}: empty file, no JSON records in it")
-
-
-def require(record: dict, field: str, where: str) -> Any:
-    """`record[field]` (dotted paths allowed); a missing field is an error naming it."""
-    value: Any = record
-    for part in field.split("."):
-        if not isinstance(value, dict) or value.get(part) is None:
-            raise DataFormatError(f"{where}: record is missing required field '{field}'")
-        value = value[part]
-    return value
-
+from mathft_jax.data.records import DataFormatError, PathLike, Problem, iter_jsonl, require
+from mathft_jax.grading.equiv import is_equiv
+from mathft_jax.grading.extract import extract_answer
 
 def _keep_answered(problems: list[Problem], source: PathLike, require_answer: bool) -> list[Problem]:
     if not require_answer:
@@ -118,7 +53,7 @@ def _math_answer(record: dict, solution: str, where: str) -> Optional[str]:
     if isinstance(answer, (int, float)):
         answer = str(answer)
     if answer is None or not answer.strip():
-        answer = grading.extract_answer(solution)
+        answer = extract_answer(solution)
     return answer.strip() if answer and answer.strip() else None
 
 
@@ -225,7 +160,7 @@ def prm800k_solution(record: dict, where: str) -> tuple[Optional[str], str]:
     if rewritten is None:
         return None, "no_answer_section"
     solution, answer = rewritten
-    if not grading.is_equiv(answer, str(gold)):
+    if not is_equiv(answer, str(gold)):
         return None, "answer_not_equal_to_ground_truth"
     return solution, "kept"
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 import gin
 
-from mathft_jax.data.readers import Problem
+from mathft_jax.data.records import Problem
 
 STYLES = ("steps", "terse")
 SPLITS = ("train", "validation", "test")

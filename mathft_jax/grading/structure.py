@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from mathft_jax.grading import linear
+from mathft_jax.grading import expr, linear, values
 
 MAX_NESTING = 12
 _MATRIX = re.compile(r"^\\begin\{pmatrix\}(.*)\\end\{pmatrix\}$", re.DOTALL)
@@ -83,14 +83,28 @@ def _interval(parts: list[str], relations: list[str]):
         return ("seq", "(" if relation == ">" else "[", ")", (_scalar(bound), _scalar("\\infty")))
     if len(parts) == 2 and _VARIABLE.match(parts[1]):
         return _interval([parts[1], parts[0]], [_FLIPPED[relations[0]]])
-    solved = linear.solve(*parts) if len(parts) == 2 else None
+    solved = _solved(*parts) if len(parts) == 2 else None
     if solved is not None:  # `-x > -1`, `2x + 1 \le 5`: solved for the variable
-        variable, bound, flipped = solved
+        variable, (bound, flipped) = solved
         return _interval([variable, bound], [_FLIPPED[relations[0]] if flipped else relations[0]])
     if len(parts) == 3 and _VARIABLE.match(parts[1]) and all(r in ("<", "\\le") for r in relations):
         return ("seq", "(" if relations[0] == "<" else "[", ")" if relations[1] == "<" else "]",
                 (_scalar(parts[0]), _scalar(parts[2])))
     return None
+
+
+def _solved(lhs: str, rhs: str):
+    """(variable, (bound, flipped)) of a relation linear in its one variable, else None."""
+    try:
+        left, right = expr.parse_expression(lhs), expr.parse_expression(rhs)
+    except (expr.ParseError, ValueError, ZeroDivisionError):
+        return None
+    variables = expr.free_variables(left) | expr.free_variables(right)
+    if len(variables) != 1:
+        return None
+    (variable,) = variables
+    solved = linear.solve(left, right, variable, values.exact_value)
+    return None if solved is None else (variable, solved)
 
 
 def _scalar(source: str):
