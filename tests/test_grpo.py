@@ -141,6 +141,16 @@ def test_rewards_by_name_and_weights():
         rewards.register_reward("correct")(lambda p, t: 0.0)
 
 
+def test_correct_reward_takes_a_benchmarks_parts_and_tolerance():
+    """A problem record of a benchmark (data.sources.problem_record): a list gold needs every
+    part, and `gold_tolerance` is granted."""
+    problems = [{"problem_id": "a", "problem": "?", "gold": ["69", "84"]},
+                {"problem_id": "b", "problem": "?", "gold": "4.2", "gold_tolerance": 0.1}]
+    texts = [["\\boxed{84, 69}", "\\boxed{69}"], ["\\boxed{4.25}", "\\boxed{4.4}"]]
+    _, parts = rewards.compute_rewards(problems, texts, {"correct": 1.0})
+    np.testing.assert_array_equal(parts["correct"], [[1, 0], [1, 0]])
+
+
 def test_correct_reward_is_the_pipelines_judgment_by_the_chosen_grader(monkeypatch):
     """`correct` is candidates.grade_sample's verdict by the grader given (the pipeline's
     `pipeline.grader` in its grpo stage), not always mathft's."""

@@ -39,8 +39,9 @@ class Verdict(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Grader:
     name: str
-    # (text, answer, gold, deadline, tolerance); gold a string or a list of parts
-    judge: Callable[[str | None, str | None, Gold, Deadline, float | None], bool]
+    # (text, answer, gold, deadline[, tolerance]): gold a string or a list of parts; the
+    # tolerance is passed only where a record grants one, so a 4-argument judge still serves
+    judge: Callable[..., bool]
     version: Callable[[], str]
     reads_text: bool = False  # its own extraction from the whole text
     module: str | None = None  # an optional package it needs, installed by the pip `extra`
@@ -129,6 +130,7 @@ def grade(text: str | None, gold: Gold, policy: str = "strict", grader: str = "m
     if not _valid_gold(gold) or (answer is None and not chosen.reads_text):
         return Verdict(answer, False)
     try:
-        return Verdict(answer, bool(chosen.judge(text, answer, gold, deadline, tolerance)))
+        extra = () if tolerance is None else (tolerance,)
+        return Verdict(answer, bool(chosen.judge(text, answer, gold, deadline, *extra)))
     except Exception:  # noqa: BLE001 - a grader must never raise on garbage
         return Verdict(answer, False)
