@@ -96,10 +96,14 @@ def test_verdicts_that_need_sympy_do_not_depend_on_load():
     8 threads.)"""
     pairs = hostile_answers.sympy_pairs(SEED)
     warm_up()
+    serial, asked = [], []
     with grader_probes.sympy_requests() as requests:
-        serial = [_verdict(pair) for pair in pairs]
-    assert len({a for a, _, _ in requests}) >= len(pairs)  # every pair needed sympy
-    assert True in serial and False in serial
+        for pair in pairs:
+            before = len(requests)
+            serial.append(_verdict(pair))
+            asked.append(len(requests) > before)
+    assert all(asked) and len(set(pairs)) == len(pairs) == 36  # distinct, each needing sympy
+    assert all(serial)  # equal pairs, shown equal: under threads they came back False
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         threaded = list(pool.map(_verdict, pairs * 2))
     with multiprocessing.get_context("spawn").Pool(3, initializer=warm_up) as pool:
