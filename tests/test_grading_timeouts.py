@@ -160,3 +160,22 @@ def test_pool_serves_threads_at_once_and_a_caller_waits_for_a_free_helper():
     assert results == [None, None, None]  # each cut off at its own 2 s of CPU time
     assert late["verdict"] is True and late["pending when served"] >= 1  # waited, then served
     assert late["charged"] < 0.5  # the wait is not its work: only its own quick step is
+
+
+def test_a_wait_for_a_busy_helper_does_not_cost_a_verdict(monkeypatch):
+    """The issue's case, made certain: the one helper is busy for 2 s of CPU time when a call
+    with a 1 s bound needs it. The call waits, then is served: `(x+1)^2` is still shown equal
+    to `x^2+2x+1` (a wall-clock deadline ran out while waiting, and said False)."""
+    pool = HelperPool(size=1)
+    monkeypatch.setattr(timeout, "HELPERS", pool)
+    busy = threading.Thread(target=pool.equal, args=(SLOW, "Symbol('x')", 2.0))
+    try:
+        assert pool.warm_up(1)
+        busy.start()
+        wait_for(lambda: not pool._idle, "the one helper busy")
+        before = deadline.work_time()
+        assert is_equiv("(x+1)^2", "x^2+2x+1", timeout_s=1.0) is True
+        assert deadline.work_time() - before < 1.0
+        busy.join(timeout=HANG_LIMIT_S)
+    finally:
+        pool.stop()
