@@ -172,3 +172,13 @@ def test_form_pair(pair):
         assert grade(pair.answer, pair.gold, policy="lenient").correct is pair.correct
     else:
         check(pair.answer, pair.gold, pair.correct)
+
+
+def test_expansions_past_the_size_limit_are_not_attempted():
+    """`(x+y+z+1)^{41}` expands to 13,244 terms: refused by size (not shown equal), the same
+    on any machine, rather than left to a time budget it nearly fills."""
+    from grader_probes import sympy_requests
+    with sympy_requests(lambda *_: True) as requests:
+        assert is_equiv("(2x+2y+2z+2)^{39}", "2^{39}(x+y+z+1)^{39}")  # 11,480 terms: asked
+        assert not is_equiv("(2x+2y+2z+2)^{41}", "2^{41}(x+y+z+1)^{41}")
+    assert len(requests) == 1

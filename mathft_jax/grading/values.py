@@ -18,6 +18,11 @@ MAX_RESULT_BITS = 20_000
 MAX_EXPONENT = 10_000
 MAX_FACTORIAL = 500
 DIGITS = 50
+# Sympy is not asked to expand past this many terms: `(x+y+z+1)^{41}` has 13,244 and takes
+# seconds, close to a step's budget, so whether it finished would depend on the machine's load
+# (CPU time itself stretches when the other hardware thread of a core is busy). Refused by
+# size, it is "not shown equal" everywhere.
+MAX_EXPANDED_TERMS = 12_000
 _MAGNITUDE_LIMIT = mpmath.mpf(2) ** MAX_RESULT_BITS
 
 
@@ -233,6 +238,28 @@ def rounded(value, places: int) -> Decimal:
         else:
             number = Decimal(mpmath.nstr(mpmath.re(value), DIGITS, strip_zeros=False))
         return number.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+
+
+def expanded_terms(node) -> int:
+    """An upper estimate of the terms of `node` expanded (a power of a sum of n terms to an
+    integer k has C(n+k-1, k)); capped just past MAX_EXPANDED_TERMS, so always cheap."""
+    cap = MAX_EXPANDED_TERMS + 1
+    kind = node[0]
+    if kind == "add":
+        return min(cap, sum(expanded_terms(term) for term in node[1]))
+    if kind == "mul":
+        product = 1
+        for factor in node[1]:
+            product = min(cap, product * expanded_terms(factor))
+        return product
+    if kind in ("neg", "div"):
+        return min(cap, sum(expanded_terms(child) for child in node[1:]))
+    if kind == "pow" and node[2][0] == "num" and node[2][1].denominator == 1 and node[2][1] > 0:
+        terms, k = expanded_terms(node[1]), node[2][1].numerator
+        if terms == 1:
+            return 1
+        return cap if k > MAX_EXPONENT else min(cap, math.comb(terms + k - 1, k))
+    return 1
 
 
 _SYMPY_FUNCTIONS = {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}
