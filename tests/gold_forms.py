@@ -9,8 +9,8 @@ from fractions import Fraction
 
 def rerendered(gold: str, name: str) -> list[str]:
     """`27.0` for 27, a fraction for a decimal, thousands separators, `25` for `025`, the file's
-    own JSON spelling for AMC23, math delimiters."""
-    forms = [f"$ {gold} $"]
+    own JSON spelling for AMC23, a group in braces with spaces."""
+    forms = [f"{{ {gold} }}"]
     if re.fullmatch(r"-?\d+", gold):
         forms += [f"{int(gold)}.0", str(int(gold))]
         if abs(int(gold)) >= 1000:

@@ -182,3 +182,11 @@ def test_expansions_past_the_size_limit_are_not_attempted():
         assert is_equiv("(2x+2y+2z+2)^{39}", "2^{39}(x+y+z+1)^{39}")  # 11,480 terms: asked
         assert not is_equiv("(2x+2y+2z+2)^{41}", "2^{41}(x+y+z+1)^{41}")
     assert len(requests) == 1
+
+
+@pytest.mark.parametrize("a, b, equivalent", [
+    ("{ (3, 4) }", "(3, 4)", True), ("{ \\text{east} }", "east", True), ("{90^\\circ}", "90", True),
+    ("{x=5}", "5", True), ("{a}+{b}", "a+b", True), ("{ (3, 4) }", "(4, 3)", False),
+])
+def test_a_whole_answer_in_braces_is_its_content(a, b, equivalent):
+    check(a, b, equivalent)

@@ -60,8 +60,18 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ")
 _WORD_SEPARATORS = re.compile(r"\\text\{\s*(?:or|and|,\s*and)\s*\}|\s+(?:or|and)\s+")
 
 
+def _one_group(answer: str) -> bool:
+    """Whether `answer` is one `{...}` group: its first brace closes at its last character."""
+    depth = 0
+    for position, char in enumerate(answer):
+        depth += (char == "{") - (char == "}")
+        if depth == 0:
+            return position == len(answer) - 1 and answer[0] == "{"
+    return False
+
+
 def _strip_wrappers(answer: str) -> str:
-    """Drop math delimiters, a whole-answer `\\boxed{}` and a final full stop."""
+    """Drop math delimiters, a whole-answer `\\boxed{}` or `{...}` group and a final full stop."""
     answer = answer.strip()
     changed = True
     while changed:
@@ -69,6 +79,8 @@ def _strip_wrappers(answer: str) -> str:
         for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("\\boxed{", "}")):
             if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right):
                 answer, changed = answer[len(left):-len(right)].strip(), True
+        if len(answer) > 2 and _one_group(answer):  # `{ (3, 4) }`: a group, not a set
+            answer, changed = answer[1:-1].strip(), True
         if answer.endswith(".") and not answer.endswith(".."):
             answer, changed = answer[:-1].rstrip(), True
     return answer
