@@ -111,7 +111,7 @@ def test_step_over_its_cpu_budget_is_cut_off_and_the_helper_answers_on(in_thread
         helper.stop()
     assert result["warm"] is True
     assert result["slow"] is None and result["same process"]  # cut off: "cannot decide"
-    assert result["charged"] >= 0.5  # its CPU time is the caller's work
+    assert result["charged"] >= 0.4  # its CPU time (the timer fires within a tick) is charged
     assert result["after"] is True
 
 
