@@ -92,6 +92,7 @@ def _verdict(pair: tuple[str, str]) -> bool:
     return is_equiv(*pair, timeout_s=LOAD_BOUND_S)
 
 
+@pytest.mark.slow
 def test_verdicts_that_need_sympy_do_not_depend_on_load():
     """The deadline counts a call's own work, not its waits (for the GIL, a free helper, a
     core): 8 threads sharing 2 cores and 4 helpers, and 3 spawned processes, give the serial
