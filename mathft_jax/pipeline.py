@@ -215,7 +215,7 @@ def pipeline(config: Optional[PipelineConfig] = None, **fields) -> dict:
         with gin.unlock_config():
             gin.bind_parameter("preference_file.path", run.preferences())
     with provenance.unrecorded():  # every stage's settings, checked before anything runs
-        configs = {stage: _stage_configs(cfg, run, stage) for stage in stages}
+        configs = {stage: stage_configs(cfg, run, stage) for stage in stages}
     resolved = {stage: _resolved(cfg, run, stage, configs[stage]) for stage in stages}
     distributed.check_shared_dir(run.root)
     if not cfg.ignore_config_changes:
@@ -287,7 +287,7 @@ def _train_config(cfg: PipelineConfig, run: Run, stage: str):
                                      init_checkpoint=init).validate()
 
 
-def _stage_configs(cfg: PipelineConfig, run: Run, stage: str) -> dict:
+def stage_configs(cfg: PipelineConfig, run: Run, stage: str) -> dict:
     """The typed configs a stage runs with, validated: {"train": TrainConfig,
     "grpo": GrpoConfig, "infer[<generator>]": InferConfig}, those the stage has."""
     configs = {"train": _train_config(cfg, run, stage)} if stage in TRAIN_STAGES else {}
@@ -300,12 +300,12 @@ def _stage_configs(cfg: PipelineConfig, run: Run, stage: str) -> dict:
 
 def _resolved(cfg: PipelineConfig, run: Run, stage: str,
               configs: Optional[dict] = None) -> dict:
-    """A stage's settings as this run resolves them (`_stage_configs`, made here when not
+    """A stage's settings as this run resolves them (`stage_configs`, made here when not
     given), for the rerun check: {"train.task": repr, "infer[mtsf].num_samples": repr, ...},
     paths inside the run written relative to it (a stage shared with another run directory
     compares equal)."""
     if configs is None:
-        configs = _stage_configs(cfg, run, stage)
+        configs = stage_configs(cfg, run, stage)
     out = {f"{name}.{field.name}": provenance.stable_repr(getattr(config, field.name))
            for name, config in configs.items() for field in dataclasses.fields(config)}
     if stage in ("score", "evaluate") and cfg.evaluator_checkpoint:  # another run's evaluator:

@@ -36,7 +36,7 @@ from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.training.objectives import lm_objective, rows_per_group
-from mathft_jax.training.trainer import abstract_state, init_state, make_eval_step, make_train_step
+from mathft_jax.training.trainer import abstract_state, init_state, jit_train_step, make_eval_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -169,12 +169,8 @@ def train(config: Optional[TrainConfig] = None, *, model: Optional[DecoderConfig
                              seed, data_iterator, partitioner)
     start = int(state.step)
     with partitioner.context():
-        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches,
-                                          partitioner),
-                          # batches arrive as global arrays already laid out by global_batch()
-                          in_shardings=(shardings, None),
-                          out_shardings=(shardings, partitioner.replicated),
-                          donate_argnums=0)
+        step_fn = jit_train_step(cfg, optimizer, schedule, objective, micro_batches,
+                                 partitioner, shardings)
         eval_fn = jax.jit(make_eval_step(cfg, objective))
         preemption.install()
         bar = distributed.progress_bar(progress, start, total_steps, "train", "step")

@@ -54,7 +54,7 @@ from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
 from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.rl import grpo as grpo_lib, rewards as rewards_lib, rollout as rollout_lib
-from mathft_jax.training.trainer import TrainState, abstract_state, init_state, make_train_step
+from mathft_jax.training.trainer import TrainState, abstract_state, init_state, jit_train_step
 
 
 @dataclasses.dataclass
@@ -242,11 +242,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, model: Optional[DecoderConfig] 
     if sft_weight:
         loss = grpo_lib.with_supervised(loss, sft_weight)
     with partitioner.context():
-        step_fn = jax.jit(make_train_step(cfg, optimizer, schedule, loss, micro_batches,
-                                          partitioner),
-                          in_shardings=(shardings, None),
-                          out_shardings=(shardings, partitioner.replicated),
-                          donate_argnums=0)
+        step_fn = jit_train_step(cfg, optimizer, schedule, loss, micro_batches, partitioner,
+                                 shardings)
         stats_fn = jax.jit(functools.partial(grpo_lib.policy_token_stats, model,
                                              temperature=temperature))
 

@@ -1,0 +1,105 @@
+"""Compile a program for TPU chips that are not here: libtpu's compile-only devices.
+
+`abstract_devices(topology)` asks libtpu for a topology's devices (`jax.experimental.
+topologies`, as MaxText's train_compile.py does); a mesh built from them by the project's
+own `make_mesh` lowers and compiles real programs with XLA's TPU compiler, and nothing runs.
+`measure(lowered)` compiles and reads per chip what XLA says (memory and cost analysis) and
+what the HLO says (planning.hlo).
+
+On a machine without TPU, libtpu looks for the TPU host it would run on (the accelerator type,
+the worker addresses, the GCE metadata server) and prints errors when it finds none.
+`LIBTPU_QUIET_ENV` answers those questions for a single compile-only host; `quiet_libtpu()`
+sets each one the user has not set, before libtpu loads, and returns what it set so the
+planner can say so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+from mathft_jax.planning import hlo
+from mathft_jax.planning.chips import Topology
+
+# libtpu's start-up questions, answered for a compile-only host (no TPU to find).
+LIBTPU_QUIET_ENV = {
+    "TPU_SKIP_MDS_QUERY": "1",  # no GCE metadata server to ask for the TPU's identity
+    "TPU_ACCELERATOR_TYPE": "v5litepod-4",  # any valid type: the topology is given per compile
+    "TPU_WORKER_HOSTNAMES": "localhost",  # one worker: this process
+    "TPU_WORKER_ID": "0",
+}
+
+
+def quiet_libtpu() -> dict:
+    """Set LIBTPU_QUIET_ENV's variables the user has not set; returns those set."""
+    chosen = {k: v for k, v in LIBTPU_QUIET_ENV.items() if k not in os.environ}
+    os.environ.update(chosen)
+    return chosen
+
+
+def libtpu_available() -> bool:
+    from jax._src import xla_bridge  # noqa: PLC0415 (the one place JAX says where libtpu is)
+    return xla_bridge.get_tpu_library_path() is not None
+
+
+def abstract_devices(topology: Topology) -> list:
+    """libtpu's compile-only devices of `topology` (all its slices)."""
+    from jax.experimental.topologies import get_topology_desc  # noqa: PLC0415
+    chip = topology.chip
+    dims3 = tuple(topology.dims) + (1,) * (3 - len(topology.dims))
+    # A slice wraps around (a torus) along axes of a full 4-chip cube side (3D chips) or a
+    # full 16-chip side (2D pods), as Cloud TPU slices do.
+    full = 4 if chip.ici_links == 6 else 16
+    wrap = tuple(d >= full and d % full == 0 for d in dims3)
+    kwargs = {"chip_config_name": chip.chip_config, "wrap": wrap}
+    if topology.slices > 1:
+        kwargs["num_slices"] = topology.slices
+    return list(get_topology_desc(platform="tpu", topology_name=topology.libtpu_name,
+                                  **kwargs).devices)
+
+
+@dataclasses.dataclass
+class Measurement:
+    """One compiled program, per chip."""
+    argument_bytes: float
+    output_bytes: float
+    alias_bytes: float
+    temp_bytes: float
+    generated_code_bytes: float
+    xla_flops: float  # cost_analysis: while bodies counted once
+    xla_bytes: float
+    hlo: hlo.Analysis  # while bodies counted per trip
+    compile_s: float
+
+    @property
+    def peak_bytes(self) -> float:
+        """What the program holds at its peak: arguments, outputs that do not reuse an
+        argument's buffer (donation), temporaries and the code."""
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+                + self.generated_code_bytes)
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "hlo"}
+        return {**out, "peak_bytes": self.peak_bytes, "hlo": self.hlo.to_json()}
+
+
+def measure(lowered, devices: Optional[list] = None) -> Measurement:
+    """Compile `lowered` and read its per-chip memory, cost and HLO analysis. `devices`: the
+    program's device order (its mesh's), which tells each device's slice."""
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, list):  # older JAX: one dict per program
+        cost = cost[0] if cost else {}
+    slices = [getattr(d, "slice_index", 0) or 0 for d in (devices or [])]
+    analysis = hlo.analyse(compiled.as_text(),
+                           lambda i: slices[i] if i < len(slices) else 0)
+    return Measurement(
+        argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+        generated_code_bytes=memory.generated_code_size_in_bytes,
+        xla_flops=float(cost.get("flops", 0.0)), xla_bytes=float(cost.get("bytes accessed", 0.0)),
+        hlo=analysis, compile_s=seconds)
