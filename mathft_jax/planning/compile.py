@@ -84,9 +84,11 @@ class Measurement:
         return {**out, "peak_bytes": self.peak_bytes, "hlo": self.hlo.to_json()}
 
 
-def measure(lowered, devices: Optional[list] = None) -> Measurement:
+def measure(lowered, devices: Optional[list] = None,
+            loop_trips: Optional[dict] = None) -> Measurement:
     """Compile `lowered` and read its per-chip memory, cost and HLO analysis. `devices`: the
-    program's device order (its mesh's), which tells each device's slice."""
+    program's device order (its mesh's), which tells each device's slice; `loop_trips`: the
+    trip counts of its data-dependent loops (`hlo.Module.multiplicities`)."""
     t0 = time.perf_counter()
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
@@ -95,8 +97,8 @@ def measure(lowered, devices: Optional[list] = None) -> Measurement:
     if isinstance(cost, list):  # older JAX: one dict per program
         cost = cost[0] if cost else {}
     slices = [getattr(d, "slice_index", 0) or 0 for d in (devices or [])]
-    analysis = hlo.analyse(compiled.as_text(),
-                           lambda i: slices[i] if i < len(slices) else 0)
+    analysis = hlo.analyse(compiled.as_text(), lambda i: slices[i] if i < len(slices) else 0,
+                           loop_trips)
     return Measurement(
         argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,

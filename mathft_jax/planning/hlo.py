@@ -179,9 +179,14 @@ class Module:
             raise ValueError("no ENTRY computation in the HLO text")
         return cls(computations, entry)
 
-    def multiplicities(self) -> tuple[dict, dict, list]:
+    def multiplicities(self, loop_trips: Optional[dict] = None) -> tuple[dict, dict, list]:
         """(times each computation runs per call of the entry, which computations are fusion
-        bodies (no HBM traffic of their own), loops whose trip count XLA did not record)."""
+        bodies (no HBM traffic of their own), loops whose trip count is not in the HLO).
+
+        A loop whose trip count depends on the data (a decode loop that stops when every
+        sequence has ended, attention over the filled part of a KV cache) takes it from
+        `loop_trips`, {op_name substring: trips}: the first key found in the loop's source
+        op name ("" matches any); with none, once, and it is listed as unknown."""
         count = collections.Counter({self.entry: 1})
         fused, unknown = set(), []
         order = [self.entry]
@@ -192,9 +197,11 @@ class Module:
                 for kind, callee in inst.callees():
                     times = count[name]
                     if inst.opcode == "while" and kind == "body":
-                        trips = inst.trip_count
+                        trips = inst.trip_count or self.counted_trips(inst)
                         if trips is None:
-                            unknown.append(inst.name)
+                            trips = _hinted(inst, loop_trips or {})
+                        if trips is None:
+                            unknown.append(inst.op_name or inst.name)
                             trips = 1
                         times *= trips
                     if kind == "to_apply":
@@ -206,6 +213,57 @@ class Module:
                         seen.add(callee)
                         order.append(callee)
         return dict(count), fused, unknown
+
+
+    @property
+    def instructions(self) -> dict:
+        return {i.name: i for insts in self.computations.values() for i in insts}
+
+    def counted_trips(self, loop: Instruction) -> Optional[int]:
+        """The trip count of a counted loop, read from its condition (TPU's compiled HLO
+        records no known_trip_count): `counter < C` (or <=) on a tuple element that starts
+        at a constant (a scan's, a fori_loop's)."""
+        callees = dict(loop.callees())
+        condition = self.computations.get(callees.get("condition"), [])
+        by_name = {i.name: i for i in condition}
+        root = condition[-1] if condition else None
+        if root is None or root.opcode != "compare" or len(root.operands) != 2:
+            return None
+        direction = re.search(r"direction=(\w+)", root.attributes)
+        counter, limit = (by_name.get(o.lstrip("%")) for o in root.operands)
+        if (direction is None or direction.group(1) not in ("LT", "LE") or counter is None
+                or limit is None or counter.opcode != "get-tuple-element"
+                or limit.opcode != "constant"):
+            return None
+        index = int(re.search(r"index=(\d+)", counter.attributes).group(1))
+        start = self._constant_element(loop.operands[0].lstrip("%"), index)
+        if start is None:
+            return None
+        trips = int(limit.operands[0]) - start + (direction.group(1) == "LE")
+        return max(trips, 0)
+
+    def _constant_element(self, tuple_name: str, index: int) -> Optional[int]:
+        """The integer constant at `index` of the tuple instruction `tuple_name`, if it is one."""
+        insts = self.instructions
+        tup = insts.get(tuple_name)
+        if tup is None or tup.opcode != "tuple" or index >= len(tup.operands):
+            return None
+        element = insts.get(tup.operands[index].lstrip("%"))
+        while element is not None and element.opcode == "copy":  # a copy of the constant
+            element = insts.get(element.operands[0].lstrip("%"))
+        if element is None or element.opcode != "constant":
+            return None
+        try:
+            return int(element.operands[0])
+        except ValueError:
+            return None
+
+
+def _hinted(loop: Instruction, loop_trips: dict) -> Optional[int]:
+    for key, trips in loop_trips.items():
+        if key in loop.op_name:
+            return trips
+    return None
 
 
 def dot_flops(inst: Instruction, shapes: dict) -> float:
@@ -318,12 +376,13 @@ class Analysis:
 
 
 def analyse(text: str, slice_of: Callable[[int], int] = lambda device: 0,
-            top: int = 8) -> Analysis:
+            loop_trips: Optional[dict] = None, top: int = 8) -> Analysis:
     """Read compiled HLO text; `slice_of` maps a logical device id (the program's device
-    order) to its slice, which tells DCN collectives from ICI ones."""
+    order) to its slice, which tells DCN collectives from ICI ones; `loop_trips` gives
+    data-dependent loops their trip counts (`Module.multiplicities`)."""
     module = Module.parse(text)
     shapes = module.shapes
-    times, fused, unknown = module.multiplicities()
+    times, fused, unknown = module.multiplicities(loop_trips)
     flops = hbm = 0.0
     collectives: dict = {}
     values = []

@@ -39,6 +39,7 @@ from mathft_jax.data import packing
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, init_cache
+from mathft_jax.models.layers import CACHE_BLOCK
 from mathft_jax.optim import learning_rate_schedule, make_optimizer
 from mathft_jax.partitioning import BATCH_AXES, Partitioner
 from mathft_jax.rl import grpo as grpo_lib
@@ -56,6 +57,9 @@ class Program:
     tokens: int  # tokens it processes per call, all chips
     model_flops: float  # analytic FLOPs per call, all chips (models.sizes)
     training: bool  # forward and backward (else forward only)
+    # Trip counts of loops that depend on the data, by a piece of their op name
+    # (hlo.Module.multiplicities): a decode loop's steps, the cache blocks attention reads.
+    loop_trips: dict = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -175,8 +179,9 @@ def sampling_programs(stage: str, cfg: DecoderConfig, partitioner: Partitioner,
                 split(partitioner, (rows,), jnp.int32),
                 _sharded(partitioner, (rows * n,), jnp.int32), *_scalars(partitioner))
         tokens = rows * n * infer.max_decode_len
+        trips = {"_cache_attention": _cache_blocks(context), "": infer.max_decode_len}
         return [Program(stage, "generate", _lowering(partitioner, stage, fn, *args), tokens,
-                        _forward_flops(cfg, context) * (tokens + rows * width), False)]
+                        _forward_flops(cfg, context) * (tokens + rows * width), False, trips)]
     slots = infer.slots or infer.batch_size * n
     engine.check_slots(slots, partitioner)
     capacity = decoding.cache_length(width, infer.max_decode_len)
@@ -198,7 +203,14 @@ def sampling_programs(stage: str, cfg: DecoderConfig, partitioner: Partitioner,
     return [Program(stage, "prefill", _lowering(partitioner, stage, prefill, *prefill_args),
                     group_rows * width, _forward_flops(cfg, width) * group_rows * width, False),
             Program(stage, "decode_chunk", _lowering(partitioner, stage, chunk, *chunk_args),
-                    decode_tokens, _forward_flops(cfg, context) * decode_tokens, False)]
+                    decode_tokens, _forward_flops(cfg, context) * decode_tokens, False,
+                    {"_cache_attention": _cache_blocks(capacity), "": infer.chunk})]
+
+
+def _cache_blocks(length: int) -> int:
+    """Blocks of a KV cache attention reads at most (layers.CACHE_BLOCK slots each): the
+    data-dependent loop's trip count when the cache is full, an upper bound."""
+    return -(-length // CACHE_BLOCK)
 
 
 def _cache_structs(cfg: DecoderConfig, partitioner: Partitioner, rows: int, length: int,
@@ -239,7 +251,8 @@ def score_programs(cfg: DecoderConfig, partitioner: Partitioner, infer: Sampling
                 _sharded(partitioner, (rows,), jnp.int32))
         name = "label_logprobs"
     return [Program("score", name, _lowering(partitioner, "score", fn, *args), rows * context,
-                    _forward_flops(cfg, context) * rows * context, False)]
+                    _forward_flops(cfg, context) * rows * context, False,
+                    {"_cache_attention": _cache_blocks(context + 2)})]
 
 
 def dpo_reference_program(cfg: DecoderConfig, partitioner: Partitioner, dpo_train) -> Program:
