@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mathft_jax import platforms
+from mathft_jax.core import platforms
 from mathft_jax.planning import hlo
 from mathft_jax.planning.chips import CHIPS, Topology, TopologyError
 from mathft_jax.planning.roofline import Roofline

@@ -33,17 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mathft_jax import decoding, engine, likelihood, scoring
-from mathft_jax.batching import bucket_length, rows_for
 from mathft_jax.data import packing
 from mathft_jax.models import sizes
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, init_cache
 from mathft_jax.models.layers import CACHE_BLOCK
-from mathft_jax.optim import learning_rate_schedule, make_optimizer
-from mathft_jax.partitioning import BATCH_AXES, Partitioner
+from mathft_jax.models.partitioning import BATCH_AXES, Partitioner
 from mathft_jax.rl import grpo as grpo_lib
-from mathft_jax.trainer import abstract_state, jit_train_step
+from mathft_jax.sampling import decoding, engine
+from mathft_jax.sampling.batching import bucket_length, rows_for
+from mathft_jax.scoring import evaluator, likelihood
+from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.training.trainer import abstract_state, jit_train_step
 
 HOST_ONLY = ("scr_data", "evaluate")
 
