@@ -45,7 +45,11 @@ def libtpu_available() -> bool:
 
 def abstract_devices(topology: Topology) -> list:
     """libtpu's compile-only devices of `topology` (all its slices)."""
+    import jax  # noqa: PLC0415
     from jax.experimental.topologies import get_topology_desc  # noqa: PLC0415
+    # JAX's persistent compilation cache cannot hold executables of compile-only devices
+    # (reading one back needs a TPU client): this process compiles for them uncached.
+    jax.config.update("jax_enable_compilation_cache", False)
     chip = topology.chip
     dims3 = tuple(topology.dims) + (1,) * (3 - len(topology.dims))
     # A slice wraps around (a torus) along axes of a full 4-chip cube side (3D chips) or a
@@ -62,7 +66,8 @@ def abstract_devices(topology: Topology) -> list:
 @dataclasses.dataclass
 class Measurement:
     """One compiled program, per chip."""
-    argument_bytes: float
+    input_bytes: float  # the arguments as the run allocates them (unused ones included)
+    argument_bytes: float  # the arguments the compiled program takes
     output_bytes: float
     alias_bytes: float
     temp_bytes: float
@@ -74,9 +79,9 @@ class Measurement:
 
     @property
     def peak_bytes(self) -> float:
-        """What the program holds at its peak: arguments, outputs that do not reuse an
+        """What the program holds at its peak: its inputs, outputs that do not reuse an
         argument's buffer (donation), temporaries and the code."""
-        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+        return (max(self.input_bytes, self.argument_bytes) + self.output_bytes - self.alias_bytes + self.temp_bytes
                 + self.generated_code_bytes)
 
     def to_json(self) -> dict:
@@ -84,11 +89,12 @@ class Measurement:
         return {**out, "peak_bytes": self.peak_bytes, "hlo": self.hlo.to_json()}
 
 
-def measure(lowered, devices: Optional[list] = None,
-            loop_trips: Optional[dict] = None) -> Measurement:
+def measure(lowered, devices: Optional[list] = None, loop_trips: Optional[dict] = None,
+            input_bytes: float = 0.0) -> Measurement:
     """Compile `lowered` and read its per-chip memory, cost and HLO analysis. `devices`: the
     program's device order (its mesh's), which tells each device's slice; `loop_trips`: the
-    trip counts of its data-dependent loops (`hlo.Module.multiplicities`)."""
+    trip counts of its data-dependent loops (`hlo.Module.multiplicities`); `input_bytes`:
+    its arguments' bytes on one device as the caller holds them."""
     t0 = time.perf_counter()
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
@@ -100,7 +106,7 @@ def measure(lowered, devices: Optional[list] = None,
     analysis = hlo.analyse(compiled.as_text(), lambda i: slices[i] if i < len(slices) else 0,
                            loop_trips)
     return Measurement(
-        argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+        input_bytes=input_bytes, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         generated_code_bytes=memory.generated_code_size_in_bytes,
         xla_flops=float(cost.get("flops", 0.0)), xla_bytes=float(cost.get("bytes accessed", 0.0)),

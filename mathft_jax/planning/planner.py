@@ -108,7 +108,8 @@ def programs(s: Setup, stages: Sequence[str], prompt_len: int) -> list:
 
 def plan_program(program: stages_lib.Program, topology: Topology, devices: list) -> ProgramPlan:
     """Compile one program and judge it against the chip."""
-    m = compile_lib.measure(program.lower(), devices, program.loop_trips)
+    m = compile_lib.measure(program.lower(), devices, program.loop_trips,
+                            program.lower.input_bytes)
     chips = topology.num_chips
     analytic = program.model_flops / chips
     roof = Roofline.of(topology.chip, m.hlo.matmul_flops, m.hlo.hbm_bytes, m.hlo.ici_bytes,

@@ -54,7 +54,7 @@ class Program:
     """One device program of a stage: how to lower it, and its analytic size per call."""
     stage: str
     name: str
-    lower: Callable  # () -> jax.stages.Lowered
+    lower: Lowering  # () -> jax.stages.Lowered
     tokens: int  # tokens it processes per call, all chips
     model_flops: float  # analytic FLOPs per call, all chips (models.sizes)
     training: bool  # forward and backward (else forward only)
@@ -87,28 +87,44 @@ def unpacked_row_features() -> dict:
             for k, pad in packing.ROW_FEATURES.items()}
 
 
-def _lowering(partitioner: Partitioner, scope: str, jitted, *args):
-    """A thunk lowering `jitted` on `args` in gin scope `scope` and the partitioner's context."""
-    def lower():
-        with gin.config_scope(scope), partitioner.context():
-            return jitted.lower(*args)
-    return lower
+@dataclasses.dataclass
+class Lowering:
+    """A jitted function and the abstract arguments it is called with; calling it lowers
+    in the stage's gin scope (objectives, optimizer and schedule read their bindings there)
+    and the partitioner's context."""
+    partitioner: Partitioner
+    scope: str
+    jitted: Callable
+    args: tuple
+
+    def __call__(self):
+        with gin.config_scope(self.scope), self.partitioner.context():
+            return self.jitted.lower(*self.args)
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of the arguments on one device, as the run places them: every argument,
+        those the compiled program leaves unused included (it allocates them all)."""
+        return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree_util.tree_leaves(self.args))
+
+
+def _lowering(partitioner: Partitioner, scope: str, jitted, *args) -> Lowering:
+    return Lowering(partitioner, scope, jitted, args)
 
 
 def train_program(stage: str, cfg: DecoderConfig, partitioner: Partitioner, objective,
                   micro_batches: int, train_steps: int, rows: int, length: int,
                   row_features=None, float_features=(), name: str = "train_step") -> Program:
     """A training step as `train.train` (or the GRPO loop) compiles it."""
-    def lower():
-        with gin.config_scope(stage):
-            schedule = learning_rate_schedule(train_steps=train_steps)
-            optimizer = make_optimizer(schedule=schedule)
-            abstract, shardings = abstract_state(cfg, optimizer, partitioner)
-            with partitioner.context():
-                step = jit_train_step(cfg, optimizer, schedule, objective, micro_batches,
-                                      partitioner, shardings)
-                return step.lower(abstract, abstract_batch(partitioner, rows, length,
-                                                           row_features, float_features))
+    with gin.config_scope(stage):
+        schedule = learning_rate_schedule(train_steps=train_steps)
+        optimizer = make_optimizer(schedule=schedule)
+        abstract, shardings = abstract_state(cfg, optimizer, partitioner)
+    step = jit_train_step(cfg, optimizer, schedule, objective, micro_batches, partitioner,
+                          shardings)
+    lower = _lowering(partitioner, stage, step, abstract,
+                      abstract_batch(partitioner, rows, length, row_features, float_features))
     tokens = rows * length
     return Program(stage, name, lower, tokens, sizes.flops_per_token(cfg, length) * tokens, True)
 
