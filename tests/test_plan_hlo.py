@@ -73,6 +73,16 @@ def test_collectives_bytes_by_kind_and_network():
     assert within.collectives["all-reduce"]["dcn_bytes"] == 0
 
 
+def test_a_kernel_config_spanning_lines_does_not_end_its_computation():
+    """A Pallas kernel's custom-call prints its config over several lines, some starting
+    with a brace; the instructions after it still count."""
+    kernel = ('  %k = f32[16]{0} custom-call(%g), custom_call_target="tpu_custom_call", '
+              'backend_config={"custom_call_config": {"body": "module {\n'
+              '}}, metadata={op_name="jit(step)/pallas_call"}\n')
+    text = HLO.replace("  %zero = s32[] constant(0)\n", kernel + "  %zero = s32[] constant(0)\n")
+    assert hlo.analyse(text).matmul_flops == hlo.analyse(HLO).matmul_flops > 0
+
+
 def test_data_dependent_loops_take_hinted_trips():
     unbounded = HLO.replace("ROOT %lt = pred[] compare(%i, %limit), direction=LT",
                             "ROOT %lt = pred[] compare(%i, %limit), direction=NE")

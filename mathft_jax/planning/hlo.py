@@ -169,7 +169,7 @@ class Module:
                     entry = current
                 continue
             if current is not None:
-                if line.startswith("}"):
+                if line.rstrip() == "}":  # (a Pallas kernel's config spans lines: "}}, ...")
                     current = None
                     continue
                 inst = parse_instruction(line)
@@ -204,7 +204,7 @@ class Module:
                             unknown.append(inst.op_name or inst.name)
                             trips = 1
                         times *= trips
-                    if kind == "to_apply":
+                    if kind == "to_apply" and inst.opcode != "call":
                         continue  # scalar reducers: no FLOPs or bytes of note
                     count[callee] += times
                     if inst.opcode == "fusion":
