@@ -24,7 +24,7 @@ import sys
 from absl import flags
 
 from mathft_jax.core import atomic, cli_errors, entry
-from mathft_jax.planning import compile as compile_lib, knobs, planner, report
+from mathft_jax.planning import compile as compile_lib, knobs, planner, report, search
 from mathft_jax.planning.chips import Topology, TopologyError
 
 TOPOLOGY = flags.DEFINE_string("topology", "v5p:2x2x2", "TPU slice: <chip>:<dims> with chip "
@@ -35,6 +35,9 @@ STAGES = flags.DEFINE_list("stages", [], "Pipeline stages to plan (default: ever
 OUTPUT = flags.DEFINE_string("output", None, "Write the plan as JSON here.")
 PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "Prompt tokens of sampling and scoring "
                                   "(rounded up to a power of two, as the samplers pad).")
+SEARCH = flags.DEFINE_bool("search", False, "For each planned stage (default: ssft), the "
+                           "(data, fsdp, tensor) meshes of the slice and the largest batch "
+                           "that fits each, ranked by roofline tokens/s.")
 KNOBS = flags.DEFINE_bool("knobs", True, "For a program that does not fit, compile the knobs "
                           "that could bring it under and report each.")
 
@@ -58,6 +61,8 @@ def main(argv):
         stages = planner.check_stages(STAGES.value or available, available)
     except ValueError as error:
         raise cli_errors.UsageError(str(error)) from None
+    if SEARCH.value:
+        return _search(files, bindings, topology, devices, STAGES.value or ["ssft"], chosen)
     mesh_devices = list(setup.partitioner.mesh.devices.flat)
     print(report.header(topology, setup), flush=True)
     results = []
@@ -79,3 +84,14 @@ def main(argv):
         atomic.write_json(OUTPUT.value, out, indent=1)
     if not all(r["fits"] for r in results):
         sys.exit(1)
+
+
+def _search(files, bindings, topology, devices, stages, chosen) -> None:
+    out = {"topology": str(topology), "libtpu_env_set": chosen, "search": {}}
+    for stage in stages:
+        ranked = search.search(files, bindings, topology, devices, stage, PROMPT_LEN.value)
+        out["search"][stage] = ranked
+        for line in report.search_lines(stage, ranked):
+            print(line, flush=True)
+    if OUTPUT.value:
+        atomic.write_json(OUTPUT.value, out, indent=1)

@@ -68,3 +68,18 @@ def details(results: list) -> str:
 
 def chip_json(chip: Chip) -> dict:
     return dataclasses.asdict(chip)
+
+
+def search_lines(stage: str, ranked: list) -> list[str]:
+    lines = [f"{stage}: meshes (data, fsdp, tensor) by roofline tokens/s",
+             f"  {'mesh':>14} {'largest batch':36} {'peak GB':>8} {'step ms':>9} "
+             f"{'tok/s':>10} {'MFU<=':>6} {'bound':>7}"]
+    for r in ranked:
+        mesh = "x".join(map(str, r["mesh"]))
+        if "error" in r:
+            lines.append(f"  {mesh:>14} {r['error'][:80]}")
+        else:
+            lines.append(f"  {mesh:>14} {r['binding']:36} {r['peak_gb']:8.2f} "
+                         f"{r['step_s'] * 1e3:9.2f} {r['tokens_per_s']:10.0f} "
+                         f"{100 * r['mfu_bound']:5.1f}% {r['bound_by']:>7}")
+    return lines
