@@ -33,6 +33,8 @@ SLICES = flags.DEFINE_integer("slices", 1, "Slices joined over DCN (multislice).
 STAGES = flags.DEFINE_list("stages", [], "Pipeline stages to plan (default: every stage of "
                            "pipeline.variant that runs a device program).")
 OUTPUT = flags.DEFINE_string("output", None, "Write the plan as JSON here.")
+HLO_DIR = flags.DEFINE_string("hlo_dir", None, "Also write each program's compiled HLO text "
+                               "here (<stage>_<program>.hlo.txt).")
 PROMPT_LEN = flags.DEFINE_integer("prompt_len", 512, "Prompt tokens of sampling and scoring "
                                   "(rounded up to a power of two, as the samplers pad).")
 SEARCH = flags.DEFINE_bool("search", False, "For each planned stage (default: ssft), the "
@@ -67,7 +69,7 @@ def main(argv):
     print(report.header(topology, setup), flush=True)
     results = []
     for program in planner.programs(setup, stages, PROMPT_LEN.value):
-        plan = planner.plan_program(program, topology, mesh_devices)
+        plan = planner.plan_program(program, topology, mesh_devices, HLO_DIR.value)
         print(report.row(plan), flush=True)
         result = plan.to_json()
         if not plan.fits and KNOBS.value:

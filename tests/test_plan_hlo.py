@@ -57,6 +57,7 @@ def test_loop_bodies_count_once_per_trip():
     analysis = hlo.analyse(HLO)
     assert analysis.unknown_trip_counts == []
     assert analysis.matmul_flops == 5 * 2 * 8 * 64 * 16  # the dot, five times
+    assert analysis.flops_by_part == {"mlp": analysis.matmul_flops}
 
 
 def test_collectives_bytes_by_kind_and_network():
@@ -109,6 +110,17 @@ def test_convolution_flops_count_only_real_taps():
     plain = hlo.parse_instruction("  %d = f32[32,16]{1,0} convolution(f32[32,8]{1,0} %x, "
                                   "f32[8,16]{1,0} %y), dim_labels=bf_io->bf")
     assert hlo.dot_flops(plain, {}) == 2 * 32 * 16 * 8
+
+
+@pytest.mark.parametrize("op_name,part", [
+    ("jit(step)/jvp(Decoder)/layers_3/attention/attention._xla_attention/btkgd,bskd->bkgts",
+     "attention scores"),
+    ("jit(step)/transpose(jvp(Decoder))/layers_0/attention/bthk,hkd->btd", "attention projections (backward)"),
+    ("jit(step)/transpose(jvp(Decoder))/layers_1/mlp/btf,fd->btd", "mlp (backward)"),
+    ("jit(step)/jvp(Decoder)/btd,dv->btv/dot_general", "output projection"),
+])
+def test_flops_parts(op_name, part):
+    assert hlo.flops_part(op_name) == part
 
 
 def test_iota_replica_groups():

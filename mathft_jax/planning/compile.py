@@ -90,11 +90,12 @@ class Measurement:
 
 
 def measure(lowered, devices: Optional[list] = None, loop_trips: Optional[dict] = None,
-            input_bytes: float = 0.0) -> Measurement:
+            input_bytes: float = 0.0, hlo_path: Optional[str] = None) -> Measurement:
     """Compile `lowered` and read its per-chip memory, cost and HLO analysis. `devices`: the
     program's device order (its mesh's), which tells each device's slice; `loop_trips`: the
     trip counts of its data-dependent loops (`hlo.Module.multiplicities`); `input_bytes`:
-    its arguments' bytes on one device as the caller holds them."""
+    its arguments' bytes on one device as the caller holds them; `hlo_path`: where to keep
+    the compiled HLO text."""
     t0 = time.perf_counter()
     compiled = lowered.compile()
     seconds = time.perf_counter() - t0
@@ -103,7 +104,11 @@ def measure(lowered, devices: Optional[list] = None, loop_trips: Optional[dict] 
     if isinstance(cost, list):  # older JAX: one dict per program
         cost = cost[0] if cost else {}
     slices = [getattr(d, "slice_index", 0) or 0 for d in (devices or [])]
-    analysis = hlo.analyse(compiled.as_text(), lambda i: slices[i] if i < len(slices) else 0,
+    text = compiled.as_text()
+    if hlo_path:
+        from mathft_jax.core import atomic  # noqa: PLC0415
+        atomic.write_text(hlo_path, text)
+    analysis = hlo.analyse(text, lambda i: slices[i] if i < len(slices) else 0,
                            loop_trips)
     return Measurement(
         input_bytes=input_bytes, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,

@@ -354,10 +354,29 @@ def wire_bytes(kind: str, operand_bytes: float, group: int) -> float:
             "all-to-all": operand_bytes * share}[kind]
 
 
+def flops_part(op_name: str) -> str:
+    """Which part of the model a matmul belongs to, from its source op name: attention
+    scores (QK^T, AV), the attention and MLP weight matmuls, the output projection; forward
+    or backward (`transpose(` is JAX's backward pass)."""
+    if "attention" in op_name and any(k in op_name for k in ("_xla_attention", "_cache_attention",
+                                                              "splash", "_fused_attention")):
+        part = "attention scores"
+    elif "/attention/" in op_name:
+        part = "attention projections"
+    elif "/mlp/" in op_name:
+        part = "mlp"
+    elif "btd,dv->btv" in op_name or "fused_loss" in op_name or "head" in op_name:
+        part = "output projection"
+    else:
+        part = "other"
+    return part + (" (backward)" if "transpose(" in op_name else "")
+
+
 @dataclasses.dataclass
 class Analysis:
     """Per chip, per call of the program."""
     matmul_flops: float
+    flops_by_part: dict  # flops_part -> matmul FLOPs
     hbm_bytes: float
     collectives: dict  # kind -> {"count", "bytes" (operands), "ici_bytes", "dcn_bytes"}
     largest: list  # [{"bytes", "shape", "op", "source"}]
@@ -384,6 +403,7 @@ def analyse(text: str, slice_of: Callable[[int], int] = lambda device: 0,
     shapes = module.shapes
     times, fused, unknown = module.multiplicities(loop_trips)
     flops = hbm = 0.0
+    parts: dict = collections.defaultdict(float)
     collectives: dict = {}
     values = []
     for name, instructions in module.computations.items():
@@ -391,7 +411,10 @@ def analyse(text: str, slice_of: Callable[[int], int] = lambda device: 0,
         if not n:
             continue
         for inst in instructions:
-            flops += n * dot_flops(inst, shapes)
+            work = n * dot_flops(inst, shapes)
+            if work:
+                flops += work
+                parts[flops_part(inst.op_name)] += work
             operand_bytes = sum(shape_bytes(s) for s in inst.operand_shapes(shapes))
             if name not in fused and inst.opcode not in BOOKKEEPING:
                 hbm += n * (operand_bytes + inst.result_bytes)
@@ -411,4 +434,4 @@ def analyse(text: str, slice_of: Callable[[int], int] = lambda device: 0,
     values.sort(key=lambda v: -v[0])
     largest = [{"bytes": b, "shape": i.shape, "op": i.opcode, "source": i.op_name}
                for b, i in values[:top]]
-    return Analysis(flops, hbm, collectives, largest, unknown)
+    return Analysis(flops, dict(parts), hbm, collectives, largest, unknown)

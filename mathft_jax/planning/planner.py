@@ -106,10 +106,13 @@ def programs(s: Setup, stages: Sequence[str], prompt_len: int) -> list:
     return out
 
 
-def plan_program(program: stages_lib.Program, topology: Topology, devices: list) -> ProgramPlan:
-    """Compile one program and judge it against the chip."""
+def plan_program(program: stages_lib.Program, topology: Topology, devices: list,
+                 hlo_dir: Optional[str] = None) -> ProgramPlan:
+    """Compile one program and judge it against the chip (its HLO text into `hlo_dir`)."""
+    hlo_path = (None if hlo_dir is None else
+                f"{hlo_dir}/{program.key.replace('/', '_')}.hlo.txt")
     m = compile_lib.measure(program.lower(), devices, program.loop_trips,
-                            program.lower.input_bytes)
+                            program.lower.input_bytes, hlo_path)
     chips = topology.num_chips
     analytic = program.model_flops / chips
     roof = Roofline.of(topology.chip, m.hlo.matmul_flops, m.hlo.hbm_bytes, m.hlo.ici_bytes,

@@ -58,6 +58,11 @@ def details(results: list) -> str:
         for v in r["memory"]["hlo"]["largest"][:4]:
             lines.append(f"    {v['bytes'] / GB:8.3f} GB  {v['op']:12} {v['shape'][:48]:48} "
                          f"{v['source'][-70:]}")
+        parts = r["memory"]["hlo"]["flops_by_part"]
+        if parts:
+            total = sum(parts.values()) or 1.0
+            lines.append("    matmul FLOPs: " + ", ".join(
+                f"{part} {100 * v / total:.1f}%" for part, v in sorted(parts.items())))
         colls = r["memory"]["hlo"]["collectives"]
         if colls:
             lines.append("    collectives: " + ", ".join(
