@@ -158,3 +158,56 @@ def test_a_stage_that_cannot_fit_exits_non_zero(tmp_path):
     plan = json.loads(out.read_text())["programs"][0]
     assert not plan["fits"] and plan["spare"] < 0
     assert plan["memory"]["peak_bytes"] > 16e9
+
+
+@pytest.mark.slow
+def test_knobs_are_compiled_again_and_name_what_fits():
+    """On a chip with a little less HBM than a step needs (its [512, 512] attention scores
+    dominate), the knobs are each compiled: more micro-batches or full remat bring it under,
+    a tensor axis does not; the plan says which."""
+    import dataclasses
+    from mathft_jax.planning import knobs
+    big = ["train.batch_size = 32", "train.sequence_length = 512"]
+    setup, plans = _plan(TINY, "ssft", "v5e:2x2", stages=["ssft"], bindings=big)
+    plan = plans["ssft/train_step"]
+    topo = Topology.parse("v5e:2x2")
+    topo = dataclasses.replace(topo, chip=dataclasses.replace(
+        topo.chip, hbm_bytes=0.95 * plan.measurement.peak_bytes))
+    program = planner.programs(setup, ["ssft"], PROMPT_LEN)[0]
+    again = planner.plan_program(program, topo, list(setup.partitioner.mesh.devices.flat))
+    assert not again.fits and again.spare == pytest.approx(1 - 1 / 0.95)
+    tried = knobs.try_knobs(program, again, setup, topo, [TINY, "gin_configs/runs/ssft.gin"],
+                            SMALL_SHAPES + big, PROMPT_LEN, compile_lib.abstract_devices(topo))
+    by_name = {k["knob"]: k for k in tried}
+    assert {"remat_policy='full'", "micro_batches=2", "micro_batches=4", "adafactor",
+            "mesh tensor=2"} <= set(by_name)
+    for name in ("remat_policy='full'", "micro_batches=2", "micro_batches=4"):
+        assert by_name[name]["fits"] and by_name[name]["temp_bytes"] < 0.5 * (
+            plan.measurement.temp_bytes), name
+    assert not by_name["mesh tensor=2"]["fits"]
+    # the run's own configuration is parsed back: the step plans as before
+    assert planner.plan_program(planner.programs(setup, ["ssft"], PROMPT_LEN)[0], topo,
+                                list(setup.partitioner.mesh.devices.flat)
+                                ).measurement.peak_bytes == plan.measurement.peak_bytes
+
+
+@pytest.mark.slow
+def test_search_ranks_meshes_by_tokens_per_second():
+    from mathft_jax.planning import search
+    topo = Topology.parse("v5e:2x2")
+    devices = compile_lib.abstract_devices(topo)
+    ranked = search.search([TINY, "gin_configs/runs/ssft.gin"], SMALL_SHAPES, topo, devices,
+                           "ssft", PROMPT_LEN, max_doublings=1)
+    fitting = [r for r in ranked if "error" not in r]
+    assert {r["mesh"] for r in ranked} == set(search.mesh_splits(4))
+    assert fitting and all(r["fits"] for r in fitting)
+    speeds = [r["tokens_per_s"] for r in fitting]
+    assert speeds == sorted(speeds, reverse=True)
+    # the largest batch tried: 2 doublings of the smallest the mesh splits
+    assert all(r["binding"].startswith("ssft/train.batch_size") for r in fitting)
+
+
+def test_mesh_splits():
+    from mathft_jax.planning import search
+    assert search.mesh_splits(4) == [(1, 4, 1), (2, 2, 1), (4, 1, 1), (1, 2, 2), (2, 1, 2),
+                                     (1, 1, 4)]
