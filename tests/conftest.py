@@ -56,3 +56,7 @@ def data_dir() -> pathlib.Path:
     if not (d / "math" / "train.jsonl").exists():
         pytest.skip(f"shared MATH data not found at {d} (set MATHFT_DATA_DIR to run this test)")
     return d
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test slower than ~20 s (deselect with -m 'not slow')")

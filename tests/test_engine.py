@@ -192,7 +192,7 @@ def read_lines(path):
 def test_infer_continuous_killed_and_resumed_writes_the_static_file(setup, monkeypatch):
     static = read_lines(run_infer(setup, setup / "static.jsonl", engine="static"))
     output = str(setup / "continuous.jsonl")
-    calls, real = [], engine._compiled
+    calls, real = [], engine.compiled
 
     def crash_on_second_chunk(name, cfg, **static_args):
         fn = real(name, cfg, **static_args)
@@ -206,12 +206,12 @@ def test_infer_continuous_killed_and_resumed_writes_the_static_file(setup, monke
             return fn(*args)
         return call
 
-    monkeypatch.setattr(engine, "_compiled", crash_on_second_chunk)
+    monkeypatch.setattr(engine, "compiled", crash_on_second_chunk)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_infer(setup, output, engine="continuous", chunk=16)
     assert not os.path.exists(output)
     assert os.listdir(infer_lib.parts_dir(output)) == ["00000000.jsonl"]
-    monkeypatch.setattr(engine, "_compiled", real)
+    monkeypatch.setattr(engine, "compiled", real)
     assert read_lines(run_infer(setup, output, engine="continuous", chunk=5)) == static
     # Other slots: other batch shapes, so the log-likelihoods may differ in their last bits,
     # and so in the file's 4th decimal; the samples are the same.

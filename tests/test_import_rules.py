@@ -150,9 +150,12 @@ LAYERS = {
                  "mathft_jax.convert.import_hf", "mathft_jax.convert.export_hf",
                  "mathft_jax.scoring.reference", "mathft_jax.rl.loop", "mathft_jax.rl.__main__",
                  *SHARED_BY_COMMANDS),
+    # Above the commands: the planner reads every stage's settings as the pipeline resolves
+    # them, and compiles the programs the commands run.
+    "planning": ("mathft_jax.planning", "mathft_jax.plan"),
 }
 RANK = {"core": 0, "grading": 1, "results": 2, "data": 3, "models": 3, "training": 4,
-        "sampling": 4, "convert": 5, "scoring": 6, "rl": 7, "commands": 8}
+        "sampling": 4, "convert": 5, "scoring": 6, "rl": 7, "commands": 8, "planning": 9}
 # The longest chain of imports (a module importing one that imports another ...), counted in
 # modules; it was 12 before the layer folders.
 MAX_IMPORT_LEVELS = 11
@@ -232,8 +235,13 @@ def test_import_levels():
             depth[name] = 1 + max((levels(t) for t in graph[name]), default=0)
         return depth[name]
 
-    deepest = max(SOURCES, key=levels)
+    below = [name for name in SOURCES if name == "mathft_jax" or _layer(name) != "planning"]
+    deepest = max(below, key=levels)
     assert levels(deepest) <= MAX_IMPORT_LEVELS, f"{deepest}: {levels(deepest)} levels"
+    # The planner stands on the pipeline (the deepest command) with at most 3 levels of its own
+    planning = max((n for n in SOURCES if n != "mathft_jax" and _layer(n) == "planning"),
+                   key=levels)
+    assert levels(planning) <= levels("mathft_jax.pipeline") + 3, f"{planning}: {levels(planning)}"
 
 
 def test_model_side_never_imports_data_or_tensorflow():
@@ -280,11 +288,13 @@ def test_results_and_grading_need_no_jax():
 
 
 def test_only_the_pipeline_imports_entry_points():
+    """and the planning layer, which plans the pipeline's stages from its settings."""
     def rule(name, target, top):
-        if name == "mathft_jax.pipeline" or target in (name, *SHARED_BY_COMMANDS):
+        if name == "mathft_jax.pipeline" or target in (name, *SHARED_BY_COMMANDS) \
+                or _layer(name) == "planning":
             return None
         if _in(target, ("mathft_jax",)) and target != "mathft_jax" and _layer(target) == "commands":
-            return "entry points are imported only by mathft_jax.pipeline"
+            return "entry points are imported only by mathft_jax.pipeline and the planner"
         return None
     found = _violations(rule)
     assert not found, "\n".join(found)

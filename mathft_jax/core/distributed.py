@@ -18,7 +18,6 @@ files are written by process 0 only; every process feeds its own shards of the i
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import socket
 import sys
@@ -29,6 +28,8 @@ from typing import Optional
 import jax
 import numpy as np
 from absl import flags, logging
+
+from mathft_jax.core import platforms
 
 COORDINATOR_FLAG = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0's jax.distributed coordinator "
@@ -192,7 +193,7 @@ def _auto_detectable() -> bool:
         return True
     if os.environ.get("JAX_PLATFORMS", "") in ("cpu", "cuda", "gpu"):
         return False
-    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+    return platforms.tpu_present()
 
 
 def _flag(holder):

@@ -23,9 +23,7 @@ import seqio
 from mathft_jax.data import packing, vocab
 
 STATE_VERSION = 1
-# Per-row features and their padding value: int32, or float32 where the padding is a float
-# (a DPO pair's reference log-likelihoods, `preferences.py`).
-ROW_FEATURES = {"pair_id": -1, "is_positive": 0, "label_correct": 0, "ref_log_likelihood": 0.0}
+ROW_FEATURES = packing.ROW_FEATURES
 _EXAMPLE_CACHE: "weakref.WeakKeyDictionary[seqio.Task, dict]" = weakref.WeakKeyDictionary()
 
 

@@ -20,6 +20,10 @@ import numpy as np
 
 FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
             "decoder_segment_ids", "decoder_positions", "decoder_causal_attention")
+# Per-row features of unpacked rows (evaluator and preference tasks) and their padding value:
+# int32, or float32 where the padding is a float (a DPO pair's reference log-likelihoods,
+# `preferences.py`). `dataset` fills them; the planner shapes a batch by them.
+ROW_FEATURES = {"pair_id": -1, "is_positive": 0, "label_correct": 0, "ref_log_likelihood": 0.0}
 
 
 def fit_to_length(inputs: np.ndarray, targets: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu")
 NORMS = ("rmsnorm", "layernorm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")  # splash: Pallas' TPU kernel (models/splash.py)
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mathft_jax.models import splash
 from mathft_jax.models.config import DecoderConfig
 
 NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, weights
@@ -148,7 +149,12 @@ class Attention(nn.Module):
         else:
             index = jnp.broadcast_to(jnp.arange(t)[None, :], (b, t))
             mask = attention_mask(index, index, segment_ids, segment_ids, window)
-            if cfg.attention_impl == "cudnn" and cfg.attn_logit_softcap is None:
+            # Pallas' TPU kernel: no [t, t] scores in HBM. Rows shorter than its smallest block
+            # (initialisation's dummy token) take XLA's.
+            if cfg.attention_impl == "splash" and t >= splash.MIN_BLOCK:
+                out = splash.attention(q, k, v, segment_ids, scale=self._scale(), window=window,
+                                       softcap=cfg.attn_logit_softcap)
+            elif cfg.attention_impl == "cudnn" and cfg.attn_logit_softcap is None:
                 # segments need the mask; without them is_causal (and the window) say it all
                 out = self._fused_attention(q, k, v, None if segment_ids is None else mask, window)
             else:

@@ -279,7 +279,7 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_generate(cfg: DecoderConfig, sp: DecodeStatic):
+def compiled_generate(cfg: DecoderConfig, sp: DecodeStatic):
     return jax.jit(functools.partial(generate_tokens, cfg=cfg, sp=sp))
 
 
@@ -318,7 +318,7 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     if sample_ids.max() >= 2 ** 31:
         raise ValueError("prompt_ids * num_samples must stay below 2**31")
     with partitioner.context():
-        out, count, logprob = _compiled_generate(cfg, sampling.static())(
+        out, count, logprob = compiled_generate(cfg, sampling.static())(
             params, partitioner.to_global(tokens, split), partitioner.to_global(lengths, split),
             partitioner.to_global(sample_ids.astype(np.int32)), jnp.int32(seed),
             jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))

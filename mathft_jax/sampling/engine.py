@@ -128,7 +128,7 @@ def _empty_cache(*, cfg: DecoderConfig, slots: int, capacity: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name: str, cfg: DecoderConfig, **static):
+def compiled(name: str, cfg: DecoderConfig, **static):
     fns = {"chunk": (decode_chunk, (1,)), "prefill": (_prefill_into_pool, (1,)),
            "insert": (_insert, (0,)), "empty": (_empty_cache, ()), "take": (_take_slots, ())}
     fn, donate = fns[name]
@@ -249,7 +249,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
             yield (i, *results.pop(i))
 
     with partitioner.context():
-        cache = _compiled("empty", ucfg, slots=slots, capacity=capacity)()
+        cache = compiled("empty", ucfg, slots=slots, capacity=capacity)()
         pool = init_cache(ucfg, pool_groups * group_rows, pool_width)
         pending = next(queue, None)
         while True:
@@ -281,10 +281,10 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 toks, _ = pad_prompts(members, group_rows)
                 rows = pooled[g] * group_rows + np.arange(group_rows, dtype=np.int32)
                 toks = partitioner.to_global(toks, split)  # as decoding.generate
-                pool = _compiled("prefill", cfg)(params, pool, toks, jnp.asarray(rows))
+                pool = compiled("prefill", cfg)(params, pool, toks, jnp.asarray(rows))
                 stats.prefills += len(members)
             if fill.any():
-                cache = _compiled("insert", ucfg)(cache, pool, partitioner.to_global(src),
+                cache = compiled("insert", ucfg)(cache, pool, partitioner.to_global(src),
                                                   partitioner.to_global(fill))
             # Groups all of whose samples have slots no longer need their pool rows.
             open_group = pending[0] // group if pending is not None else -1
@@ -296,7 +296,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 cache, host, bufs = _shrink(cache, host, bufs, ucfg, partitioner)
             width = len(host.live)
 
-            run = _compiled("chunk", cfg, sp=sp, chunk=chunk)
+            run = compiled("chunk", cfg, sp=sp, chunk=chunk)
             args = [partitioner.to_global(x) for x in
                     (host.token, host.pos, host.step, host.budget, host.sid, host.live,
                      host.logprob)]
@@ -338,7 +338,7 @@ def _shrink(cache, host: _Slots, bufs: list, cfg: DecoderConfig, partitioner: Pa
     if width == len(host.live):
         return cache, host, bufs
     keep = np.concatenate([np.flatnonzero(host.live), np.flatnonzero(~host.live)])[:width]
-    cache = _compiled("take", cfg)(cache, partitioner.to_global(keep.astype(np.int32)))
+    cache = compiled("take", cfg)(cache, partitioner.to_global(keep.astype(np.int32)))
     return cache, host.take(keep), [bufs[k] for k in keep]
 
 

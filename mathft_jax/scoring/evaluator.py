@@ -45,7 +45,7 @@ def label_logprobs(params, contexts, lengths, *, cfg: DecoderConfig, labels: tup
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_label_logprobs(cfg: DecoderConfig, labels: tuple):
+def compiled_label_logprobs(cfg: DecoderConfig, labels: tuple):
     return jax.jit(functools.partial(label_logprobs, cfg=cfg, labels=labels))
 
 
@@ -92,7 +92,7 @@ def score_solutions(params, cfg: DecoderConfig, vocab, problems: Sequence[str],
     rows = rows_for(batch_size, partitioner.batch_shards)
     order = np.argsort([len(c) for c in contexts], kind="stable")
     logps = np.zeros((len(contexts), len(labels)), np.float64)
-    fn = _compiled_label_logprobs(cfg, label_ids)
+    fn = compiled_label_logprobs(cfg, label_ids)
     for begin in range(0, len(order), batch_size):
         index = order[begin:begin + batch_size]
         batch = [contexts[i] for i in index]

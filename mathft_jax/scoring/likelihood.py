@@ -19,7 +19,7 @@ from mathft_jax.sampling.batching import bucket_length
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(cfg, loss_chunk: int):
+def compiled(cfg, loss_chunk: int):
     import jax  # noqa: PLC0415 (jax only where a model runs)
 
     from mathft_jax.training import objectives  # noqa: PLC0415
@@ -63,7 +63,7 @@ def completion_log_likelihoods(params, cfg, vocab, prompts: Sequence[str],
     sizes = [len(inputs) + len(targets) for inputs, targets in examples]  # the start is shifted in
     order = (np.arange(len(examples)) if sequence_length is not None
              else np.argsort(sizes, kind="stable"))
-    fn = _compiled(cfg, loss_chunk)
+    fn = compiled(cfg, loss_chunk)
     ll = np.zeros((len(examples),), np.float32)
     tokens = np.zeros((len(examples),), np.int32)
     for begin in range(0, len(order), batch_size):

@@ -39,7 +39,7 @@ from mathft_jax.models.config import DecoderConfig
 from mathft_jax.training import hardware
 from mathft_jax.training.optim import OptimizerConfig
 from mathft_jax.training.trainer import (Objective, TrainState, abstract_state, init_state,
-                                         make_train_step)
+                                         jit_train_step)
 
 Step = Callable[[TrainState, dict], tuple]  # (state, global batch) -> (state, metrics)
 
@@ -152,14 +152,10 @@ class Harness:
         try:
             state, start = self._restore_or_init(mngr, learner)
             learner.begin(self, state, start)
-            with self.partitioner.context():
-                step_fn = jax.jit(
-                    make_train_step(self.model, self.optimizer, self.schedule, learner.objective,
-                                    micro_batches, self.partitioner),
-                    # batches arrive as global arrays already laid out by the learner
-                    in_shardings=(self.shardings, None),
-                    out_shardings=(self.shardings, self.partitioner.replicated),
-                    donate_argnums=0)
+            with self.partitioner.context():  # the program the planner compiles
+                step_fn = jit_train_step(self.model, self.optimizer, self.schedule,
+                                         learner.objective, micro_batches, self.partitioner,
+                                         self.shardings)
 
             def step(state: TrainState, batch: dict):
                 with self.partitioner.context():

@@ -87,6 +87,20 @@ def make_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
     return train_step
 
 
+def jit_train_step(cfg: DecoderConfig, optimizer: optax.GradientTransformation,
+                   schedule: optax.Schedule, objective: Objective, micro_batches: int,
+                   partitioner: Partitioner, shardings: "TrainState"):
+    """`make_train_step` jitted as every training loop runs it (train, rl, and the planner
+    compiles it so): the state in its `shardings` and donated, batches as they arrive
+    (global arrays already laid out by `Partitioner.to_global`), metrics replicated. Lower
+    or call it under `partitioner.context()`."""
+    return jax.jit(make_train_step(cfg, optimizer, schedule, objective, micro_batches,
+                                   partitioner),
+                   in_shardings=(shardings, None),
+                   out_shardings=(shardings, partitioner.replicated),
+                   donate_argnums=0)
+
+
 def _zero_sums_and_grads(cfg: DecoderConfig, sums_and_grads, params, micro_batch):
     """Zeros shaped like sums_and_grads' output; the gradients at the parameters' own
     (logical) shardings, so the accumulator is as sharded as the parameters."""
