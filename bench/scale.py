@@ -52,14 +52,43 @@ def markdown(plan: dict, seconds: float, cmd: list[str]) -> str:
     return "\n".join(rows) + f"\n<!-- python {shown} -->"
 
 
+def reanalyse(plan_path: str, hlo_dir: str) -> dict:
+    """Read a plan's programs again from the HLO text it kept (`plan --hlo_dir`), with this
+    checkout's HLO analysis and roofline: the same compiled programs, no recompile."""
+    from mathft_jax.planning import hlo as hlo_lib  # noqa: PLC0415
+    from mathft_jax.planning.chips import CHIPS  # noqa: PLC0415
+    from mathft_jax.planning.roofline import Roofline  # noqa: PLC0415
+    with open(plan_path) as f:
+        plan = json.load(f)
+    chip = CHIPS[plan["chip"]["name"]]
+    for p in plan["programs"]:
+        with open(os.path.join(hlo_dir, p["program"].replace("/", "_") + ".hlo.txt")) as f:
+            analysis = hlo_lib.analyse(f.read())
+        p["memory"]["hlo"] = analysis.to_json()
+        p["hlo_flops_vs_analytic"] = analysis.matmul_flops / p["analytic_flops"]
+        roof = Roofline.of(chip, analysis.matmul_flops, analysis.hbm_bytes, analysis.ici_bytes,
+                           analysis.dcn_bytes, p["analytic_flops"],
+                           p["roofline"]["tokens_per_step"])
+        p["roofline"] = roof.to_json()
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", required=True,
+    parser.add_argument("--reanalyse", nargs=2, metavar=("PLAN_JSON", "HLO_DIR"),
+                        help="re-read a plan's kept HLO (single-slice plans) and print it")
+    parser.add_argument("--rows", default="",
                         help="comma-separated model/stage/topology, e.g. palm_8b/ssft/v5p:2x2x2")
     parser.add_argument("--out", default="bench/results/scale")
     parser.add_argument("--bindings", action="append", default=[],
                         help="extra gin bindings for every row (repeatable)")
     args = parser.parse_args()
+    if args.reanalyse:
+        plan = reanalyse(*args.reanalyse)
+        with open(args.reanalyse[0], "w") as f:
+            json.dump(plan, f, indent=1)
+        print(markdown(plan, plan.get("bench", {}).get("wall_s", 0.0), ["", "(reanalysed)"]))
+        return
     os.makedirs(args.out, exist_ok=True)
     for row in args.rows.split(","):
         model, stage, topology = row.split("/")

@@ -127,6 +127,10 @@ def test_iota_replica_groups():
     assert hlo.replica_groups("replica_groups=[2,4]<=[8]") == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert hlo.replica_groups("replica_groups=[4,2]<=[2,4]T(1,0)") == [[0, 4], [1, 5], [2, 6],
                                                                        [3, 7]]
+    assert hlo.replica_groups("replica_groups=mesh['a'=2,'b'=4] {'a'}, dimensions={0}") == [
+        [0, 4], [1, 5], [2, 6], [3, 7]]
+    assert hlo.replica_groups("replica_groups=mesh['a'=2,'b'=4] {'b'}") == [[0, 1, 2, 3],
+                                                                          [4, 5, 6, 7]]
     assert hlo.shape_bytes("(bf16[2,3]{1,0}, f32[4]{0}, pred[])") == 12 + 16 + 1
 
 

@@ -322,8 +322,19 @@ def _valid_taps(size: int, out: int, kernel: int, window: dict, k: int) -> float
 
 
 def replica_groups(attributes: str) -> list[list[int]]:
-    """The device groups of a collective: explicit `{{0,1},{2,3}}` or iota
-    `[groups,size]<=[dims]T(perm)` form."""
+    """The device groups of a collective: explicit `{{0,1},{2,3}}`, iota
+    `[groups,size]<=[dims]T(perm)`, or mesh-axes `mesh['a'=8,'b'=2] {'a'}` form (devices
+    numbered row-major over the mesh; a group varies the named axes)."""
+    mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attributes)
+    if mesh:
+        axes = [(name, int(size)) for name, size in re.findall(r"'([^']+)'=(\d+)", mesh.group(1))]
+        chosen = re.findall(r"'([^']+)'", mesh.group(2))
+        names = [name for name, _ in axes]
+        ids = np.arange(math.prod(size for _, size in axes)).reshape([s for _, s in axes])
+        order = [i for i, n in enumerate(names) if n not in chosen] + [names.index(c)
+                                                                       for c in chosen]
+        size = math.prod(axes[names.index(c)][1] for c in chosen)
+        return ids.transpose(order).reshape(-1, size).tolist()
     iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?",
                      attributes)
     if iota:
