@@ -93,6 +93,33 @@ def test_data_dependent_loops_take_hinted_trips():
     assert hinted.matmul_flops == 7 * 2 * 8 * 64 * 16 and not hinted.unknown_trip_counts
 
 
+def test_slices_and_in_place_updates_move_only_their_part():
+    text = """HloModule m
+
+%fused (p0: f32[32,256], p1: f32[256], p2: s32[]) -> f32[32,256] {
+  %p0 = f32[32,256]{1,0} parameter(0)
+  %p1 = f32[256]{0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %zero = s32[] constant(0)
+  %r = f32[1,256]{1,0} reshape(%p1)
+  ROOT %u = f32[32,256]{1,0} dynamic-update-slice(%p0, %r, %p2, %zero)
+}
+
+ENTRY %main (a: f32[32,256], i: s32[]) -> f32[32,256] {
+  %a = f32[32,256]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %zero.1 = s32[] constant(0)
+  %s = f32[1,256]{1,0} dynamic-slice(%a, %i, %zero.1), dynamic_slice_sizes={1,256}
+  %v = f32[256]{0} reshape(%s)
+  ROOT %f = f32[32,256]{1,0} fusion(%a, %v, %i), kind=kLoop, calls=%fused
+}
+"""
+    # slice: read and write one row; reshape: a row each way; the fusion: reads the row and
+    # the index, writes the row in place (not the 32-row buffer)
+    row = 256 * 4
+    assert hlo.analyse(text).hbm_bytes == 2 * row + 2 * row + (row + 4 + row)
+
+
 def test_largest_values_name_their_source():
     largest = hlo.analyse(HLO).largest
     assert largest[0] == {"bytes": 8 * 64 * 4, "shape": "f32[8,64]{1,0}", "op": "fusion",

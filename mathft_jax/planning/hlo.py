@@ -215,6 +215,38 @@ class Module:
         return dict(count), fused, unknown
 
 
+    def traffic(self, inst: Instruction, shapes: dict) -> float:
+        """HBM bytes an instruction reads and writes: its operands and result, except that a
+        slice of a buffer reads only the slice and an update in place writes only the update
+        (a scanned layer reads its weights out of the stacked ones, and writes its gradient
+        and cache into them, at every trip)."""
+        operands = inst.operand_shapes(shapes)
+        if inst.opcode == "dynamic-slice":
+            return 2 * inst.result_bytes
+        if inst.opcode == "dynamic-update-slice":
+            return 2 * shape_bytes(operands[1])
+        if inst.opcode != "fusion":
+            return sum(shape_bytes(o) for o in operands) + inst.result_bytes
+        body = self.computations.get(dict(inst.callees()).get("calls"), [])
+        params = {int(i.operands[0]): i.name for i in body if i.opcode == "parameter"}
+        users = collections.defaultdict(list)
+        for i in body:
+            for o in i.operands:
+                users[o.lstrip("%")].append(i)
+        read = in_place = updates = 0.0
+        for index, shape in enumerate(operands):
+            name = params.get(index)
+            uses = users.get(name, [])
+            sliced = [u.opcode for u in uses if u.operands[0].lstrip("%") == name]
+            if uses and len(sliced) == len(uses) and set(sliced) == {"dynamic-slice"}:
+                read += sum(u.result_bytes for u in uses)
+            elif uses and len(sliced) == len(uses) and set(sliced) == {"dynamic-update-slice"}:
+                in_place += shape_bytes(shape)  # written where it lies: only the update moves
+                updates += sum(shape_bytes(u.operand_shapes(shapes)[1]) for u in uses)
+            else:
+                read += shape_bytes(shape)
+        return read + max(inst.result_bytes - in_place, 0.0) + updates
+
     @property
     def instructions(self) -> dict:
         return {i.name: i for insts in self.computations.values() for i in insts}
@@ -428,7 +460,7 @@ def analyse(text: str, slice_of: Callable[[int], int] = lambda device: 0,
                 parts[flops_part(inst.op_name)] += work
             operand_bytes = sum(shape_bytes(s) for s in inst.operand_shapes(shapes))
             if name not in fused and inst.opcode not in BOOKKEEPING:
-                hbm += n * (operand_bytes + inst.result_bytes)
+                hbm += n * module.traffic(inst, shapes)
                 values.append((inst.result_bytes, inst))
             kind = COLLECTIVES.get(inst.opcode)
             if kind is None:
