@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from typing import Optional
 
@@ -79,6 +80,9 @@ class Measurement:
     xla_bytes: float
     hlo: hlo.Analysis  # while bodies counted per trip
     compile_s: float
+    # XLA:TPU's refusal when the program does not fit (then only the inputs and the
+    # temporaries it says it needs are known, and the HLO is empty)
+    out_of_memory: str = ""
 
     @property
     def peak_bytes(self) -> float:
@@ -92,6 +96,17 @@ class Measurement:
         return {**out, "peak_bytes": self.peak_bytes, "hlo": self.hlo.to_json()}
 
 
+_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _exhausted_temporaries(message: str) -> Optional[float]:
+    """The temporaries XLA:TPU says a program needs when it refuses it for HBM."""
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    match = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else float("inf")
+
+
 def measure(lowered, devices: Optional[list] = None, loop_trips: Optional[dict] = None,
             input_bytes: float = 0.0, hlo_path: Optional[str] = None) -> Measurement:
     """Compile `lowered` and read its per-chip memory, cost and HLO analysis. `devices`: the
@@ -100,7 +115,15 @@ def measure(lowered, devices: Optional[list] = None, loop_trips: Optional[dict] 
     its arguments' bytes on one device as the caller holds them; `hlo_path`: where to keep
     the compiled HLO text."""
     t0 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as error:  # noqa: BLE001 (XLA:TPU refuses a program over HBM)
+        temp = _exhausted_temporaries(str(error))
+        if temp is None:
+            raise
+        return Measurement(input_bytes, input_bytes, 0.0, 0.0, temp, 0.0, 0.0, 0.0,
+                           hlo.Analysis(0.0, {}, 0.0, {}, [], []),
+                           time.perf_counter() - t0, str(error).splitlines()[0][:300])
     seconds = time.perf_counter() - t0
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}

@@ -32,6 +32,10 @@ def row(plan) -> str:
     xla = m.xla_flops / plan.analytic_flops if plan.analytic_flops else 0.0
     hlo = m.hlo.matmul_flops / plan.analytic_flops if plan.analytic_flops else 0.0
     coll = (m.hlo.ici_bytes + m.hlo.dcn_bytes) / GB
+    if m.out_of_memory:  # XLA:TPU refused it: only inputs and temporaries are known
+        return (f"{plan.key:34} {m.argument_bytes / GB:6.2f} {'?':>6} {m.temp_bytes / GB:7.2f} "
+                f"{m.peak_bytes / GB:7.2f} {plan.hbm_bytes / GB:5.0f} {fits:>10}  (XLA:TPU "
+                f"refused it: {m.out_of_memory[:90]})")
     return (f"{plan.key:34} {m.argument_bytes / GB:6.2f} {m.output_bytes / GB:6.2f} "
             f"{m.temp_bytes / GB:7.2f} {m.peak_bytes / GB:7.2f} {plan.hbm_bytes / GB:5.0f} "
             f"{fits:>10} {xla:6.2f} {hlo:6.2f} {coll:8.2f} {r.step_s * 1e3:9.2f} "
