@@ -18,7 +18,6 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/entry.
     run_module("mathft_jax.plan")
 
 
-import json
 import sys
 
 from absl import flags

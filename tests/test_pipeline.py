@@ -58,7 +58,7 @@ def test_pipeline_killed_during_scr_resumes_and_finishes(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     log = out.stderr
     assert "ssft: already complete" in log and "scr_data: already complete" in log
-    assert "resuming from step" in log  # SCR continued from its checkpoint, not from scratch
+    assert "resuming after unit" in log  # SCR continued from its checkpoint, not from scratch
     scr_metrics = [json.loads(line) for line in open(run / "scr" / "checkpoints" / "metrics.jsonl")]
     assert scr_metrics[-1]["step"] == 40
 

@@ -104,8 +104,11 @@ class Lowering:
     @property
     def input_bytes(self) -> int:
         """Bytes of the arguments on one device, as the run places them: every argument,
-        those the compiled program leaves unused included (it allocates them all)."""
-        return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
+        those the compiled program leaves unused included (it allocates them all); one
+        given without a sharding is whole on every device (jit replicates it)."""
+        def shard_shape(x):
+            return x.shape if x.sharding is None else x.sharding.shard_shape(x.shape)
+        return sum(int(np.prod(shard_shape(x))) * np.dtype(x.dtype).itemsize
                    for x in jax.tree_util.tree_leaves(self.args))
 
 
