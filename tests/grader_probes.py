@@ -69,6 +69,13 @@ class FakeClock:
 
 @contextlib.contextmanager
 def fake_clock():
+    """The whole work clock: helper time an earlier test charged to this thread is set
+    aside (an offset c makes (c + 1.0) - c differ from 1.0 in its last bit)."""
     clock = FakeClock()
-    with mock.patch.object(deadline_lib, "time", clock):
-        yield clock
+    charged = getattr(deadline_lib._CHARGED, "seconds", 0.0)  # noqa: SLF001
+    deadline_lib._CHARGED.seconds = 0.0  # noqa: SLF001
+    try:
+        with mock.patch.object(deadline_lib, "time", clock):
+            yield clock
+    finally:
+        deadline_lib._CHARGED.seconds = charged  # noqa: SLF001
