@@ -205,10 +205,6 @@ def _train_stage(ctx: Context, stage: str) -> dict:
     return {"final_step": result.final_step, "last_metrics": result.last_metrics}
 
 
-def _train_configs(ctx: Context, stage: str) -> dict:
-    return {"train": _train_config(ctx, stage)}
-
-
 def _sampled(ctx: Context, stage: str) -> list:
     """The generators a sampling stage samples: SSFT's for the training problems, every
     generator's for the evaluation problems."""
@@ -334,7 +330,7 @@ def _evaluate_stage(ctx: Context) -> dict:
     if not distributed.is_main_process():
         return {"generators": generators}
     cfg, run = ctx.cfg, ctx.run
-    read = ("score|sample_eval.candidates")
+    read = STAGES["evaluate"].reads[0]  # the scored files, else the sampled ones
     records = {g: candidates.read_candidates(ctx.input(read, g)) for g in generators}
     graded = {g: evaluate.grade_records(records[g], cfg.processes, grader=cfg.grader)
               for g in generators}
@@ -368,7 +364,7 @@ def _training(name: str, training: Training, generator: bool = False) -> Stage:
     return Stage(name, lambda ctx: _train_stage(ctx, name), scope=name,
                  reads=tuple(read for read in (training.init, training.data) if read),
                  writes={"checkpoint": "checkpoints"},
-                 configs=lambda ctx: _train_configs(ctx, name), generator=generator,
+                 configs=lambda ctx: {"train": _train_config(ctx, name)}, generator=generator,
                  training=training)
 
 
