@@ -1,75 +1,17 @@
 r"""Prompt formats (data/prompts.py): the chat template rendered as transformers' apply_chat_template
 renders it, byte for byte and token for token; the few-shot prompts; chat training targets; the
-errors. The tokenizers are built here with `tokenizers` (no downloads): a byte-level BPE with
-the chat tokens added, and the templates are written into tokenizer_config.json."""
+errors. The tokenizers: tests/chat_tokenizers.py (built with `tokenizers`, no downloads)."""
 import json
 
+import gin
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer
 
+from chat_tokenizers import CHATML, FEATURES, LLAMA3, QWEN_SYSTEM, write_tokenizer
 from mathft_jax.core.settings import SettingError
 from mathft_jax.data import chat_template, prompts
 
-# Qwen2.5-Instruct's ChatML template (its tool branch left out): a default system turn when
-# the conversation has none.
-CHATML = (
-    "{%- if messages[0]['role'] == 'system' %}\n"
-    "    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
-    "{%- else %}\n"
-    "    {{- '<|im_start|>system\\nPlease reason step by step, and put your final answer "
-    "within \\\\boxed{}.<|im_end|>\\n' }}\n"
-    "{%- endif %}\n"
-    "{%- for message in messages %}\n"
-    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) "
-    "or (message.role == \"assistant\") %}\n"
-    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n"
-    "    {{- '<|im_start|>assistant\\n' }}\n"
-    "{%- endif %}\n")
-# Meta-Llama-3-8B-Instruct's template: the BOS is written by the template.
-LLAMA3 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim"
-    " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant"
-    "<|end_header_id|>\n\n' }}{% endif %}")
-# What else transformers' environment gives a template: blocks that trim_blocks and
-# lstrip_blocks tidy, tojson (no HTML escaping), loop controls, strftime_now, a generation
-# block and raise_exception.
-FEATURES = (
-    "{% for message in messages %}\n"
-    "  {% if message.role == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}\n"
-    "  {% if message.role == 'system' %}\n"
-    "    {% continue %}\n"
-    "  {% endif %}\n"
-    "<turn {{ message.role }}>{{ message | tojson }}\n"
-    "{% endfor %}\n"
-    "{% if add_generation_prompt %}\n"
-    "<turn assistant year={{ strftime_now('%Y') }}>{% generation %}{{ eos_token }}{% endgeneration %}\n"
-    "{% endif %}\n")
-QWEN_SYSTEM = r"Please reason step by step, and put your final answer within \boxed{}."
 PROBLEM = "If $x + 2 = 5$, what is $x$? (Answer <in> 'quotes' & \"more\".)"
-CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
-               "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-
-
-def write_tokenizer(path, template, **special):
-    """A byte-level BPE tokenizer (every byte a token, the chat tokens added) with `template`
-    and the special tokens in its tokenizer_config.json."""
-    path.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(CHAT_TOKENS)
-    tok.save(str(path / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special}
-    if template is not None:
-        config["chat_template"] = template
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
 
 
 TOKENIZERS = {  # name: (template, special tokens)
@@ -271,8 +213,6 @@ def test_unknown_format_and_missing_template_are_one_line_errors(tmp_path):
 
 
 def test_the_gin_bound_format_is_the_runs(tokenizer_dirs):
-    import gin
-
     gin.parse_config([f"prompt_format.name = 'chat'",
                       f"prompt_format.tokenizer_dir = '{tokenizer_dirs['chatml']}'",
                       f"prompt_format.system = 'Be brief.'",
@@ -293,3 +233,63 @@ def test_a_template_whose_answer_does_not_continue_its_prompt_samples_but_does_n
     assert fmt.render("1+1?").endswith("<|im_end|>\n") and fmt.stop_strings == ()
     with pytest.raises(SettingError, match="does not continue its generation prompt"):
         fmt.target("2")
+
+
+CHAT_RUN = ["prompt_format.name = 'chat'", "prompt_format.system = 'Be brief.'"]
+
+
+def test_a_chat_run_fine_tunes_in_its_template(tokenizer_dirs):
+    """SSFT's examples (and GRPO's supervised term, which reads the same task) are the chat
+    prompt and the solution closed by the end of turn the task's EOS is not."""
+    from mathft_jax.data import readers, tasks
+
+    path = tokenizer_dirs["chatml_base_eos"]
+    gin.parse_config(CHAT_RUN + [f"prompt_format.tokenizer_dir = '{path}'"])
+    problem = readers.Problem("p1", "1+1?", "So $\\boxed{2}$. ", "2")
+    [example] = tasks.generation_examples([problem])
+    fmt = prompts.prompt_format("chat", tokenizer_dir=str(path), system="Be brief.")
+    assert example["inputs"] == fmt.render("1+1?") and \
+        example["inputs"].startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert example["targets"] == "So $\\boxed{2}$.<|im_end|>"
+    gin.clear_config()
+    [plain] = tasks.generation_examples([problem])
+    assert plain["inputs"] == "Problem:\n1+1?\n\nSolution:\n" and plain["targets"] == "So $\\boxed{2}$."
+
+
+def test_rollouts_prompt_in_the_gin_bound_format(tokenizer_dirs):
+    from mathft_jax.data.vocab import HfTokenizerVocabulary
+    from mathft_jax.rl import rollout
+
+    path = tokenizer_dirs["llama3"]
+    vocab = HfTokenizerVocabulary(str(path / "tokenizer.json"), eos_token="<|eot_id|>",
+                                  bos_token="<|begin_of_text|>")
+    gin.parse_config(CHAT_RUN)  # the tokenizer files are the vocabulary's
+    [tokens] = rollout.prompt_tokens([{"problem": PROBLEM}], vocab, vocab.bos_id, limit=10_000)
+    hf = hf_tokenizer(path)
+    assert tokens == list(hf.apply_chat_template(hf_messages("Be brief."), tokenize=True,
+                                                 add_generation_prompt=True, return_dict=False))
+
+
+def test_pairs_from_chat_samples_keep_the_format_they_were_sampled_in(tokenizer_dirs):
+    """Sequence pairs and DPO pairs of a chat run: the record's own prompt, each text closed
+    by the end of turn; plain records are as before."""
+    from mathft_jax.data import formats, preferences
+
+    path = tokenizer_dirs["chatml_base_eos"]
+    gin.parse_config([f"prompt_format.tokenizer_dir = '{path}'"])
+    chat = {"problem_id": "a", "problem": "1+1?", "gold": "2", "prompt_format": "chat",
+            "system_prompt": "Be brief.",
+            "samples": [{"text": "so 2", "correct": True}, {"text": "so 3", "correct": False}]}
+    plain = {**chat, "problem_id": "b"}
+    del plain["prompt_format"], plain["system_prompt"]
+    rows, _ = formats.sequence_pair_examples([chat, plain], num_pairs=1)
+    fmt = prompts.prompt_format("chat", tokenizer_dir=str(path), system="Be brief.")
+    assert [r["inputs"] for r in rows] == [fmt.render("1+1?")] * 2 + \
+        ["Problem:\n1+1?\n\nSolution:\n"] * 2
+    assert [r["targets"] for r in rows] == ["so 2<|im_end|>", "so 3<|im_end|>", "so 2", "so 3"]
+    pairs = preferences.from_candidates([chat, plain])
+    assert pairs[0]["prompt"] == fmt.render("1+1?") and pairs[0]["chosen"] == "so 2<|im_end|>"
+    assert "prompt" not in pairs[1] and pairs[1]["chosen"] == "so 2"
+    assert preferences.prompt_text(pairs[0]) == fmt.render("1+1?")
+    gin.parse_config(["prompt_format.name = 'gsm8k_cot'"])
+    assert preferences.prompt_text(pairs[1]).endswith("Q: 1+1?\nA:")

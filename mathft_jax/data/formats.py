@@ -233,22 +233,23 @@ def pairwise_examples(records: Iterable[dict], num_pairs: int = 10, sampling: st
     exactly, also when a label is several tokens. Problems with no correct or no incorrect
     candidate give no pairs and are counted.
     """
-    def rows(problem: str, text: str) -> list[dict]:
-        return [{"inputs": evaluator_prompt(problem, text), "targets": evaluator_target(bool(label)),
-                 "label_correct": label} for label in (1, 0)]
+    def rows(record: dict, text: str) -> list[dict]:
+        return [{"inputs": evaluator_prompt(record["problem"], text),
+                 "targets": evaluator_target(bool(label)), "label_correct": label}
+                for label in (1, 0)]
     return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "pairwise evaluator")
 
 
 def _pair_examples(records: Iterable[dict], num_pairs: int, sampling: str, seed: int,
                    dedupe: bool, rows, what: str) -> tuple[list[dict], collections.Counter]:
-    """The examples of every sampled pair: `rows(problem, text)` for X+ then for X-, each
+    """The examples of every sampled pair: `rows(record, text)` for X+ then for X-, each
     row tagged with the pair's `problem_id`, `pair_id` and `is_positive`."""
     stats: collections.Counter = collections.Counter()
     examples = []
     for record, good, bad, pair_id in _candidate_pairs(records, num_pairs, sampling, seed,
                                                        dedupe, stats):
         for text, positive in ((good, 1), (bad, 0)):
-            for row in rows(record["problem"], text):
+            for row in rows(record, text):
                 examples.append({"problem_id": str(record["problem_id"]), **row,
                                  "pair_id": pair_id, "is_positive": positive})
     logging.info("%s examples: %s", what, dict(stats))
@@ -260,9 +261,15 @@ def sequence_pair_examples(records: Iterable[dict], num_pairs: int = 10,
                            sampling: str = "uniform", seed: int = 0,
                            dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
     """Generation-format pairs for the sequence margin / contrastive MLE losses: two
-    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`."""
-    def rows(problem: str, text: str) -> list[dict]:
-        return [{"inputs": generation_prompt(problem), "targets": text}]
+    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`. Each record's
+    pairs are in the prompt format it was sampled with (`prompts.sampled_format`; plain
+    where it names none), each text as that format's continuation."""
+    from mathft_jax.data import prompts  # noqa: PLC0415 (prompts builds on this module)
+
+    def rows(record: dict, text: str) -> list[dict]:
+        prompt_format = prompts.sampled_format(record)
+        return [{"inputs": prompt_format.prompt_text(record["problem"]),
+                 "targets": prompt_format.continuation(text)}]
     return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "sequence pair")
 
 

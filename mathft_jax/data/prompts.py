@@ -20,18 +20,21 @@ A caller renders a prompt so:
     fmt.prompt_text(problem)   # what follows the decoder's start token (render() without a
                                # leading BOS text: every sequence here starts with the BOS)
     fmt.tokens(problem, vocab, start_id)   # [start_id] + vocab.encode(prompt_text)
-    fmt.target(solution)       # the training target: the assistant's turn up to and
-                               # including its end-of-turn token (chat), where the task's
-                               # EOS is not that token already
+    fmt.target(solution)       # a reference solution as the training target: the
+                               # assistant's turn up to and including its end-of-turn
+                               # token (chat), where the task's EOS is not that token
+    fmt.continuation(text)     # a sampled text as a training target (pairs, DPO)
     fmt.stop_strings           # where a sample ends beside EOS ("<|im_end|>", "\n\nProblem:")
     fmt.record                 # what a candidates record carries of it ({} for plain)
 
 A run chooses its format in gin, `prompt_format.name` / `.system` / `.tokenizer_dir`
 (`PromptConfig`; per stage: `sample_eval/prompt_format.name = 'chat'`): `infer` samples
 with it (`InferConfig.prompt`) and writes `prompt_format` and `system_prompt` into every
-record of a non-plain run, and the training tasks' examples (SSFT, the sequence-pair and
-DPO prompts, GRPO's rollouts) and the likelihood scorer render with the gin-bound format
-(`gin_format`). tokenizer_dir defaults to the directory of the run's HF tokenizer.json.
+record of a non-plain run. The training stages render with the gin-bound format
+(`gin_format`): SSFT's examples (and GRPO's supervised term), GRPO's rollout prompts, a
+preference file's `problem`s. What is built from sampled candidates (the sequence and DPO
+pairs, the likelihood scorer) uses the format each record names (`sampled_format`).
+tokenizer_dir defaults to the directory of the run's HF tokenizer.json.
 """
 from __future__ import annotations
 
@@ -89,7 +92,6 @@ class PromptFormat:
         end of turn the sampler stopped on where the task's EOS is not it (chat)."""
         return text + self._ending
 
-
     @property
     def record(self) -> dict:
         """The fields a candidates record keeps: none for plain (files as before formats),
@@ -109,7 +111,7 @@ def sampled_format(record: dict, vocabulary=None) -> PromptFormat:
     """The format a candidates record was sampled with (`recorded_format`), chat's template
     read beside `vocabulary`'s tokenizer.json: a scorer reads each record in its own."""
     name, system = recorded_format(record)
-    return _built(name, system, vocabulary_dir(vocabulary) if name == CHAT else None)
+    return _with_files(PromptConfig(name=name, system=system), vocabulary)
 
 
 def prompt_format(name: str = PLAIN, *, tokenizer_dir=None, system: Optional[str] = None,
@@ -259,8 +261,12 @@ def _built(name: str, system: Optional[str], tokenizer_dir: Optional[str]) -> Pr
 def gin_format(vocabulary=None) -> PromptFormat:
     """The format gin binds in the current scope (`PromptConfig()`); plain needs no
     vocabulary, chat reads the gin-bound one's files when none is given."""
-    config = PromptConfig()
+    return _with_files(PromptConfig(), vocabulary)
+
+
+def _with_files(config: PromptConfig, vocabulary) -> PromptFormat:
+    """`config` built; chat without a tokenizer_dir or vocabulary reads gin's vocabulary's."""
     if config.name == CHAT and vocabulary is None and config.tokenizer_dir is None:
-        from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415 (TF; chat only)
+        from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415 (TF; for chat alone)
         vocabulary = vocab_lib.get_vocabulary()
     return config.build(vocabulary)
