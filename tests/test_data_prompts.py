@@ -230,7 +230,7 @@ def test_the_gin_bound_format_is_the_runs(tokenizer_dirs):
 def test_a_template_whose_answer_does_not_continue_its_prompt_samples_but_does_not_train(
         tokenizer_dirs):
     fmt = prompts.prompt_format("chat", tokenizer_dir=str(tokenizer_dirs["features"]))
-    assert fmt.render("1+1?").endswith("<|im_end|>\n") and fmt.stop_strings == ()
+    assert fmt.render("1+1?").endswith("<|im_end|>") and fmt.stop_strings == ()
     with pytest.raises(SettingError, match="does not continue its generation prompt"):
         fmt.target("2")
 
