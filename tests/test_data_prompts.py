@@ -293,3 +293,9 @@ def test_pairs_from_chat_samples_keep_the_format_they_were_sampled_in(tokenizer_
     assert preferences.prompt_text(pairs[0]) == fmt.render("1+1?")
     gin.parse_config(["prompt_format.name = 'gsm8k_cot'"])
     assert preferences.prompt_text(pairs[1]).endswith("Q: 1+1?\nA:")
+
+
+def test_each_benchmark_has_its_fewshot_prompt():
+    assert prompts.fewshot_for("gsm8k") == "gsm8k_cot"
+    assert {prompts.fewshot_for(t) for t in ("math500", "aime24", "olympiadbench")} == \
+        {"minerva_math"}

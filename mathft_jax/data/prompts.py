@@ -130,6 +130,17 @@ def prompt_format(name: str = PLAIN, *, tokenizer_dir=None, system: Optional[str
 
 # ----------------------------------------------------------------------------- few-shot
 
+# The few-shot prompt each benchmark is reported with: GSM8K's own 8-shot chain of thought,
+# Minerva's MATH prompt for the competition-math sets (lm-evaluation-harness's gsm8k_cot and
+# minerva_math tasks).
+FEWSHOT_FOR_TASK = {"gsm8k": "gsm8k_cot"}
+
+
+def fewshot_for(task: str) -> str:
+    """The few-shot format name for a problem source (`data/sources.py`)."""
+    return FEWSHOT_FOR_TASK.get(task, "minerva_math")
+
+
 
 @functools.lru_cache(maxsize=None)
 def fewshot_prompt(name: str) -> dict:
