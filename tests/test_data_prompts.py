@@ -270,10 +270,10 @@ def test_rollouts_prompt_in_the_gin_bound_format(tokenizer_dirs):
                                                  add_generation_prompt=True, return_dict=False))
 
 
-def test_pairs_from_chat_samples_keep_the_format_they_were_sampled_in(tokenizer_dirs):
-    """Sequence pairs and DPO pairs of a chat run: the record's own prompt, each text closed
-    by the end of turn; plain records are as before."""
-    from mathft_jax.data import formats, preferences
+def test_pairs_from_chat_samples_keep_the_format_they_were_sampled_in(tokenizer_dirs, tmp_path):
+    """Sequence pairs (the scr_sequence_pairwise task's) and DPO pairs of a chat run: the
+    record's own prompt, each text closed by the end of turn; plain records are as before."""
+    from mathft_jax.data import formats, preferences, tasks
 
     path = tokenizer_dirs["chatml_base_eos"]
     gin.parse_config([f"prompt_format.tokenizer_dir = '{path}'"])
@@ -282,11 +282,17 @@ def test_pairs_from_chat_samples_keep_the_format_they_were_sampled_in(tokenizer_
             "samples": [{"text": "so 2", "correct": True}, {"text": "so 3", "correct": False}]}
     plain = {**chat, "problem_id": "b"}
     del plain["prompt_format"], plain["system_prompt"]
-    rows, _ = formats.sequence_pair_examples([chat, plain], num_pairs=1)
+    rows, _ = formats.sequence_pair_examples([chat, plain], num_pairs=1,
+                                             format_of=prompts.sampled_format)
     fmt = prompts.prompt_format("chat", tokenizer_dir=str(path), system="Be brief.")
     assert [r["inputs"] for r in rows] == [fmt.render("1+1?")] * 2 + \
         ["Problem:\n1+1?\n\nSolution:\n"] * 2
     assert [r["targets"] for r in rows] == ["so 2<|im_end|>", "so 3<|im_end|>", "so 2", "so 3"]
+    graded = tmp_path / "graded.jsonl"
+    graded.write_text("".join(json.dumps(r) + "\n" for r in (chat, plain)))
+    task_rows = tasks._task_loaders(str(graded))["scr_sequence_pairwise"]["train"]()
+    assert [(r["inputs"], r["targets"]) for r in task_rows] == \
+        [(r["inputs"], r["targets"]) for r in rows]
     pairs = preferences.from_candidates([chat, plain])
     assert pairs[0]["prompt"] == fmt.render("1+1?") and pairs[0]["chosen"] == "so 2<|im_end|>"
     assert "prompt" not in pairs[1] and pairs[1]["chosen"] == "so 2"

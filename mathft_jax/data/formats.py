@@ -256,18 +256,21 @@ def _pair_examples(records: Iterable[dict], num_pairs: int, sampling: str, seed:
     return examples, stats
 
 
-@gin.configurable
+@gin.configurable(denylist=["format_of"])
 def sequence_pair_examples(records: Iterable[dict], num_pairs: int = 10,
-                           sampling: str = "uniform", seed: int = 0,
-                           dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
+                           sampling: str = "uniform", seed: int = 0, dedupe: bool = True,
+                           format_of=None) -> tuple[list[dict], collections.Counter]:
     """Generation-format pairs for the sequence margin / contrastive MLE losses: two
-    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`. Each record's
-    pairs are in the prompt format it was sampled with (`prompts.sampled_format`; plain
-    where it names none), each text as that format's continuation."""
-    from mathft_jax.data import prompts  # noqa: PLC0415 (prompts builds on this module)
+    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`.
 
+    format_of(record): the prompt format a record's pairs are in, its prompt and each text
+    as that format's continuation (the task and the DPO pairs pass `prompts.sampled_format`:
+    the format the record was sampled with); None: the generation prompt, texts as they are.
+    """
     def rows(record: dict, text: str) -> list[dict]:
-        prompt_format = prompts.sampled_format(record)
+        if format_of is None:
+            return [{"inputs": generation_prompt(record["problem"]), "targets": text}]
+        prompt_format = format_of(record)
         return [{"inputs": prompt_format.prompt_text(record["problem"]),
                  "targets": prompt_format.continuation(text)}]
     return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "sequence pair")

@@ -85,7 +85,7 @@ def from_candidates(records: Iterable[dict]) -> list[dict]:
     problems = {str(r["problem_id"]): r["problem"] for r in records}
     formatted = {str(r["problem_id"]) for r in records
                  if prompts.recorded_format(r)[0] != prompts.PLAIN}
-    rows, _ = formats.sequence_pair_examples(records)
+    rows, _ = formats.sequence_pair_examples(records, format_of=prompts.sampled_format)
     pairs = []
     for good, bad in zip(rows[0::2], rows[1::2]):  # (P, X+), (P, X-) per pair
         assert good["pair_id"] == bad["pair_id"] and good["is_positive"] and not bad["is_positive"]

@@ -148,7 +148,8 @@ def _task_loaders(data_file: Optional[str] = None) -> dict[str, dict[str, Callab
         "scr_pointwise": evaluator(formats.pointwise_examples),
         "scr_steps_pairwise": evaluator(lambda records: formats.pairwise_examples(
             formats.step_records(records))),
-        "scr_sequence_pairwise": evaluator(formats.sequence_pair_examples),
+        "scr_sequence_pairwise": evaluator(lambda records: formats.sequence_pair_examples(
+            records, format_of=prompts.sampled_format)),
         "dpo_pairs": {"train": lambda: _preference_examples(preference_file)},
     }
     for name in SYNTHETIC_TASKS:  # the task and its source share the name
