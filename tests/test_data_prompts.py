@@ -80,15 +80,18 @@ def test_the_template_is_read_where_transformers_reads_it(tokenizer_dirs, tmp_pa
         hf.apply_chat_template(hf_messages(None), tokenize=False, add_generation_prompt=True)
 
 
-def test_special_tokens_map_fills_in_as_transformers_reads_it(tmp_path):
-    # no added_tokens_decoder in the config: special_tokens_map.json's tokens override it
+@pytest.mark.parametrize("decoder, bos", [(None, "<|begin_of_text|>"), ({}, "<|endoftext|>")])
+def test_special_tokens_map_fills_in_as_transformers_reads_it(tmp_path, decoder, bos):
+    # special_tokens_map.json's tokens override the config's where the config has no
+    # added_tokens_decoder (a tokenizer saved before transformers 4.34)
+    extra = {} if decoder is None else {"added_tokens_decoder": decoder}
     path = write_tokenizer(tmp_path / "legacy", LLAMA3, bos_token="<|endoftext|>",
-                           eos_token="<|eot_id|>")
+                           eos_token="<|eot_id|>", **extra)
     (path / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": {"content": "<|begin_of_text|>", "lstrip": False}}))
     hf = hf_tokenizer(path)
     rendered = chat_template.read_chat_template(path).render(hf_messages(None), True)
-    assert rendered.startswith("<|begin_of_text|>")
+    assert rendered.startswith(bos)
     assert rendered == hf.apply_chat_template(hf_messages(None), tokenize=False,
                                               add_generation_prompt=True)
 
