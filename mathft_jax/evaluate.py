@@ -109,13 +109,22 @@ def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes
                                grader=grader)
     result["skipped_lines"] = {"count": len(bad), "lines": [[b.line, b.reason] for b in bad]}
     if compare_graders:
-        summary, disagreements = agreement.agreement_report(records, list(compare_graders),
-                                                            policy or "strict")
-        summary["metrics"] = {name: evaluate_records(records, k, processes, progress=progress,
-                                                     policy=policy, grader=name)["metrics"]
-                              for name in compare_graders}
-        result["comparison"], result["disagreements"] = summary, disagreements
+        result["comparison"], result["disagreements"] = compare_graders_on(
+            records, compare_graders, k, processes, progress, policy)
     return result
+
+
+def compare_graders_on(records: list[dict], graders: Sequence[str], k: int = 8,
+                       processes: int | None = None, progress: bool = True,
+                       policy: str | None = None) -> tuple[dict, list[dict]]:
+    """(summary, disagreements): how often `graders` agree on every sample, and each metric
+    under each of them (`summary["metrics"][grader]`)."""
+    summary, disagreements = agreement.agreement_report(records, list(graders),
+                                                        policy or "strict")
+    summary["metrics"] = {name: evaluate_records(records, k, processes, progress=progress,
+                                                 policy=policy, grader=name)["metrics"]
+                          for name in graders}
+    return summary, disagreements
 
 
 _CANDIDATES = flags.DEFINE_string("candidates", None, "Candidates JSON-lines file (required).")

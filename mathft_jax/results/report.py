@@ -46,14 +46,16 @@ def results_table(results: Mapping[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def accuracy_vs_n(problems: Sequence[voting.GradedProblem], k: int, repeats: int = 4) -> dict:
-    """{metric: [(n, value)]} for n = 1, 2, 4, ... up to the samples per problem."""
+def accuracy_vs_n(problems: Sequence[voting.GradedProblem], k: int, repeats: int = 4,
+                  metrics: Sequence[str] = CURVE_METRICS) -> dict:
+    """{metric: [(n, value)]} for n = 1, 2, 4, ... up to the samples per problem: each metric
+    over n of each problem's samples (`voting.metrics_at_n`, `repeats` draws averaged)."""
     top = max((len(p.correct) for p in problems), default=0)
     ns = sorted({min(2 ** i, top) for i in range(0, max(top, 1).bit_length() + 1)} - {0})
-    curves = {m: [] for m in CURVE_METRICS}
+    curves = {m: [] for m in metrics}
     for n in ns:
         m = voting.metrics_at_n(problems, n, k, seed=0, repeats=repeats, n_resamples=1)
-        for name in CURVE_METRICS:
+        for name in metrics:
             if m[name]["value"] is not None:
                 curves[name].append((n, m[name]["value"]))
     return curves

@@ -1,0 +1,216 @@
+"""`python -m mathft_jax.evaluate_model`: its settings, its one-line errors, the table, grading
+resumed and graders compared (fast); and the command on all six benchmarks, killed and
+resumed, on a tiny random Llama with a tokenizer trained on MATH (slow)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mathft_jax import evaluate, evaluate_model
+from mathft_jax.core.errors import DataError, UsageError
+from mathft_jax.evaluate_model import BENCHMARKS, EvalConfig
+from mathft_jax.results import benchmark_report, candidates, voting
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _problems(n, right_every):
+    """n problems of two samples, both right on every `right_every`-th problem."""
+    return [voting.GradedProblem((i % right_every == 0,) * 2, (0, 0), (i % right_every == 0,),
+                                 None) for i in range(n)]
+
+
+def _result(n, right_every, prompt="plain"):
+    return {**evaluate.summarize_problems(_problems(n, right_every), k=1, n_resamples=200),
+            "grading": {"grader": "mathft"}, "prompt": prompt}
+
+
+def test_table_has_a_row_per_benchmark_and_says_where_problems_are_few():
+    table = benchmark_report.benchmark_table({"math500": _result(500, 2),
+                                              "aime24": _result(30, 3)})
+    head, rule, math500, aime24 = table.splitlines()[:4]
+    assert [c.strip() for c in head.strip("|").split("|")] == [
+        "benchmark", "Pass@1", "Maj1@N", "Pass@N", "problems", "N", "grader", "prompt", "note"]
+    cells = [c.strip() for c in math500.strip("|").split("|")]
+    assert cells[0] == "math500" and cells[4:8] == ["500", "2", "mathft", "plain"]
+    assert cells[1].startswith("50.0 [") and cells[8] == ""  # MATH500: +-4.4 at most
+    low, high = map(float, cells[1][len("50.0 ["):-1].split(", "))
+    assert low < 50 < high
+    cells = [c.strip() for c in aime24.strip("|").split("|")]
+    assert cells[0] == "aime24" and cells[4] == "30" and cells[1].startswith("33.3 [")
+    assert cells[8] == "few problems: a 95% CI spans up to ±18 pts"
+
+
+def test_the_widest_interval_follows_the_problem_count():
+    assert round(100 * benchmark_report.widest_half_width(30), 1) == 17.9   # AIME24
+    assert round(100 * benchmark_report.widest_half_width(40), 1) == 15.5   # AMC23
+    assert round(100 * benchmark_report.widest_half_width(500), 1) == 4.4   # MATH500
+    # flagged below 97 problems (+-10 points)
+    assert benchmark_report._note(96) and not benchmark_report._note(97)
+
+
+def test_greedy_is_one_sample_at_temperature_zero(tmp_path):
+    config = EvalConfig(checkpoint="ckpt", out=str(tmp_path), greedy=True, num_samples=8,
+                        temperature=0.7)
+    assert config.sampling()["num_samples"] == 1 and config.sampling()["temperature"] == 0.0
+    infer_cfg = evaluate_model.infer_config(config, "gsm8k")
+    assert (infer_cfg.num_samples, infer_cfg.temperature, infer_cfg.task) == (1, 0.0, "gsm8k")
+    sampled = evaluate_model.infer_config(EvalConfig(checkpoint="ckpt", out=str(tmp_path),
+                                                     num_samples=4, temperature=0.7), "aime24")
+    assert (sampled.num_samples, sampled.temperature) == (4, 0.7)
+
+
+def _main_exit(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_model.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return exit_info.value.code, err
+
+
+def test_one_line_errors(capsys, tmp_path):
+    code, err = _main_exit(capsys, "--checkpoint=c", f"--out={tmp_path}",
+                           "--benchmarks=math500,gsm9k")
+    assert code == 2 and err == ("evaluate_model: error: --benchmarks: unknown benchmark gsm9k; "
+                                 "known: " + ", ".join(BENCHMARKS))
+    code, err = _main_exit(capsys, "--checkpoint=ckpt", f"--out={tmp_path}", "--greedy",
+                           "--num_samples=4")
+    assert code == 2 and "--greedy samples once: drop --num_samples=4" in err
+    code, err = _main_exit(capsys, f"--checkpoint={tmp_path / 'nope'}", f"--out={tmp_path}")
+    assert code == 2 and f"--checkpoint={tmp_path / 'nope'}: checkpoint not found" in err
+    code, err = _main_exit(capsys, "--checkpoint=c", f"--out={tmp_path}", "--prompt=fancy")
+    assert code == 2 and "--prompt=fancy: expected one of" in err
+
+
+def test_absent_data_names_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("MATHFT_DATA_DIR", str(tmp_path / "nodata"))
+    with pytest.raises(DataError, match=rf"gsm8k: no data at {tmp_path}/nodata/benchmarks/gsm8k/"
+                                        rf"test.jsonl.* read from {tmp_path}/nodata "
+                                        r"\(MATHFT_DATA_DIR"):
+        evaluate_model.check_data(EvalConfig(checkpoint="c", out="o", benchmarks=("gsm8k",)))
+
+
+def test_a_rerun_asking_for_other_samples_stops(tmp_path):
+    evaluate_model.check_settings(EvalConfig(checkpoint="c", out=str(tmp_path), num_samples=4))
+    evaluate_model.check_settings(EvalConfig(checkpoint="c", out=str(tmp_path), num_samples=4,
+                                             grader="prm800k"))  # grading may change
+    with pytest.raises(UsageError, match=r"holds samples drawn with num_samples=4 \(now 8\)"):
+        evaluate_model.check_settings(EvalConfig(checkpoint="c", out=str(tmp_path),
+                                                 num_samples=8))
+
+
+def _olympiad_records():
+    """A multiple-answer problem and a Numerical one with a tolerance, as the readers make
+    them (data/benchmarks.py), with samples right and wrong."""
+    def samples(*texts):
+        return [{"text": t, "answer": None} for t in texts]
+    return [
+        {"problem_id": "olympiadbench/1", "problem": "p", "gold": ["69", "84"],
+         "samples": samples("so $\\boxed{84, 69}$", "so $\\boxed{69}$",
+                            "$\\boxed{69}$ and $\\boxed{84}$", "no answer")},
+        {"problem_id": "olympiadbench/2", "problem": "p", "gold": "0.5", "gold_tolerance": 0.1,
+         "answer_type": "Numerical",
+         "samples": samples("so $\\boxed{0.55}$", "so $\\boxed{0.7}$", "so $\\boxed{0.5}$",
+                            "so $\\boxed{2}$")},
+    ]
+
+
+def test_compare_graders_on_list_golds_and_tolerance(tmp_path, monkeypatch):
+    pytest.importorskip("math_verify")
+    from mathft_jax.grading import extract_answer
+    records = _olympiad_records()
+    for record in records:
+        for s in record["samples"]:
+            s["answer"] = extract_answer(s["text"])
+    path = tmp_path / "olympiadbench" / "candidates.jsonl"
+    path.parent.mkdir()
+    candidates.write_candidates(str(path), records)
+    config = EvalConfig(checkpoint="c", out=str(tmp_path), benchmarks=("olympiadbench",),
+                        compare_graders=("mathft", "math_verify"), processes=1, k=1)
+    result = evaluate_model.grade(config, "olympiadbench", str(path), progress=False)
+    comparison = result["comparison"]
+    assert comparison["samples"] == 8 and comparison["agree"] == 8
+    for grader in ("mathft", "math_verify"):
+        assert comparison["metrics"][grader]["pass_at_1"]["value"] == pytest.approx(0.5)
+        assert comparison["metrics"][grader]["pass_at_n"]["value"] == 1.0
+    assert result["metrics"]["pass_at_1"]["value"] == pytest.approx(0.5)
+    assert (tmp_path / "olympiadbench" / "disagreements.jsonl").read_text() == ""
+    table = benchmark_report.comparison_table({"olympiadbench": result})
+    assert table.splitlines()[0] == ("| benchmark | samples | agree | Pass@1 mathft | "
+                                     "Maj1@N mathft | Pass@1 math_verify | Maj1@N math_verify |")
+    assert table.splitlines()[2] == "| olympiadbench | 8 | 100.0% | 50.0 | 50.0 | 50.0 | 50.0 |"
+
+    # graded once: the same grading settings read results.json; others grade again
+    calls = []
+    grade_records = evaluate.grade_records
+    monkeypatch.setattr(evaluate, "grade_records",
+                        lambda *a, **kw: calls.append(kw["grader"]) or grade_records(*a, **kw))
+    assert evaluate_model.grade(config, "olympiadbench", str(path), progress=False) == \
+        json.loads(json.dumps(result))
+    assert calls == []
+    other = EvalConfig(checkpoint="c", out=str(tmp_path), benchmarks=("olympiadbench",),
+                       grader="math_verify", processes=1, k=1)
+    assert "comparison" not in evaluate_model.grade(other, "olympiadbench", str(path),
+                                                    progress=False)
+    assert calls == ["math_verify"]
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _tiny_checkpoint(tmp_path, data_dir):
+    from real_path_utils import math_lines, save_tiny_llama, train_tokenizer
+    from mathft_jax.convert.import_hf import import_checkpoint
+    tok_dir = tmp_path / "tokenizer"
+    train_tokenizer(math_lines(data_dir, 500), tok_dir, vocab_size=384)
+    hf_model = save_tiny_llama(tmp_path / "hf_model", tok_dir, vocab_size=384)
+    import_checkpoint(hf_model, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+@pytest.mark.slow
+def test_six_benchmarks_killed_resumed_and_tabled(tmp_path, data_dir):
+    pytest.importorskip("transformers")
+    from waiting import wait_for
+    from xla_env import FAST_COMPILE
+    ckpt = _tiny_checkpoint(tmp_path, data_dir)
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "mathft_jax.evaluate_model", f"--checkpoint={ckpt}",
+           f"--benchmarks={','.join(BENCHMARKS)}", "--num_samples=2", "--max_problems=3",
+           "--max_decode_len=8", "--batch_size=1", "--processes=1", f"--out={out}",
+           "--gin_bindings=infer.truncate_prompts=True"]
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE,
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log)
+    try:  # stopped (SIGTERM) once math500 is done and gsm8k has a chunk of its three
+        wait_for(lambda: list((out / "gsm8k" / "candidates.jsonl.parts").glob("*.jsonl")),
+                 "gsm8k's first chunk", proc=first,
+                 output=lambda: (tmp_path / "first.log").read_text())
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait()
+    assert first.returncode == 75, (tmp_path / "first.log").read_text()[-4000:]
+    assert (out / "math500" / "results.json").exists()
+    assert not (out / "olympiadbench" / "candidates.jsonl").exists()
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "math500: sampled already" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| benchmark | Pass@1 | Maj1@N | Pass@N | problems | N | grader")
+    assert [row.split("|")[1].strip() for row in rows[2:]] == list(BENCHMARKS)
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4:8] == ["3", "2", "mathft", "plain"]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == list(BENCHMARKS)
+    for name in BENCHMARKS:
+        records = candidates.read_candidates(str(out / name / "candidates.jsonl"))
+        assert len(records) == 3 and all(len(r["samples"]) == 2 for r in records)
+        assert [k for k, _ in results[name]["curves"]["pass_at_n"]] == [1, 2]
+        assert (out / f"accuracy_{name}.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "![aime24: accuracy against k](accuracy_aime24.png)" in report
