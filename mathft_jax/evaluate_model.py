@@ -10,7 +10,9 @@ solutions per problem into DIR/<benchmark>/candidates.jsonl and `evaluate`'s fun
 and cluster them (DIR/<benchmark>/results.json); then one table is printed (a row per
 benchmark: Pass@1, Maj1@N and Pass@N with 95% bootstrap intervals, problems, grader, prompt)
 and DIR/report.md is written with a plot per benchmark of Pass@k and Maj1@k against k
-(`results/benchmark_report.py`). `--greedy` is N = 1 at temperature 0.
+(`results/benchmark_report.py`). `--greedy` is N = 1 at temperature 0. `--references`
+grades the benchmarks' own solutions instead of samples (no checkpoint), so that
+`--compare_graders=mathft,math_verify` shows how the graders read the gold answers.
 
 A thin entry point over `infer` and `evaluate` rather than a pipeline variant: there is no
 training stage, and each benchmark is already the unit infer and evaluate work in.
@@ -55,7 +57,7 @@ class EvalConfig:
     """One evaluation: the model, the benchmarks, how it samples and how it is graded.
     `max_decode_len`/`batch_size` None: infer's (gin `infer.*`, default 512 and 8)."""
 
-    checkpoint: str
+    checkpoint: Optional[str]
     out: str
     benchmarks: tuple[str, ...] = BENCHMARKS
     num_samples: int = 8
@@ -70,13 +72,16 @@ class EvalConfig:
     compare_graders: tuple[str, ...] = ()
     k: int = 8
     processes: Optional[int] = None
+    references: bool = False  # grade the benchmarks' own solutions: no model, no sampling
 
     @property
     def samples(self) -> int:
-        return 1 if self.greedy else self.num_samples
+        return 1 if self.greedy or self.references else self.num_samples
 
     def sampling(self) -> dict:
         """What the samples depend on (kept in DIR/settings.json, compared on a rerun)."""
+        if self.references:
+            return {"references": True, "max_problems": self.max_problems}
         return {"checkpoint": self.checkpoint, "num_samples": self.samples,
                 "temperature": 0.0 if self.greedy else self.temperature, "prompt": self.prompt,
                 "max_problems": self.max_problems, "max_decode_len": self.max_decode_len,
@@ -95,6 +100,9 @@ class EvalConfig:
                              f"known: {', '.join(BENCHMARKS)}")
         if len(set(self.benchmarks)) != len(self.benchmarks):
             raise UsageError(f"--benchmarks={','.join(self.benchmarks)}: a benchmark is named twice")
+        if not self.references and not self.checkpoint:
+            raise UsageError("--checkpoint=CKPT is required (a model_dir from import_hf or "
+                             "train), unless --references")
         if self.prompt not in PROMPTS:
             raise UsageError(f"--prompt={self.prompt}: expected one of {', '.join(PROMPTS)}")
         for name, value in (("num_samples", self.num_samples), ("k", self.k),
@@ -137,8 +145,6 @@ def check_data(config: EvalConfig) -> dict[str, int]:
 def check_checkpoint(checkpoint: str) -> list[str]:
     """The gin files of the checkpoint's model_dir (model.gin, vocab.gin where present)."""
     from mathft_jax.convert import checkpoints, model_files
-    if not checkpoint:
-        raise UsageError("--checkpoint=CKPT is required (a model_dir from import_hf or train)")
     try:
         checkpoints.resolve_params_dir(checkpoint)
         model_dir = model_files.find_model_dir(checkpoint)
@@ -192,6 +198,27 @@ def sample(config: EvalConfig, name: str, progress: bool = True) -> str:
     return infer.infer(infer_cfg, progress=progress)
 
 
+def write_references(config: EvalConfig, name: str) -> str:
+    """The benchmark's own solutions as a candidates file, one sample a problem (the boxed
+    gold where a benchmark gives no solution: AMC23), answers read by the lenient policy
+    (GSM8K's `#### 72` line): what the graders make of the gold answers as written."""
+    from mathft_jax.data import sources
+    from mathft_jax.grading import extract_answer
+    path = storage.join(benchmark_dir(config, name), "candidates.jsonl")
+    if storage.exists(path):
+        return path
+    records = []
+    for problem in sources.first(sources.problems(name, "test", require_answer=True),
+                                 config.max_problems, "--max_problems"):
+        record = sources.problem_record(problem)
+        gold = record["gold"] if isinstance(record["gold"], str) else ", ".join(record["gold"])
+        text = problem.solution or f"The answer is $\\boxed{{{gold}}}$."
+        records.append({**record, "extraction_policy": "lenient", "samples": [
+            {"text": text, "answer": extract_answer(text, policy="lenient")}]})
+    candidates.write_candidates(path, records)
+    return path
+
+
 def grade(config: EvalConfig, name: str, path: str, progress: bool = True) -> dict:
     """The benchmark's results (`evaluate.summarize_problems`, what graded it, the prompt,
     the accuracy-against-k curves and the graders compared), kept in results.json and
@@ -205,7 +232,8 @@ def grade(config: EvalConfig, name: str, path: str, progress: bool = True) -> di
     problems = evaluate.grade_records(records, config.processes, progress, grader=config.grader)
     result = {**evaluate.summarize_problems(problems, config.k),
               "grading": evaluate.grading_info(records, None, config.grader),
-              "grading_settings": config.grading(), "prompt": config.prompt,
+              "grading_settings": config.grading(),
+              "prompt": "references" if config.references else config.prompt,
               "curves": benchmark_report.curves_of(problems, config.k)}
     if config.compare_graders:
         result["comparison"], disagreements = evaluate.compare_graders_on(
@@ -222,23 +250,26 @@ def run(config: EvalConfig, gin_files: Sequence[str] = (), gin_bindings: Sequenc
     """Sample and grade every benchmark, then the table and the report; {benchmark: result}."""
     from mathft_jax.core import distributed, gin_utils
     config.validate()
-    model_gin = check_checkpoint(config.checkpoint)
+    model_gin = [] if config.references else check_checkpoint(config.checkpoint)
     distributed.initialize()
     gin_utils.parse_gin([*model_gin, *gin_files], gin_bindings)
     counts = check_data(config)
-    for name in config.benchmarks:  # every setting checked before the first sample
-        infer_config(config, name)
+    for name in config.benchmarks if not config.references else ():
+        infer_config(config, name)  # every setting checked before the first sample
     check_settings(config)
     results = {}
     for name in config.benchmarks:
         print(f"{name}: {counts[name]} problems, N = {config.samples}", flush=True)
-        path = sample(config, name, progress)  # every process: sampling is collective
+        # every process samples: sampling is collective
+        path = write_references(config, name) if config.references else \
+            sample(config, name, progress)
         if distributed.is_main_process():  # grading is host work; process 0 writes
             results[name] = grade(config, name, path, progress)
     if distributed.is_main_process():
         atomic.write_json(storage.join(config.out, "results.json"), results, indent=1)
+        model = "The reference solutions" if config.references else config.checkpoint
         report = benchmark_report.write_benchmark_report(
-            config.out, results, f"{config.checkpoint} on {', '.join(config.benchmarks)}")
+            config.out, results, f"{model} on {', '.join(config.benchmarks)}")
         print("\n" + benchmark_report.benchmark_table(results))
         compared = benchmark_report.comparison_table(results)
         if compared:
@@ -276,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
                    help="e.g. mathft,math_verify: each benchmark's metrics under each")
     p.add_argument("--k", type=int, default=EvalConfig.k, help="K of MajK@N in results.json")
     p.add_argument("--processes", type=int, default=None, help="grading processes")
+    p.add_argument("--references", action="store_true",
+                   help="grade each benchmark's own solutions instead of a model's samples "
+                        "(with --compare_graders: how the graders read the gold answers)")
     p.add_argument("--gin_file", action="append", default=[],
                    help="more gin files (after the checkpoint's model.gin and vocab.gin)")
     p.add_argument("--gin_bindings", action="append", default=[],

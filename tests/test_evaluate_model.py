@@ -158,6 +158,27 @@ def test_compare_graders_on_list_golds_and_tolerance(tmp_path, monkeypatch):
     assert calls == ["math_verify"]
 
 
+def test_references_are_the_benchmarks_own_solutions(tmp_path, data_dir):
+    config = EvalConfig(checkpoint=None, out=str(tmp_path), references=True, max_problems=3,
+                        processes=1, k=1).validate()
+    assert config.sampling() == {"references": True, "max_problems": 3} and config.samples == 1
+    for name in ("amc23", "aime24"):
+        records = candidates.read_candidates(evaluate_model.write_references(config, name))
+        assert len(records) == 3 and all(len(r["samples"]) == 1 for r in records)
+        assert all(r["extraction_policy"] == "lenient" for r in records)
+        result = evaluate_model.grade(config, name, str(tmp_path / name / "candidates.jsonl"),
+                                      progress=False)
+        assert result["prompt"] == "references" and result["n_problems"] == 3
+    text = records[0]["samples"][0]["text"]  # AIME24's solution, as written
+    assert text == json.loads((data_dir / "benchmarks/aime24/test.jsonl").open().readline())[
+        "solution"]
+    amc = candidates.read_candidates(str(tmp_path / "amc23" / "candidates.jsonl"))
+    assert amc[0]["samples"][0] == {"text": f"The answer is $\\boxed{{{amc[0]['gold']}}}$.",
+                                    "answer": amc[0]["gold"]}  # AMC23 has no solutions
+    with pytest.raises(UsageError, match="--checkpoint=CKPT is required.*unless --references"):
+        EvalConfig(checkpoint=None, out=str(tmp_path)).validate()
+
+
 # ----------------------------------------------------------------------------- the command
 
 
