@@ -81,27 +81,6 @@ def comparison_table(results: Mapping[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def plot_curves(path: str, name: str, curves: Mapping[str, list]) -> None:
-    """Pass@k and Maj1@k of one benchmark against k (log 2)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for metric, points in curves.items():
-        if points:
-            ax.plot(*zip(*points), marker="o", label=CURVE_LABELS.get(metric, metric))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    report.save_figure(fig, path)
-
-
 def write_benchmark_report(out_dir: str, results: Mapping[str, dict], title: str) -> str:
     """report.md and one accuracy_<name>.png per benchmark (from each result's `curves`)."""
     text = [f"# {title}", "", benchmark_table(results), ""]
@@ -110,7 +89,8 @@ def write_benchmark_report(out_dir: str, results: Mapping[str, dict], title: str
         text += ["## Graders compared", "", compared, ""]
     for name, result in results.items():
         png = f"accuracy_{name}.png"
-        plot_curves(os.path.join(out_dir, png), name, result["curves"])
+        report.plot_curves(os.path.join(out_dir, png), result["curves"], CURVE_LABELS, name,
+                           xlabel="k (samples per problem)")
         text += [f"## {name}", "", f"![{name}: accuracy against k]({png})", ""]
     path = os.path.join(out_dir, "report.md")
     atomic.write_text(path, "\n".join(text))

@@ -72,18 +72,9 @@ def write_report(out_dir: str, results: Mapping[str, dict],
 
     final = list(results)[-1]
     curves = accuracy_vs_n(graded[final], k)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
-        if points:
-            ax.plot(*zip(*points), marker="o", label=voting.metric_label(name, k))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("N (samples per problem)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Accuracy against N ({NAMES.get(final, final)} generator)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, os.path.join(out_dir, "accuracy_vs_n.png"))
+    plot_curves(os.path.join(out_dir, "accuracy_vs_n.png"), curves,
+                {name: voting.metric_label(name, k) for name in curves},
+                f"Accuracy against N ({NAMES.get(final, final)} generator)")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [m for m in voting.METRICS if all(results[g]["metrics"][m]["value"] is not None
@@ -122,6 +113,27 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     path = os.path.join(out_dir, "report.md")
     atomic.write_text(path, "\n".join(text))
     return path
+
+
+def plot_curves(path: str, curves: Mapping[str, Sequence[tuple]], labels: Mapping[str, str],
+                title: str, xlabel: str = "N (samples per problem)") -> None:
+    """Accuracy curves {name: [(n, value)]} against n (log 2), one line each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        if points:
+            ax.plot(*zip(*points), marker="o", label=labels[name])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def plot_training(path: str, training: Mapping[str, Sequence[dict]]) -> bool:
