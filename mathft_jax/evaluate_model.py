@@ -45,10 +45,14 @@ from typing import Optional, Sequence
 from mathft_jax import evaluate
 from mathft_jax.core import atomic, cli_errors, storage
 from mathft_jax.core.errors import DataError, UsageError
+from mathft_jax.data import prompts
 from mathft_jax.results import benchmark_report, candidates
 
 BENCHMARKS = ("math500", "gsm8k", "aime24", "amc23", "minerva_math", "olympiadbench")
-PROMPTS = ("plain",)  # the paper's template (data/formats.py)
+# data/prompts.py's formats, and `fewshot`: each benchmark's own few-shot prompt
+# (`prompts.fewshot_for`: GSM8K's 8-shot chain of thought, Minerva's 4-shot MATH prompt)
+FEWSHOT = "fewshot"
+PROMPTS = (prompts.PLAIN, FEWSHOT, *prompts.FORMAT_NAMES[1:])
 SETTINGS_FILE = "settings.json"
 
 
@@ -64,6 +68,7 @@ class EvalConfig:
     greedy: bool = False
     temperature: float = 1.0
     prompt: str = "plain"
+    system_prompt: Optional[str] = None  # chat's system turn (None: the template's default)
     max_problems: Optional[int] = None
     max_decode_len: Optional[int] = None
     batch_size: Optional[int] = None
@@ -84,6 +89,7 @@ class EvalConfig:
             return {"references": True, "max_problems": self.max_problems}
         return {"checkpoint": self.checkpoint, "num_samples": self.samples,
                 "temperature": 0.0 if self.greedy else self.temperature, "prompt": self.prompt,
+                "system_prompt": self.system_prompt,
                 "max_problems": self.max_problems, "max_decode_len": self.max_decode_len,
                 "seed": self.seed}
 
@@ -105,6 +111,9 @@ class EvalConfig:
                              "train), unless --references")
         if self.prompt not in PROMPTS:
             raise UsageError(f"--prompt={self.prompt}: expected one of {', '.join(PROMPTS)}")
+        if self.system_prompt is not None and self.prompt != "chat":
+            raise UsageError(f"--system_prompt is a chat turn: it needs --prompt=chat, not "
+                             f"--prompt={self.prompt}")
         for name, value in (("num_samples", self.num_samples), ("k", self.k),
                             ("max_problems", self.max_problems),
                             ("max_decode_len", self.max_decode_len),
@@ -169,10 +178,11 @@ def check_settings(config: EvalConfig) -> None:
         atomic.write_json(path, wanted, indent=1)
 
 
-def prompt_fields(prompt: str) -> dict:
-    """The InferConfig fields that select the prompt format (plain: infer's default)."""
-    del prompt
-    return {}
+def prompt_config(config: EvalConfig, name: str):
+    """The benchmark's prompt format (`fewshot`: the benchmark's own few-shot prompt); chat's
+    template is read beside the checkpoint's tokenizer.json."""
+    format_name = prompts.fewshot_for(name) if config.prompt == FEWSHOT else config.prompt
+    return prompts.PromptConfig(name=format_name, system=config.system_prompt)
 
 
 def infer_config(config: EvalConfig, name: str):
@@ -184,7 +194,7 @@ def infer_config(config: EvalConfig, name: str):
         output_path=storage.join(benchmark_dir(config, name), "candidates.jsonl"), task=name,
         split="test", max_problems=config.max_problems, num_samples=config.samples,
         temperature=0.0 if config.greedy else config.temperature, seed=config.seed,
-        **prompt_fields(config.prompt),
+        prompt=prompt_config(config, name),
         **{key: value for key, value in fields.items() if value is not None}).validate()
 
 
@@ -220,9 +230,9 @@ def write_references(config: EvalConfig, name: str) -> str:
 
 
 def grade(config: EvalConfig, name: str, path: str, progress: bool = True) -> dict:
-    """The benchmark's results (`evaluate.summarize_problems`, what graded it, the prompt,
-    the accuracy-against-k curves and the graders compared), kept in results.json and
-    reused while the grading settings are the same."""
+    """The benchmark's results (`evaluate.summarize_problems`, what graded it, the prompt
+    format, the accuracy-against-k curves and the graders compared), kept in results.json
+    and reused while the grading settings are the same."""
     out = storage.join(benchmark_dir(config, name), "results.json")
     if storage.exists(out):
         kept = json.loads(storage.path(out).read_text())
@@ -233,7 +243,8 @@ def grade(config: EvalConfig, name: str, path: str, progress: bool = True) -> di
     result = {**evaluate.summarize_problems(problems, config.k),
               "grading": evaluate.grading_info(records, None, config.grader),
               "grading_settings": config.grading(),
-              "prompt": "references" if config.references else config.prompt,
+              "prompt": "references" if config.references else prompt_config(config, name).name,
+              "system_prompt": config.system_prompt,
               "curves": benchmark_report.curves_of(problems, config.k)}
     if config.compare_graders:
         result["comparison"], disagreements = evaluate.compare_graders_on(
@@ -296,7 +307,13 @@ def parser() -> argparse.ArgumentParser:
                    help=f"N samples per problem (default {EvalConfig.num_samples})")
     p.add_argument("--greedy", action="store_true", help="N = 1 at temperature 0")
     p.add_argument("--temperature", type=float, default=EvalConfig.temperature)
-    p.add_argument("--prompt", default=EvalConfig.prompt, help=f"one of {', '.join(PROMPTS)}")
+    p.add_argument("--prompt", default=EvalConfig.prompt,
+                   help=f"one of {', '.join(PROMPTS)} (docs/benchmarks.md); fewshot: each "
+                        "benchmark's own few-shot prompt")
+    p.add_argument("--system_prompt", default=None,
+                   help="chat's system turn, e.g. Qwen2.5-Math's 'Please reason step by step, "
+                        "and put your final answer within \\boxed{}.' (default: the "
+                        "template's own)")
     p.add_argument("--max_problems", type=int, default=None,
                    help="the first M problems of each benchmark (a quick look)")
     p.add_argument("--max_decode_len", type=int, default=None, help="default infer's (512)")

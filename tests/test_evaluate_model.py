@@ -63,6 +63,22 @@ def test_greedy_is_one_sample_at_temperature_zero(tmp_path):
     assert (sampled.num_samples, sampled.temperature) == (4, 0.7)
 
 
+def test_each_benchmark_gets_its_prompt_format(tmp_path):
+    def infer_prompt(name, **fields):
+        config = EvalConfig(checkpoint="ckpt", out=str(tmp_path), **fields).validate()
+        return evaluate_model.infer_config(config, name).prompt
+
+    assert infer_prompt("math500").name == "plain"
+    assert infer_prompt("gsm8k", prompt="fewshot").name == "gsm8k_cot"
+    assert infer_prompt("aime24", prompt="fewshot").name == "minerva_math"
+    chat = infer_prompt("amc23", prompt="chat", system_prompt="Reason.")
+    assert (chat.name, chat.system) == ("chat", "Reason.")
+    assert infer_prompt("amc23", prompt="chat").system is None  # the template's own default
+    with pytest.raises(UsageError, match="--system_prompt is a chat turn: it needs "
+                                         "--prompt=chat, not --prompt=plain"):
+        EvalConfig(checkpoint="ckpt", out=str(tmp_path), system_prompt="Reason.").validate()
+
+
 def _main_exit(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
         evaluate_model.main(list(argv))
@@ -184,10 +200,14 @@ def test_references_are_the_benchmarks_own_solutions(tmp_path, data_dir):
 
 
 def _tiny_checkpoint(tmp_path, data_dir):
+    """A tiny random Llama with a tokenizer trained on MATH and Qwen2.5's ChatML template."""
+    from chat_tokenizers import CHATML
     from real_path_utils import math_lines, save_tiny_llama, train_tokenizer
     from mathft_jax.convert.import_hf import import_checkpoint
     tok_dir = tmp_path / "tokenizer"
     train_tokenizer(math_lines(data_dir, 500), tok_dir, vocab_size=384)
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML}))
     hf_model = save_tiny_llama(tmp_path / "hf_model", tok_dir, vocab_size=384)
     import_checkpoint(hf_model, tmp_path / "ckpt")
     return tmp_path / "ckpt"
@@ -197,11 +217,13 @@ def _tiny_checkpoint(tmp_path, data_dir):
 def test_six_benchmarks_killed_resumed_and_tabled(tmp_path, data_dir):
     pytest.importorskip("transformers")
     from xla_env import FAST_COMPILE
+    from chat_tokenizers import QWEN_SYSTEM
     ckpt = _tiny_checkpoint(tmp_path, data_dir)
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "mathft_jax.evaluate_model", f"--checkpoint={ckpt}",
            f"--benchmarks={','.join(BENCHMARKS)}", "--num_samples=2", "--max_problems=3",
            "--max_decode_len=8", "--batch_size=2", "--processes=1", f"--out={out}",
+           "--prompt=chat", f"--system_prompt={QWEN_SYSTEM}",
            "--gin_bindings=infer.truncate_prompts=True"]
     env = dict(os.environ, XLA_FLAGS=FAST_COMPILE,
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -226,12 +248,14 @@ def test_six_benchmarks_killed_resumed_and_tabled(tmp_path, data_dir):
     assert [row.split("|")[1].strip() for row in rows[2:]] == list(BENCHMARKS)
     for row in rows[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[4:8] == ["3", "2", "mathft", "plain"]
+        assert cells[4:8] == ["3", "2", "mathft", "chat"]
     results = json.loads((out / "results.json").read_text())
     assert list(results) == list(BENCHMARKS)
     for name in BENCHMARKS:
         records = candidates.read_candidates(str(out / name / "candidates.jsonl"))
         assert len(records) == 3 and all(len(r["samples"]) == 2 for r in records)
+        assert all((r["prompt_format"], r["system_prompt"]) == ("chat", QWEN_SYSTEM)
+                   for r in records)
         assert [k for k, _ in results[name]["curves"]["pass_at_n"]] == [1, 2]
         assert (out / f"accuracy_{name}.png").stat().st_size > 0
     report = (out / "report.md").read_text()
