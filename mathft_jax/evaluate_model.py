@@ -94,9 +94,12 @@ class EvalConfig:
                 "seed": self.seed}
 
     def grading(self) -> dict:
-        """What the grades depend on: a benchmark graded so before is not graded again."""
+        """What the grades depend on, the graders' versions included: a benchmark graded so
+        before is not graded again."""
+        from mathft_jax.grading import GRADERS
         return {"grader": self.grader, "compare_graders": list(self.compare_graders),
-                "k": self.k}
+                "k": self.k, "versions": {name: GRADERS[name].version() for name in
+                                          sorted({self.grader, *self.compare_graders})}}
 
     def validate(self) -> "EvalConfig":
         """Usage errors before any work (the checkpoint and the data are checked by `run`)."""

@@ -1,6 +1,7 @@
 """`python -m mathft_jax.evaluate_model`: its settings, its one-line errors, the table, grading
 resumed and graders compared (fast); and the command on all six benchmarks, killed and
 resumed, on a tiny random Llama with a tokenizer trained on MATH (slow)."""
+import inspect
 import json
 import os
 import signal
@@ -163,11 +164,22 @@ def test_compare_graders_on_list_golds_and_tolerance(tmp_path, monkeypatch):
     # graded once: the same grading settings read results.json; others grade again
     calls = []
     grade_records = evaluate.grade_records
-    monkeypatch.setattr(evaluate, "grade_records",
-                        lambda *a, **kw: calls.append(kw["grader"]) or grade_records(*a, **kw))
+
+    def counted(*args, **kwargs):
+        called = inspect.signature(grade_records).bind(*args, **kwargs)
+        called.apply_defaults()
+        calls.append(called.arguments["grader"])
+        return grade_records(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "grade_records", counted)
     assert evaluate_model.grade(config, "olympiadbench", str(path), progress=False) == \
         json.loads(json.dumps(result))
     assert calls == []
+    from mathft_jax.grading import graders  # a grader's new version grades again
+    monkeypatch.setattr(graders, "MATHFT_VERSION", graders.MATHFT_VERSION + " (next)")
+    evaluate_model.grade(config, "olympiadbench", str(path), progress=False)
+    assert calls == ["mathft", "mathft", "math_verify"]
+    calls.clear()
     other = EvalConfig(checkpoint="c", out=str(tmp_path), benchmarks=("olympiadbench",),
                        grader="math_verify", processes=1, k=1)
     assert "comparison" not in evaluate_model.grade(other, "olympiadbench", str(path),
@@ -194,6 +206,19 @@ def test_references_are_the_benchmarks_own_solutions(tmp_path, data_dir):
                                     "answer": amc[0]["gold"]}  # AMC23 has no solutions
     with pytest.raises(UsageError, match="--checkpoint=CKPT is required.*unless --references"):
         EvalConfig(checkpoint=None, out=str(tmp_path)).validate()
+
+
+def test_graders_compared_read_answers_as_the_records_were_read(tmp_path):
+    """A lenient run's answer sentence: the agreement reads it as the metrics do."""
+    pytest.importorskip("math_verify")
+    records = [{"problem_id": "gsm8k/test/0", "problem": "p", "gold": "7",
+                "extraction_policy": "lenient",
+                "samples": [{"text": "She pays $7 in all.\n#### 7", "answer": "7"}]}]
+    summary, disagreements = evaluate.compare_graders_on(records, ("mathft", "math_verify"),
+                                                         k=1, processes=1, progress=False)
+    assert (summary["policy"], summary["agree"], disagreements) == ("lenient", 1, [])
+    assert evaluate.recorded_policy(records + [{**records[0], "extraction_policy": "strict"}]) \
+        == "strict"
 
 
 # ----------------------------------------------------------------------------- the command
