@@ -17,6 +17,7 @@ CORE = [
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    "jinja2>=3.1.6",  # chat templates (data/chat_template.py); the first release transformers accepts
 ]
 # seqio brings TensorFlow (CPU wheel on Linux) through tensorflow-text; only
 # mathft_jax.data imports it, so model, trainer and decoding work without it.
@@ -50,7 +51,8 @@ setup(
     # resolve in a non-editable install too (gin_utils.gin_configs_root).
     packages=find_packages(include=["mathft_jax", "mathft_jax.*"]) + ["mathft_jax.gin_configs"],
     package_dir={"mathft_jax.gin_configs": "gin_configs"},
-    package_data={"mathft_jax.gin_configs": ["*.gin", "*/*.gin"]},
+    package_data={"mathft_jax.gin_configs": ["*.gin", "*/*.gin"],
+                  "mathft_jax.data": ["fewshot/*.json"]},  # the few-shot prompts (data/prompts.py)
     python_requires=">=3.11",
     install_requires=CORE + DATA,
     extras_require={"test": TEST, "hf": HF, "gcs": GCS, "graders": GRADERS, "bench": BENCH + HF,

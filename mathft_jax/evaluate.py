@@ -52,6 +52,13 @@ def grading_info(records: list[dict], policy: str | None, grader: str) -> dict:
             "policy": policy or "/".join(recorded), "re_extracted": policy is not None}
 
 
+def recorded_policy(records: list[dict]) -> str:
+    """The extraction policy the records' answers were read with (infer records it), where
+    they share one; else strict."""
+    found = {r.get("extraction_policy", "strict") for r in records}
+    return found.pop() if len(found) == 1 else "strict"
+
+
 def summarize_problems(problems: list[voting.GradedProblem], k: int = 8,
                        n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """{"k", "n_problems", "n_samples", "metrics": {name: {value, ci_low, ci_high, n_problems}}}.
@@ -109,13 +116,23 @@ def evaluate_file(path: str, k: int = 8, skip_bad_lines: bool = False, processes
                                grader=grader)
     result["skipped_lines"] = {"count": len(bad), "lines": [[b.line, b.reason] for b in bad]}
     if compare_graders:
-        summary, disagreements = agreement.agreement_report(records, list(compare_graders),
-                                                            policy or "strict")
-        summary["metrics"] = {name: evaluate_records(records, k, processes, progress=progress,
-                                                     policy=policy, grader=name)["metrics"]
-                              for name in compare_graders}
-        result["comparison"], result["disagreements"] = summary, disagreements
+        result["comparison"], result["disagreements"] = compare_graders_on(
+            records, compare_graders, k, processes, progress, policy)
     return result
+
+
+def compare_graders_on(records: list[dict], graders: Sequence[str], k: int = 8,
+                       processes: int | None = None, progress: bool = True,
+                       policy: str | None = None) -> tuple[dict, list[dict]]:
+    """(summary, disagreements): how often `graders` agree on every sample, and each metric
+    under each of them (`summary["metrics"][grader]`). Answers are read as the metrics read
+    them: under `policy`, else the policy the records were sampled with."""
+    summary, disagreements = agreement.agreement_report(records, list(graders),
+                                                        policy or recorded_policy(records))
+    summary["metrics"] = {name: evaluate_records(records, k, processes, progress=progress,
+                                                 policy=policy, grader=name)["metrics"]
+                          for name in graders}
+    return summary, disagreements
 
 
 _CANDIDATES = flags.DEFINE_string("candidates", None, "Candidates JSON-lines file (required).")

@@ -38,7 +38,7 @@ from mathft_jax.results import candidates
 from mathft_jax.sampling import decoding
 from mathft_jax.scoring import evaluator
 from mathft_jax.sampling import engine as engine_lib
-from mathft_jax.data import formats, sources
+from mathft_jax.data import prompts as prompts_lib, sources
 from mathft_jax.grading import POLICIES, extract_answer
 from mathft_jax.models.config import DecoderConfig
 
@@ -112,9 +112,10 @@ def done_mask(problems: list[dict], output_path: str) -> np.ndarray:
 
 
 def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int,
-                 policy: str = "strict") -> list[dict]:
+                 policy: str = "strict", prompt_fields: Optional[dict] = None) -> list[dict]:
     """Candidates records; each sample's answer extracted under `policy`, which the record
-    keeps (`extraction_policy`) so a later grading knows how its answers were read."""
+    keeps (`extraction_policy`) so a later grading knows how its answers were read, and
+    `prompt_fields`, the prompt format's (`PromptFormat.record`: none for plain)."""
     records = []
     for i, problem in enumerate(batch):
         texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
@@ -123,7 +124,8 @@ def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: in
         entries = [{"text": text, "answer": extract_answer(text, policy=policy),
                     "logprob": round(float(logprob), 4), "num_tokens": int(n)}
                    for text, logprob, n in zip(texts, samples.logprobs[i], samples.lengths[i])]
-        records.append({**problem, "extraction_policy": policy, "samples": entries})
+        records.append({**problem, "extraction_policy": policy, **(prompt_fields or {}),
+                        "samples": entries})
     return records
 
 
@@ -163,7 +165,8 @@ class InferConfig:
     the same file, sample for sample (docs/ARCHITECTURE.md, "Continuous batching");
     continuous decoded 2.1-2.9x the useful tokens/s at MATH's spread of lengths
     (bench/decode.py, docs/PERFORMANCE.md). model: the checkpoint's `DecoderConfig`, made
-    from gin (`DecoderConfig.*`) in the scope the InferConfig is made in.
+    from gin (`DecoderConfig.*`) in the scope the InferConfig is made in; prompt: the
+    prompt format (`prompt_format.*`, data/prompts.py), made the same way.
     """
 
     checkpoint: Optional[str] = None
@@ -189,6 +192,7 @@ class InferConfig:
     slots: int = 0  # 0: batch_size * num_samples, static batching's rows
     chunk: int = engine_lib.DEFAULT_CHUNK
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    prompt: prompts_lib.PromptConfig = dataclasses.field(default_factory=prompts_lib.PromptConfig)
 
     def validate(self) -> "InferConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -208,6 +212,7 @@ class InferConfig:
             if not getattr(self, name):
                 raise settings.SettingError(f"infer.{name} is not set")
         self.model.validate()
+        self.prompt.validate()
         return self
 
 
@@ -245,8 +250,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
     tokens, sampled, started = 0, 0, time.perf_counter()
-    prompts = [[start_id] + list(vocab.encode(formats.generation_prompt(problems[i]["problem"])))
-               for i in todo]
+    prompt_format = config.prompt.build(vocab)
+    prompts = [prompt_format.tokens(problems[i]["problem"], vocab, start_id) for i in todo]
     common = dict(seed=config.seed, partitioner=partitioner,
                   truncate_prompts=config.truncate_prompts)
     if not todo:  # all written already (a rerun): the engine refuses an empty prompt list
@@ -264,7 +269,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         _stop_if_preempted(len(problems) - len(todo), len(problems), output_path, bar)
     for index, samples in batches:
         batch = [problems[i] for i in index]
-        records = make_records(batch, samples, vocab, sampling.eos_id, config.extraction_policy)
+        records = make_records(batch, samples, vocab, sampling.eos_id, config.extraction_policy,
+                               prompt_format.record)
         if evaluator_params is not None:  # every process: scoring is collective on a mesh
             evaluator.score_records(evaluator_params, model, vocab, records,
                                     partitioner=partitioner, start_id=start_id)

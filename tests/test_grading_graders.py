@@ -78,6 +78,32 @@ def test_math_verify_grader():
     assert not grade("so $\\boxed{3}$", "0.5", grader="math_verify", timeout_s=60).correct
 
 
+@pytest.mark.parametrize("text, correct", [
+    ("so $\\boxed{84, 69}$", True),                # every part, in any order
+    ("$\\boxed{69}$ and $\\boxed{84}$", True),     # the boxes joined (OlympiadBench's judge)
+    ("so $\\boxed{69}$", False),                   # a part missing
+    ("so $\\boxed{69, 84, 1}$", False),            # one too many
+])
+def test_math_verify_needs_every_part_of_a_list_gold(text, correct):
+    if not GRADERS["math_verify"].available():
+        pytest.skip("math-verify is not installed (extra [graders])")
+    assert grade(text, ["69", "84"], grader="math_verify", timeout_s=60).correct is correct
+
+
+def test_math_verify_grants_the_records_tolerance():
+    if not GRADERS["math_verify"].available():
+        pytest.skip("math-verify is not installed (extra [graders])")
+    near, far = "so $\\boxed{0.6}$", "so $\\boxed{0.62}$"
+    assert not grade(near, "0.5", grader="math_verify", timeout_s=60).correct
+    assert grade(near, "0.5", grader="math_verify", timeout_s=60, tolerance=0.1).correct
+    assert not grade(far, "0.5", grader="math_verify", timeout_s=60, tolerance=0.1).correct
+    # the slack is OlympiadBench's 1.01 x the tolerance, as ours
+    assert grade("so $\\boxed{0.6005}$", "0.5", grader="math_verify", timeout_s=60,
+                 tolerance=0.1).correct
+    assert not grade("so $\\boxed{x}$", "0.5", grader="math_verify", timeout_s=60,
+                     tolerance=0.1).correct  # not a number: no tolerance applies
+
+
 @pytest.mark.parametrize("given, gold, correct", [
     ("\\frac{1}{2}", "0.5", True),        # 1: MATH normalisation
     ("5\\text{ cm}", "5", True),          # 1: units after the value

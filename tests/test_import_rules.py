@@ -146,7 +146,7 @@ LAYERS = {
     "scoring": ("mathft_jax.scoring",),
     "rl": ("mathft_jax.rl",),
     "commands": ("mathft_jax.train", "mathft_jax.infer", "mathft_jax.evaluate",
-                 "mathft_jax.pipeline", "mathft_jax.models.__main__",
+                 "mathft_jax.evaluate_model", "mathft_jax.pipeline", "mathft_jax.models.__main__",
                  "mathft_jax.convert.import_hf", "mathft_jax.convert.export_hf",
                  "mathft_jax.scoring.reference", "mathft_jax.rl.loop", "mathft_jax.rl.__main__",
                  *SHARED_BY_COMMANDS),
@@ -288,13 +288,15 @@ def test_results_and_grading_need_no_jax():
 
 
 def test_only_the_pipeline_imports_entry_points():
-    """and the planning layer, which plans the pipeline's stages from its settings."""
+    """and evaluate_model (infer and evaluate on each benchmark), and the planning layer,
+    which plans the pipeline's stages from its settings."""
     def rule(name, target, top):
-        if name == "mathft_jax.pipeline" or target in (name, *SHARED_BY_COMMANDS) \
-                or _layer(name) == "planning":
+        if name in ("mathft_jax.pipeline", "mathft_jax.evaluate_model") \
+                or target in (name, *SHARED_BY_COMMANDS) or _layer(name) == "planning":
             return None
         if _in(target, ("mathft_jax",)) and target != "mathft_jax" and _layer(target) == "commands":
-            return "entry points are imported only by mathft_jax.pipeline and the planner"
+            return ("entry points are imported only by mathft_jax.pipeline, "
+                    "mathft_jax.evaluate_model and the planner")
         return None
     found = _violations(rule)
     assert not found, "\n".join(found)

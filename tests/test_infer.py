@@ -192,3 +192,27 @@ def test_records_keep_the_extraction_policy_that_read_them():
     assert lenient[0]["samples"][0]["answer"] == "12"
     with pytest.raises(ValueError, match="infer.extraction_policy='loose'"):
         infer_lib.InferConfig(checkpoint="c", output_path="o", extraction_policy="loose").validate()
+
+
+def test_a_run_samples_in_its_prompt_format_and_records_it(setup, tmp_path):
+    from chat_tokenizers import CHATML, write_tokenizer
+    from mathft_jax.data import prompts
+
+    class Recording(seqio.ByteVocabulary):  # what infer tokenises: the prompts
+        encoded = []
+
+        def encode(self, s):
+            self.encoded.append(s)
+            return super().encode(s)
+
+    tokenizer_dir = write_tokenizer(tmp_path / "tokenizer", CHATML, eos_token="<|im_end|>")
+    output = run(setup, tmp_path / "chat.jsonl", evaluator_checkpoint=None, max_problems=2,
+                 vocabulary=Recording(), prompt=prompts.PromptConfig(
+                     name="chat", system="Be brief.", tokenizer_dir=str(tokenizer_dir)))
+    records = candidates.read_candidates(output)
+    assert [(r["prompt_format"], r["system_prompt"]) for r in records] == [("chat", "Be brief.")] * 2
+    assert Recording.encoded == [
+        f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is {i}+{i}?<|im_end|>\n"
+        "<|im_start|>assistant\n" for i in range(2)]
+    with pytest.raises(ValueError, match="prompt_format.name='chatty': expected one of"):
+        run(setup, tmp_path / "x.jsonl", prompt=prompts.PromptConfig(name="chatty"))

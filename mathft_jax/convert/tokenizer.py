@@ -20,8 +20,10 @@ TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 GENERATION_CONFIG = "generation_config.json"
 # The files of an HF tokenizer that travel with a model: the fast tokenizer, its settings,
-# and the SentencePiece model some slow tokenizers also read.
-TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "special_tokens_map.json", "tokenizer.model")
+# the SentencePiece model some slow tokenizers also read, and the chat template transformers
+# >= 4.50 saves beside tokenizer_config.json (data/chat_template.py reads it).
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG, "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja")
 
 
 def special_token_ids(hf_dir) -> Tuple[Optional[int], Optional[int]]:

@@ -25,7 +25,7 @@ CONFIGURABLE_MODULES = (
     "mathft_jax.training.objectives", "mathft_jax.train", "mathft_jax.infer",
     "mathft_jax.scoring.evaluator", "mathft_jax.pipeline", "mathft_jax.scoring.reference",
     "mathft_jax.rl.grpo",
-    "mathft_jax.rl.rewards", "mathft_jax.rl.loop",
+    "mathft_jax.rl.rewards", "mathft_jax.rl.loop", "mathft_jax.data.prompts",
 )
 # These need seqio/TensorFlow, which accelerator images may lack: skipped when absent.
 DATA_MODULES = ("mathft_jax.data.vocab", "mathft_jax.data.tasks", "mathft_jax.data.formats",

@@ -233,36 +233,46 @@ def pairwise_examples(records: Iterable[dict], num_pairs: int = 10, sampling: st
     exactly, also when a label is several tokens. Problems with no correct or no incorrect
     candidate give no pairs and are counted.
     """
-    def rows(problem: str, text: str) -> list[dict]:
-        return [{"inputs": evaluator_prompt(problem, text), "targets": evaluator_target(bool(label)),
-                 "label_correct": label} for label in (1, 0)]
+    def rows(record: dict, text: str) -> list[dict]:
+        return [{"inputs": evaluator_prompt(record["problem"], text),
+                 "targets": evaluator_target(bool(label)), "label_correct": label}
+                for label in (1, 0)]
     return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "pairwise evaluator")
 
 
 def _pair_examples(records: Iterable[dict], num_pairs: int, sampling: str, seed: int,
                    dedupe: bool, rows, what: str) -> tuple[list[dict], collections.Counter]:
-    """The examples of every sampled pair: `rows(problem, text)` for X+ then for X-, each
+    """The examples of every sampled pair: `rows(record, text)` for X+ then for X-, each
     row tagged with the pair's `problem_id`, `pair_id` and `is_positive`."""
     stats: collections.Counter = collections.Counter()
     examples = []
     for record, good, bad, pair_id in _candidate_pairs(records, num_pairs, sampling, seed,
                                                        dedupe, stats):
         for text, positive in ((good, 1), (bad, 0)):
-            for row in rows(record["problem"], text):
+            for row in rows(record, text):
                 examples.append({"problem_id": str(record["problem_id"]), **row,
                                  "pair_id": pair_id, "is_positive": positive})
     logging.info("%s examples: %s", what, dict(stats))
     return examples, stats
 
 
-@gin.configurable
+@gin.configurable(denylist=["format_of"])
 def sequence_pair_examples(records: Iterable[dict], num_pairs: int = 10,
-                           sampling: str = "uniform", seed: int = 0,
-                           dedupe: bool = True) -> tuple[list[dict], collections.Counter]:
+                           sampling: str = "uniform", seed: int = 0, dedupe: bool = True,
+                           format_of=None) -> tuple[list[dict], collections.Counter]:
     """Generation-format pairs for the sequence margin / contrastive MLE losses: two
-    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`."""
-    def rows(problem: str, text: str) -> list[dict]:
-        return [{"inputs": generation_prompt(problem), "targets": text}]
+    consecutive examples per pair, (P, X+) then (P, X-), sharing `pair_id`.
+
+    format_of(record): the prompt format a record's pairs are in, its prompt and each text
+    as that format's continuation (the task and the DPO pairs pass `prompts.sampled_format`:
+    the format the record was sampled with); None: the generation prompt, texts as they are.
+    """
+    def rows(record: dict, text: str) -> list[dict]:
+        if format_of is None:
+            return [{"inputs": generation_prompt(record["problem"]), "targets": text}]
+        prompt_format = format_of(record)
+        return [{"inputs": prompt_format.prompt_text(record["problem"]),
+                 "targets": prompt_format.continuation(text)}]
     return _pair_examples(records, num_pairs, sampling, seed, dedupe, rows, "sequence pair")
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mathft_jax.core import atomic
-from mathft_jax.data import formats
+from mathft_jax.data import formats, prompts
 from mathft_jax.data.readers import iter_jsonl
 
 REF_FIELDS = ("ref_chosen", "ref_rejected")
@@ -68,24 +68,29 @@ def write_preferences(path: str, records: Sequence[dict]) -> None:
 
 
 def prompt_text(record: dict) -> str:
-    """The prompt a pair's texts continue: `prompt` as given, else the generation prompt of
-    `problem` (the SSFT format)."""
+    """The prompt a pair's texts continue: `prompt` as given, else `problem` in the run's
+    prompt format (gin's `prompt_format.*`; plain: the SSFT format)."""
     if isinstance(record.get("prompt"), str):
         return record["prompt"]
-    return formats.generation_prompt(record["problem"])
+    return prompts.gin_format().prompt_text(record["problem"])
 
 
 def from_candidates(records: Iterable[dict]) -> list[dict]:
     """Preference pairs from graded candidates: the (correct, incorrect) pairs that
     `formats.sequence_pair_examples` samples (gin: `sequence_pair_examples.num_pairs`, ...),
-    chosen = the correct solution."""
+    chosen = the correct solution. Pairs of candidates sampled in another format than plain
+    keep the prompt they were sampled with (`prompt`) and their texts as that format trains
+    them (`PromptFormat.continuation`)."""
     records = list(records)
     problems = {str(r["problem_id"]): r["problem"] for r in records}
-    rows, _ = formats.sequence_pair_examples(records)
+    formatted = {str(r["problem_id"]) for r in records
+                 if prompts.recorded_format(r)[0] != prompts.PLAIN}
+    rows, _ = formats.sequence_pair_examples(records, format_of=prompts.sampled_format)
     pairs = []
     for good, bad in zip(rows[0::2], rows[1::2]):  # (P, X+), (P, X-) per pair
         assert good["pair_id"] == bad["pair_id"] and good["is_positive"] and not bad["is_positive"]
         pairs.append({"problem_id": good["problem_id"], "problem": problems[good["problem_id"]],
+                      **({"prompt": good["inputs"]} if good["problem_id"] in formatted else {}),
                       "chosen": good["targets"], "rejected": bad["targets"]})
     return pairs
 

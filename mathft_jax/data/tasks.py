@@ -24,7 +24,7 @@ import seqio
 import tensorflow as tf
 
 from mathft_jax.core import storage
-from mathft_jax.data import formats, metrics, paths, readers, sources, synthetic, vocab
+from mathft_jax.data import formats, metrics, paths, prompts, readers, sources, synthetic, vocab
 
 GENERATION_EVAL_TASKS = ("math500", "math_test5k")
 SYNTHETIC_TASKS = {"synthetic_arith_steps": "steps", "synthetic_arith_terse": "terse"}
@@ -44,9 +44,12 @@ TASK_NAMES = ("math_ssft_math", "math_ssft_prm800k", *GENERATION_EVAL_TASKS,
 
 
 def generation_examples(problems: Iterable[readers.Problem]) -> list[dict]:
+    """(prompt, solution) examples in the gin-bound prompt format (`prompt_format.*`): a chat
+    model is fine-tuned in its own template, its target closed by its end-of-turn token."""
+    prompt_format = prompts.gin_format()
     return [{
-        "inputs": formats.generation_prompt(p.problem),
-        "targets": formats.generation_target(p.solution),
+        "inputs": prompt_format.prompt_text(p.problem),
+        "targets": prompt_format.target(p.solution),
         "answer": p.answer_text,
         "problem_id": p.problem_id,
     } for p in problems]
@@ -145,7 +148,8 @@ def _task_loaders(data_file: Optional[str] = None) -> dict[str, dict[str, Callab
         "scr_pointwise": evaluator(formats.pointwise_examples),
         "scr_steps_pairwise": evaluator(lambda records: formats.pairwise_examples(
             formats.step_records(records))),
-        "scr_sequence_pairwise": evaluator(formats.sequence_pair_examples),
+        "scr_sequence_pairwise": evaluator(lambda records: formats.sequence_pair_examples(
+            records, format_of=prompts.sampled_format)),
         "dpo_pairs": {"train": lambda: _preference_examples(preference_file)},
     }
     for name in SYNTHETIC_TASKS:  # the task and its source share the name

@@ -26,7 +26,7 @@ _CACHE = 1 << 16
 FLOAT_ROUNDING = 6
 _DECIMAL = re.compile(r"^-?\d*\.\d+$")
 # OlympiadBench's numerical_equal: |answer - gold| <= 1.01 * precision.
-_TOLERANCE_SLACK = 1.01
+TOLERANCE_SLACK = 1.01
 
 
 @functools.lru_cache(maxsize=_CACHE)
@@ -125,7 +125,7 @@ def _rounded_alike(a: str, value_a, exact_a, b: str, value_b, exact_b) -> bool:
 def _within(value_a, value_b, tolerance: float | None) -> bool:
     """OlympiadBench's tolerance rule for numeric answers, where the record gives one."""
     return tolerance is not None and values.is_real(value_a) and values.is_real(value_b) and \
-        abs(value_a - value_b) <= _TOLERANCE_SLACK * tolerance
+        abs(value_a - value_b) <= TOLERANCE_SLACK * tolerance
 
 
 def _scalars_equal(a: str, b: str, deadline: Deadline, tolerance: float | None = None) -> bool:

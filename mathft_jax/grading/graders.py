@@ -22,7 +22,7 @@ from typing import NamedTuple, Union
 
 from mathft_jax.grading import prm800k, timeout
 from mathft_jax.grading.deadline import Deadline
-from mathft_jax.grading.equiv import is_equiv, parts_equiv
+from mathft_jax.grading.equiv import TOLERANCE_SLACK, is_equiv, parts_equiv
 from mathft_jax.grading.extract import POLICIES, all_boxed, extract_answer
 
 # Bumped whenever a rule of ours changes a verdict (recorded in metrics next to the grader).
@@ -75,11 +75,15 @@ atexit.register(_MATH_VERIFY.stop)
 
 def _math_verify(text, answer, gold, deadline: Deadline, tolerance=None) -> bool:
     """In a helper process: math-verify's SIGALRM timeouts need a main thread, and a hung
-    comparison must be killable. Its own rules (float_rounding=6), no tolerance."""
+    comparison must be killable. Its own extraction and rules (float_rounding=6); a list gold
+    as one comma list, which it reads as a set (every part, any order, nothing more; several
+    boxes of the text joined, as OlympiadBench's judge reads them); and where the record
+    grants a tolerance, numbers within it are equal too (the benchmark's rule, as ours)."""
     target = text if text else (f"${answer}$" if answer is not None else "")
     remaining = deadline.remaining()
+    within = None if tolerance is None else TOLERANCE_SLACK * tolerance
     return remaining > 0 and _MATH_VERIFY.equal(f"${_joined(gold)}$", target,
-                                                timeout_s=remaining) is True
+                                                timeout_s=remaining, tolerance=within) is True
 
 
 def _math_verify_version() -> str:

@@ -2,9 +2,10 @@
 own CPU time.
 
 A helper script (`sympy_worker.py`, `math_verify_worker.py`) prints "ready", then calls
-`serve(judge)`. Each request is a JSON line `{"a": ..., "b": ..., "cpu": seconds}`; the reply is
-one line "<verdict> <cpu seconds used>", verdict "1" (equal), "0" (not), "e" (failed) or "t"
-(over its CPU budget). The budget is CPU time (`ITIMER_PROF`), not wall time, so a request
+`serve(judge)`. Each request is a JSON line `{"a": ..., "b": ..., "cpu": seconds}`, and may add
+`"tol"`, an absolute tolerance passed to the judge as `tolerance`; the reply is one line
+"<verdict> <cpu seconds used>", verdict "1" (equal), "0" (not), "e" (failed) or "t" (over its
+CPU budget). The budget is CPU time (`ITIMER_PROF`), not wall time, so a request
 gets the same verdict on an idle and on a loaded machine; the parent charges the CPU time to
 the calling thread's deadline (`deadline.charge`). A step stuck in one long C call ignores
 the timer until it returns; the parent kills such a helper (it watches its CPU time).
@@ -31,8 +32,9 @@ def _answer(judge: Callable[[str, str], bool], request: dict) -> str:
     budget = float(request.get("cpu") or 0)
     if budget > 0:
         signal.setitimer(signal.ITIMER_PROF, budget)
+    extra = {"tolerance": request["tol"]} if request.get("tol") is not None else {}
     try:
-        return "1" if judge(request["a"], request["b"]) else "0"
+        return "1" if judge(request["a"], request["b"], **extra) else "0"
     except OverBudget:
         return "t"
     except Exception:  # noqa: BLE001 - any failure is "cannot decide"

@@ -120,14 +120,17 @@ class SympyHelper:
                 return None
         return self._read_line()
 
-    def equal(self, a_source: str, b_source: str,
-              timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
-        """Judge one pair within `timeout_s` of the helper's CPU time, charged to the caller."""
+    def equal(self, a_source: str, b_source: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+              tolerance: float | None = None) -> bool | None:
+        """Judge one pair within `timeout_s` of the helper's CPU time, charged to the caller;
+        `tolerance` (absolute), for a helper whose judge takes one (`helper_protocol`)."""
         answer = None
+        request = {"a": a_source, "b": b_source, "cpu": timeout_s}
+        if tolerance is not None:
+            request["tol"] = tolerance
         try:
             if self.wait_ready():
-                self._process.stdin.write(
-                    json.dumps({"a": a_source, "b": b_source, "cpu": timeout_s}) + "\n")
+                self._process.stdin.write(json.dumps(request) + "\n")
                 self._process.stdin.flush()
                 answer = self._await_answer(timeout_s)
         except OSError:
@@ -183,15 +186,15 @@ class HelperPool:
                 self._idle.append(helper)
                 self._available.notify()
 
-    def equal(self, a_source: str, b_source: str,
-              timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
+    def equal(self, a_source: str, b_source: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+              tolerance: float | None = None) -> bool | None:
         """Like `SympyHelper.equal` (`timeout_s`: the request's CPU budget); waiting for a free
         helper is not part of it."""
         helper = self._acquire()
         if helper is None:
             return None
         try:
-            return helper.equal(a_source, b_source, timeout_s)
+            return helper.equal(a_source, b_source, timeout_s, tolerance)
         finally:
             self._release(helper)
 

@@ -46,14 +46,16 @@ def results_table(results: Mapping[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def accuracy_vs_n(problems: Sequence[voting.GradedProblem], k: int, repeats: int = 4) -> dict:
-    """{metric: [(n, value)]} for n = 1, 2, 4, ... up to the samples per problem."""
+def accuracy_vs_n(problems: Sequence[voting.GradedProblem], k: int, repeats: int = 4,
+                  metrics: Sequence[str] = CURVE_METRICS) -> dict:
+    """{metric: [(n, value)]} for n = 1, 2, 4, ... up to the samples per problem: each metric
+    over n of each problem's samples (`voting.metrics_at_n`, `repeats` draws averaged)."""
     top = max((len(p.correct) for p in problems), default=0)
     ns = sorted({min(2 ** i, top) for i in range(0, max(top, 1).bit_length() + 1)} - {0})
-    curves = {m: [] for m in CURVE_METRICS}
+    curves = {m: [] for m in metrics}
     for n in ns:
         m = voting.metrics_at_n(problems, n, k, seed=0, repeats=repeats, n_resamples=1)
-        for name in CURVE_METRICS:
+        for name in metrics:
             if m[name]["value"] is not None:
                 curves[name].append((n, m[name]["value"]))
     return curves
@@ -70,18 +72,9 @@ def write_report(out_dir: str, results: Mapping[str, dict],
 
     final = list(results)[-1]
     curves = accuracy_vs_n(graded[final], k)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
-        if points:
-            ax.plot(*zip(*points), marker="o", label=voting.metric_label(name, k))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("N (samples per problem)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Accuracy against N ({NAMES.get(final, final)} generator)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, os.path.join(out_dir, "accuracy_vs_n.png"))
+    plot_curves(os.path.join(out_dir, "accuracy_vs_n.png"), curves,
+                {name: voting.metric_label(name, k) for name in curves},
+                f"Accuracy against N ({NAMES.get(final, final)} generator)")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     names = [m for m in voting.METRICS if all(results[g]["metrics"][m]["value"] is not None
@@ -120,6 +113,27 @@ def write_report(out_dir: str, results: Mapping[str, dict],
     path = os.path.join(out_dir, "report.md")
     atomic.write_text(path, "\n".join(text))
     return path
+
+
+def plot_curves(path: str, curves: Mapping[str, Sequence[tuple]], labels: Mapping[str, str],
+                title: str, xlabel: str = "N (samples per problem)") -> None:
+    """Accuracy curves {name: [(n, value)]} against n (log 2), one line each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        if points:
+            ax.plot(*zip(*points), marker="o", label=labels[name])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def plot_training(path: str, training: Mapping[str, Sequence[dict]]) -> bool:

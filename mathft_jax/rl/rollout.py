@@ -15,7 +15,7 @@ import numpy as np
 
 from mathft_jax.sampling import decoding
 from mathft_jax.sampling.batching import check_prompts
-from mathft_jax.data.formats import generation_prompt
+from mathft_jax.data.prompts import gin_format
 from mathft_jax.data.packing import empty_batch, write_segment
 from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
@@ -28,8 +28,10 @@ class Rollout:
 
 
 def prompt_tokens(problems: Sequence[dict], vocab, start_id: int, limit: int) -> list[list[int]]:
-    """[start] + encode(generation prompt) per problem, cut to `limit` tokens."""
-    prompts = [[start_id] + list(vocab.encode(generation_prompt(p["problem"]))) for p in problems]
+    """[start] + encode(prompt) per problem in the gin-bound prompt format, cut to `limit`
+    tokens."""
+    prompt_format = gin_format(vocab)
+    prompts = [prompt_format.tokens(p["problem"], vocab, start_id) for p in problems]
     return check_prompts(prompts, limit, truncate=True)
 
 

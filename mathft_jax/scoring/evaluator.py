@@ -18,8 +18,8 @@ import numpy as np
 
 from mathft_jax.sampling import decoding
 from mathft_jax.sampling.batching import check_prompts, pad_prompts, rows_for
-from mathft_jax.data.formats import (evaluator_prompt, evaluator_target, generation_prompt,
-                                     solution_prefixes)
+from mathft_jax.data.formats import evaluator_prompt, evaluator_target, solution_prefixes
+from mathft_jax.data.prompts import sampled_format
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.partitioning import NO_MESH, Partitioner
 
@@ -176,11 +176,15 @@ def _score_by_likelihood(params, cfg: DecoderConfig, vocab, records: Sequence[di
                          batch_size: int, loss_chunk: int, partitioner: Partitioner = NO_MESH,
                          start_id: Optional[int] = None) -> int:
     from mathft_jax.scoring.likelihood import completion_log_likelihoods  # noqa: PLC0415
-    samples = [(record["problem"], sample) for record in records for sample in record["samples"]]
+    # Each record in the format it was sampled with (plain where it names none)
+    formats_by_record = [sampled_format(record, vocab) for record in records]
+    samples = [(fmt, record["problem"], sample) for fmt, record in zip(formats_by_record, records)
+               for sample in record["samples"]]
     ll, tokens = completion_log_likelihoods(
-        params, cfg, vocab, [generation_prompt(p) for p, _ in samples],
-        [s["text"] for _, s in samples], batch_size=rows_for(batch_size, partitioner.batch_shards),
+        params, cfg, vocab, [fmt.prompt_text(p) for fmt, p, _ in samples],
+        [fmt.continuation(s["text"]) for fmt, _, s in samples],
+        batch_size=rows_for(batch_size, partitioner.batch_shards),
         partitioner=partitioner, start_id=start_id, loss_chunk=loss_chunk)
-    for (_, sample), value in zip(samples, np.exp(ll / np.maximum(tokens, 1))):
+    for (_, _, sample), value in zip(samples, np.exp(ll / np.maximum(tokens, 1))):
         sample["score"] = float(value)
     return len(samples)
