@@ -31,13 +31,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax.convert import checkpoints
+from mathft_jax.convert import checkpoints, model_files
 from mathft_jax.core import distributed, preemption, provenance, settings, storage
 from mathft_jax.models import partitioning
 from mathft_jax.results import candidates
 from mathft_jax.sampling import decoding
 from mathft_jax.scoring import evaluator
 from mathft_jax.sampling import engine as engine_lib
+from mathft_jax.sampling import stops
 from mathft_jax.data import prompts as prompts_lib, sources
 from mathft_jax.grading import POLICIES, extract_answer
 from mathft_jax.models.config import DecoderConfig
@@ -111,22 +112,48 @@ def done_mask(problems: list[dict], output_path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- sampling
 
 
-def make_records(batch: list[dict], samples: decoding.Samples, vocab, eos_id: int,
-                 policy: str = "strict", prompt_fields: Optional[dict] = None) -> list[dict]:
+def make_records(batch: list[dict], samples: decoding.Samples, vocab,
+                 sampling: decoding.SamplingParams, policy: str = "strict",
+                 prompt_fields: Optional[dict] = None) -> list[dict]:
     """Candidates records; each sample's answer extracted under `policy`, which the record
     keeps (`extraction_policy`) so a later grading knows how its answers were read, and
-    `prompt_fields`, the prompt format's (`PromptFormat.record`: none for plain)."""
+    `prompt_fields`, the prompt format's (`PromptFormat.record`: none for plain). A
+    sample's text stops before its first stop string; the stops in force beyond the
+    vocabulary's EOS are kept in the record (`stop`)."""
     records = []
+    stop = stop_record(sampling)
     for i, problem in enumerate(batch):
-        texts = [vocab.decode(seq) for seq in samples.sequences(i, eos_id)]
+        texts = [stops.cut_text(vocab.decode(seq), sampling.stop_strings)
+                 for seq in samples.sequences(i, sampling.end_ids)]
         # logprob to 1e-4 nats: the engines agree token for token, but a sum computed in
         # another batch shape (a resumed run's drain) can differ in float32's last bits
         entries = [{"text": text, "answer": extract_answer(text, policy=policy),
                     "logprob": round(float(logprob), 4), "num_tokens": int(n)}
                    for text, logprob, n in zip(texts, samples.logprobs[i], samples.lengths[i])]
         records.append({**problem, "extraction_policy": policy, **(prompt_fields or {}),
-                        "samples": entries})
+                        **stop, "samples": entries})
     return records
+
+
+def stop_record(sampling: decoding.SamplingParams) -> dict:
+    """{"stop": {"strings", "ids"}} where a sample may end on more than the EOS, else {} (a
+    run without stops writes the records it always did)."""
+    ids = list(sampling.end_ids[1:])
+    if not (sampling.stop_strings or ids):
+        return {}
+    return {"stop": {"strings": list(sampling.stop_strings), "ids": ids}}
+
+
+def stop_ids(config: "InferConfig", vocab) -> tuple[int, ...]:
+    """The token ids that end a sample besides the EOS: infer.stop_ids; the EOS ids the
+    checkpoint's generation config lists (with infer.generation_eos,
+    `model_files.generation_eos_ids`); and each stop string the vocabulary encodes as one
+    token, matched on device (a special token such as <|im_end|> never reaches the decoded
+    text the strings are searched in)."""
+    found = model_files.generation_eos_ids(config.checkpoint) if config.generation_eos else ()
+    single = tuple(ids[0] for ids in (list(vocab.encode(s)) for s in config.stop_strings)
+                   if len(ids) == 1)
+    return tuple(int(i) for i in dict.fromkeys(tuple(config.stop_ids) + found + single))
 
 
 def batches_of(todo: list[int], batch_size: int,
@@ -191,8 +218,21 @@ class InferConfig:
     engine: str = "continuous"
     slots: int = 0  # 0: batch_size * num_samples, static batching's rows
     chunk: int = engine_lib.DEFAULT_CHUNK
+    # What ends a sample besides the vocabulary's EOS (sampling/stops.py: the sample's
+    # tokens run to the one completing a string, its text stops before the string; the
+    # record keeps them as `stop`). stop_strings, e.g. ("\n\nProblem:",) or a chat
+    # format's end of turn; stop_ids, token ids; generation_eos adds the EOS ids the
+    # checkpoint's generation_config.json lists (import_hf keeps it in hf/).
+    stop_strings: tuple = ()
+    stop_ids: tuple = ()
+    generation_eos: bool = True
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     prompt: prompts_lib.PromptConfig = dataclasses.field(default_factory=prompts_lib.PromptConfig)
+
+    def __post_init__(self):  # gin gives lists; keep the config hashable and its repr stable
+        for name in ("stop_strings", "stop_ids"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def validate(self) -> "InferConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -205,6 +245,14 @@ class InferConfig:
                                         "'continuous'")
         settings.check_real("infer", "temperature", self.temperature, 0.0, math.inf)
         settings.check_real("infer", "top_p", self.top_p, 0.0, 1.0, low_open=True)
+        try:
+            stops.check_strings(self.stop_strings, "infer.stop_strings")
+        except ValueError as e:
+            raise settings.SettingError(str(e)) from None
+        if not isinstance(self.stop_ids, tuple) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.stop_ids):
+            raise settings.SettingError(f"infer.stop_ids={self.stop_ids!r} must be a tuple of "
+                                        "token ids >= 0")
         if self.extraction_policy not in POLICIES:
             raise settings.SettingError(f"infer.extraction_policy={self.extraction_policy!r}: "
                                         f"expected one of {', '.join(POLICIES)}")
@@ -231,7 +279,8 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     start_id = vocab_lib.decoder_start_id(vocab)
     sampling = decoding.SamplingParams(config.num_samples, config.max_decode_len,
                                        config.temperature, config.top_k, config.top_p,
-                                       int(vocab.eos_id), config.share_prefill).validate()
+                                       int(vocab.eos_id), config.share_prefill,
+                                       stop_ids(config, vocab), config.stop_strings).validate()
     partitioner = partitioning.Partitioner.create(model)
     partitioner.check_batch_divisible(batch_size, "infer.batch_size")
     slots = config.slots or batch_size * config.num_samples
@@ -253,7 +302,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     prompt_format = config.prompt.build(vocab)
     prompts = [prompt_format.tokens(problems[i]["problem"], vocab, start_id) for i in todo]
     common = dict(seed=config.seed, partitioner=partitioner,
-                  truncate_prompts=config.truncate_prompts)
+                  truncate_prompts=config.truncate_prompts, decode=vocab.decode)
     if not todo:  # all written already (a rerun): the engine refuses an empty prompt list
         batches = iter(())
     elif config.engine == "continuous":
@@ -269,7 +318,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
         _stop_if_preempted(len(problems) - len(todo), len(problems), output_path, bar)
     for index, samples in batches:
         batch = [problems[i] for i in index]
-        records = make_records(batch, samples, vocab, sampling.eos_id, config.extraction_policy,
+        records = make_records(batch, samples, vocab, sampling, config.extraction_policy,
                                prompt_format.record)
         if evaluator_params is not None:  # every process: scoring is collective on a mesh
             evaluator.score_records(evaluator_params, model, vocab, records,

@@ -42,6 +42,8 @@ FAMILY_MODELS = {
     "llama2": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=4)),
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=4)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
+    # head_dim explicit and != hidden_size / heads (24 against 16), as Qwen3's are
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=24, tie_word_embeddings=True)),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=16, num_key_value_heads=1)),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         head_dim=16, sliding_window=4, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
@@ -53,6 +55,7 @@ SENSITIVE = {
     "llama2": {"rope_theta": 1e6},
     "mistral": {"sliding_window": None},
     "qwen2": {"qkv_bias": False},
+    "qwen3": {"qk_norm": False},
     "gemma": {"scale_embeddings": False},
     "gemma2": {"attn_logit_softcap": None, "final_logit_softcap": None, "sliding_window": None,
                "query_scale": None, "post_block_norms": False},
@@ -141,6 +144,27 @@ def test_config_mapping_reads_family_fields(saved):
     cfg, _ = hf.load_hf(saved("llama")[0], dtype="float32")
     assert cfg.rope_theta == 500000.0 and cfg.rope_scaling_dict["rope_type"] == "llama3"
     assert not cfg.tie_embeddings and cfg.num_kv_heads == 2 and not cfg.parallel_block
+    cfg, params = hf.load_hf(saved("qwen3")[0], dtype="float32")
+    assert cfg.qk_norm and not cfg.qkv_bias and cfg.head_dim == 24 and cfg.tie_embeddings
+    attention = params["layers_1"]["attention"]
+    assert attention["query_norm"]["scale"].shape == attention["key_norm"]["scale"].shape == (24,)
+    assert "query_bias" not in attention and "logits_dense" not in params
+
+
+def _param_paths(cfg) -> set:
+    from flax import linen as nn
+    from mathft_jax.models.decoder import abstract_params
+    return {jax.tree_util.keystr(p)
+            for p, _ in jax.tree_util.tree_leaves_with_path(nn.unbox(abstract_params(cfg)))}
+
+
+def test_qk_norm_off_leaves_the_parameter_tree_as_it_was():
+    """Models without q/k norms (every family but Qwen3, and ours) keep their parameters."""
+    llama = DecoderConfig(family="llama", parallel_block=False, num_layers=1)
+    assert not any("_norm" in p for p in _param_paths(llama) if "['attention']" in p)
+    assert _param_paths(llama.replace(qk_norm=True)) - _param_paths(llama) == {
+        "['layers_0']['attention']['query_norm']['scale']",
+        "['layers_0']['attention']['key_norm']['scale']"}
 
 
 def test_sharded_and_scanned_import(saved):
@@ -190,7 +214,7 @@ def test_bfloat16_import_fine_tunes_in_float32_and_exports_as_it_came(tmp_path):
 
 
 # ---------------------------------------------------------------- round trip
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"])
 def test_round_trip_through_checkpoint_and_transformers(saved, tmp_path, family):
     hf_dir, model = saved(family)
     cfg, params = hf.load_hf(hf_dir, dtype="float32")

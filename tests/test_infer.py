@@ -185,8 +185,9 @@ def test_records_keep_the_extraction_policy_that_read_them():
     samples = decoding.Samples(tokens=ids[None, None, :], lengths=np.asarray([[len(ids)]]),
                                logprobs=np.zeros((1, 1), np.float32))
     problem = {"problem_id": "p", "problem": "?", "gold": "12"}
-    strict = infer_lib.make_records([problem], samples, vocab, eos_id=1)
-    lenient = infer_lib.make_records([problem], samples, vocab, eos_id=1, policy="lenient")
+    sampling = decoding.SamplingParams(eos_id=1)
+    strict = infer_lib.make_records([problem], samples, vocab, sampling)
+    lenient = infer_lib.make_records([problem], samples, vocab, sampling, policy="lenient")
     assert strict[0]["extraction_policy"] == "strict" and strict[0]["samples"][0]["answer"] is None
     assert lenient[0]["extraction_policy"] == "lenient"
     assert lenient[0]["samples"][0]["answer"] == "12"

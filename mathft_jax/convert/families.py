@@ -1,4 +1,4 @@
-"""HF `config.json` <-> `DecoderConfig`, for Llama, Mistral, Qwen2, Gemma and Gemma 2.
+"""HF `config.json` <-> `DecoderConfig`, for Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2.
 
 Each family is a fixed set of `DecoderConfig` switches (`Family.switches`) plus the shapes
 and the few knobs read from config.json (RoPE, sliding window, soft-capping, query scale).
@@ -23,8 +23,8 @@ class Family:
     act_field: str  # where the family's HF config names its activation
 
 
-_PRE_NORM = dict(parallel_block=False, norm="rmsnorm", qkv_bias=False, post_block_norms=False,
-                 norm_scale_offset=0.0, scale_embeddings=False)
+_PRE_NORM = dict(parallel_block=False, norm="rmsnorm", qkv_bias=False, qk_norm=False,
+                 post_block_norms=False, norm_scale_offset=0.0, scale_embeddings=False)
 _NO_SOFTCAP = dict(attn_logit_softcap=None, final_logit_softcap=None)
 _LLAMA = dict(_PRE_NORM, **_NO_SOFTCAP, activation="swiglu")
 # Gemma stores norm scales as (scale - 1) and multiplies embeddings by sqrt(d_model);
@@ -36,6 +36,8 @@ FAMILIES = {f.name: f for f in (
     Family("llama", "LlamaForCausalLM", _LLAMA, False, ("silu",), "hidden_act"),
     Family("mistral", "MistralForCausalLM", _LLAMA, False, ("silu",), "hidden_act"),
     Family("qwen2", "Qwen2ForCausalLM", {**_LLAMA, "qkv_bias": True}, False, ("silu",), "hidden_act"),
+    # Qwen3: Qwen2 without the q/k/v biases, with an RMSNorm per head on q and k.
+    Family("qwen3", "Qwen3ForCausalLM", {**_LLAMA, "qk_norm": True}, False, ("silu",), "hidden_act"),
     Family("gemma", "GemmaForCausalLM", {**_GEMMA, **_NO_SOFTCAP}, True, _GELU, "hidden_act"),
     # Gemma 2's soft-caps are read from config.json, so they are not fixed switches.
     Family("gemma2", "Gemma2ForCausalLM", {**_GEMMA, "post_block_norms": True}, True, _GELU,
@@ -135,13 +137,13 @@ def _family_fields_to_hf(cfg: DecoderConfig, fam: Family) -> dict:
                                f"exported as {fam.name}")
     if fam.name != "gemma2" and cfg.query_scale not in (None, cfg.head_dim ** -0.5):
         raise unsupported("query_scale")
-    if fam.name in ("llama", "gemma", "qwen2") and cfg.sliding_window:
+    if fam.name in ("llama", "gemma", "qwen2", "qwen3") and cfg.sliding_window:
         raise unsupported("sliding_window")
     if fam.name == "mistral":
         if cfg.sliding_window and cfg.sliding_window_pattern != 1:
             raise unsupported("sliding_window_pattern")
         return {"sliding_window": cfg.sliding_window}
-    if fam.name == "qwen2":
+    if fam.name in ("qwen2", "qwen3"):
         return {"use_sliding_window": False, "sliding_window": None,
                 "max_window_layers": cfg.num_layers}
     if fam.name == "gemma":

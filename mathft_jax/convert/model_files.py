@@ -112,6 +112,14 @@ def inherited_hf_dir(checkpoint) -> Optional[epath.Path]:
     return hf_dir if hf_dir.is_dir() else None
 
 
+def generation_eos_ids(checkpoint) -> tuple[int, ...]:
+    """The EOS ids of the generation config an imported model brought (its model_dir's
+    hf/, `tokenizer.generation_eos_ids`); () for a model that came with none or a
+    checkpoint outside a model_dir."""
+    hf_dir = inherited_hf_dir(checkpoint)
+    return tokenizer.generation_eos_ids(hf_dir) if hf_dir is not None else ()
+
+
 def find_model_dir(path) -> epath.Path:
     """The model_dir of a model_dir, a step directory (`<model_dir>/<step>`) or a params
     directory (`<model_dir>/<step>/params`): the nearest of these holding model.gin."""

@@ -54,6 +54,9 @@ def _layer_entries(cfg: DecoderConfig, i: int) -> List[Entry]:
     if cfg.qkv_bias:
         rows += [(f"self_attn.{p}_proj.bias", ("attention", f"{ours}_bias"), False)
                  for p, ours in (("q", "query"), ("k", "key"), ("v", "value"))]
+    if cfg.qk_norm:  # Qwen3: per-head norms, [head_dim] each
+        rows += [(f"self_attn.{p}_norm.weight", ("attention", f"{ours}_norm", "scale"), False)
+                 for p, ours in (("q", "query"), ("k", "key"))]
     if cfg.post_block_norms:  # Gemma 2: four norms per layer
         rows += [("post_attention_layernorm.weight", ("post_attention_norm", "scale"), False),
                  ("pre_feedforward_layernorm.weight", ("pre_mlp_norm", "scale"), False),

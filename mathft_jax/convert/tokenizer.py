@@ -42,6 +42,18 @@ def special_token_ids(hf_dir) -> Tuple[Optional[int], Optional[int]]:
     return ids[0], ids[1]
 
 
+def generation_eos_ids(hf_dir) -> Tuple[int, ...]:
+    """Every EOS id an HF directory's generation_config.json lists (else config.json's), in
+    its order: what `generate` stops on (Llama 3 instruct lists <|end_of_text|>, <|eom_id|>
+    and <|eot_id|>); () where neither names one."""
+    hf_dir = epath.Path(hf_dir)
+    for name in (GENERATION_CONFIG, "config.json"):
+        value = _read_json(hf_dir / name).get("eos_token_id")
+        if value is not None:
+            return tuple(int(v) for v in (value if isinstance(value, list) else [value]))
+    return ()
+
+
 def pad_token_id(tokenizer_dir) -> Optional[int]:
     """The pad id the tokenizer files name: tokenizer_config.json's `pad_token`, else
     tokenizer.json's padding settings; None where neither does."""

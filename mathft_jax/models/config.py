@@ -2,7 +2,7 @@
 
 One dataclass covers PaLM (parallel blocks, multi-query attention, SwiGLU, tied
 embeddings) and the open families that `convert/hf.py` imports (Llama, Mistral, Qwen2,
-Gemma): the family-specific switches are plain fields with PaLM-neutral defaults.
+Qwen3, Gemma, Gemma 2): the family-specific switches are plain fields with PaLM-neutral defaults.
 `validate()` rejects configs that cannot work before anything is traced or compiled.
 """
 from __future__ import annotations
@@ -51,6 +51,8 @@ class DecoderConfig:
     attention_impl: str = "xla"
     # --- switches for imported families (convert/hf.py); PaLM-neutral defaults ---
     qkv_bias: bool = False  # Qwen2
+    # Qwen3: an RMSNorm over head_dim on every head's query and key, before RoPE.
+    qk_norm: bool = False
     # Gemma stores RMSNorm scales as (scale - 1): y = x_hat * (1 + scale).
     norm_scale_offset: float = 0.0
     # Gemma multiplies input embeddings by sqrt(d_model).

@@ -35,14 +35,16 @@ def dense_init(fan_in: int):
 
 
 class Norm(nn.Module):
-    """RMSNorm or bias-free LayerNorm (PaLM), computed in float32."""
+    """RMSNorm or bias-free LayerNorm (PaLM) over the last axis, computed in float32; `axis`
+    is that axis's logical name (the model width, or `head_dim` for Qwen3's q/k norms)."""
     cfg: DecoderConfig
+    axis: str = "embed"
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
         scale_init = nn.initializers.zeros if cfg.norm_scale_offset else nn.initializers.ones
-        scale = param(self, "scale", (x.shape[-1],), ("embed",), scale_init, cfg.weight_dtype)
+        scale = param(self, "scale", (x.shape[-1],), (self.axis,), scale_init, cfg.weight_dtype)
         xf = x.astype(jnp.float32)
         if cfg.norm == "layernorm":
             xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
@@ -127,6 +129,9 @@ class Attention(nn.Module):
             q = q + param(self, "query_bias", (h, hd), ("heads", "head_dim"), zeros, wdt).astype(cdt)
             k = k + param(self, "key_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros, wdt).astype(cdt)
             v = v + param(self, "value_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros, wdt).astype(cdt)
+        if cfg.qk_norm:  # Qwen3: each head's q and k normalised over head_dim, before RoPE
+            q = Norm(cfg, axis="head_dim", name="query_norm")(q)
+            k = Norm(cfg, axis="head_dim", name="key_norm")(k)
         inv_freq = rope_frequencies(cfg)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)

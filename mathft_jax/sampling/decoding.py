@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mathft_jax.sampling import stops
 from mathft_jax.sampling.batching import PAD_ID, check_prompts, pad_prompts, rows_for
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
@@ -49,10 +50,27 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = off
     eos_id: int = 1
     share_prefill: bool = True  # False only to measure what sharing saves
+    # Token ids that also end a sample, matched on device and kept in its tokens as the EOS
+    # is (an imported model's generation_config.json may list several EOS ids).
+    stop_ids: tuple = ()
+    # Strings that end a sample, matched on the host in its decoded text (`stops.py`, which
+    # says what is kept); the engines then need the vocabulary's `decode`.
+    stop_strings: tuple = ()
+
+    def __post_init__(self):  # gin and JSON give lists; the static part must hash
+        for name in ("stop_ids", "stop_strings"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def end_ids(self) -> tuple:
+        """Every token id that ends a sample: the EOS, then the stop ids."""
+        return (self.eos_id,) + tuple(i for i in self.stop_ids if i != self.eos_id)
 
     def static(self) -> "DecodeStatic":
         return DecodeStatic(self.num_samples, self.max_decode_len, self.top_k, self.eos_id,
-                            self.share_prefill, self.temperature == 0.0, self.top_p < 1.0)
+                            self.share_prefill, self.temperature == 0.0, self.top_p < 1.0,
+                            self.end_ids[1:], bool(self.stop_strings))
 
     def validate(self) -> "SamplingParams":
         if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
@@ -65,7 +83,20 @@ class SamplingParams:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+        if not isinstance(self.stop_ids, tuple) or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0
+                for i in self.stop_ids):
+            raise ValueError(f"stop_ids must be a tuple of token ids >= 0, got {self.stop_ids!r}")
+        stops.check_strings(self.stop_strings, "stop_strings")
         return self
+
+    def stop_matcher(self, decode) -> Optional[stops.StopStrings]:
+        """The stop strings searched in `decode`'s text (None when there are none)."""
+        if not self.stop_strings:
+            return None
+        if decode is None:
+            raise ValueError("stop_strings need the vocabulary's decode (decode=vocab.decode)")
+        return stops.StopStrings(self.stop_strings, decode)
 
 
 class DecodeStatic(NamedTuple):
@@ -78,6 +109,16 @@ class DecodeStatic(NamedTuple):
     share_prefill: bool
     greedy: bool
     nucleus: bool
+    stop_ids: tuple  # beyond eos_id
+    token_logprobs: bool  # also each token's log-probability (stop strings cut samples)
+
+
+def ends_sample(token: jax.Array, sp: DecodeStatic) -> jax.Array:
+    """Whether each sampled token ends its sample (the EOS or a stop id)."""
+    hit = token == sp.eos_id
+    for stop_id in sp.stop_ids:
+        hit = hit | (token == stop_id)
+    return hit
 
 
 @dataclasses.dataclass
@@ -90,12 +131,15 @@ class Samples:
     lengths: np.ndarray
     logprobs: Optional[np.ndarray] = None
 
-    def sequences(self, i: int, eos_id: Optional[int] = None) -> list[list[int]]:
-        """Prompt i's N samples as token lists, without the EOS when `eos_id` is given."""
+    def sequences(self, i: int, end_ids: Union[None, int, Sequence[int]] = None
+                  ) -> list[list[int]]:
+        """Prompt i's N samples as token lists, without the last token when it is one of
+        `end_ids` (an EOS id, or `SamplingParams.end_ids`)."""
+        ends = () if end_ids is None else (end_ids,) if np.isscalar(end_ids) else tuple(end_ids)
         out = []
         for toks, n in zip(self.tokens[i], self.lengths[i]):
             seq = toks[:n].tolist()
-            if eos_id is not None and seq and seq[-1] == eos_id:
+            if seq and seq[-1] in ends:
                 seq = seq[:-1]
             out.append(seq)
         return out
@@ -235,7 +279,8 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
     """The jit-able sampler: prompts [B, P] right-padded, lengths [B] >= 1, sample_ids [B*N]
     (global ids, prompt-major), seed int32, temperature and top_p float32 scalars
     -> (tokens [B*N, L], num_tokens [B*N], logprob [B*N]: sum of the model's log-probability
-    of each sampled token, at temperature 1)."""
+    of each sampled token, at temperature 1; with sp.token_logprobs, then each token's
+    [B*N, L])."""
     params, cfg = unroll_layers(params, cfg)
     n, max_len = sp.num_samples, sp.max_decode_len
     cache_len = cache_length(prompts.shape[1], max_len)
@@ -252,11 +297,11 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
     batch_axes = ("batch", "length")
 
     def cond(state):
-        step, _, _, _, done, _, _ = state
+        step, _, _, _, done, _, _, _ = state
         return (step < max_len) & ~jnp.all(done)
 
     def body(state):
-        step, token, cache, out, done, count, logprob = state
+        step, token, cache, out, done, count, logprob, token_lp = state
         logits, cache = extend(params, cfg, token[:, None], cache, lengths - 1 + step)
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
         new = sample_logits(logits[:, 0], step_keys, temperature, top_p, top_k=sp.top_k,
@@ -264,15 +309,19 @@ def generate_tokens(params, prompts, lengths, sample_ids, seed, temperature, top
         new = jnp.where(done, PAD_ID, new)
         out = jax.lax.dynamic_update_slice(out, new[:, None], (0, step))
         count = count + (~done).astype(jnp.int32)
-        logprob = logprob + jnp.where(done, 0.0, token_log_prob(logits[:, 0], new))
-        done = done | (new == sp.eos_id) | (step + 1 >= budget)
-        return step + 1, new, cache, out, done, count, logprob
+        new_lp = jnp.where(done, 0.0, token_log_prob(logits[:, 0], new))
+        logprob = logprob + new_lp
+        if token_lp is not None:
+            token_lp = jax.lax.dynamic_update_slice(token_lp, new_lp[:, None], (0, step))
+        done = done | ends_sample(new, sp) | (step + 1 >= budget)
+        return step + 1, new, cache, out, done, count, logprob, token_lp
 
     out = nn.with_logical_constraint(jnp.full((rows, max_len), PAD_ID, jnp.int32), batch_axes)
+    token_lp = jnp.zeros((rows, max_len), jnp.float32) if sp.token_logprobs else None
     state = (jnp.int32(0), first_input, cache, out, budget <= 0, jnp.zeros((rows,), jnp.int32),
-             jnp.zeros((rows,), jnp.float32))
-    _, _, _, out, _, count, logprob = jax.lax.while_loop(cond, body, state)
-    return out, count, logprob
+             jnp.zeros((rows,), jnp.float32), token_lp)
+    _, _, _, out, _, count, logprob, token_lp = jax.lax.while_loop(cond, body, state)
+    return (out, count, logprob) + ((token_lp,) if sp.token_logprobs else ())
 
 
 # ----------------------------------------------------------------------------- generate
@@ -286,7 +335,7 @@ def compiled_generate(cfg: DecoderConfig, sp: DecodeStatic):
 def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
              *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
              partitioner: Partitioner = NO_MESH, truncate_prompts: bool = False,
-             pad_to: int = 0) -> Samples:
+             pad_to: int = 0, decode=None) -> Samples:
     """N samples for each prompt (token lists, e.g. [start id] + encode(text)).
 
     prompt_ids: each prompt's global index (default 0..B-1); sample j of prompt i uses the
@@ -298,8 +347,12 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     truncate_prompts: a prompt longer than max_seq_len - max_decode_len keeps its first
     (start) token and its tail, so that its samples may run max_decode_len tokens; without
     it, a prompt longer than max_seq_len raises.
+    decode: the vocabulary's decode (token ids -> text), needed for `sampling.stop_strings`:
+    a batch decodes until its rows end on device, then samples holding a stop string are
+    cut after the token that completes it (`stops.py`).
     """
     sampling.validate()
+    matcher = sampling.stop_matcher(decode)
     # Truncating cuts a prompt to leave every sample its whole max_decode_len; cut only to
     # max_seq_len, a long prompt would fill the context and get no tokens at all.
     limit = cfg.max_seq_len - sampling.max_decode_len if truncate_prompts else cfg.max_seq_len
@@ -318,11 +371,26 @@ def generate(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], sampl
     if sample_ids.max() >= 2 ** 31:
         raise ValueError("prompt_ids * num_samples must stay below 2**31")
     with partitioner.context():
-        out, count, logprob = compiled_generate(cfg, sampling.static())(
+        outputs = compiled_generate(cfg, sampling.static())(
             params, partitioner.to_global(tokens, split), partitioner.to_global(lengths, split),
             partitioner.to_global(sample_ids.astype(np.int32)), jnp.int32(seed),
             jnp.float32(sampling.temperature), jnp.float32(sampling.top_p))
-    out = partitioner.to_host(out).reshape(rows, n, -1)[:len(prompts)]
-    count = partitioner.to_host(count).reshape(rows, n)[:len(prompts)]
-    logprob = partitioner.to_host(logprob).reshape(rows, n)[:len(prompts)]
-    return Samples(tokens=out, lengths=count, logprobs=logprob)
+    out, count, logprob, *token_lp = (
+        np.array(partitioner.to_host(x)).reshape(rows, n, *x.shape[1:])[:len(prompts)]
+        for x in outputs)
+    samples = Samples(tokens=out, lengths=count, logprobs=logprob)
+    if matcher is not None:
+        cut_at_stop_strings(samples, token_lp[0], matcher)
+    return samples
+
+
+def cut_at_stop_strings(samples: Samples, token_lp: np.ndarray, matcher: stops.StopStrings):
+    """End each sample (in place) after the token that completes its first stop string, its
+    log-likelihood summed over the tokens kept (`stops.sum_logprobs`, as the engine sums)."""
+    for index in np.ndindex(samples.lengths.shape):
+        n = int(samples.lengths[index])
+        end = matcher.first_stop(samples.tokens[index][:n].tolist())
+        if end is not None:
+            samples.tokens[index][end:] = PAD_ID
+            samples.lengths[index] = n = end
+        samples.logprobs[index] = stops.sum_logprobs(token_lp[index][:n])

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mathft_jax.sampling import decoding
+from mathft_jax.sampling import decoding, stops
 from mathft_jax.sampling.batching import PAD_ID, bucket_length, check_prompts, pad_prompts, rows_for
 from mathft_jax.sampling.decoding import DecodeStatic, SamplingParams, Samples
 from mathft_jax.models.config import DecoderConfig
@@ -62,9 +62,10 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, logprob, se
     """Up to `chunk` decode steps of every slot; [S] arrays per slot: token (the next input),
     pos (its cache slot), step (tokens generated so far), budget (the most it may generate),
     sid (global sample id), live, logprob (the sample's log-likelihood so far, float32).
-    -> (cache, out [S, chunk + 2], logprob): the chunk's tokens (PAD_ID once a slot is dead),
-    then each slot's step and live flag after the chunk; the log-likelihoods carried on, in
-    the same float32 order of additions as `decoding.generate_tokens`.
+    -> (cache, out [S, chunk + 2], logprob, token_lp): the chunk's tokens (PAD_ID once a slot
+    is dead), then each slot's step and live flag after the chunk; the log-likelihoods
+    carried on, in the same float32 order of additions as `decoding.generate_tokens`; with
+    sp.token_logprobs each token's log-probability [S, chunk] (else None).
 
     One step is `decoding.generate_tokens`'s body, per slot: the token's key is fold_in of
     the sample's key with the sample's own step, so no slot or round enters a draw.
@@ -72,13 +73,14 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, logprob, se
     params, cfg = decoding.unroll_layers(params, cfg)
     keys = decoding.sample_keys(seed, sid)
     out = jnp.full((token.shape[0], chunk), PAD_ID, jnp.int32)
+    token_lp = jnp.zeros((token.shape[0], chunk), jnp.float32) if sp.token_logprobs else None
 
     def cond(state):
-        i, _, _, _, live, _, _, _ = state
+        i, _, _, _, live, _, _, _, _ = state
         return (i < chunk) & jnp.any(live)
 
     def body(state):
-        i, token, pos, step, live, cache, out, logprob = state
+        i, token, pos, step, live, cache, out, logprob, token_lp = state
         # Dead slots run too (fixed shapes) and write their own rows at a frozen pos: their
         # rows are refilled before they are read again.
         logits, cache = decoding.extend(params, cfg, token[:, None], cache, pos)
@@ -87,16 +89,19 @@ def decode_chunk(params, cache, token, pos, step, budget, sid, live, logprob, se
                                      greedy=sp.greedy, nucleus=sp.nucleus)
         new = jnp.where(live, new, PAD_ID)
         out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
-        logprob = logprob + jnp.where(live, decoding.token_log_prob(logits[:, 0], new), 0.0)
+        new_lp = jnp.where(live, decoding.token_log_prob(logits[:, 0], new), 0.0)
+        logprob = logprob + new_lp
+        if token_lp is not None:
+            token_lp = jax.lax.dynamic_update_slice(token_lp, new_lp[:, None], (0, i))
         step, pos = step + live, pos + live
-        live = live & (new != sp.eos_id) & (step < budget)
-        return i + 1, new, pos, step, live, cache, out, logprob
+        live = live & ~decoding.ends_sample(new, sp) & (step < budget)
+        return i + 1, new, pos, step, live, cache, out, logprob, token_lp
 
-    state = (jnp.int32(0), token, pos, step, live, cache, out, logprob)
-    _, _, _, step, live, cache, out, logprob = jax.lax.while_loop(cond, body, state)
+    state = (jnp.int32(0), token, pos, step, live, cache, out, logprob, token_lp)
+    _, _, _, step, live, cache, out, logprob, token_lp = jax.lax.while_loop(cond, body, state)
     cache = decoding.constrain_cache(cache, cfg)
     packed = jnp.concatenate([out, step[:, None], live[:, None].astype(jnp.int32)], axis=1)
-    return cache, packed, logprob
+    return cache, packed, logprob, token_lp
 
 
 def _prefill_into_pool(params, pool, prompts, rows, *, cfg: DecoderConfig):
@@ -161,6 +166,14 @@ class _Slots:
 
 
 @dataclasses.dataclass
+class _Sample:
+    """A slot's sample so far: its tokens and, with stop strings, their log-probabilities
+    (a stopped sample's log-likelihood is summed over the tokens it keeps)."""
+    tokens: list = dataclasses.field(default_factory=list)
+    token_lps: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class Stats:
     """What a run did: tokens (generated, EOS included) over slot-steps (slots x steps run)
     is the share of live slot-steps. The `queued_` pair counts only chunks that began with
@@ -192,7 +205,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
            *, seed: int = 0, prompt_ids: Optional[Sequence[int]] = None,
            partitioner: Partitioner = NO_MESH, truncate_prompts: bool = False,
            slots: int = 64, chunk: int = DEFAULT_CHUNK, prefill_group: int = 0,
-           stats: Optional[Stats] = None
+           stats: Optional[Stats] = None, decode=None
            ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Yields (prompt index in `prompts`, tokens [N, max_decode_len], lengths [N], logprobs
     [N] float32, as `decoding.Samples` holds them) as each
@@ -202,8 +215,12 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     (default ceil(slots / N)), padded as `decoding.generate` pads a batch: with static
     batching's batch size (and slots = its rows), every computation has static batching's
     shapes, which is what makes the samples equal bit for bit on XLA:CPU (rows of a batch
-    are computed alike only within one shape). `stats`, if given, is filled in."""
+    are computed alike only within one shape). `stats`, if given, is filled in (its tokens
+    count every token decoded, those past a stop string too). decode: the vocabulary's
+    (token ids -> text), for `sampling.stop_strings`: after each chunk a sample whose text
+    holds one ends at the token that completes it and its slot is refilled (`stops.py`)."""
     sampling.validate()
+    matcher = sampling.stop_matcher(decode)
     check_slots(slots, partitioner)
     if not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
@@ -230,7 +247,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
     temperature, top_p = jnp.float32(sampling.temperature), jnp.float32(sampling.top_p)
 
     host = _Slots.empty(slots)
-    bufs: list[list[int]] = [[] for _ in range(slots)]
+    bufs = [_Sample() for _ in range(slots)]
     remaining = np.full((len(prompts),), n, np.int64)
     results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     pooled: dict[int, int] = {}  # prompt group -> its block of group_rows pool rows
@@ -274,7 +291,7 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 host.token[s], host.pos[s] = prompts[i][-1], lengths[i] - 1
                 host.step[s], host.budget[s], host.logprob[s] = 0, budgets[i], 0.0
                 host.sid[s], host.live[s], host.owner[s] = ids[i] * n + j, True, i * n + j
-                bufs[s] = []
+                bufs[s] = _Sample()
                 pending = next(queue, None)
             for g in fresh:
                 members = prompts[g * group:(g + 1) * group]
@@ -300,9 +317,10 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
             args = [partitioner.to_global(x) for x in
                     (host.token, host.pos, host.step, host.budget, host.sid, host.live,
                      host.logprob)]
-            cache, packed, logprob = run(params, cache, *args, jnp.int32(seed), temperature,
-                                         top_p)
+            cache, packed, logprob, token_lp = run(params, cache, *args, jnp.int32(seed),
+                                                   temperature, top_p)
             packed = partitioner.to_host(packed)
+            token_lp = None if token_lp is None else partitioner.to_host(token_lp)
             host.logprob = partitioner.to_host(logprob).astype(np.float32)
             out, step, live = packed[:, :chunk], packed[:, chunk], packed[:, chunk + 1].astype(bool)
             made = step - host.step
@@ -313,16 +331,32 @@ def stream(params, cfg: DecoderConfig, prompts: Sequence[Sequence[int]], samplin
                 stats.queued_tokens += int(made.sum())
                 stats.queued_slot_steps += width * int(made.max(initial=0))
             for s in np.flatnonzero(made):
-                bufs[s].extend(out[s, :made[s]].tolist())
+                bufs[s].tokens.extend(out[s, :made[s]].tolist())
                 host.token[s] = out[s, made[s] - 1]
+                if matcher is not None:
+                    live[s] &= not _stopped(bufs[s], matcher, made[s], token_lp[s])
             host.pos += made.astype(np.int32)
             host.step = step.astype(np.int32)
             for s in np.flatnonzero(host.live & ~live):
                 i, j = divmod(int(host.owner[s]), n)
-                finish(i, j, bufs[s], float(host.logprob[s]))
+                logprob = (float(host.logprob[s]) if matcher is None
+                           else stops.sum_logprobs(bufs[s].token_lps))
+                finish(i, j, bufs[s].tokens, logprob)
                 host.owner[s] = -1
             host.live = live
         yield from pop_completed()
+
+
+def _stopped(sample: _Sample, matcher: stops.StopStrings, made: int,
+             token_lp: np.ndarray) -> bool:
+    """After a chunk that added `made` tokens (log-probabilities token_lp[:made]): whether
+    the sample's text now holds a stop string; if so it is cut after the token completing it."""
+    sample.token_lps.extend(token_lp[:made].tolist())
+    end = matcher.first_stop(sample.tokens, checked=len(sample.tokens) - made)
+    if end is None:
+        return False
+    del sample.tokens[end:], sample.token_lps[end:]
+    return True
 
 
 def _shrink(cache, host: _Slots, bufs: list, cfg: DecoderConfig, partitioner: Partitioner):
