@@ -103,7 +103,7 @@ def test_stops_at_eos_and_pads_after_it(params):
     assert out.lengths[0, 0] == stop
     assert out.tokens[0, 0, :stop].tolist() == ref[:stop]
     assert (out.tokens[0, 0, stop:] == decoding.PAD_ID).all()
-    assert out.sequences(0, eos_id=eos) == [ref[:stop - 1]]
+    assert out.sequences(0, end_ids=eos) == [ref[:stop - 1]]
 
 
 def test_prompt_filling_the_context_gets_no_room_beyond_it(params):
