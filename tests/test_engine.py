@@ -20,6 +20,7 @@ from mathft_jax.sampling.decoding import SamplingParams
 from mathft_jax.models import DecoderConfig
 from mathft_jax.models import layers
 from mathft_jax.models.decoder import init_params
+from engine_faults import crash_on_chunk
 from gin_bound import gin_bound
 
 CFG = DecoderConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
@@ -192,26 +193,12 @@ def read_lines(path):
 def test_infer_continuous_killed_and_resumed_writes_the_static_file(setup, monkeypatch):
     static = read_lines(run_infer(setup, setup / "static.jsonl", engine="static"))
     output = str(setup / "continuous.jsonl")
-    calls, real = [], engine.compiled
-
-    def crash_on_second_chunk(name, cfg, **static_args):
-        fn = real(name, cfg, **static_args)
-        if name != "chunk":
-            return fn
-
-        def call(*args):
-            calls.append(1)
-            if len(calls) == 2:  # after problems 0-7 are written, while 8-9 decode
-                raise RuntimeError("simulated kill")
-            return fn(*args)
-        return call
-
-    monkeypatch.setattr(engine, "compiled", crash_on_second_chunk)
+    crash_on_chunk(monkeypatch, 2)  # after problems 0-7 are written, while 8-9 decode
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_infer(setup, output, engine="continuous", chunk=16)
     assert not os.path.exists(output)
     assert os.listdir(infer_lib.parts_dir(output)) == ["00000000.jsonl"]
-    monkeypatch.setattr(engine, "compiled", real)
+    monkeypatch.undo()
     assert read_lines(run_infer(setup, output, engine="continuous", chunk=5)) == static
     # Other slots: other batch shapes, so the log-likelihoods may differ in their last bits,
     # and so in the file's 4th decimal; the samples are the same.

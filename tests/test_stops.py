@@ -17,6 +17,7 @@ from mathft_jax.models import DecoderConfig
 from mathft_jax.models.decoder import init_params
 from mathft_jax.sampling import decoding, engine, stops
 from mathft_jax.sampling.decoding import SamplingParams
+from engine_faults import crash_on_chunk
 from gin_bound import gin_bound
 from real_path_utils import BOS, EOS, math_lines, train_tokenizer
 
@@ -247,25 +248,11 @@ def test_infer_with_stops_killed_and_resumed_writes_the_static_file(
     strings = (ascii_window(plain), IM_END)
     static = run_infer(vocab, infer_setup, root / "static.jsonl", engine="static",
                        stop_strings=strings)
-    calls, real = [], engine.compiled
-
-    def crash_on_second_chunk(name, cfg, **static_args):
-        fn = real(name, cfg, **static_args)
-        if name != "chunk":
-            return fn
-
-        def call(*args):
-            calls.append(1)
-            if len(calls) == 2:
-                raise RuntimeError("simulated kill")
-            return fn(*args)
-        return call
-
     output = root / "continuous.jsonl"
-    monkeypatch.setattr(engine, "compiled", crash_on_second_chunk)
+    crash_on_chunk(monkeypatch, 2)  # after problems 0-7 are written, while 8-9 decode
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_infer(vocab, infer_setup, output, stop_strings=strings, chunk=16)
-    monkeypatch.setattr(engine, "compiled", real)
+    monkeypatch.undo()
     assert os.listdir(infer_lib.parts_dir(str(output))) == ["00000000.jsonl"]
     run_infer(vocab, infer_setup, output, stop_strings=strings, chunk=16)
     # The same samples, texts and token counts; the log-likelihoods may differ in float32's
