@@ -45,9 +45,12 @@ def markdown(plan: dict, seconds: float, cmd: list[str]) -> str:
     for p in plan["programs"]:
         peak, hbm = p["memory"]["peak_bytes"] / GB, p["hbm_bytes"] / GB
         roof = p["roofline"]
+        # XLA:TPU refused the program: no HLO, so no roofline to bound MFU by
+        speed = ("n/a (refused for HBM) | n/a" if p["memory"].get("out_of_memory") else
+                 f"{100 * roof['mfu_bound']:.1f}% | {roof['bound_by']}")
         rows.append(f"| {p['program']} | {plan['topology']} | {peak:.1f} / {hbm:.0f} | "
                     f"{'yes' if p['fits'] else 'NO'} ({100 * p['spare']:+.0f}%) | "
-                    f"{100 * roof['mfu_bound']:.1f}% | {roof['bound_by']} | {seconds:.0f} s |")
+                    f"{speed} | {seconds:.0f} s |")
     shown = " ".join(c for c in cmd[1:] if not c.startswith("--output"))
     return "\n".join(rows) + f"\n<!-- python {shown} -->"
 

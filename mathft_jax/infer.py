@@ -144,15 +144,20 @@ def stop_record(sampling: decoding.SamplingParams) -> dict:
     return {"stop": {"strings": list(sampling.stop_strings), "ids": ids}}
 
 
-def stop_ids(config: "InferConfig", vocab) -> tuple[int, ...]:
+def stop_strings(config: "InferConfig", prompt_format) -> tuple[str, ...]:
+    """infer.stop_strings, then those the prompt format implies (a chat template's end of
+    turn, a few-shot prompt's next "Problem:"), each once."""
+    return tuple(dict.fromkeys(tuple(config.stop_strings) + tuple(prompt_format.stop_strings)))
+
+
+def stop_ids(config: "InferConfig", vocab, strings: Sequence[str] = ()) -> tuple[int, ...]:
     """The token ids that end a sample besides the EOS: infer.stop_ids; the EOS ids the
     checkpoint's generation config lists (with infer.generation_eos,
     `model_files.generation_eos_ids`); and each stop string the vocabulary encodes as one
     token, matched on device (a special token such as <|im_end|> never reaches the decoded
     text the strings are searched in)."""
     found = model_files.generation_eos_ids(config.checkpoint) if config.generation_eos else ()
-    single = tuple(ids[0] for ids in (list(vocab.encode(s)) for s in config.stop_strings)
-                   if len(ids) == 1)
+    single = tuple(ids[0] for ids in (list(vocab.encode(s)) for s in strings) if len(ids) == 1)
     return tuple(int(i) for i in dict.fromkeys(tuple(config.stop_ids) + found + single))
 
 
@@ -277,10 +282,12 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     model, batch_size = config.model, config.batch_size
     vocab = vocabulary or vocab_lib.get_vocabulary()
     start_id = vocab_lib.decoder_start_id(vocab)
+    prompt_format = config.prompt.build(vocab)
+    strings = stop_strings(config, prompt_format)
     sampling = decoding.SamplingParams(config.num_samples, config.max_decode_len,
                                        config.temperature, config.top_k, config.top_p,
                                        int(vocab.eos_id), config.share_prefill,
-                                       stop_ids(config, vocab), config.stop_strings).validate()
+                                       stop_ids(config, vocab, strings), strings).validate()
     partitioner = partitioning.Partitioner.create(model)
     partitioner.check_batch_divisible(batch_size, "infer.batch_size")
     slots = config.slots or batch_size * config.num_samples
@@ -299,7 +306,6 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",
                disable=not (progress and writer), dynamic_ncols=True)
     tokens, sampled, started = 0, 0, time.perf_counter()
-    prompt_format = config.prompt.build(vocab)
     prompts = [prompt_format.tokens(problems[i]["problem"], vocab, start_id) for i in todo]
     common = dict(seed=config.seed, partitioner=partitioner,
                   truncate_prompts=config.truncate_prompts, decode=vocab.decode)

@@ -212,7 +212,10 @@ def test_a_run_samples_in_its_prompt_format_and_records_it(setup, tmp_path):
                      name="chat", system="Be brief.", tokenizer_dir=str(tokenizer_dir)))
     records = candidates.read_candidates(output)
     assert [(r["prompt_format"], r["system_prompt"]) for r in records] == [("chat", "Be brief.")] * 2
-    assert Recording.encoded == [
+    # the chat format's end of turn ends samples: looked up as a single-token stop id first
+    assert Recording.encoded[0] == "<|im_end|>"
+    assert records[0]["stop"]["strings"] == ["<|im_end|>"]
+    assert Recording.encoded[1:] == [
         f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is {i}+{i}?<|im_end|>\n"
         "<|im_start|>assistant\n" for i in range(2)]
     with pytest.raises(ValueError, match="prompt_format.name='chatty': expected one of"):

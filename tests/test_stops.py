@@ -301,8 +301,22 @@ def test_stop_ids_add_generation_config_eos_ids_and_single_token_strings(vocab, 
     config = infer_lib.InferConfig(checkpoint=str(model_dir), output_path="o", stop_ids=(7, 5),
                                    stop_strings=(IM_END, "\n\nProblem:"))
     im_end = vocab.tokenizer.token_to_id(IM_END)
-    assert infer_lib.stop_ids(config, vocab) == (7, 5, 2, 9, im_end)
+    strings = config.stop_strings
+    assert infer_lib.stop_ids(config, vocab, strings) == (7, 5, 2, 9, im_end)
     off = dataclasses.replace(config, generation_eos=False)
-    assert infer_lib.stop_ids(off, vocab) == (7, 5, im_end)
+    assert infer_lib.stop_ids(off, vocab, strings) == (7, 5, im_end)
+    assert infer_lib.stop_ids(off, vocab) == (7, 5)  # strings not given: none of theirs
     bare = infer_lib.InferConfig(checkpoint=str(tmp_path), output_path="o")
     assert infer_lib.stop_ids(bare, vocab) == ()  # no model_dir: no generation config
+
+
+def test_a_prompt_format_adds_its_stop_strings_after_the_run_s_own():
+    from mathft_jax.data import prompts
+    fewshot = prompts.prompt_format("minerva_math")
+    assert fewshot.stop_strings  # its next exemplar's header ends a sample
+    config = infer_lib.InferConfig(checkpoint="c", output_path="o",
+                                   stop_strings=("</s>", fewshot.stop_strings[0]))
+    assert infer_lib.stop_strings(config, fewshot) == ("</s>", fewshot.stop_strings[0])
+    plain = infer_lib.InferConfig(checkpoint="c", output_path="o")
+    assert infer_lib.stop_strings(plain, fewshot) == fewshot.stop_strings
+    assert infer_lib.stop_strings(plain, prompts.prompt_format("plain")) == ()
