@@ -21,6 +21,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/core/e
 
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax.convert import checkpoints
+from mathft_jax.convert import lora_checkpoints
 from mathft_jax.core import distributed, preemption, provenance, settings, storage
 from mathft_jax.models import partitioning
 from mathft_jax.results import candidates
@@ -188,6 +189,9 @@ class InferConfig:
     engine: str = "continuous"
     slots: int = 0  # 0: batch_size * num_samples, static batching's rows
     chunk: int = engine_lib.DEFAULT_CHUNK
+    # A LoRA checkpoint's adapters: merged into its base once (faster steps), or applied
+    # unmerged (one base serves the generator's and the evaluator's adapter sets).
+    merge_adapters: bool = True
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
 
     def validate(self) -> "InferConfig":
@@ -238,8 +242,11 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo),
                  config.num_samples)
 
-    params = checkpoints.load_params(config.checkpoint, model, partitioner) if todo else None
-    evaluator_params = (checkpoints.load_params(config.evaluator_checkpoint, model, partitioner)
+    bases: dict = {}  # LoRA checkpoints on one base load it once (unmerged)
+    load = functools.partial(lora_checkpoints.load_model, cfg=model, partitioner=partitioner,
+                             merge=config.merge_adapters, bases=bases)
+    params = load(config.checkpoint) if todo else None
+    evaluator_params = (load(config.evaluator_checkpoint)
                         if todo and config.evaluator_checkpoint else None)
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",

@@ -63,6 +63,7 @@ ALL_TARGETS = tuple(TARGETS)
 RANK_AXIS = "lora_rank"
 COLLECTION = "lora"  # the Decoder's variable collection of unmerged adapters
 DROPOUT_RNG = "lora_dropout"
+STARTS = ("continue", "merge")
 
 
 def input_dims(weight: str) -> int:
@@ -74,7 +75,7 @@ def input_dims(weight: str) -> int:
 class LoraConfig:
     """LoRA settings, bound as `lora.*` (scoped per stage: `ssft/lora.rank`); rank 0 = off
     (full fine-tuning). layers: [start, stop) of the decoder layers that get adapters
-    (None: all)."""
+    (None: all; with scan_layers every layer holds a pair, those outside stay inert)."""
 
     rank: int = 0
     alpha: float = 16.0
@@ -82,6 +83,9 @@ class LoraConfig:
     targets: Tuple[str, ...] = ALL_TARGETS
     layers: Optional[Tuple[int, int]] = None
     dtype: str = "float32"  # the adapters' parameter dtype
+    # From an init checkpoint that is itself LoRA: "continue" its adapters on its base, or
+    # "merge" them into a new base with fresh adapters (convert/lora_checkpoints.py).
+    start: str = "continue"
 
     @property
     def enabled(self) -> bool:
@@ -99,6 +103,8 @@ class LoraConfig:
             raise ConfigError(f"lora.rank={self.rank} must be >= 0 (0: LoRA off)")
         if not self.enabled:
             return self
+        if self.start not in STARTS:
+            raise ConfigError(f"lora.start={self.start!r} must be one of {', '.join(STARTS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1)")
         unknown = [t for t in self.targets if t not in TARGETS]
