@@ -42,6 +42,7 @@ from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.lora import LoraConfig
 
 RECORD = "lora.json"
+SEED_BASE = "base"  # <model_dir>/base: the seed's init, the base of a run without one
 
 
 class BaseChangedError(DataError):
@@ -92,12 +93,9 @@ def describe(path: str) -> dict:
     return entry
 
 
-def base_for(init_checkpoint: Optional[str], lora: LoraConfig) -> tuple[dict, Optional[str]]:
+def base_for(init_checkpoint: str, lora: LoraConfig) -> tuple[dict, Optional[str]]:
     """(BASE of a run starting from `init_checkpoint`, the adapters it goes on training or
     None for fresh ones); see the module docstring."""
-    if not init_checkpoint:
-        raise DataError("LoRA training needs a base: set train.init_checkpoint (or "
-                        "grpo.init_checkpoint) to a checkpoint")
     record = read_record(init_checkpoint)
     if record is None or lora.start == "merge":
         return describe(init_checkpoint), None

@@ -29,17 +29,19 @@ import math
 import time
 from typing import Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from mathft_jax.convert import checkpoints, lora_checkpoints
-from mathft_jax.core import distributed, preemption, provenance
+from mathft_jax.core import distributed, preemption, provenance, storage
 from mathft_jax.core.metrics_writer import MetricsWriter
 from mathft_jax.models import lora as lora_lib
 from mathft_jax.models import partitioning
 from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.decoder import init_params
 from mathft_jax.models.lora import LoraConfig
 from mathft_jax.training import hardware
 from mathft_jax.training.optim import OptimizerConfig
@@ -119,10 +121,22 @@ class Harness:
     def _load_base(self) -> None:
         """The frozen base of a LoRA run: lora.json's on a resume (its hash checked), else
         from init_checkpoint, recorded in lora.json (convert/lora_checkpoints.py)."""
-        fresh, continued = lora_checkpoints.base_for(self.init_checkpoint, self.lora)
+        init = self.init_checkpoint or self._seed_base()
+        fresh, continued = lora_checkpoints.base_for(init, self.lora)
         base = lora_checkpoints.record_run(self.model_dir, self.lora, fresh)
         self._continued_adapters = continued
         self.base = lora_checkpoints.load_base(base, self.model, self.partitioner)
+
+    def _seed_base(self) -> str:
+        """Without init_checkpoint (tests, the smoke run's SSFT): the seed's fresh init,
+        saved once as `<model_dir>/base`, is the base."""
+        path = storage.join(self.model_dir, lora_checkpoints.SEED_BASE)
+        if checkpoints.any_complete(path) is None:
+            init = lambda rng: nn.unbox(init_params(self.model, rng))  # noqa: E731
+            params = jax.jit(init, out_shardings=self.partitioner.param_shardings(self.model))(
+                jax.random.PRNGKey(self.seed))
+            checkpoints.save_params(path, params)
+        return path
 
     def model_params(self, state: TrainState):
         """What the model samples and evaluates with: the state's parameters, or with LoRA
