@@ -31,6 +31,7 @@ import json
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import orbax.checkpoint as ocp
 
 from mathft_jax.convert import checkpoints, model_files
@@ -149,15 +150,30 @@ def _load_unchecked(base: dict, cfg, partitioner):
         return checkpoints.load_params(base["params"], cfg, partitioner)
     settings = settings_from(base["lora"])
     params = _load_unchecked(base["base"], cfg, partitioner)
-    return lora_lib.merge(params, load_adapters(base["params"], settings, cfg, partitioner),
-                          settings, cfg)
+    return merged(params, load_adapters(base["params"], settings, cfg, partitioner), settings,
+                  cfg, partitioner)
+
+
+def _placing(cfg: DecoderConfig, partitioner: partitioning.Partitioner):
+    """Where parameters go: the partitioner's mesh, or one device without one (as
+    `checkpoints.load_params` places them)."""
+    if partitioner.mesh is not None:
+        return partitioner
+    return partitioning.Partitioner.single_device(cfg)
+
+
+def merged(params, adapters, lora: LoraConfig, cfg: DecoderConfig,
+           partitioner: partitioning.Partitioner):
+    """`lora.merge`, each merged weight placed as the base's weights are (what a jitted step
+    with the parameters' shardings expects)."""
+    out = lora_lib.merge(params, adapters, lora, cfg)
+    return jax.device_put(out, _placing(cfg, partitioner).param_shardings(cfg))
 
 
 def load_adapters(path: str, lora: LoraConfig, cfg: DecoderConfig,
                   partitioner: partitioning.Partitioner):
     """A LoRA checkpoint's adapters, placed by their logical axes on the partitioner's mesh."""
-    placing = partitioner if partitioner.mesh is not None else \
-        partitioning.Partitioner.single_device(cfg)
+    placing = _placing(cfg, partitioner)
     boxes = lora_lib.adapter_boxes(lora, cfg, placing.abstract_params(cfg))
     target = partitioning.with_shardings(nn.unbox(boxes), placing.shardings(boxes))
     with ocp.StandardCheckpointer() as ckptr:
@@ -180,5 +196,5 @@ def load_model(path: str, cfg: DecoderConfig, partitioner: partitioning.Partitio
         bases[key] = load_base(record["base"], cfg, partitioner)
     adapters = load_adapters(path, settings, cfg, partitioner)
     if merge:
-        return lora_lib.merge(bases[key], adapters, settings, cfg)
+        return merged(bases[key], adapters, settings, cfg, partitioner)
     return lora_lib.adapted(bases[key], adapters, settings, cfg)
