@@ -201,9 +201,9 @@ def test_without_init_checkpoint_the_seed_init_is_saved_as_the_base(tmp_path):
     record = lora_checkpoints.read_record(run.model_dir)
     assert record["base"]["params"].startswith(str(tmp_path / "scratch" / "base"))
     seed_init = nn.unbox(init_params(TINY, jax.random.PRNGKey(0)))
-    assert checkpoints.tree_equal(
-        jax.device_get(checkpoints.load_params(record["base"]["params"], TINY, ONE_DEVICE)),
-        seed_init)
+    saved = jax.device_get(checkpoints.load_params(record["base"]["params"], TINY, ONE_DEVICE))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                           saved, seed_init)  # jitted there: the last bit may differ
 
 
 class _Spy:

@@ -52,14 +52,23 @@ class BaseChangedError(DataError):
 
 def content_hash(params_dir: str) -> str:
     """BLAKE2b of a params directory's files (their relative paths and bytes, in order)."""
-    root = storage.path(params_dir)
     digest = hashlib.blake2b(digest_size=16)
-    for f in sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: str(p)):
-        digest.update(str(f.relative_to(root)).encode() + b"\0")
+    for name, f in _files(storage.path(params_dir), ""):
+        digest.update(name.encode() + b"\0")
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 24), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _files(directory, prefix: str):
+    """(relative name, path) of every file under `directory`, sorted; a walk of listings, as
+    gs:// paths take no recursive glob."""
+    out = []
+    for child in sorted(directory.iterdir(), key=lambda p: p.name):
+        name = prefix + child.name
+        out += _files(child, name + "/") if child.is_dir() else [(name, child)]
+    return out
 
 
 def settings_dict(lora: LoraConfig) -> dict:
