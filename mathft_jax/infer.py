@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from mathft_jax.convert import lora_checkpoints
 from mathft_jax.core import distributed, preemption, provenance, settings, storage
-from mathft_jax.models import partitioning
+from mathft_jax.models import lora, partitioning, quantization
 from mathft_jax.results import candidates
 from mathft_jax.sampling import decoding
 from mathft_jax.scoring import evaluator
@@ -193,6 +193,9 @@ class InferConfig:
     # unmerged (one base serves the generator's and the evaluator's adapter sets).
     merge_adapters: bool = True
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    # the generator's base stored and computed quantized (QLoRA's; `quantize_base.*`)
+    quantize: quantization.QuantConfig = dataclasses.field(
+        default_factory=quantization.QuantConfig)
 
     def validate(self) -> "InferConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -212,7 +215,16 @@ class InferConfig:
             if not getattr(self, name):
                 raise settings.SettingError(f"infer.{name} is not set")
         self.model.validate()
+        self.quantize.validate()
         return self
+
+
+def quantized_base(params, model: DecoderConfig, quant: quantization.QuantConfig):
+    """The generator with its base quantized as `quant` says (QLoRA's: unmerged adapters
+    stay float; merged ones are quantized with the base they were merged into)."""
+    if isinstance(params, lora.Adapted):
+        return params.replace(base=quantization.quantize_base(params.base, model, quant))
+    return quantization.quantize_base(params, model, quant)
 
 
 def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bool = True,
@@ -245,7 +257,7 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     bases: dict = {}  # LoRA checkpoints on one base load it once (unmerged)
     load = functools.partial(lora_checkpoints.load_model, cfg=model, partitioner=partitioner,
                              merge=config.merge_adapters, bases=bases)
-    params = load(config.checkpoint) if todo else None
+    params = quantized_base(load(config.checkpoint), model, config.quantize) if todo else None
     evaluator_params = (load(config.evaluator_checkpoint)
                         if todo and config.evaluator_checkpoint else None)
     writer = distributed.is_main_process()

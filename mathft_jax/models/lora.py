@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mathft_jax.models import quantization
 from mathft_jax.models.config import ConfigError, DecoderConfig
 
 # HF target name -> (module under a decoder layer, weight name). The weight's input
@@ -255,7 +256,9 @@ def rngs(params) -> dict:
 
 
 def apply(module: nn.Module, params, *args, **kwargs):
-    """`module.apply` on plain or adapted parameters (their variables and rngs)."""
+    """`module.apply` on plain or adapted parameters (their variables and rngs); on a
+    quantized base (QLoRA), the module quantized as it is (`quantization.module_for`)."""
+    module = quantization.module_for(module, base_params(params))
     return module.apply(variables(params), *args, rngs=rngs(params), **kwargs)
 
 
