@@ -35,7 +35,9 @@ def project(module: nn.Module, name: str, spec: str, x, w, dtype, dropout: float
     (dropout(x) @ a) @ b where the module's `"lora"` collection holds a pair for it
     (models/lora.py; `b` comes scaled). Every projection a LoRA target may name goes
     through here."""
-    y = jnp.einsum(spec, x, w.astype(dtype))
+    # jnp.asarray, not astype: qwix intercepts it to cast a quantized weight (QLoRA's base,
+    # models/quantization.py), whose astype fails in qwix 0.1.8
+    y = jnp.einsum(spec, x, jnp.asarray(w, dtype))
     if not module.has_variable("lora", name):
         return y
     pair = module.get_variable("lora", name)
