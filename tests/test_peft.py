@@ -168,3 +168,34 @@ def test_unusable_adapters_are_refused_naming_what(base, tmp_path, change, match
     save_file(tensors, str(tmp_path / peft_format.ADAPTER_WEIGHTS))
     with pytest.raises(ConversionError, match=match):
         peft_format.read_adapter(tmp_path, cfg)
+
+
+# ------------------------------------------------------------------ the commands
+def test_import_hf_adapter_and_export_hf_round_trip(base, tmp_path):
+    """import_hf --adapter makes a LoRA checkpoint that samples as peft computes; export_hf
+    gives the base plus a PEFT folder, or with --merge one plain model."""
+    from mathft_jax.convert import lora_checkpoints
+    from mathft_jax.convert.export_hf import ADAPTER_DIR, export_checkpoint
+    from mathft_jax.convert.import_hf import import_adapter
+    from mathft_jax.models import partitioning
+    hf_dir, _, _ = base("qwen2")
+    model = peft_written_adapter(hf_dir, tmp_path / "peft", r=4, lora_alpha=8,
+                                 target_modules=["k_proj", "o_proj", "up_proj"])
+    want = hf_logits(model, TOKENS)
+    cfg, lora = import_adapter(hf_dir, tmp_path / "peft", tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / lora_checkpoints.RECORD).exists()
+    params = lora_checkpoints.load_model(str(tmp_path / "ckpt"), cfg,
+                                         partitioning.Partitioner(), merge=False)
+    assert isinstance(params, lora_lib.Adapted)
+    assert max_diff(np.asarray(lora_lib.apply(Decoder(cfg), params, TOKENS)), want) < 1e-4
+
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    assert not (tmp_path / "out" / peft_format.ADAPTER_CONFIG).exists()  # DIR loads plain
+    again = peft.PeftModel.from_pretrained(fresh_hf(tmp_path / "out"),
+                                           tmp_path / "out" / ADAPTER_DIR).eval()
+    assert max_diff(hf_logits(again, TOKENS), want) < 1e-4
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "merged", merge=True)
+    assert max_diff(hf_logits(fresh_hf(tmp_path / "merged"), TOKENS), want) < 1e-4
+    with pytest.raises(ConversionError, match="--merge needs a LoRA checkpoint"):
+        export_checkpoint(tmp_path / "ckpt" / lora_checkpoints.SEED_BASE, tmp_path / "x",
+                          merge=True)
