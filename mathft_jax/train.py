@@ -30,6 +30,7 @@ from mathft_jax.core import entry, settings
 from mathft_jax.models import partitioning, sizes
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.lora import LoraConfig
+from mathft_jax.models.quantization import QuantConfig
 from mathft_jax.training.harness import Harness, Learner, NonFiniteLossError  # noqa: F401
 from mathft_jax.training.objectives import lm_objective, rows_per_group
 from mathft_jax.training.optim import OptimizerConfig
@@ -58,7 +59,8 @@ class TrainConfig:
     stage: `ssft/train.total_steps`).
 
     lora: LoRA's settings (`lora.*`, models/lora.py); with a rank, only adapters train, on
-    the frozen base of `init_checkpoint` (training/harness.py).
+    the frozen base of `init_checkpoint` (training/harness.py). quantize: that base stored
+    and computed in int8 or nf4 (QLoRA; `quantize_base.*`, models/quantization.py).
 
     model and optimizer are typed configs made from gin (`DecoderConfig.*`,
     `make_optimizer.*`, `learning_rate_schedule.*`) in the scope the TrainConfig is made
@@ -92,6 +94,8 @@ class TrainConfig:
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # rank 0: full FT
+    # QLoRA: the frozen base stored and computed quantized (`quantize_base.*`)
+    quantize: QuantConfig = dataclasses.field(default_factory=QuantConfig)
 
     def validate(self) -> "TrainConfig":
         """Raise SettingError naming the binding; needs no mesh or data."""
@@ -109,6 +113,7 @@ class TrainConfig:
                 f"{self.batch_size} into micro-batches of whole {self.rows_per_group}-row groups "
                 "(the objective's unit)")
         self.lora.validate(self.model)
+        self.quantize.validate().check_frozen(self.lora)
         if self.sequence_length > self.model.max_seq_len:
             raise settings.SettingError(f"train.sequence_length={self.sequence_length} exceeds "
                                         f"DecoderConfig.max_seq_len={self.model.max_seq_len}")
@@ -153,7 +158,8 @@ def train(config: Optional[TrainConfig] = None, *,
                       partitioner=partitioner, seed=config.seed,
                       init_checkpoint=config.init_checkpoint,
                       keep_checkpoints=config.keep_checkpoints,
-                      async_checkpoints=config.async_checkpoints, lora=config.lora)
+                      async_checkpoints=config.async_checkpoints, lora=config.lora,
+                      quantize=config.quantize)
     # model.gin, vocab.gin, tokenizer/ (and an import's hf/): export needs nothing else
     model_files.write_model_files(
         config.model_dir, config.model, _task_vocabulary(config) if config.task else None,

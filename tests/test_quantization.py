@@ -101,3 +101,34 @@ def test_bad_settings_are_named():
         quantization.QuantConfig(weight_dtype="int3").validate()
     with pytest.raises(ConfigError, match="quantize_base.tile_size=0"):
         quantization.QuantConfig(weight_dtype="int8", tile_size=0).validate()
+
+
+def test_qlora_training_runs_on_the_quantized_base(tmp_path):
+    """train with lora and quantize_base: the step computes on the int8 base (its losses
+    differ from the float base's, a little) and the adapters train."""
+    from mathft_jax import train
+    from mathft_jax.convert import checkpoints
+    from mathft_jax.core.metrics_writer import read_metrics
+    from mathft_jax.models import partitioning
+    from train_utils import TINY, ArrayIterator
+    checkpoints.save_params(str(tmp_path / "base"), nn.unbox(init_params(TINY, jax.random.PRNGKey(0))))
+    settings = lora_lib.LoraConfig(rank=4, alpha=8.0)
+
+    def losses(name, quant):
+        train.train(model_dir=str(tmp_path / name), total_steps=3, batch_size=8,
+                    sequence_length=16, model=TINY, progress=False, log_every=1,
+                    init_checkpoint=str(tmp_path / "base"), lora=settings, quantize=quant,
+                    data_iterator=ArrayIterator(),
+                    mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+        return np.array([r["train/loss"] for r in read_metrics(str(tmp_path / name))])
+    floats = losses("float", quantization.QuantConfig())
+    int8 = losses("int8", quantization.QuantConfig("int8"))
+    assert np.all(np.isfinite(int8)) and len(int8) == 3
+    assert 0 < np.abs(int8 - floats).max() < 0.05
+    assert int8[-1] < int8[0]
+
+
+def test_quantizing_needs_a_frozen_base():
+    from mathft_jax.train import TrainConfig
+    with pytest.raises(ConfigError, match="needs lora.rank > 0"):
+        TrainConfig(model_dir="x", model=CFG, quantize=quantization.QuantConfig("int8")).validate()

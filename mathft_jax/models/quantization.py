@@ -60,6 +60,13 @@ class QuantConfig:
             raise ConfigError(f"quantize_base.tile_size={self.tile_size} must be >= 1")
         return self
 
+    def check_frozen(self, lora) -> None:
+        """Only a frozen base is quantized: a training run needs LoRA on (`lora.rank`)."""
+        if self.enabled and not lora.enabled:
+            raise ConfigError(f"quantize_base.weight_dtype={self.weight_dtype!r} quantizes a "
+                              "frozen base: it needs lora.rank > 0 (full fine-tuning trains "
+                              "float weights)")
+
 
 def quantized_module(module: nn.Module, quant: QuantConfig) -> nn.Module:
     """`module` (a Decoder) with its projections' einsums computed on quantized weights."""

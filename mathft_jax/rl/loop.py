@@ -54,6 +54,7 @@ from mathft_jax.models import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
 from mathft_jax.models.lora import LoraConfig
+from mathft_jax.models.quantization import QuantConfig
 from mathft_jax.rl import grpo as grpo_lib, rewards as rewards_lib, rollout as rollout_lib
 from mathft_jax.scoring import evaluator
 from mathft_jax.training.harness import Harness, Learner
@@ -138,6 +139,8 @@ class GrpoConfig:
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # rank 0: full FT
+    # QLoRA: the frozen base stored and computed quantized (`quantize_base.*`)
+    quantize: QuantConfig = dataclasses.field(default_factory=QuantConfig)
 
     def validate(self) -> "GrpoConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -174,6 +177,7 @@ class GrpoConfig:
                 f"beside grpo.max_decode_len={self.max_decode_len}")
         self.model.validate()
         self.lora.validate(self.model)
+        self.quantize.validate().check_frozen(self.lora)
         if self.sequence_length > self.model.max_seq_len:
             raise settings.SettingError(f"grpo.sequence_length={self.sequence_length} exceeds "
                                         f"DecoderConfig.max_seq_len={self.model.max_seq_len}")
@@ -224,7 +228,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, mesh_fn: Callable = partitionin
                       partitioner=partitioner, seed=config.seed,
                       init_checkpoint=config.init_checkpoint,
                       keep_checkpoints=config.keep_checkpoints,
-                      async_checkpoints=config.async_checkpoints, lora=config.lora)
+                      async_checkpoints=config.async_checkpoints, lora=config.lora,
+                      quantize=config.quantize)
     learner = _GrpoLearner(config, partitioner, vocabulary, problems, solutions)
     result = harness.run(learner, units=config.iterations,
                          checkpoint_every=config.checkpoint_every, log_every=config.log_every,

@@ -39,10 +39,11 @@ from mathft_jax.convert import checkpoints, lora_checkpoints
 from mathft_jax.core import distributed, preemption, provenance, storage
 from mathft_jax.core.metrics_writer import MetricsWriter
 from mathft_jax.models import lora as lora_lib
-from mathft_jax.models import partitioning
+from mathft_jax.models import partitioning, quantization
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import init_params
 from mathft_jax.models.lora import LoraConfig
+from mathft_jax.models.quantization import QuantConfig
 from mathft_jax.training import hardware
 from mathft_jax.training.optim import OptimizerConfig
 from mathft_jax.training.trainer import (Objective, TrainState, abstract_state, init_state,
@@ -104,12 +105,14 @@ class Harness:
     def __init__(self, *, model_dir: str, model: DecoderConfig, optimizer: OptimizerConfig,
                  optimizer_steps: int, partitioner: partitioning.Partitioner, seed: int,
                  init_checkpoint: Optional[str], keep_checkpoints: int,
-                 async_checkpoints: bool, lora: LoraConfig = LoraConfig()):
+                 async_checkpoints: bool, lora: LoraConfig = LoraConfig(),
+                 quantize: QuantConfig = QuantConfig()):
         self.model_dir, self.model, self.partitioner = model_dir, model, partitioner
         self.seed, self.init_checkpoint = seed, init_checkpoint
         self.keep_checkpoints, self.async_checkpoints = keep_checkpoints, async_checkpoints
         self.optimizer, self.schedule = optimizer.build(optimizer_steps)
         self.lora = lora if lora.enabled else None
+        self.quantize = quantize
         self.abstract, self.shardings = abstract_state(model, self.optimizer, partitioner,
                                                        self.lora)
         # LoRA: the frozen base (one copy, never donated) and the adapters a run goes on
@@ -125,7 +128,16 @@ class Harness:
         fresh, continued = lora_checkpoints.base_for(init, self.lora)
         base = lora_checkpoints.record_run(self.model_dir, self.lora, fresh)
         self._continued_adapters = continued
-        self.base = lora_checkpoints.load_base(base, self.model, self.partitioner)
+        self.base = quantization.quantize_base(
+            lora_checkpoints.load_base(base, self.model, self.partitioner), self.model,
+            self.quantize)
+
+    def _base_shardings(self):
+        """Where the step takes the base from: the parameters' shardings, or a quantized
+        base's own (its quantized values and scales, placed where quantizing left them)."""
+        if quantization.is_quantized(self.base):
+            return jax.tree_util.tree_map(lambda x: x.sharding, self.base)
+        return self.partitioner.param_shardings(self.model)
 
     def _seed_base(self) -> str:
         """Without init_checkpoint (tests, the smoke run's SSFT): the seed's fresh init,
@@ -210,7 +222,7 @@ class Harness:
                 step_fn = jit_train_step(
                     self.model, self.optimizer, self.schedule, learner.objective,
                     micro_batches, self.partitioner, self.shardings, self.lora,
-                    None if self.lora is None else self.partitioner.param_shardings(self.model),
+                    None if self.lora is None else self._base_shardings(),
                     self.seed)
             frozen = () if self.lora is None else (self.base,)
 
