@@ -36,25 +36,26 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-MODEL = "gin_configs/models/small_20m.gin"
+MODEL = "gin_configs/models/small_20m.gin"  # --model replaces it (tiny: a quick check)
 # name -> the LoRA bindings of its SSFT stage (none: full fine-tuning)
 RUNS = {"full": [], "lora8": ["ssft/lora.rank=8", "ssft/lora.alpha=16.0"],
         "lora64": ["ssft/lora.rank=64", "ssft/lora.alpha=128.0"]}
 QTYPES = ("int8", "nf4")
 
 
-def pipeline(run_dir: pathlib.Path, bindings: list, log) -> None:
+def pipeline(run_dir: pathlib.Path, args, bindings: list, log) -> None:
     cmd = [sys.executable, "-m", "mathft_jax.pipeline",
-           "--gin_file=gin_configs/runs/ssft.gin", f"--gin_file={MODEL}",
+           "--gin_file=gin_configs/runs/ssft.gin", f"--gin_file={args.model}",
            f"--gin_bindings=pipeline.run_dir='{run_dir}'"]
-    cmd += [f"--gin_bindings={b}" for b in bindings]
+    cmd += [f"--gin_bindings={b}" for b in common_bindings(args) + bindings]
     env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run(cmd + ["--verbosity=-1"], cwd=REPO, env=env, check=True, stdout=log,
                    stderr=log)
 
 
 def common_bindings(args) -> list:
-    return [f"sample_eval/infer.max_problems={args.problems}",
+    return [f"sample_eval/infer.max_problems={args.problems}", f"train.batch_size={args.batch_size}",
+            "train.log_every=5",
             f"infer.num_samples={args.samples}", f"pipeline.k={min(4, args.samples - 1)}",
             "pipeline.ssft_task='synthetic_arith_steps'"]
 
@@ -65,6 +66,8 @@ def steps_per_s(checkpoints: pathlib.Path) -> float:
             if '"time"' in line]
     rows = [r for r in rows if any(k.startswith("train/") for k in r)]
     rates = [(b["step"] - a["step"]) / (b["time"] - a["time"]) for a, b in zip(rows[1:], rows[2:])]
+    if not rates:
+        raise SystemExit(f"{checkpoints}: too few logged steps for a rate (--steps >= 15)")
     return statistics.median(rates)
 
 
@@ -76,7 +79,7 @@ def final_checkpoint(checkpoints: pathlib.Path) -> pathlib.Path:
     return max((p for p in checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def optimizer_state_bytes(lora_rank: int) -> int:
+def optimizer_state_bytes(model: str, lora_rank: int) -> int:
     """AdamW's state of what trains: every parameter, or the adapters (rank > 0)."""
     import jax
     import optax
@@ -85,7 +88,7 @@ def optimizer_state_bytes(lora_rank: int) -> int:
     from mathft_jax.models import lora as lora_lib
     from mathft_jax.models.decoder import abstract_params
     import flax.linen as nn
-    cfg = model_config([MODEL])
+    cfg = model_config([model])
     boxed = abstract_params(cfg)
     trainable = nn.unbox(boxed) if lora_rank == 0 else jax.eval_shape(
         lambda: lora_lib.init_adapters(lora_lib.LoraConfig(rank=lora_rank), cfg, boxed,
@@ -100,7 +103,7 @@ def accuracy(run_dir: pathlib.Path) -> dict:
     return {m: metrics[m]["value"] for m in ("pass_at_1", "maj1_at_n")}
 
 
-def logits_error(checkpoint: pathlib.Path, qtype: str, prompts: int) -> dict:
+def logits_error(model: str, checkpoint: pathlib.Path, qtype: str, prompts: int) -> dict:
     """max and mean |logits(quantized) - logits(float)| over the first test prompts."""
     import jax.numpy as jnp
     import numpy as np
@@ -110,7 +113,7 @@ def logits_error(checkpoint: pathlib.Path, qtype: str, prompts: int) -> dict:
     from mathft_jax.data import formats, sources
     from mathft_jax.data import vocab as vocab_lib
     from mathft_jax.models import Decoder, lora as lora_lib, quantization
-    cfg = model_config([MODEL])
+    cfg = model_config([model])
     params = checkpoints.load_params(str(checkpoint), cfg)
     qbase = quantization.quantize_base(params, cfg, quantization.QuantConfig(weight_dtype=qtype))
     vocab = vocab_lib.get_vocabulary("byte")
@@ -133,8 +136,7 @@ def quantized_accuracy(run_dir: pathlib.Path, qtype: str, args, log) -> dict:
     qdir.mkdir(exist_ok=True)
     if not (qdir / "ssft").exists():
         (qdir / "ssft").symlink_to(run_dir / "ssft")
-    pipeline(qdir, common_bindings(args) + [f"sample_eval/quantize_base.weight_dtype='{qtype}'"],
-             log)
+    pipeline(qdir, args, [f"sample_eval/quantize_base.weight_dtype='{qtype}'"], log)
     return accuracy(qdir)
 
 
@@ -145,6 +147,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--model", default=MODEL, help="model gin file")
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--quantized", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
@@ -153,27 +157,29 @@ def main() -> None:
     log = (out / "log.txt").open("a")
 
     base = out / "base"
-    pipeline(base, common_bindings(args) + [
+    pipeline(base, args, [
         f"ssft/train.total_steps={args.base_steps}",
         "pipeline.ssft_task='synthetic_arith_terse'", "pipeline.variant='ssft'"], log)
     base_ckpt = base / "ssft" / "checkpoints"
-    figures = {"base": {"steps": args.base_steps, **accuracy(base)}}
+    figures = {"model": args.model, "batch_size": args.batch_size,
+               "base": {"steps": args.base_steps, **accuracy(base)}}
     for name in args.runs.split(","):
         run_dir = out / name
-        pipeline(run_dir, common_bindings(args) + RUNS[name] + [
+        pipeline(run_dir, args, RUNS[name] + [
             f"ssft/train.total_steps={args.steps}", f"pipeline.init_checkpoint='{base_ckpt}'"],
             log)
         checkpoints = run_dir / "ssft" / "checkpoints"
         rank = int(name[4:]) if name.startswith("lora") else 0
         figures[name] = {
-            "steps": args.steps, "optimizer_state_bytes": optimizer_state_bytes(rank),
+            "steps": args.steps, "optimizer_state_bytes": optimizer_state_bytes(args.model, rank),
             "checkpoint_bytes": dir_bytes(final_checkpoint(checkpoints)),
             "steps_per_s": steps_per_s(checkpoints), **accuracy(run_dir)}
     if args.quantized and "full" in figures:
         full = out / "full"
         for qtype in QTYPES:
             figures[f"full_{qtype}"] = {
-                "logits": logits_error(full / "ssft" / "checkpoints", qtype, args.problems),
+                "logits": logits_error(args.model, full / "ssft" / "checkpoints", qtype,
+                                       args.problems),
                 **quantized_accuracy(full, qtype, args, log)}
     payload = {"command": " ".join([pathlib.Path(sys.executable).name] + sys.argv),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
