@@ -129,15 +129,21 @@ def logits_error(model: str, checkpoint: pathlib.Path, qtype: str, prompts: int)
     return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
 
 
-def quantized_accuracy(run_dir: pathlib.Path, qtype: str, args, log) -> dict:
+def quantized_accuracy(run_dir: pathlib.Path, bindings: list, qtype: str, args, log) -> dict:
     """Pass@1 / Maj1@N of the run's model with its base quantized: the run's sample_eval
-    and evaluate stages again, in a copy of the run that links its ssft stage."""
+    and evaluate stages again (its own `bindings` and the quantization), in a copy of the
+    run that links its ssft stage."""
     qdir = run_dir.parent / f"{run_dir.name}_{qtype}"
     qdir.mkdir(exist_ok=True)
     if not (qdir / "ssft").exists():
         (qdir / "ssft").symlink_to(run_dir / "ssft")
-    pipeline(qdir, args, [f"sample_eval/quantize_base.weight_dtype='{qtype}'"], log)
+    pipeline(qdir, args, bindings + [f"sample_eval/quantize_base.weight_dtype='{qtype}'"], log)
     return accuracy(qdir)
+
+
+def run_bindings(name: str, args, base_checkpoint: pathlib.Path) -> list:
+    return RUNS[name] + [f"ssft/train.total_steps={args.steps}",
+                         f"pipeline.init_checkpoint='{base_checkpoint}'"]
 
 
 def main() -> None:
@@ -165,9 +171,7 @@ def main() -> None:
                "base": {"steps": args.base_steps, **accuracy(base)}}
     for name in args.runs.split(","):
         run_dir = out / name
-        pipeline(run_dir, args, RUNS[name] + [
-            f"ssft/train.total_steps={args.steps}", f"pipeline.init_checkpoint='{base_ckpt}'"],
-            log)
+        pipeline(run_dir, args, run_bindings(name, args, base_ckpt), log)
         checkpoints = run_dir / "ssft" / "checkpoints"
         rank = int(name[4:]) if name.startswith("lora") else 0
         figures[name] = {
@@ -180,7 +184,8 @@ def main() -> None:
             figures[f"full_{qtype}"] = {
                 "logits": logits_error(args.model, full / "ssft" / "checkpoints", qtype,
                                        args.problems),
-                **quantized_accuracy(full, qtype, args, log)}
+                **quantized_accuracy(full, run_bindings("full", args, base_ckpt), qtype, args,
+                                     log)}
     payload = {"command": " ".join([pathlib.Path(sys.executable).name] + sys.argv),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": _machine(), "figures": figures}
