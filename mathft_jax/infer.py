@@ -21,6 +21,7 @@ if __name__ == "__main__":  # run the package module once (see mathft_jax/core/e
 
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -31,9 +32,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mathft_jax.convert import checkpoints, model_files
+from mathft_jax.convert import lora_checkpoints, model_files
 from mathft_jax.core import distributed, preemption, provenance, settings, storage
-from mathft_jax.models import partitioning
+from mathft_jax.models import lora, partitioning, quantization
 from mathft_jax.results import candidates
 from mathft_jax.sampling import decoding
 from mathft_jax.scoring import evaluator
@@ -231,7 +232,13 @@ class InferConfig:
     stop_strings: tuple = ()
     stop_ids: tuple = ()
     generation_eos: bool = True
+    # A LoRA checkpoint's adapters: merged into its base once (faster steps), or applied
+    # unmerged (one base serves the generator's and the evaluator's adapter sets).
+    merge_adapters: bool = True
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
+    # the generator's base stored and computed quantized (QLoRA's; `quantize_base.*`)
+    quantize: quantization.QuantConfig = dataclasses.field(
+        default_factory=quantization.QuantConfig)
     prompt: prompts_lib.PromptConfig = dataclasses.field(default_factory=prompts_lib.PromptConfig)
 
     def __post_init__(self):  # gin gives lists; keep the config hashable and its repr stable
@@ -266,7 +273,16 @@ class InferConfig:
                 raise settings.SettingError(f"infer.{name} is not set")
         self.model.validate()
         self.prompt.validate()
+        self.quantize.validate()
         return self
+
+
+def quantized_base(params, model: DecoderConfig, quant: quantization.QuantConfig):
+    """The generator with its base quantized as `quant` says (QLoRA's: unmerged adapters
+    stay float; merged ones are quantized with the base they were merged into)."""
+    if isinstance(params, lora.Adapted):
+        return params.replace(base=quantization.quantize_base(params.base, model, quant))
+    return quantization.quantize_base(params, model, quant)
 
 
 def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bool = True,
@@ -299,8 +315,11 @@ def infer(config: Optional[InferConfig] = None, *, vocabulary=None, progress: bo
     logging.info("infer: %d problems, %d to do, N=%d", len(problems), len(todo),
                  config.num_samples)
 
-    params = checkpoints.load_params(config.checkpoint, model, partitioner) if todo else None
-    evaluator_params = (checkpoints.load_params(config.evaluator_checkpoint, model, partitioner)
+    bases: dict = {}  # LoRA checkpoints on one base load it once (unmerged)
+    load = functools.partial(lora_checkpoints.load_model, cfg=model, partitioner=partitioner,
+                             merge=config.merge_adapters, bases=bases)
+    params = quantized_base(load(config.checkpoint), model, config.quantize) if todo else None
+    evaluator_params = (load(config.evaluator_checkpoint)
                         if todo and config.evaluator_checkpoint else None)
     writer = distributed.is_main_process()
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem",

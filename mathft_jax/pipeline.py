@@ -303,7 +303,7 @@ def score_stage(run: Run, generator: str, evaluator_dir: str) -> dict:
     """Fill every evaluation sample's `score` by the SCR evaluator checkpoint `evaluator_dir`
     (`Context.evaluator`): its S(X|P), or its likelihood of the sample
     (`score_records.method`)."""
-    from mathft_jax.convert import checkpoints  # noqa: PLC0415
+    from mathft_jax.convert import lora_checkpoints  # noqa: PLC0415
     from mathft_jax.data import vocab as vocab_lib  # noqa: PLC0415
     from mathft_jax.models import partitioning  # noqa: PLC0415
     from mathft_jax.models.config import DecoderConfig  # noqa: PLC0415
@@ -311,7 +311,7 @@ def score_stage(run: Run, generator: str, evaluator_dir: str) -> dict:
     records = candidates.read_candidates(run.artefact("sample_eval", "candidates", generator))
     cfg = DecoderConfig().validate()
     partitioner = partitioning.Partitioner.create(cfg)
-    params = checkpoints.load_params(evaluator_dir, cfg, partitioner)
+    params = lora_checkpoints.load_model(evaluator_dir, cfg, partitioner)
     scored = evaluator.score_records(params, cfg, vocab_lib.get_vocabulary(), records,
                                      partitioner=partitioner)
     if distributed.is_main_process():

@@ -29,6 +29,8 @@ from mathft_jax.convert import model_files
 from mathft_jax.core import entry, settings
 from mathft_jax.models import partitioning, sizes
 from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.lora import LoraConfig
+from mathft_jax.models.quantization import QuantConfig
 from mathft_jax.training.harness import Harness, Learner, NonFiniteLossError  # noqa: F401
 from mathft_jax.training.objectives import lm_objective, rows_per_group
 from mathft_jax.training.optim import OptimizerConfig
@@ -55,6 +57,10 @@ def global_batch(local: dict, partitioner: partitioning.Partitioner) -> dict:
 class TrainConfig:
     """One training run's settings, bound in gin as `train.<field>` (scoped per pipeline
     stage: `ssft/train.total_steps`).
+
+    lora: LoRA's settings (`lora.*`, models/lora.py); with a rank, only adapters train, on
+    the frozen base of `init_checkpoint` (training/harness.py). quantize: that base stored
+    and computed in int8 or nf4 (QLoRA; `quantize_base.*`, models/quantization.py).
 
     model and optimizer are typed configs made from gin (`DecoderConfig.*`,
     `make_optimizer.*`, `learning_rate_schedule.*`) in the scope the TrainConfig is made
@@ -87,6 +93,9 @@ class TrainConfig:
     data_file: Optional[str] = None
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # rank 0: full FT
+    # QLoRA: the frozen base stored and computed quantized (`quantize_base.*`)
+    quantize: QuantConfig = dataclasses.field(default_factory=QuantConfig)
 
     def validate(self) -> "TrainConfig":
         """Raise SettingError naming the binding; needs no mesh or data."""
@@ -103,6 +112,8 @@ class TrainConfig:
                 f"train.micro_batches={self.micro_batches} must split train.batch_size="
                 f"{self.batch_size} into micro-batches of whole {self.rows_per_group}-row groups "
                 "(the objective's unit)")
+        self.lora.validate(self.model)
+        self.quantize.validate().check_frozen(self.lora)
         if self.sequence_length > self.model.max_seq_len:
             raise settings.SettingError(f"train.sequence_length={self.sequence_length} exceeds "
                                         f"DecoderConfig.max_seq_len={self.model.max_seq_len}")
@@ -147,7 +158,8 @@ def train(config: Optional[TrainConfig] = None, *,
                       partitioner=partitioner, seed=config.seed,
                       init_checkpoint=config.init_checkpoint,
                       keep_checkpoints=config.keep_checkpoints,
-                      async_checkpoints=config.async_checkpoints)
+                      async_checkpoints=config.async_checkpoints, lora=config.lora,
+                      quantize=config.quantize)
     # model.gin, vocab.gin, tokenizer/ (and an import's hf/): export needs nothing else
     model_files.write_model_files(
         config.model_dir, config.model, _task_vocabulary(config) if config.task else None,
@@ -178,6 +190,9 @@ class _SupervisedLearner(Learner):
         with partitioner.context():
             self.eval_fn = jax.jit(make_eval_step(config.model, config.objective))
 
+    def begin(self, harness, state, start) -> None:
+        self.harness = harness
+
     def advance(self, state, step):
         return step(state, global_batch(next(self.batches), self.partitioner))
 
@@ -190,7 +205,7 @@ class _SupervisedLearner(Learner):
     def after_unit(self, unit, state, writer) -> None:
         every = self.config.eval_every
         if every and self.eval_batches_fn and unit % every == 0:
-            writer.write(unit, self._evaluate(state.params), prefix="eval")
+            writer.write(unit, self._evaluate(self.harness.model_params(state)), prefix="eval")
 
     def postfix(self, metrics: dict) -> dict:
         return {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics['tokens_per_s']:,.0f}"}

@@ -10,6 +10,9 @@
     <model_dir>/hf/                          models that came from import_hf: the HF
                                              config.json and generation/tokenizer files
     <model_dir>/<step>/params ...            the checkpoints (checkpoints.py)
+    <model_dir>/lora.json                    a LoRA model_dir: the adapters' settings and their
+                                             base by path and content hash; its checkpoints
+                                             hold the adapters (lora_checkpoints.py)
 
 import_hf writes it, and training writes it into every model_dir (process 0, at start), so
 an imported checkpoint and any stage's checkpoints look alike. Paths may be local or

@@ -66,6 +66,14 @@ def _layer_entries(cfg: DecoderConfig, i: int) -> List[Entry]:
     return [Entry(hf + suffix, base + path, transpose, layer) for suffix, path, transpose in rows]
 
 
+def projection_modules(cfg: DecoderConfig, i: int) -> dict:
+    """Layer i's linear projections: (module, weight) under the layer (("attention",
+    "query")) -> the HF module that holds it ("model.layers.{i}.self_attn.q_proj"), the
+    names LoRA adapters are filed under in PEFT's format."""
+    return {entry.path[-2:]: entry.hf_name[:-len(".weight")]
+            for entry in _layer_entries(cfg, i) if entry.transpose}
+
+
 def hf_shape(entry: Entry, our_shape: Tuple[int, ...]) -> Tuple[int, ...]:
     """The HF tensor's shape for our (per-layer) parameter shape."""
     if entry.transpose:

@@ -21,7 +21,9 @@ def gin_configs_root() -> str:
 # Every module that defines gin configurables; imported before parsing so that a gin file
 # may bind any of them, and an unknown name is an error rather than silently ignored.
 CONFIGURABLE_MODULES = (
-    "mathft_jax.models.config", "mathft_jax.models.partitioning", "mathft_jax.training.optim",
+    "mathft_jax.models.config", "mathft_jax.models.partitioning", "mathft_jax.models.lora",
+    "mathft_jax.models.quantization",
+    "mathft_jax.training.optim",
     "mathft_jax.training.objectives", "mathft_jax.train", "mathft_jax.infer",
     "mathft_jax.scoring.evaluator", "mathft_jax.pipeline", "mathft_jax.scoring.reference",
     "mathft_jax.rl.grpo",

@@ -30,12 +30,13 @@ ACTIVATION_AXES = ("batch", "length", "embed")
 class DecoderLayer(nn.Module):
     cfg: DecoderConfig
     layer_index: int = 0
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache=None, cache_index=None):
         cfg = self.cfg
-        attn = Attention(cfg, self.layer_index, name="attention")
-        mlp = Mlp(cfg, name="mlp")
+        attn = Attention(cfg, self.layer_index, self.lora_dropout, name="attention")
+        mlp = Mlp(cfg, self.lora_dropout, name="mlp")
         if cfg.parallel_block:
             h = Norm(cfg, name="pre_norm")(x)
             a, cache = attn(h, positions, segment_ids, cache, cache_index)
@@ -58,10 +59,11 @@ class DecoderLayer(nn.Module):
 class _ScannedLayer(nn.Module):
     """nn.scan body: carry = residual stream, scanned input/output = this layer's cache."""
     cfg: DecoderConfig
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, cache, positions, segment_ids, cache_index):
-        return _layer_cls(self.cfg)(self.cfg, 0, name="layer")(
+        return _layer_cls(self.cfg)(self.cfg, 0, self.lora_dropout, name="layer")(
             x, positions, segment_ids, cache, cache_index)
 
 
@@ -72,7 +74,10 @@ def _layer_cls(cfg: DecoderConfig):
 
 
 class Decoder(nn.Module):
+    """lora_dropout: LoRA's dropout on the adapters' inputs, applied when the call has a
+    `lora_dropout` rng and a `"lora"` collection (models/lora.py)."""
     cfg: DecoderConfig
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, tokens, positions=None, segment_ids=None, cache=None, cache_index=None,
@@ -103,18 +108,18 @@ class Decoder(nn.Module):
         if cfg.scan_layers:
             scanned = nn.scan(
                 _ScannedLayer,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
+                variable_axes={"params": 0, "lora": 0},  # adapters stack as the weights do
+                split_rngs={"params": True, "lora_dropout": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(cfg, name="layers")
+            )(cfg, self.lora_dropout, name="layers")
             x, new_cache = scanned(x, cache, positions, segment_ids, cache_index)
         else:
             new_cache = [] if cache is not None else None
             layer_cls = _layer_cls(cfg)
             for i in range(cfg.num_layers):
-                x, c = layer_cls(cfg, i, name=f"layers_{i}")(
+                x, c = layer_cls(cfg, i, self.lora_dropout, name=f"layers_{i}")(
                     x, positions, segment_ids, None if cache is None else cache[i], cache_index)
                 if cache is not None:
                     new_cache.append(c)

@@ -30,6 +30,29 @@ def param(module: nn.Module, name: str, shape, axes, init, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
+def project(module: nn.Module, name: str, spec: str, x, w, dtype, dropout: float = 0.0):
+    """einsum(spec, x, w) for the weight `name` of `module`, plus its LoRA update
+    (dropout(x) @ a) @ b where the module's `"lora"` collection holds a pair for it
+    (models/lora.py; `b` comes scaled). Every projection a LoRA target may name goes
+    through here."""
+    # jnp.asarray, not astype: qwix intercepts it to cast a quantized weight (QLoRA's base,
+    # models/quantization.py), whose astype fails in qwix 0.1.8
+    y = jnp.einsum(spec, x, jnp.asarray(w, dtype))
+    if not module.has_variable("lora", name):
+        return y
+    pair = module.get_variable("lora", name)
+    x_sub, rest = spec.split(",")
+    w_sub, y_sub = rest.split("->")
+    w_in = "".join(c for c in w_sub if c in x_sub)
+    w_out = w_sub[len(w_in):]
+    keep = "".join(c for c in x_sub if c not in w_in)
+    if dropout and module.has_rng("lora_dropout"):
+        keep_mask = jax.random.bernoulli(module.make_rng("lora_dropout"), 1.0 - dropout, x.shape)
+        x = jnp.where(keep_mask, x / (1.0 - dropout), 0).astype(x.dtype)
+    h = jnp.einsum(f"{x_sub},{w_in}r->{keep}r", x, pair["a"].astype(dtype))
+    return y + jnp.einsum(f"{keep}r,r{w_out}->{y_sub}", h, pair["b"].astype(dtype))
+
+
 def dense_init(fan_in: int):
     return nn.initializers.normal(stddev=fan_in ** -0.5)
 
@@ -110,6 +133,7 @@ class Attention(nn.Module):
     """
     cfg: DecoderConfig
     layer_index: int = 0
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache: Optional[KVCache] = None,
@@ -121,9 +145,10 @@ class Attention(nn.Module):
         wk = param(self, "key", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), dense_init(d), wdt)
         wv = param(self, "value", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), dense_init(d), wdt)
         wo = param(self, "out", (h, hd, d), ("heads", "head_dim", "embed"), dense_init(h * hd), wdt)
-        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(cdt))
-        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(cdt))
-        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(cdt))
+        drop = self.lora_dropout
+        q = project(self, "query", "btd,dhk->bthk", x, wq, cdt, drop)
+        k = project(self, "key", "btd,dhk->bthk", x, wk, cdt, drop)
+        v = project(self, "value", "btd,dhk->bthk", x, wv, cdt, drop)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + param(self, "query_bias", (h, hd), ("heads", "head_dim"), zeros, wdt).astype(cdt)
@@ -165,7 +190,7 @@ class Attention(nn.Module):
             else:
                 out = self._xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        y = jnp.einsum("bthk,hkd->btd", out, wo.astype(cdt))
+        y = project(self, "out", "bthk,hkd->btd", out, wo, cdt, self.lora_dropout)
         return y, new_cache
 
     def _scale(self) -> float:
@@ -265,6 +290,7 @@ def _write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Arra
 
 class Mlp(nn.Module):
     cfg: DecoderConfig
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x):
@@ -272,17 +298,18 @@ class Mlp(nn.Module):
         d, f = cfg.d_model, cfg.mlp_dim
         wdt, cdt = cfg.weight_dtype, cfg.compute_dtype
         wi = param(self, "wi_0", (d, f), ("embed", "mlp"), dense_init(d), wdt)
-        hidden = jnp.einsum("btd,df->btf", x, wi.astype(cdt))
+        drop = self.lora_dropout
+        hidden = project(self, "wi_0", "btd,df->btf", x, wi, cdt, drop)
         if cfg.gated_mlp:
             wg = param(self, "wi_1", (d, f), ("embed", "mlp"), dense_init(d), wdt)
-            gate = jnp.einsum("btd,df->btf", x, wg.astype(cdt))
+            gate = project(self, "wi_1", "btd,df->btf", x, wg, cdt, drop)
             act = jax.nn.silu if cfg.activation == "swiglu" else _gelu_tanh
             hidden = act(hidden) * gate
         else:
             hidden = _gelu_tanh(hidden) if cfg.activation == "gelu" else jax.nn.relu(hidden)
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         wo = param(self, "wo", (f, d), ("mlp", "embed"), dense_init(f), wdt)
-        return jnp.einsum("btf,fd->btd", hidden, wo.astype(cdt))
+        return project(self, "wo", "btf,fd->btd", hidden, wo, cdt, drop)
 
 
 def _gelu_tanh(x):

@@ -39,6 +39,7 @@ DEFAULT_RULES: Tuple[Tuple[str, Any], ...] = (
     ("cache_length", None),
     ("head_dim", None),
     ("layers", None),
+    ("lora_rank", None),  # LoRA adapters' rank axis (models/lora.py): small, kept whole
 )
 
 

@@ -44,6 +44,7 @@ from mathft_jax.sampling import decoding, engine
 from mathft_jax.sampling.batching import bucket_length, rows_for
 from mathft_jax.scoring import evaluator, likelihood
 from mathft_jax.training.optim import learning_rate_schedule, make_optimizer
+from mathft_jax.models.lora import LoraConfig
 from mathft_jax.training.trainer import abstract_state, jit_train_step
 
 HOST_ONLY = ("scr_data", "evaluate")
@@ -123,11 +124,15 @@ def train_program(stage: str, cfg: DecoderConfig, partitioner: Partitioner, obje
     with gin.config_scope(stage):
         schedule = learning_rate_schedule(train_steps=train_steps)
         optimizer = make_optimizer(schedule=schedule)
-        abstract, shardings = abstract_state(cfg, optimizer, partitioner)
+        lora = LoraConfig()  # with a rank: the adapters train, the base is a frozen argument
+        abstract, shardings = abstract_state(cfg, optimizer, partitioner, lora)
+    frozen = (partitioner.param_targets(cfg),) if lora.enabled else ()
     step = jit_train_step(cfg, optimizer, schedule, objective, micro_batches, partitioner,
-                          shardings)
+                          shardings, lora,
+                          partitioner.param_shardings(cfg) if lora.enabled else None)
     lower = _lowering(partitioner, stage, step, abstract,
-                      abstract_batch(partitioner, rows, length, row_features, float_features))
+                      abstract_batch(partitioner, rows, length, row_features, float_features),
+                      *frozen)
     tokens = rows * length
     return Program(stage, name, lower, tokens, sizes.flops_per_token(cfg, length) * tokens, True)
 

@@ -24,6 +24,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mathft_jax.models import lora
 from mathft_jax.training.fused_loss import chunked_row_sums
 from mathft_jax.training.objectives import hidden_and_head, lm_objective, model_inputs
 
@@ -67,7 +68,7 @@ def policy_token_stats(model, params, batch: Batch,
     The sampling policy's log-probs are these under the parameters that sampled, at the
     sampler's temperature, so the sampler need not record them (top-k / top-p truncation is
     not modelled: keep them off for GRPO)."""
-    logits = model.apply({"params": params}, **model_inputs(batch))
+    logits = lora.apply(model, params, **model_inputs(batch))
     logp, entropy = token_log_probs(logits, batch["decoder_target_tokens"], temperature)
     mask = batch["decoder_loss_weights"].astype(jnp.float32)
     return logp * mask, entropy * mask
@@ -137,7 +138,7 @@ def grpo_objective(model, params, batch: Batch, clip_eps: float = 0.2,
         sums = chunked_row_sums(hidden, head, row_sums, per_position,
                                 softcap=model.cfg.final_logit_softcap, chunk=loss_chunk)
     else:
-        sums = row_sums(model.apply({"params": params}, **model_inputs(batch)), *per_position)
+        sums = row_sums(lora.apply(model, params, **model_inputs(batch)), *per_position)
     row_loss, pg, kl, clipped, entropy = (sums[:, i] for i in range(len(ROW_SUMS)))
     row_tokens = mask.sum(-1)
     if normalization == "sequence":

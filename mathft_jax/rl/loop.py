@@ -48,11 +48,13 @@ import numpy as np
 from absl import logging
 
 from mathft_jax import grading
-from mathft_jax.convert import checkpoints
+from mathft_jax.convert import lora_checkpoints
 from mathft_jax.core import settings
 from mathft_jax.models import partitioning
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder
+from mathft_jax.models.lora import LoraConfig
+from mathft_jax.models.quantization import QuantConfig
 from mathft_jax.rl import grpo as grpo_lib, rewards as rewards_lib, rollout as rollout_lib
 from mathft_jax.scoring import evaluator
 from mathft_jax.training.harness import Harness, Learner
@@ -136,6 +138,9 @@ class GrpoConfig:
     length_bucket: int = 64
     model: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # rank 0: full FT
+    # QLoRA: the frozen base stored and computed quantized (`quantize_base.*`)
+    quantize: QuantConfig = dataclasses.field(default_factory=QuantConfig)
 
     def validate(self) -> "GrpoConfig":
         """Raise SettingError naming the binding; needs no model, mesh or data."""
@@ -171,6 +176,8 @@ class GrpoConfig:
                 f"grpo.sequence_length={self.sequence_length} leaves no room for a prompt "
                 f"beside grpo.max_decode_len={self.max_decode_len}")
         self.model.validate()
+        self.lora.validate(self.model)
+        self.quantize.validate().check_frozen(self.lora)
         if self.sequence_length > self.model.max_seq_len:
             raise settings.SettingError(f"grpo.sequence_length={self.sequence_length} exceeds "
                                         f"DecoderConfig.max_seq_len={self.model.max_seq_len}")
@@ -221,7 +228,8 @@ def grpo(config: Optional[GrpoConfig] = None, *, mesh_fn: Callable = partitionin
                       partitioner=partitioner, seed=config.seed,
                       init_checkpoint=config.init_checkpoint,
                       keep_checkpoints=config.keep_checkpoints,
-                      async_checkpoints=config.async_checkpoints)
+                      async_checkpoints=config.async_checkpoints, lora=config.lora,
+                      quantize=config.quantize)
     learner = _GrpoLearner(config, partitioner, vocabulary, problems, solutions)
     result = harness.run(learner, units=config.iterations,
                          checkpoint_every=config.checkpoint_every, log_every=config.log_every,
@@ -249,7 +257,7 @@ class _GrpoLearner(Learner):
             config.num_generations, config.max_decode_len, config.temperature, config.top_k,
             config.top_p, vocabulary.eos_id)
         self.evaluator_params = (
-            checkpoints.load_params(config.evaluator_checkpoint, config.model, partitioner)
+            lora_checkpoints.load_model(config.evaluator_checkpoint, config.model, partitioner)
             if config.evaluator_checkpoint and config.evaluator_weight else None)
         loss = functools.partial(config.objective, kl_coef=config.kl_coef,
                                  temperature=config.temperature)
@@ -290,13 +298,14 @@ class _GrpoLearner(Learner):
         return meta
 
     def begin(self, harness: Harness, state, start: int) -> None:
-        """The frozen KL anchor: reference_checkpoint, else the policy's start."""
-        self.iteration = start
+        """The frozen KL anchor: reference_checkpoint, else the policy's start (with LoRA the
+        base itself, the adapters off: one base in memory)."""
+        self.iteration, self.harness = start, harness
         if not self.config.kl_coef:
             return
         if self.config.reference_checkpoint:
-            self.reference = checkpoints.load_params(self.config.reference_checkpoint,
-                                                     self.config.model, self.partitioner)
+            self.reference = lora_checkpoints.load_model(self.config.reference_checkpoint,
+                                                         self.config.model, self.partitioner)
         else:
             self.reference = harness.start_params(state, start)
 
@@ -310,7 +319,7 @@ class _GrpoLearner(Learner):
         timer = _Timer()
         rounds, with_signal = [], 0
         for _ in range(config.max_sampling_rounds):
-            rounds.append(self._sample_round(state.params, timer))
+            rounds.append(self._sample_round(self.harness.model_params(state), timer))
             self.position += config.prompts_per_iteration
             with_signal += int(_has_signal(rounds[-1].reward).sum())
             if with_signal >= config.prompts_per_iteration:
@@ -323,7 +332,8 @@ class _GrpoLearner(Learner):
         parts = {k: np.concatenate([r.parts[k] for r in rounds]) for k in rounds[0].parts}
         batch_reward = np.stack([rounds[r].reward[i] for r, i in chosen])
         with timer("train"):
-            batch = _training_batch(rows, batch_reward, config.scale_std, state.params,
+            batch = _training_batch(rows, batch_reward, config.scale_std,
+                                    self.harness.model_params(state),
                                     self.reference, self.stats_fn, partitioner,
                                     config.sequence_length)
             entropy = float(batch.pop("entropy_mean"))

@@ -33,6 +33,7 @@ import numpy as np
 
 from mathft_jax.sampling import stops
 from mathft_jax.sampling.batching import PAD_ID, check_prompts, pad_prompts, rows_for
+from mathft_jax.models import lora
 from mathft_jax.models.config import DecoderConfig
 from mathft_jax.models.decoder import Decoder, cache_logical_axes, init_cache
 from mathft_jax.models.layers import CACHE_BLOCK
@@ -229,15 +230,18 @@ def unroll_layers(params, cfg: DecoderConfig):
     """
     if not cfg.scan_layers:
         return params, cfg
-    out = {k: v for k, v in params.items() if k != "layers"}
-    for i in range(cfg.num_layers):
-        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], params["layers"]["layer"])
-    return out, cfg.replace(scan_layers=False)
+
+    def unroll(tree):  # the base, and unmerged adapters (the same paths)
+        out = {k: v for k, v in tree.items() if k != "layers"}
+        for i in range(cfg.num_layers):
+            out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], tree["layers"]["layer"])
+        return out
+    return lora.map_trees(unroll, params), cfg.replace(scan_layers=False)
 
 
 def extend(params, cfg: DecoderConfig, tokens: jax.Array, cache, cache_index: jax.Array):
     """Run tokens [b, t] at slots [cache_index[b], cache_index[b] + t): (logits [b, t, V], cache)."""
-    return Decoder(cfg).apply({"params": params}, tokens, cache=cache, cache_index=cache_index)
+    return lora.apply(Decoder(cfg), params, tokens, cache=cache, cache_index=cache_index)
 
 
 def prefill(params, cfg: DecoderConfig, prompts: jax.Array, cache_len: int):

@@ -60,7 +60,7 @@ def make_preferences(output_path: str = gin.REQUIRED,
     sequence_length must be the DPO stage's `train.sequence_length` (rows are truncated to it
     alike). model: the checkpoint's `DecoderConfig` (default: `DecoderConfig()` from gin;
     the pipeline passes its dpo stage's `TrainConfig.model`). Returns counts."""
-    from mathft_jax.convert import checkpoints  # noqa: PLC0415
+    from mathft_jax.convert import lora_checkpoints  # noqa: PLC0415
     from mathft_jax.core import distributed, settings
     from mathft_jax.models import partitioning
     from mathft_jax.data import readers, vocab as vocab_lib  # noqa: PLC0415
@@ -81,7 +81,7 @@ def make_preferences(output_path: str = gin.REQUIRED,
                                     f"DecoderConfig.max_seq_len={cfg.max_seq_len}")
     partitioner = partitioning.Partitioner.create(cfg)
     partitioner.check_batch_divisible(batch_size, "make_preferences.batch_size")
-    params = checkpoints.load_params(reference_checkpoint, cfg, partitioner)
+    params = lora_checkpoints.load_model(reference_checkpoint, cfg, partitioner)
     lls = reference_log_likelihoods(params, cfg, vocabulary or vocab_lib.get_vocabulary(),
                                     records, sequence_length, batch_size, partitioner)
     if distributed.is_main_process():

@@ -7,6 +7,9 @@ owns the rest, identically for all of them:
 
 - restore the latest checkpoint of `model_dir` (parameters, optimizer state, the learner's
   data position), else start fresh or from `init_checkpoint` (parameters only);
+- with LoRA (`lora.rank` > 0): the state's parameters are the adapters; the base, loaded
+  once from `init_checkpoint` (or lora.json on a resume, its content hash checked), is the
+  step's third argument, frozen and never donated (models/lora.py, convert/lora_checkpoints.py);
 - the jitted `trainer.make_train_step` with the state's shardings (the state donated);
 - metrics: one unit's are fetched while the next one runs, checked (a non-finite value
   stops the run naming the unit; nothing after the last good unit is saved), written to
@@ -26,16 +29,21 @@ import math
 import time
 from typing import Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mathft_jax.convert import checkpoints
-from mathft_jax.core import distributed, preemption, provenance
+from mathft_jax.convert import checkpoints, lora_checkpoints
+from mathft_jax.core import distributed, preemption, provenance, storage
 from mathft_jax.core.metrics_writer import MetricsWriter
-from mathft_jax.models import partitioning
+from mathft_jax.models import lora as lora_lib
+from mathft_jax.models import partitioning, quantization
 from mathft_jax.models.config import DecoderConfig
+from mathft_jax.models.decoder import init_params
+from mathft_jax.models.lora import LoraConfig
+from mathft_jax.models.quantization import QuantConfig
 from mathft_jax.training import hardware
 from mathft_jax.training.optim import OptimizerConfig
 from mathft_jax.training.trainer import (Objective, TrainState, abstract_state, init_state,
@@ -97,18 +105,71 @@ class Harness:
     def __init__(self, *, model_dir: str, model: DecoderConfig, optimizer: OptimizerConfig,
                  optimizer_steps: int, partitioner: partitioning.Partitioner, seed: int,
                  init_checkpoint: Optional[str], keep_checkpoints: int,
-                 async_checkpoints: bool):
+                 async_checkpoints: bool, lora: LoraConfig = LoraConfig(),
+                 quantize: QuantConfig = QuantConfig()):
         self.model_dir, self.model, self.partitioner = model_dir, model, partitioner
         self.seed, self.init_checkpoint = seed, init_checkpoint
         self.keep_checkpoints, self.async_checkpoints = keep_checkpoints, async_checkpoints
         self.optimizer, self.schedule = optimizer.build(optimizer_steps)
-        self.abstract, self.shardings = abstract_state(model, self.optimizer, partitioner)
+        self.lora = lora if lora.enabled else None
+        self.quantize = quantize
+        self.abstract, self.shardings = abstract_state(model, self.optimizer, partitioner,
+                                                       self.lora)
+        # LoRA: the frozen base (one copy, never donated) and the adapters a run goes on
+        # training (lora.start='continue'); set by `_load_base` when the run starts.
+        self.base, self._continued_adapters = None, None
+
+    # ------------------------------------------------------------------ LoRA
+
+    def _load_base(self) -> None:
+        """The frozen base of a LoRA run: lora.json's on a resume (its hash checked), else
+        from init_checkpoint, recorded in lora.json (convert/lora_checkpoints.py)."""
+        init = self.init_checkpoint or self._seed_base()
+        fresh, continued = lora_checkpoints.base_for(init, self.lora)
+        base = lora_checkpoints.record_run(self.model_dir, self.lora, fresh)
+        self._continued_adapters = continued
+        self.base = quantization.quantize_base(
+            lora_checkpoints.load_base(base, self.model, self.partitioner), self.model,
+            self.quantize)
+
+    def _base_shardings(self):
+        """Where the step takes the base from: the parameters' shardings, or a quantized
+        base's own (its quantized values and scales, placed where quantizing left them)."""
+        if quantization.is_quantized(self.base):
+            return jax.tree_util.tree_map(lambda x: x.sharding, self.base)
+        return self.partitioner.param_shardings(self.model)
+
+    def _seed_base(self) -> str:
+        """Without init_checkpoint (tests, the smoke run's SSFT): the seed's fresh init,
+        saved once as `<model_dir>/base`, is the base."""
+        path = storage.join(self.model_dir, lora_checkpoints.SEED_BASE)
+        if checkpoints.any_complete(path) is None:
+            init = lambda rng: nn.unbox(init_params(self.model, rng))  # noqa: E731
+            params = jax.jit(init, out_shardings=self.partitioner.param_shardings(self.model))(
+                jax.random.PRNGKey(self.seed))
+            checkpoints.save_params(path, params)
+        return path
+
+    def model_params(self, state: TrainState):
+        """What the model samples and evaluates with: the state's parameters, or with LoRA
+        the base with the state's adapters applied unmerged."""
+        if self.lora is None:
+            return state.params
+        return lora_lib.adapted(self.base, state.params, self.lora, self.model)
 
     # ------------------------------------------------------------------ states
 
     def initial_state(self) -> TrainState:
         """The run's start: the seed's fresh init, or `init_checkpoint`'s parameters with a
         fresh optimizer."""
+        if self.lora is not None:
+            adapters = None
+            if self._continued_adapters:
+                logging.info("training the adapters of %s further", self._continued_adapters)
+                adapters = lora_checkpoints.load_adapters(self._continued_adapters, self.lora,
+                                                          self.model, self.partitioner)
+            return init_state(self.model, self.optimizer, self.shardings, self.seed,
+                              params=adapters, lora=self.lora)
         if not self.init_checkpoint:
             return init_state(self.model, self.optimizer, self.shardings, self.seed)
         logging.info("initialising parameters from %s (fresh optimizer)", self.init_checkpoint)
@@ -117,7 +178,10 @@ class Harness:
 
     def start_params(self, state: TrainState, start: int):
         """The parameters the run started from: a copy of `state`'s when it is the initial
-        state (start 0; the step donates its buffers), else made or loaded again."""
+        state (start 0; the step donates its buffers), else made or loaded again. With LoRA,
+        the base itself (the adapters off), not a copy: memory holds one base."""
+        if self.lora is not None:
+            return self.base
         if start == 0:
             return jax.tree_util.tree_map(jnp.copy, state.params)
         if self.init_checkpoint:
@@ -150,16 +214,21 @@ class Harness:
                 if learner.tokens_per_unit else 0.0)
         bar = None
         try:
+            if self.lora is not None:
+                self._load_base()
             state, start = self._restore_or_init(mngr, learner)
             learner.begin(self, state, start)
             with self.partitioner.context():  # the program the planner compiles
-                step_fn = jit_train_step(self.model, self.optimizer, self.schedule,
-                                         learner.objective, micro_batches, self.partitioner,
-                                         self.shardings)
+                step_fn = jit_train_step(
+                    self.model, self.optimizer, self.schedule, learner.objective,
+                    micro_batches, self.partitioner, self.shardings, self.lora,
+                    None if self.lora is None else self._base_shardings(),
+                    self.seed)
+            frozen = () if self.lora is None else (self.base,)
 
             def step(state: TrainState, batch: dict):
                 with self.partitioner.context():
-                    return step_fn(state, batch)
+                    return step_fn(state, batch, *frozen)
 
             preemption.install()
             bar = distributed.progress_bar(progress, start, units, desc, unit_name)

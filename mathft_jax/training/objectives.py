@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from mathft_jax.training import losses
 from mathft_jax.training.fused_loss import chunked_sequence_log_likelihood, fused_head_cross_entropy
+from mathft_jax.models import lora
 from mathft_jax.models.decoder import output_projection
 
 Batch = Dict[str, jax.Array]
@@ -51,14 +52,14 @@ def lm_objective(model, params, batch: Batch, z_loss: float | None = None, loss_
         return fused_head_cross_entropy(*hidden_and_head(model, params, batch), targets, weights,
                                         z_loss=z, softcap=cfg.final_logit_softcap,
                                         chunk=loss_chunk)
-    logits = model.apply({"params": params}, **model_inputs(batch))
+    logits = lora.apply(model, params, **model_inputs(batch))
     return losses.token_cross_entropy(logits, targets, weights, z)
 
 
 def hidden_and_head(model, params, batch: Batch):
     """The final hidden states and the output projection, for a loss that applies it."""
-    hidden = model.apply({"params": params}, **model_inputs(batch), return_hidden=True)
-    return hidden, output_projection(params, model.cfg)
+    hidden = lora.apply(model, params, **model_inputs(batch), return_hidden=True)
+    return hidden, output_projection(lora.base_params(params), model.cfg)
 
 
 def _row_log_likelihoods(model, params, batch: Batch, loss_chunk: int) -> jax.Array:
@@ -67,7 +68,7 @@ def _row_log_likelihoods(model, params, batch: Batch, loss_chunk: int) -> jax.Ar
         return chunked_sequence_log_likelihood(*hidden_and_head(model, params, batch), targets,
                                                weights, softcap=model.cfg.final_logit_softcap,
                                                chunk=loss_chunk)
-    logits = model.apply({"params": params}, **model_inputs(batch))
+    logits = lora.apply(model, params, **model_inputs(batch))
     return losses.sequence_log_likelihood(logits, targets, weights)
 
 
