@@ -406,11 +406,11 @@ def test_killed_run_resumes_bit_identical_and_8_devices_match_one(tmp_path, monk
     # the killed run's checkpoint is as the code before dynamic sampling wrote it, with no
     # data position: the resume must take it as P prompts an iteration
     save = checkpoints.save
-    monkeypatch.setattr(loop.checkpoints, "save", lambda mngr, step, params, opt, meta: save(
+    monkeypatch.setattr(checkpoints, "save", lambda mngr, step, params, opt, meta: save(
         mngr, step, params, opt, {k: v for k, v in meta.items() if k != "position"}))
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "killed")
-    monkeypatch.setattr(loop.checkpoints, "save", save)
+    monkeypatch.setattr(checkpoints, "save", save)
     assert checkpoints.any_complete(str(tmp_path / "killed")) == 1
     resumed = _run(tmp_path, "killed")
     assert (resumed.start_iteration, resumed.final_iteration) == (1, 2)
