@@ -38,17 +38,32 @@ def test_lora_gin_sets_every_training_stage_and_its_start(tmp_path):
         gin.clear_config()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mtsf", "mtsf_control", "dpo", "grpo"])
-def test_every_variant_runs_with_lora(tmp_path, variant):
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mathft_jax.pipeline", "--gin_file=gin_configs/runs/smoke.gin",
-           f"--gin_file={LORA_GIN}", f"--gin_bindings=pipeline.run_dir='{run}'",
-           f"--gin_bindings=pipeline.variant='{variant}'", "--gin_bindings=ssft/train.total_steps=20",
-           "--gin_bindings=grpo/grpo.iterations=2", "--gin_bindings=dpo/train.total_steps=4"]
+def _pipeline(run, gin_files, *bindings):
+    cmd = [sys.executable, "-m", "mathft_jax.pipeline",
+           *(f"--gin_file={f}" for f in ["gin_configs/runs/smoke.gin", *gin_files]),
+           f"--gin_bindings=pipeline.run_dir='{run}'", *(f"--gin_bindings={b}" for b in bindings)]
     out = subprocess.run(cmd, cwd=REPO, env=one_device_env(), capture_output=True, text=True,
                          timeout=HANG_LIMIT_S)
     assert out.returncode == 0, out.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A base that already solves some problems, as an imported model does: the smoke run's
+    full fine-tuned SSFT. (LoRA on the smoke run's random init learns no right answers in
+    the smoke budget, so scr_data would find no pairs.)"""
+    run = tmp_path_factory.mktemp("base") / "run"
+    _pipeline(run, [], "pipeline.stop_after='ssft'")
+    return str(run / "ssft" / "checkpoints")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["mtsf", "mtsf_control", "dpo", "grpo"])
+def test_every_variant_runs_with_lora(tmp_path, variant, pretrained):
+    run = tmp_path / "run"
+    _pipeline(run, [LORA_GIN], f"pipeline.variant='{variant}'",
+              f"pipeline.init_checkpoint='{pretrained}'", "ssft/train.total_steps=20",
+              "grpo/grpo.iterations=2", "dpo/train.total_steps=4")
     trained = [s for s in pipeline.VARIANTS[variant] if s in ("ssft", "scr", "mtsf", "dpo", "grpo")]
     for stage in trained:
         record = json.loads((run / stage / "checkpoints" / "lora.json").read_text())
