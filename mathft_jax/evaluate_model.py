@@ -39,7 +39,6 @@ if __name__ == "__main__":  # run the package module once (as the absl entry poi
 import argparse
 import dataclasses
 import json
-import os
 from typing import Optional, Sequence
 
 from mathft_jax import evaluate

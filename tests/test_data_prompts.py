@@ -216,9 +216,9 @@ def test_unknown_format_and_missing_template_are_one_line_errors(tmp_path):
 
 
 def test_the_gin_bound_format_is_the_runs(tokenizer_dirs):
-    gin.parse_config([f"prompt_format.name = 'chat'",
+    gin.parse_config(["prompt_format.name = 'chat'",
                       f"prompt_format.tokenizer_dir = '{tokenizer_dirs['chatml']}'",
-                      f"prompt_format.system = 'Be brief.'",
+                      "prompt_format.system = 'Be brief.'",
                       "sample/prompt_format.name = 'gsm8k_cot'",
                       "sample/prompt_format.system = None"])
     assert prompts.gin_format().render("1+1?").startswith("<|im_start|>system\nBe brief.")

@@ -13,7 +13,6 @@ import pytest
 
 from mathft_jax.convert import checkpoints
 from mathft_jax.models import partitioning
-from mathft_jax.sampling import decoding
 from mathft_jax.training import objectives, trainer
 from mathft_jax.data.packing import empty_batch, write_segment
 from mathft_jax.core.metrics_writer import read_metrics

@@ -18,7 +18,6 @@ from mathft_jax.models.decoder import init_params
 from mathft_jax.sampling import decoding, engine, stops
 from mathft_jax.sampling.decoding import SamplingParams
 from engine_faults import crash_on_chunk
-from gin_bound import gin_bound
 from real_path_utils import BOS, EOS, math_lines, train_tokenizer
 
 IM_END = "<|im_end|>"
