@@ -24,8 +24,8 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # 2026-12-07). CI (.ci/run) and `make test` run everything. A fresh clone with the planner's
 # TPU compiles (1,434 tests) took 26:47 with the install, pytest 24:34, beside a llama3_8b
 # planner compile and a demo run (2026-12-07): over the 20-minute goal. With every stage
-# planned once per slice (test_plan) and glibc huge pages: 18:37 with the install, pytest
-# 17:09 for 1,543 tests on a quiet machine (2026-12-08); the longest is test_plan's knobs
+# planned once per slice (test_plan) and glibc huge pages: 18:16 with the install, pytest
+# 16:56 for 1,543 tests on a quiet machine (2026-12-08); the longest is test_plan's knobs
 # test (322 s, nine TPU compiles).
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
